@@ -1,0 +1,56 @@
+"""Error types with the exit code each one maps to.
+
+Every user-facing failure is one of these, so the CLI can turn it into a one-line
+message and a stable exit code instead of a traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_NUMERIC = 1
+EXIT_USAGE = 2
+EXIT_MODEL = 3
+
+
+class CompressIRError(Exception):
+    """Base class: a failure the user can act on, with the exit code to report."""
+
+    exit_code: int = EXIT_MODEL
+
+
+class UsageError(CompressIRError):
+    """Bad command line, pipeline string or pass option."""
+
+    exit_code = EXIT_USAGE
+
+
+class ModelLoadError(CompressIRError):
+    """The model file cannot be read or is inconsistent (names the file and node)."""
+
+    exit_code = EXIT_MODEL
+
+
+class UnsupportedModelError(CompressIRError):
+    """The model is valid ONNX but uses something compress-ir cannot handle."""
+
+    exit_code = EXIT_MODEL
+
+
+class VerificationError(CompressIRError):
+    """A transform produced a model that fails the checker or shape inference."""
+
+    exit_code = EXIT_MODEL
+
+
+class PassError(CompressIRError):
+    """A pass failed; the message names the pass and the passes that ran before it."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_MODEL) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class NumericMismatchError(CompressIRError):
+    """A transformed model does not compute what its reference computes."""
+
+    exit_code = EXIT_NUMERIC

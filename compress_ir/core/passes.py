@@ -1,0 +1,152 @@
+"""Pass infrastructure: a pass is a small registered class with declared options.
+
+Options are a frozen dataclass per pass; the pipeline parser, the CLI help and the
+report all read that one declaration (MLIR's `Passes.td` idea, in Python).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx
+
+from compress_ir.core.errors import UsageError
+from compress_ir.core.model import Model
+from compress_ir.core.registry import Registry
+
+PASSES: Registry[type[Pass]] = Registry("pass")
+
+
+def register_pass(name: str):  # noqa: ANN201 - decorator
+    """Register a Pass subclass under its pipeline name."""
+    return PASSES.register(name)
+
+
+def option(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
+    """Declare a pass option: a default plus the help line shown by the CLI."""
+    if isinstance(default, list | tuple):
+        return field(default_factory=lambda: tuple(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """Options of a pass that takes none."""
+
+
+@dataclass
+class PassContext:
+    """What passes may read besides the model: calibration data, target, seed."""
+
+    seed: int = 0
+    calibration: dict[str, np.ndarray] | None = None
+    target: str | None = None
+
+
+@dataclass
+class PassResult:
+    """What a pass returns: the model, whether it changed, statistics, details.
+
+    `reference` is the model whose outputs the new model must reproduce (the input
+    itself for exact rewrites, the channel-masked input for pruning); the pipeline
+    compares both in onnxruntime when numeric checks are on.
+    """
+
+    model: Model
+    modified: bool
+    stats: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    reference: onnx.ModelProto | None = None
+
+
+class Pass:
+    """Base class. Subclasses set `summary`, `Options` and implement `run`."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    transforms: ClassVar[bool] = True
+
+    def __init__(self, options: Any | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        raise NotImplementedError
+
+    def spec(self) -> str:
+        """This pass as pipeline text, e.g. `channel-prune{ratio=0.5}` (defaults omitted)."""
+        items = []
+        for f in dataclasses.fields(self.options):
+            value = getattr(self.options, f.name)
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if value != default:
+                items.append(f"{f.name.replace('_', '-')}={format_value(value)}")
+        return self.name + ("{" + ",".join(items) + "}" if items else "")
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+_BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _convert(raw: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is tuple or annotation is tuple:
+        items = raw if isinstance(raw, list) else [raw]
+        return tuple(str(i) for i in items)
+    if isinstance(raw, list):
+        raise UsageError(f"{where}: expected a single value, got a list")
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if raw.lower() in ("none", ""):
+            return None
+        return _convert(raw, args[0], where)
+    try:
+        if annotation is bool:
+            return _BOOL[raw.lower()]
+        if annotation is int:
+            return int(raw)
+        if annotation is float:
+            return float(raw)
+    except (ValueError, KeyError):
+        name = getattr(annotation, "__name__", str(annotation))
+        raise UsageError(f"{where}: {raw!r} is not a valid {name}") from None
+    return raw
+
+
+def make_options(pass_cls: type[Pass], raw: dict[str, Any]) -> Any:
+    """Build a pass's Options dataclass from textual values, with clear errors."""
+    hints = typing.get_type_hints(pass_cls.Options)
+    fields = {f.name: f for f in dataclasses.fields(pass_cls.Options)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        attr = key.replace("-", "_")
+        if attr not in fields:
+            known = ", ".join(f.replace("_", "-") for f in fields) or "(none)"
+            raise UsageError(f"pass {pass_cls.name!r} has no option {key!r}; options: {known}")
+        values[attr] = _convert(value, hints[attr], f"{pass_cls.name}{{{key}}}")
+    try:
+        return pass_cls.Options(**values)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"pass {pass_cls.name!r}: {exc}") from None
+
+
+def describe_options(pass_cls: type[Pass]) -> list[tuple[str, str, str]]:
+    """(name, default, help) per option, for --help and --list-passes."""
+    rows = []
+    for f in dataclasses.fields(pass_cls.Options):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        rows.append((f.name.replace("_", "-"), format_value(default), f.metadata.get("help", "")))
+    return rows

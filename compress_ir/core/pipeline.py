@@ -1,0 +1,131 @@
+"""Pipelines as text: `channel-prune{ratio=0.5,criterion=l2},fold-bn`.
+
+The text parses into pass instances and prints back (defaults omitted), so the
+report can record exactly what ran. The runner verifies the model after every
+transform and names the failing pass and the passes that ran before it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from compress_ir.core.errors import CompressIRError, NumericMismatchError, PassError, UsageError
+from compress_ir.core.model import Model
+from compress_ir.core.passes import PASSES, Pass, PassContext, PassResult, make_options
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+def _split_top(text: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside braces and brackets."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth < 0:
+                raise UsageError(f"pipeline {text!r}: unbalanced {ch!r} at column {i + 1}")
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if depth != 0:
+        raise UsageError(f"pipeline {text!r}: unclosed brace or bracket")
+    parts.append(text[start:])
+    return parts
+
+
+def _parse_value(raw: str) -> Any:
+    raw = raw.strip()
+    if raw.startswith("[") and raw.endswith("]"):
+        inner = raw[1:-1].strip()
+        return [v.strip() for v in _split_top(inner)] if inner else []
+    return raw
+
+
+def parse_pipeline(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """Parse pipeline text into (pass name, raw options) pairs."""
+    specs = []
+    for part in _split_top(text.strip()):
+        part = part.strip()
+        if not part:
+            raise UsageError(f"pipeline {text!r}: empty pass name")
+        match = _NAME.match(part)
+        if not match:
+            raise UsageError(f"pipeline {text!r}: bad pass name in {part!r}")
+        name, rest = match.group(0), part[match.end() :].strip()
+        options: dict[str, Any] = {}
+        if rest:
+            if not (rest.startswith("{") and rest.endswith("}")):
+                raise UsageError(f"pass {name!r}: options must be written {{key=value,...}}")
+            body = rest[1:-1].strip()
+            for item in _split_top(body) if body else []:
+                key, eq, value = item.partition("=")
+                if not eq or not key.strip():
+                    raise UsageError(f"pass {name!r}: option {item.strip()!r} is not key=value")
+                options[key.strip()] = _parse_value(value)
+        specs.append((name, options))
+    return specs
+
+
+def build_passes(text: str | list[str]) -> list[Pass]:
+    """Instantiate the passes of one or more pipeline strings."""
+    texts = [text] if isinstance(text, str) else list(text)
+    passes = []
+    for chunk in texts:
+        for name, options in parse_pipeline(chunk):
+            cls = PASSES.get(name)
+            passes.append(cls(make_options(cls, options)))
+    return passes
+
+
+def format_pipeline(passes: list[Pass]) -> str:
+    return ",".join(p.spec() for p in passes)
+
+
+@dataclass
+class PipelineResult:
+    model: Model
+    results: list[tuple[Pass, PassResult]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+
+Verifier = Callable[[Model], None]
+NumericCheck = Callable[[Pass, PassResult], dict[str, Any]]
+
+
+def run_pipeline(
+    model: Model,
+    passes: list[Pass],
+    ctx: PassContext,
+    verify: Verifier,
+    numeric_check: NumericCheck | None = None,
+) -> PipelineResult:
+    """Run passes in order; verify after each transform; wrap failures with context."""
+    out = PipelineResult(model=model)
+    done: list[str] = []
+    for p in passes:
+        where = f"pass {p.spec()!r}" + (f" (after {', '.join(done)})" if done else "")
+        try:
+            result = p.run(out.model, ctx)
+            if p.transforms and result.modified:
+                verify(result.model)
+            if numeric_check is not None and result.reference is not None:
+                check = numeric_check(p, result)
+                out.checks.append(check)
+                if not check["ok"]:
+                    raise NumericMismatchError(
+                        f"output differs from its reference: rel. error {check['rel_error']:.3g}"
+                        f" > tolerance {check['tolerance']:.3g}"
+                    )
+        except CompressIRError as exc:
+            raise PassError(f"{where}: {exc}", getattr(exc, "exit_code", 3)) from exc
+        except Exception as exc:  # a bug or an unforeseen model: still name the pass
+            raise PassError(f"{where}: internal error {type(exc).__name__}: {exc}") from exc
+        out.model = result.model
+        out.results.append((p, result))
+        done.append(p.name)
+    return out

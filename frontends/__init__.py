@@ -1,0 +1,3 @@
+"""Model loaders (installed as `compress_ir.frontends`)."""
+
+from compress_ir.frontends.onnx import load_onnx, save_onnx  # noqa: F401

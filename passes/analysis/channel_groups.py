@@ -1,0 +1,291 @@
+"""Channel dependency analysis: which channels must be removed together.
+
+Every output channel of a weight-carrying producer (Conv, Gemm, MatMul, ...) is an
+*element* with a global id. Each tensor that carries tracked channels gets a
+`Layout`: the axis the channels live on and the element id at every position of
+that axis. Op rules (see `channel_rules`) propagate layouts forward and *unite*
+elements that must go together (residual adds, grouped convs, shuffles, ...).
+
+After propagation, a *unit* is a union-find class of elements (removing a unit
+removes every position, in every tensor, whose element is in it) and a *group* is
+a set of producers whose units are coupled. Anything an op rule does not
+understand blocks the elements that reach it, with the node and the reason.
+
+Rules also record *actions*: which constant inputs to slice along which axis (and
+whether that constant reduces over the channels, which the masked-model oracle
+zeroes instead), and which attributes or shape constants to rewrite.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from compress_ir.core.model import Model
+
+
+class UnionFind:
+    """Union-find over integer ids with path halving; grows on demand."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+
+    def add(self, count: int) -> np.ndarray:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + count))
+        return np.arange(start, start + count, dtype=np.int64)
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            if ra < rb:
+                ra, rb = rb, ra
+            self.parent[ra] = rb
+
+    def find_all(self, ids: np.ndarray) -> np.ndarray:
+        return np.fromiter((self.find(int(i)) for i in ids.ravel()), np.int64, ids.size).reshape(
+            ids.shape
+        )
+
+
+@dataclass
+class Layout:
+    """Tracked channels of one tensor: the axis, and the element id at each position."""
+
+    axis: int
+    ids: np.ndarray
+
+
+@dataclass
+class Root:
+    """A producer of fresh channels (or a block of fixed, unprunable positions)."""
+
+    index: int
+    node: str
+    tensor: str
+    size: int
+    kind: str = "producer"  # "producer" | "fixed"
+    weight: str | None = None  # constant whose `weight_axis` indexes the output channels
+    weight_axis: int = 0
+    first: int = 0  # id of the first element
+
+
+@dataclass
+class ConstSlice:
+    """Slice constant input `input_index` of `node` along `axis` by the layout of `by`.
+
+    `groups` > 1 means the constant's axis holds per-group local indices (the input
+    channels of a grouped Conv weight). `reduces` marks a consumer that sums over
+    these channels: the oracle zeroes those weights instead of removing them.
+    """
+
+    node: str
+    input_index: int
+    axis: int
+    by: str
+    reduces: bool = False
+    groups: int = 1
+
+
+@dataclass
+class Fixup:
+    """An attribute or shape-constant rewrite, applied by the transform's fixup table."""
+
+    kind: str
+    node: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ChannelGroup:
+    """Coupled producers and their prunable units (what a criterion ranks)."""
+
+    index: int
+    roots: list[Root]
+    units: np.ndarray  # unit ids (union-find representatives), sorted
+    members: dict[int, list[tuple[int, np.ndarray]]]  # unit -> [(root index, positions)]
+    blocked: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return int(self.units.size)
+
+    @property
+    def prunable(self) -> bool:
+        return not self.blocked
+
+    def label(self) -> str:
+        names = [r.node for r in self.roots if r.kind == "producer"]
+        head = ", ".join(names[:3])
+        return head + (f", +{len(names) - 3}" if len(names) > 3 else "")
+
+
+class ChannelAnalysis:
+    """Runs the op rules over a model and exposes layouts, units, groups and actions."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.uf = UnionFind()
+        self.elem_root: list[int] = []
+        self.roots: list[Root] = []
+        self.layouts: dict[str, Layout] = {}
+        self.blocked: dict[int, list[str]] = defaultdict(list)
+        self.slices: list[ConstSlice] = []
+        self.fixups: list[Fixup] = []
+        self.nodes: dict[str, gs.Node] = {}
+        self.groups: list[ChannelGroup] = []
+
+    # -- helpers used by op rules -------------------------------------------------
+    def layout(self, tensor: gs.Tensor) -> Layout | None:
+        return self.layouts.get(tensor.name)
+
+    def set_layout(self, tensor: gs.Tensor, axis: int, ids: np.ndarray) -> None:
+        self.layouts[tensor.name] = Layout(axis, np.asarray(ids, dtype=np.int64).ravel())
+
+    def shape(self, tensor: gs.Tensor) -> tuple | None:
+        return self.model.shape(tensor)
+
+    def rank(self, tensor: gs.Tensor) -> int | None:
+        shape = self.shape(tensor)
+        return None if shape is None else len(shape)
+
+    def const(self, tensor: gs.Tensor) -> np.ndarray | None:
+        return self.model.constant(tensor)
+
+    def new_root(
+        self,
+        node: gs.Node,
+        tensor: gs.Tensor,
+        size: int,
+        weight: gs.Tensor | None = None,
+        weight_axis: int = 0,
+        kind: str = "producer",
+    ) -> np.ndarray:
+        ids = self.uf.add(size)
+        root = Root(
+            index=len(self.roots),
+            node=node.name,
+            tensor=tensor.name,
+            size=size,
+            kind=kind,
+            weight=weight.name if weight is not None else None,
+            weight_axis=weight_axis,
+            first=int(ids[0]) if size else len(self.elem_root),
+        )
+        self.roots.append(root)
+        self.elem_root.extend([root.index] * size)
+        return ids
+
+    def fixed(self, node: gs.Node, tensor: gs.Tensor, size: int, reason: str) -> np.ndarray:
+        """Fresh elements for positions that can never be removed (e.g. a graph input)."""
+        ids = self.new_root(node, tensor, size, kind="fixed")
+        self.block(ids, reason)
+        return ids
+
+    def unite(self, a: np.ndarray, b: np.ndarray) -> None:
+        for x, y in zip(np.asarray(a).ravel(), np.asarray(b).ravel(), strict=True):
+            self.uf.union(int(x), int(y))
+
+    def tie(self, ids: np.ndarray, groups: int) -> None:
+        """Unite position j of every group: grouped ops must stay rectangular."""
+        table = np.asarray(ids).reshape(groups, -1)
+        for row in table[1:]:
+            self.unite(table[0], row)
+
+    def block(self, ids: np.ndarray, reason: str) -> None:
+        for e in np.asarray(ids).ravel():
+            self.blocked[int(e)].append(reason)
+
+    def block_inputs(self, node: gs.Node, reason: str) -> None:
+        for t in node.inputs:
+            lay = self.layout(t)
+            if lay is not None:
+                self.block(lay.ids, f"{node.op} node {node.name!r}: {reason}")
+
+    def slice_const(self, node: gs.Node, index: int, axis: int, by: gs.Tensor, **kw: Any) -> None:
+        self.slices.append(ConstSlice(node.name, index, axis, by.name, **kw))
+
+    def fixup(self, kind: str, node: gs.Node, **data: Any) -> None:
+        self.fixups.append(Fixup(kind, node.name, data))
+
+    # -- driver -----------------------------------------------------------------
+    def run(self) -> ChannelAnalysis:
+        from compress_ir.passes.analysis.channel_rules import RULES, unknown_op
+
+        graph = self.model.graph
+        graph.toposort()
+        self.nodes = {n.name: n for n in graph.nodes}
+        for node in graph.nodes:
+            if not any(self.layout(t) is not None for t in node.inputs) and node.op not in RULES:
+                continue  # an unknown op fed only by untracked tensors blocks nothing
+            rule = RULES.get(node.op, unknown_op)
+            rule(self, node)
+        for out in graph.outputs:
+            lay = self.layout(out)
+            if lay is not None:
+                self.block(lay.ids, f"graph output {out.name!r} must keep its shape")
+        self._build_groups()
+        return self
+
+    def _build_groups(self) -> None:
+        n = len(self.elem_root)
+        unit_of = self.uf.find_all(np.arange(n, dtype=np.int64))
+        root_uf = UnionFind()
+        root_uf.add(len(self.roots))
+        elem_root = np.asarray(self.elem_root, dtype=np.int64)
+        for e in range(n):
+            root_uf.union(int(elem_root[e]), int(elem_root[unit_of[e]]))
+        by_group: dict[int, list[int]] = defaultdict(list)
+        for r in self.roots:
+            by_group[root_uf.find(r.index)].append(r.index)
+        blocked_units: dict[int, list[str]] = defaultdict(list)
+        for e, reasons in self.blocked.items():
+            blocked_units[int(unit_of[e])].extend(reasons)
+        self.unit_of = unit_of
+        for root_ids in by_group.values():
+            roots = [self.roots[i] for i in root_ids]
+            if all(r.kind == "fixed" for r in roots):
+                continue
+            members: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)
+            for r in roots:
+                units = unit_of[r.first : r.first + r.size]
+                for u in np.unique(units):
+                    members[int(u)].append((r.index, np.flatnonzero(units == u)))
+            reasons: list[str] = []
+            for u in members:
+                for reason in blocked_units.get(u, []):
+                    if reason not in reasons:
+                        reasons.append(reason)
+            self.groups.append(
+                ChannelGroup(
+                    index=len(self.groups),
+                    roots=roots,
+                    units=np.array(sorted(members), dtype=np.int64),
+                    members=dict(members),
+                    blocked=reasons,
+                )
+            )
+
+    # -- queries for transforms and the oracle ----------------------------------
+    def keep_masks(self, removed_units: set[int]) -> dict[str, np.ndarray]:
+        """Per tracked tensor, the positions along its channel axis that survive."""
+        removed = np.array(sorted(removed_units), dtype=np.int64)
+        return {
+            name: ~np.isin(self.unit_of[lay.ids], removed) for name, lay in self.layouts.items()
+        }
+
+
+def analyse_channels(model: Model) -> ChannelAnalysis:
+    """Analyse `model` (which must carry inferred shapes) and return the result."""
+    return ChannelAnalysis(model).run()

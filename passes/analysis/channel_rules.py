@@ -1,0 +1,630 @@
+"""Per-op channel rules: how tracked channels flow through each ONNX op.
+
+One function per op family, looked up in `RULES` by op type. A rule reads the
+layouts of the node's inputs, sets the layouts of its outputs, unites coupled
+elements, and records the constant slices and fixups the transform will apply.
+An op missing from the table is a barrier (`unknown_op`): never guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from compress_ir.passes.analysis.channel_groups import ChannelAnalysis
+
+Rule = Callable[[ChannelAnalysis, gs.Node], None]
+
+
+def _opt(node: gs.Node, index: int) -> gs.Tensor | None:
+    """Optional input `index` (None when absent or given as the empty name)."""
+    if index < len(node.inputs) and node.inputs[index].name:
+        return node.inputs[index]
+    return None
+
+
+def _ints(a: ChannelAnalysis, node: gs.Node, attr: str, index: int) -> list[int] | None:
+    """An int list given as attribute `attr` (old opsets) or constant input `index`."""
+    if attr in node.attrs and node.attrs[attr] is not None:
+        return [int(v) for v in np.atleast_1d(node.attrs[attr])]
+    t = _opt(node, index)
+    if t is None:
+        return None
+    value = a.const(t)
+    return None if value is None else [int(v) for v in np.atleast_1d(value)]
+
+
+def _norm(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _used(t: gs.Tensor) -> bool:
+    return bool(t.outputs)
+
+
+def unknown_op(a: ChannelAnalysis, node: gs.Node) -> None:
+    a.block_inputs(node, f"op {node.op!r} is not understood by the channel analysis")
+
+
+def barrier(reason: str) -> Rule:
+    """A rule for an op known to mix channels: it blocks with a specific reason."""
+
+    def rule(a: ChannelAnalysis, node: gs.Node) -> None:
+        a.block_inputs(node, reason)
+
+    return rule
+
+
+def passthrough(a: ChannelAnalysis, node: gs.Node) -> None:
+    """Unary element-wise ops: every output has the layout of input 0."""
+    lay = a.layout(node.inputs[0]) if node.inputs else None
+    if lay is None:
+        return
+    for out in node.outputs:
+        a.set_layout(out, lay.axis, lay.ids)
+
+
+def channel_passthrough(a: ChannelAnalysis, node: gs.Node) -> None:
+    """Per-channel NC* ops (pooling): channels must be on axis 1."""
+    lay = a.layout(node.inputs[0])
+    if lay is None:
+        return
+    if lay.axis != 1:
+        a.block(lay.ids, f"{node.op} node {node.name!r}: channels are not on axis 1")
+        return
+    if len(node.outputs) > 1 and _used(node.outputs[1]):
+        a.block(lay.ids, f"{node.op} node {node.name!r}: its indices output encodes channels")
+        return
+    a.set_layout(node.outputs[0], 1, lay.ids)
+
+
+def conv(a: ChannelAnalysis, node: gs.Node) -> None:
+    x, w, b, y = node.inputs[0], node.inputs[1], _opt(node, 2), node.outputs[0]
+    weight = a.const(w)
+    lay = a.layout(x)
+    if weight is None or (b is not None and a.const(b) is None):
+        a.block_inputs(node, "weight or bias is computed at run time")
+        return
+    groups = int(node.attrs.get("group", 1))
+    cout, cin_g = weight.shape[0], weight.shape[1]
+    if lay is not None and lay.axis != 1:
+        a.block(lay.ids, f"Conv node {node.name!r}: channels are not on axis 1")
+        lay = None
+    if lay is not None and cin_g == 1 and groups > 1:
+        # depthwise: each group is one input channel and its outputs follow it
+        a.set_layout(y, 1, np.repeat(lay.ids, cout // groups))
+        a.slice_const(node, 1, 0, y)
+        if b is not None:
+            a.slice_const(node, 2, 0, y)
+        a.fixup("conv-group", node, by=x.name)
+        return
+    if lay is not None:
+        if groups > 1:
+            a.tie(lay.ids, groups)
+        a.slice_const(node, 1, 1, x, reduces=True, groups=groups)
+    ids = a.new_root(node, y, cout, weight=w, weight_axis=0)
+    if groups > 1:
+        a.tie(ids, groups)
+    a.set_layout(y, 1, ids)
+    a.slice_const(node, 1, 0, y)
+    if b is not None:
+        a.slice_const(node, 2, 0, y)
+
+
+def conv_transpose(a: ChannelAnalysis, node: gs.Node) -> None:
+    x, w, b, y = node.inputs[0], node.inputs[1], _opt(node, 2), node.outputs[0]
+    weight = a.const(w)
+    if weight is None or (b is not None and a.const(b) is None):
+        a.block_inputs(node, "weight or bias is computed at run time")
+        return
+    if int(node.attrs.get("group", 1)) != 1:
+        a.block_inputs(node, "grouped ConvTranspose is not supported yet")
+        return
+    lay = a.layout(x)
+    if lay is not None:
+        if lay.axis != 1:
+            a.block(lay.ids, f"ConvTranspose node {node.name!r}: channels are not on axis 1")
+        else:
+            a.slice_const(node, 1, 0, x, reduces=True)
+    ids = a.new_root(node, y, weight.shape[1], weight=w, weight_axis=1)
+    a.set_layout(y, 1, ids)
+    a.slice_const(node, 1, 1, y)
+    if b is not None:
+        a.slice_const(node, 2, 0, y)
+
+
+def _per_channel_params(first: int, last: int) -> Rule:
+    """BatchNormalization/InstanceNormalization: constant params indexed by channel."""
+
+    def rule(a: ChannelAnalysis, node: gs.Node) -> None:
+        x = node.inputs[0]
+        lay = a.layout(x)
+        if lay is None:
+            return
+        if lay.axis != 1:
+            a.block(lay.ids, f"{node.op} node {node.name!r}: channels are not on axis 1")
+            return
+        if any(_used(o) for o in node.outputs[1:]):
+            a.block(lay.ids, f"{node.op} node {node.name!r}: training-mode outputs are used")
+            return
+        for idx in range(first, min(last, len(node.inputs) - 1) + 1):
+            if a.const(node.inputs[idx]) is None:
+                a.block(lay.ids, f"{node.op} node {node.name!r}: input {idx} is not constant")
+                return
+        a.set_layout(node.outputs[0], 1, lay.ids)
+        for idx in range(first, min(last, len(node.inputs) - 1) + 1):
+            a.slice_const(node, idx, 0, x)
+
+    return rule
+
+
+def group_norm(a: ChannelAnalysis, node: gs.Node) -> None:
+    x = node.inputs[0]
+    lay = a.layout(x)
+    if lay is None:
+        return
+    num_groups = int(node.attrs["num_groups"])
+    channels = lay.ids.size
+    if lay.axis != 1 or channels % num_groups:
+        a.block(lay.ids, f"GroupNormalization node {node.name!r}: unexpected channel layout")
+        return
+    per_group = channels // num_groups
+    table = lay.ids.reshape(num_groups, per_group)
+    for row in table:  # statistics are shared inside a group: remove whole groups only
+        a.unite(np.full(per_group, row[0]), row)
+    for idx in (1, 2):
+        value = a.const(node.inputs[idx])
+        if value is None or value.shape[0] not in (channels, num_groups):
+            a.block(lay.ids, f"GroupNormalization node {node.name!r}: unexpected scale/bias")
+            return
+    a.set_layout(node.outputs[0], 1, lay.ids)
+    for idx in (1, 2):
+        if a.const(node.inputs[idx]).shape[0] == channels:
+            a.slice_const(node, idx, 0, x)
+        else:
+            a.fixup("groupnorm-param", node, index=idx, by=x.name, per_group=per_group)
+    a.fixup("groupnorm-groups", node, by=x.name, per_group=per_group)
+
+
+def layer_norm(a: ChannelAnalysis, node: gs.Node) -> None:
+    lay = a.layout(node.inputs[0])
+    if lay is None:
+        return
+    rank = a.rank(node.inputs[0])
+    axis = _norm(int(node.attrs.get("axis", -1)), rank)
+    if lay.axis >= axis:
+        a.block(lay.ids, f"LayerNormalization node {node.name!r} normalises across the channels")
+        return
+    a.set_layout(node.outputs[0], lay.axis, lay.ids)
+
+
+def mvn(a: ChannelAnalysis, node: gs.Node) -> None:
+    lay = a.layout(node.inputs[0])
+    if lay is None:
+        return
+    axes = [int(v) for v in node.attrs.get("axes", [0, 2, 3])]
+    rank = a.rank(node.inputs[0])
+    if lay.axis in [_norm(v, rank) for v in axes]:
+        a.block(lay.ids, f"{node.op} node {node.name!r} normalises across the channels")
+        return
+    a.set_layout(node.outputs[0], lay.axis, lay.ids)
+
+
+def elementwise(a: ChannelAnalysis, node: gs.Node) -> None:
+    """Broadcasting n-ary ops (Add, Mul, Sum, Where, PRelu, ...)."""
+    out = node.outputs[0]
+    ranks = [a.rank(t) for t in node.inputs]
+    if any(r is None for r in ranks):
+        a.block_inputs(node, "an input has unknown rank")
+        return
+    rank = max(ranks)
+    laid = [(t, a.layout(t)) for t in node.inputs if a.layout(t) is not None]
+    axes = {lay.axis + rank - a.rank(t) for t, lay in laid}
+    sizes = {lay.ids.size for _, lay in laid}
+    if len(axes) != 1 or len(sizes) != 1:
+        a.block_inputs(node, "inputs carry channels on different axes or sizes")
+        return
+    axis, size = axes.pop(), sizes.pop()
+    first = laid[0][1].ids
+    for idx, t in enumerate(node.inputs):
+        lay = a.layout(t)
+        if lay is not None:
+            a.unite(first, lay.ids)
+            continue
+        local = axis - (rank - a.rank(t))
+        dim = a.shape(t)[local] if local >= 0 else 1
+        if dim == 1:
+            continue
+        if dim == size and a.const(t) is not None:
+            a.slice_const(node, idx, local, out)
+            continue
+        a.block_inputs(node, f"input {t.name!r} is computed without channel tracking")
+        return
+    a.set_layout(out, axis, first)
+
+
+def concat(a: ChannelAnalysis, node: gs.Node) -> None:
+    out = node.outputs[0]
+    rank = a.rank(out)
+    if rank is None:
+        a.block_inputs(node, "output rank unknown")
+        return
+    axis = _norm(int(node.attrs["axis"]), rank)
+    laid = [a.layout(t) for t in node.inputs if a.layout(t) is not None]
+    if all(lay.axis != axis for lay in laid):
+        elementwise(a, node)  # concat along another axis: channels must line up
+        return
+    pieces = []
+    for t in node.inputs:
+        lay = a.layout(t)
+        shape = a.shape(t)
+        if lay is not None and lay.axis == axis:
+            pieces.append(lay.ids)
+            continue
+        if shape is None or not isinstance(shape[axis], int):
+            a.block_inputs(node, f"input {t.name!r} has an unknown size on the concat axis")
+            return
+        if lay is not None:
+            a.block(lay.ids, f"Concat node {node.name!r}: input channels on another axis")
+        reason = f"Concat node {node.name!r}: input {t.name!r} is not a prunable channel source"
+        pieces.append(a.fixed(node, t, int(shape[axis]), reason))
+    a.set_layout(out, axis, np.concatenate(pieces))
+
+
+def split(a: ChannelAnalysis, node: gs.Node) -> None:
+    x = node.inputs[0]
+    lay = a.layout(x)
+    if lay is None:
+        return
+    axis = _norm(int(node.attrs.get("axis", 0)), a.rank(x))
+    if lay.axis != axis:
+        for out in node.outputs:
+            a.set_layout(out, lay.axis, lay.ids)
+        return
+    sizes = _ints(a, node, "split", 1)
+    if sizes is None:
+        if _opt(node, 1) is not None:
+            a.block(lay.ids, f"Split node {node.name!r}: split sizes are computed at run time")
+            return
+        n = len(node.outputs)
+        chunk = -(-lay.ids.size // n)
+        sizes = [min(chunk, lay.ids.size - i * chunk) for i in range(n)]
+    offset = 0
+    for out, size in zip(node.outputs, sizes, strict=True):
+        a.set_layout(out, axis, lay.ids[offset : offset + size])
+        offset += size
+    a.fixup("split-sizes", node)
+
+
+def slice_op(a: ChannelAnalysis, node: gs.Node) -> None:
+    x = node.inputs[0]
+    lay = a.layout(x)
+    if lay is None:
+        return
+    rank = a.rank(x)
+    starts, ends = _ints(a, node, "starts", 1), _ints(a, node, "ends", 2)
+    axes, steps = _ints(a, node, "axes", 3), _ints(a, node, "steps", 4)
+    if starts is None or ends is None or (_opt(node, 3) and axes is None):
+        a.block(lay.ids, f"Slice node {node.name!r}: bounds are computed at run time")
+        return
+    axes = [_norm(v, rank) for v in (axes or range(len(starts)))]
+    if lay.axis not in axes:
+        a.set_layout(node.outputs[0], lay.axis, lay.ids)
+        return
+    pos = axes.index(lay.axis)
+    if steps is not None and steps[pos] != 1:
+        a.block(lay.ids, f"Slice node {node.name!r}: strided slice of the channel axis")
+        return
+    start, stop, _ = slice(starts[pos], ends[pos]).indices(lay.ids.size)
+    a.set_layout(node.outputs[0], lay.axis, lay.ids[start:stop])
+    a.fixup("slice-range", node, position=pos, start=start, stop=stop, by=x.name)
+
+
+def pad(a: ChannelAnalysis, node: gs.Node) -> None:
+    x = node.inputs[0]
+    lay = a.layout(x)
+    if lay is None:
+        return
+    rank = a.rank(x)
+    pads = _ints(a, node, "pads", 1)
+    axes = _ints(a, node, "axes", 3) if _opt(node, 3) is not None else list(range(rank))
+    if pads is None or axes is None:
+        a.block(lay.ids, f"Pad node {node.name!r}: pads are computed at run time")
+        return
+    axes = [_norm(v, rank) for v in axes]
+    if lay.axis in axes:
+        i = axes.index(lay.axis)
+        if pads[i] != 0 or pads[i + len(axes)] != 0:
+            a.block(lay.ids, f"Pad node {node.name!r} pads the channel axis")
+            return
+    a.set_layout(node.outputs[0], lay.axis, lay.ids)
+
+
+def resize(a: ChannelAnalysis, node: gs.Node) -> None:
+    x = node.inputs[0]
+    lay = a.layout(x)
+    if lay is None:
+        return
+    scales_index = 1 if (node.op == "Upsample" or a.model.opset < 11) else 2
+    scales = a.const(node.inputs[scales_index]) if _opt(node, scales_index) else None
+    sizes_t = _opt(node, 3) if scales_index == 2 else None
+    if scales is not None and scales.size and float(scales[lay.axis]) != 1.0:
+        a.block(lay.ids, f"{node.op} node {node.name!r} rescales the channel axis")
+        return
+    if sizes_t is not None:
+        if a.const(sizes_t) is None:
+            a.block(lay.ids, f"{node.op} node {node.name!r}: sizes are computed at run time")
+            return
+        if node.attrs.get("axes") is not None:
+            a.block(lay.ids, f"{node.op} node {node.name!r}: sizes with axes are not supported")
+            return
+        a.fixup("resize-sizes", node, axis=lay.axis, by=x.name)
+    elif scales is None:
+        a.block(lay.ids, f"{node.op} node {node.name!r}: scales are computed at run time")
+        return
+    a.set_layout(node.outputs[0], lay.axis, lay.ids)
+
+
+def _reshape_groups(src: list[int], dst: list[int]) -> list[tuple[range, range]] | None:
+    """Pair runs of input and output dims with equal products (None if impossible)."""
+    groups, i, j = [], 0, 0
+    while i < len(src) or j < len(dst):
+        si, sj, pi, pj = i, j, 1, 1
+        if i < len(src):
+            pi, i = src[i], i + 1
+        if j < len(dst):
+            pj, j = dst[j], j + 1
+        while pi != pj:
+            if pi < pj and i < len(src):
+                pi, i = pi * src[i], i + 1
+            elif pj < pi and j < len(dst):
+                pj, j = pj * dst[j], j + 1
+            else:
+                return None
+        groups.append((range(si, i), range(sj, j)))
+    return groups
+
+
+def reshape(a: ChannelAnalysis, node: gs.Node) -> None:
+    """Reshape/Flatten: map the channel axis through merged or split dims."""
+    x, y = node.inputs[0], node.outputs[0]
+    lay = a.layout(x)
+    if lay is None:
+        return
+    src, dst = a.shape(x), a.shape(y)
+    if node.op == "Reshape" and a.const(node.inputs[1]) is None:
+        a.block(lay.ids, f"Reshape node {node.name!r}: target shape is computed at run time")
+        return
+    if not src or not dst or not all(isinstance(d, int) for d in (*src, *dst)):
+        a.block(lay.ids, f"{node.op} node {node.name!r}: shapes are not static")
+        return
+    groups = _reshape_groups(list(src), list(dst))
+    group = next((g for g in groups or [] if lay.axis in g[0]), None)
+    if group is None or not len(group[1]):
+        a.block(lay.ids, f"{node.op} node {node.name!r}: cannot map the channel axis")
+        return
+    src_dims, dst_axes = group
+    in_dims = [src[d] for d in src_dims]
+    bshape = [1] * len(in_dims)
+    bshape[lay.axis - src_dims.start] = -1
+    full = np.broadcast_to(lay.ids.reshape(bshape), in_dims).reshape([dst[d] for d in dst_axes])
+    axis = _choose_axis(full)
+    slices = np.moveaxis(full, axis, 0).reshape(full.shape[axis], -1)
+    for row in slices:
+        a.unite(np.full(row.size, row[0]), row)
+    new_axis = dst_axes.start + axis
+    a.set_layout(y, new_axis, slices[:, 0])
+    if node.op == "Reshape":
+        a.fixup("reshape-shape", node, axis=new_axis, shape=list(dst), by=y.name)
+
+
+def _choose_axis(full: np.ndarray) -> int:
+    """The output axis to carry channels after a split: disjoint slices, most units."""
+    best, best_key = full.ndim - 1, None
+    for axis in range(full.ndim):
+        rows = np.moveaxis(full, axis, 0).reshape(full.shape[axis], -1)
+        disjoint = sum(np.unique(r).size for r in rows) == np.unique(full).size
+        key = (disjoint, full.shape[axis], axis)
+        if best_key is None or key > best_key:
+            best, best_key = axis, key
+    return best
+
+
+def squeeze(a: ChannelAnalysis, node: gs.Node) -> None:
+    x = node.inputs[0]
+    lay = a.layout(x)
+    if lay is None:
+        return
+    rank = a.rank(x)
+    axes = _ints(a, node, "axes", 1)
+    if axes is None:
+        shape = a.shape(x)
+        axes = [i for i, d in enumerate(shape) if d == 1]
+    axes = [_norm(v, rank) for v in axes]
+    if lay.axis in axes:
+        a.block(lay.ids, f"Squeeze node {node.name!r} removes the channel axis")
+        return
+    a.set_layout(node.outputs[0], lay.axis - sum(v < lay.axis for v in axes), lay.ids)
+
+
+def unsqueeze(a: ChannelAnalysis, node: gs.Node) -> None:
+    x = node.inputs[0]
+    lay = a.layout(x)
+    if lay is None:
+        return
+    axes = _ints(a, node, "axes", 1)
+    if axes is None:
+        a.block(lay.ids, f"Unsqueeze node {node.name!r}: axes are computed at run time")
+        return
+    out_rank = a.rank(x) + len(axes)
+    axes = {_norm(v, out_rank) for v in axes}
+    kept = [p for p in range(out_rank) if p not in axes]
+    a.set_layout(node.outputs[0], kept[lay.axis], lay.ids)
+
+
+def transpose(a: ChannelAnalysis, node: gs.Node) -> None:
+    x = node.inputs[0]
+    lay = a.layout(x)
+    if lay is None:
+        return
+    rank = a.rank(x)
+    perm = [int(p) for p in node.attrs.get("perm", list(range(rank))[::-1])]
+    a.set_layout(node.outputs[0], perm.index(lay.axis), lay.ids)
+
+
+def gemm(a: ChannelAnalysis, node: gs.Node) -> None:
+    x, w, c, y = node.inputs[0], node.inputs[1], _opt(node, 2), node.outputs[0]
+    weight = a.const(w)
+    if weight is None or a.const(x) is not None:
+        a.block_inputs(node, "B is computed at run time")
+        return
+    trans_a, trans_b = int(node.attrs.get("transA", 0)), int(node.attrs.get("transB", 0))
+    n_axis, k_axis = (0, 1) if trans_b else (1, 0)
+    lay = a.layout(x)
+    if lay is not None:
+        if lay.axis == (0 if trans_a else 1):
+            a.slice_const(node, 1, k_axis, x, reduces=True)
+        else:
+            a.block(lay.ids, f"Gemm node {node.name!r}: channels on the rows of A")
+    n = weight.shape[n_axis]
+    ids = a.new_root(node, y, n, weight=w, weight_axis=n_axis)
+    a.set_layout(y, 1, ids)
+    a.slice_const(node, 1, n_axis, y)
+    if c is not None:
+        shape = a.shape(c)
+        if shape and shape[-1] == n and n != 1:
+            if a.const(c) is None:
+                a.block(ids, f"Gemm node {node.name!r}: C is computed at run time")
+            else:
+                a.slice_const(node, 2, len(shape) - 1, y)
+
+
+def matmul(a: ChannelAnalysis, node: gs.Node) -> None:
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    weight = a.const(w)
+    if weight is None or a.const(x) is not None or weight.ndim < 2:
+        a.block_inputs(node, "MatMul without a constant right-hand weight matrix")
+        return
+    lay = a.layout(x)
+    if lay is not None:
+        if lay.axis == a.rank(x) - 1:
+            a.slice_const(node, 1, weight.ndim - 2, x, reduces=True)
+        else:
+            a.block(lay.ids, f"MatMul node {node.name!r}: channels not on the reduced axis")
+    ids = a.new_root(node, y, weight.shape[-1], weight=w, weight_axis=weight.ndim - 1)
+    a.set_layout(y, a.rank(y) - 1, ids)
+    a.slice_const(node, 1, weight.ndim - 1, y)
+
+
+def softmax(a: ChannelAnalysis, node: gs.Node) -> None:
+    x = node.inputs[0]
+    lay = a.layout(x)
+    if lay is None:
+        return
+    rank = a.rank(x)
+    legacy = a.model.opset < 13
+    axis = _norm(int(node.attrs.get("axis", 1 if legacy else -1)), rank)
+    if lay.axis == axis or (legacy and lay.axis >= axis):
+        a.block(lay.ids, f"{node.op} node {node.name!r} normalises across the channels")
+        return
+    a.set_layout(node.outputs[0], lay.axis, lay.ids)
+
+
+def reduce(a: ChannelAnalysis, node: gs.Node) -> None:
+    x = node.inputs[0]
+    lay = a.layout(x)
+    if lay is None:
+        return
+    rank = a.rank(x)
+    if "axis" in node.attrs or node.op in ("ArgMax", "ArgMin"):
+        axes = [int(node.attrs.get("axis", 0))]
+    else:
+        axes = _ints(a, node, "axes", 1)
+    if axes is None or not axes:
+        if _opt(node, 1) is not None or not node.attrs.get("noop_with_empty_axes", 0):
+            a.block(lay.ids, f"{node.op} node {node.name!r} reduces over the channels")
+            return
+        axes = []
+    axes = [_norm(v, rank) for v in axes]
+    if lay.axis in axes:
+        a.block(lay.ids, f"{node.op} node {node.name!r} reduces over the channels")
+        return
+    keep = int(node.attrs.get("keepdims", 1))
+    axis = lay.axis if keep else lay.axis - sum(v < lay.axis for v in axes)
+    a.set_layout(node.outputs[0], axis, lay.ids)
+
+
+def gather(a: ChannelAnalysis, node: gs.Node) -> None:
+    x, idx = node.inputs[0], node.inputs[1]
+    lay = a.layout(x)
+    if lay is None:
+        return
+    axis = _norm(int(node.attrs.get("axis", 0)), a.rank(x))
+    if lay.axis == axis or a.rank(idx) is None:
+        a.block(lay.ids, f"Gather node {node.name!r} indexes the channel axis")
+        return
+    new_axis = lay.axis if lay.axis < axis else lay.axis - 1 + a.rank(idx)
+    a.set_layout(node.outputs[0], new_axis, lay.ids)
+
+
+def shape_op(a: ChannelAnalysis, node: gs.Node) -> None:
+    lay = a.layout(node.inputs[0])
+    if lay is None:
+        return
+    rank = a.rank(node.inputs[0])
+    start = _norm(int(node.attrs.get("start", 0)), rank)
+    end = node.attrs.get("end")
+    end = rank if end is None else _norm(int(end), rank)
+    if start <= lay.axis < end:
+        a.block(lay.ids, f"Shape node {node.name!r} exposes the channel count to computed values")
+
+
+UNARY = (
+    "Relu LeakyRelu Clip Sigmoid HardSigmoid HardSwish Tanh Elu Selu Celu Softplus Softsign "
+    "ThresholdedRelu Gelu Mish Exp Log Abs Neg Sqrt Reciprocal Erf Floor Ceil Round Sign Sin Cos "
+    "Not IsNaN IsInf Identity Cast Dropout Swish"
+).split()
+BINARY = "Add Sub Mul Div Pow Max Min Mean Sum PRelu Where Equal Less Greater And Or Xor".split()
+POOL = "MaxPool AveragePool LpPool GlobalAveragePool GlobalMaxPool GlobalLpPool".split()
+REDUCE = (
+    "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum "
+    "ReduceLogSumExp ReduceSumSquare ArgMax ArgMin"
+).split()
+
+RULES: dict[str, Rule] = {
+    **{op: passthrough for op in UNARY},
+    **{op: elementwise for op in BINARY},
+    **{op: channel_passthrough for op in POOL},
+    **{op: reduce for op in REDUCE},
+    "Conv": conv,
+    "ConvTranspose": conv_transpose,
+    "BatchNormalization": _per_channel_params(1, 4),
+    "InstanceNormalization": _per_channel_params(1, 2),
+    "GroupNormalization": group_norm,
+    "LayerNormalization": layer_norm,
+    "MeanVarianceNormalization": mvn,
+    "Concat": concat,
+    "Split": split,
+    "Slice": slice_op,
+    "Pad": pad,
+    "Resize": resize,
+    "Upsample": resize,
+    "Reshape": reshape,
+    "Flatten": reshape,
+    "Squeeze": squeeze,
+    "Unsqueeze": unsqueeze,
+    "Transpose": transpose,
+    "Gemm": gemm,
+    "MatMul": matmul,
+    "Softmax": softmax,
+    "LogSoftmax": softmax,
+    "Hardmax": softmax,
+    "Gather": gather,
+    "Shape": shape_op,
+    "LRN": barrier("LRN normalises each channel by its neighbouring channels"),
+    "LpNormalization": barrier("LpNormalization normalises across an axis"),
+    "DepthToSpace": barrier("DepthToSpace moves channels into spatial positions"),
+    "SpaceToDepth": barrier("SpaceToDepth moves spatial positions into channels"),
+}
