@@ -100,8 +100,18 @@ def _fold_constants(proto: onnx.ModelProto, source: str) -> None:
 
     graph = proto.graph
     consts = {i.name: i for i in graph.initializer}
+    static = _static_shapes(proto)
     kept = []
     for node in graph.node:
+        if node.op_type == "Shape" and node.domain in ("", "ai.onnx"):
+            dims = static.get(node.input[0])
+            if dims is not None:  # the shape of a statically shaped tensor is a constant
+                start = next((a.i for a in node.attribute if a.name == "start"), 0)
+                end = next((a.i for a in node.attribute if a.name == "end"), len(dims))
+                value = np.asarray(dims[slice(start, end)], dtype=np.int64)
+                consts[node.output[0]] = numpy_helper.from_array(value, node.output[0])
+                graph.initializer.append(consts[node.output[0]])
+                continue
         foldable = (
             node.domain in ("", "ai.onnx")
             and node.op_type not in _NO_FOLD
@@ -134,6 +144,22 @@ def _fold_constants(proto: onnx.ModelProto, source: str) -> None:
             consts[name] = tensor
     del graph.node[:]
     graph.node.extend(kept)
+
+
+def _static_shapes(proto: onnx.ModelProto) -> dict[str, list[int]]:
+    """Fully static tensor shapes known from (non-strict) shape inference."""
+    work = onnx.ModelProto()
+    work.CopyFrom(proto)
+    try:
+        inferred = infer_proto_shapes(work)
+    except Exception:  # noqa: BLE001 - the strict check later reports the real problem
+        return {}
+    out = {}
+    for vi in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            out[vi.name] = [d.dim_value for d in t.shape.dim]
+    return out
 
 
 def _toposort(graph: onnx.GraphProto, source: str) -> None:

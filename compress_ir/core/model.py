@@ -155,7 +155,9 @@ def infer_proto_shapes(proto: onnx.ModelProto, strict: bool = False) -> onnx.Mod
                 )
         else:
             skeleton.graph.initializer.append(init)
-    inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=strict, strict_mode=strict)
+    inferred = onnx.shape_inference.infer_shapes(
+        skeleton, check_type=strict, strict_mode=strict, data_prop=True
+    )
     del proto.graph.value_info[:]
     proto.graph.value_info.extend(inferred.graph.value_info)
     return proto

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compress_ir.passes.analysis.channel_groups import ChannelAnalysis
+from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, Layout
 
 Rule = Callable[[ChannelAnalysis, gs.Node], None]
 
@@ -48,13 +48,24 @@ def unknown_op(a: ChannelAnalysis, node: gs.Node) -> None:
     a.block_inputs(node, f"op {node.op!r} is not understood by the channel analysis")
 
 
-def barrier(reason: str) -> Rule:
-    """A rule for an op known to mix channels: it blocks with a specific reason."""
+def barrier(reason: str, keeps_shape: bool = False) -> Rule:
+    """A rule for an op known to mix channels: it blocks with a specific reason.
+
+    A shape-preserving barrier still passes the (now blocked) layout on, so that a
+    residual Add downstream is coupled to it and reports this reason, not a vaguer one.
+    """
 
     def rule(a: ChannelAnalysis, node: gs.Node) -> None:
-        a.block_inputs(node, reason)
+        a.block_inputs(node, f"{node.op} node {node.name!r}: {reason}")
+        if keeps_shape:
+            passthrough(a, node)
 
     return rule
+
+
+def _blocked_passthrough(a: ChannelAnalysis, node: gs.Node, lay: Layout, reason: str) -> None:
+    a.block(lay.ids, reason)
+    a.set_layout(node.outputs[0], lay.axis, lay.ids)
 
 
 def passthrough(a: ChannelAnalysis, node: gs.Node) -> None:
@@ -195,7 +206,8 @@ def layer_norm(a: ChannelAnalysis, node: gs.Node) -> None:
     rank = a.rank(node.inputs[0])
     axis = _norm(int(node.attrs.get("axis", -1)), rank)
     if lay.axis >= axis:
-        a.block(lay.ids, f"LayerNormalization node {node.name!r} normalises across the channels")
+        reason = f"LayerNormalization node {node.name!r} normalises across the channels"
+        _blocked_passthrough(a, node, lay, reason)
         return
     a.set_layout(node.outputs[0], lay.axis, lay.ids)
 
@@ -207,7 +219,8 @@ def mvn(a: ChannelAnalysis, node: gs.Node) -> None:
     axes = [int(v) for v in node.attrs.get("axes", [0, 2, 3])]
     rank = a.rank(node.inputs[0])
     if lay.axis in [_norm(v, rank) for v in axes]:
-        a.block(lay.ids, f"{node.op} node {node.name!r} normalises across the channels")
+        reason = f"{node.op} node {node.name!r} normalises across the channels"
+        _blocked_passthrough(a, node, lay, reason)
         return
     a.set_layout(node.outputs[0], lay.axis, lay.ids)
 
@@ -527,7 +540,8 @@ def softmax(a: ChannelAnalysis, node: gs.Node) -> None:
     legacy = a.model.opset < 13
     axis = _norm(int(node.attrs.get("axis", 1 if legacy else -1)), rank)
     if lay.axis == axis or (legacy and lay.axis >= axis):
-        a.block(lay.ids, f"{node.op} node {node.name!r} normalises across the channels")
+        reason = f"{node.op} node {node.name!r} normalises across the channels"
+        _blocked_passthrough(a, node, lay, reason)
         return
     a.set_layout(node.outputs[0], lay.axis, lay.ids)
 
@@ -623,8 +637,8 @@ RULES: dict[str, Rule] = {
     "Hardmax": softmax,
     "Gather": gather,
     "Shape": shape_op,
-    "LRN": barrier("LRN normalises each channel by its neighbouring channels"),
-    "LpNormalization": barrier("LpNormalization normalises across an axis"),
+    "LRN": barrier("LRN normalises each channel by its neighbouring channels", True),
+    "LpNormalization": barrier("LpNormalization normalises across an axis", True),
     "DepthToSpace": barrier("DepthToSpace moves channels into spatial positions"),
     "SpaceToDepth": barrier("SpaceToDepth moves spatial positions into channels"),
 }
