@@ -73,19 +73,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the input model is required")
     if not args.passes:
         parser.error("give at least one --pass")
+    if not args.tolerance >= 0:  # also rejects nan
+        parser.error(f"--tolerance must be >= 0, got {args.tolerance}")
     from compress_ir.api import compress
     from compress_ir.core.report import format_report, write_json_atomic
 
     try:
         result = compress(args.model, args.passes, output=args.output,
                           check=not args.no_check, tolerance=args.tolerance, seed=args.seed)
+        if args.report:
+            write_json_atomic(result.report, args.report)
     except CompressIRError as exc:
         if args.debug:
             raise
         print(f"compress-ir: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    if args.report:
-        write_json_atomic(result.report, args.report)
+    except OSError as exc:  # -o / --report not writable: the user's path, not a bug
+        if args.debug:
+            raise
+        print(f"compress-ir: error: cannot write {exc.filename or ''}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_USAGE
     if not args.quiet:
         print(format_report(result.report))
     return EXIT_OK

@@ -254,9 +254,17 @@ def save_onnx(model: Model | onnx.ModelProto, path: str | os.PathLike) -> int:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return len(data)
+
+
+def _new_file_mode() -> int:
+    """The mode `open()` would give a new file: 0o666 minus the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

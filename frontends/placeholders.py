@@ -13,8 +13,12 @@ import onnx
 from onnx import numpy_helper
 
 # (op type, input index) pairs that must be positive (variances, scales)
-_POSITIVE = {("BatchNormalization", 1), ("BatchNormalization", 4),
-             ("InstanceNormalization", 1), ("LayerNormalization", 1)}
+_POSITIVE = {
+    ("BatchNormalization", 1),
+    ("BatchNormalization", 4),
+    ("InstanceNormalization", 1),
+    ("LayerNormalization", 1),
+}
 
 
 def _fan_in(shape: tuple[int, ...], op: str, index: int, node: onnx.NodeProto | None) -> int:
@@ -50,7 +54,9 @@ def fill_placeholders(proto: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
         if (op, idx) in _POSITIVE:
             values = rng.uniform(0.5, 1.5, shape)
         elif len(shape) >= 2:
-            values = rng.standard_normal(shape, dtype=np.float32) / np.sqrt(max(_fan_in(shape, op, idx, user), 1))
+            values = rng.standard_normal(shape, dtype=np.float32) / np.sqrt(
+                max(_fan_in(shape, op, idx, user), 1)
+            )
         elif op == "Mul" or (op == "Unsqueeze" and "scale" in node.output[0]):
             values = rng.uniform(0.5, 1.5, shape)
         else:

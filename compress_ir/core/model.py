@@ -158,6 +158,46 @@ def infer_proto_shapes(proto: onnx.ModelProto, strict: bool = False) -> onnx.Mod
     inferred = onnx.shape_inference.infer_shapes(
         skeleton, check_type=strict, strict_mode=strict, data_prop=True
     )
+    if strict:
+        _check_conv_channels(proto, inferred)
     del proto.graph.value_info[:]
     proto.graph.value_info.extend(inferred.graph.value_info)
     return proto
+
+
+def _check_conv_channels(proto: onnx.ModelProto, inferred: onnx.ModelProto) -> None:
+    """What ONNX's Conv inference does not check: channel counts of input, weight, bias.
+
+    A Conv whose weight disagrees with its input's channel count passes the checker
+    and shape inference but fails in every runtime; a bad channel slice looks so.
+    """
+    dims: dict[str, list[int | None]] = {}
+    for vi in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            dims[vi.name] = [d.dim_value if d.dim_value > 0 else None for d in t.shape.dim]
+    for init in proto.graph.initializer:
+        dims[init.name] = list(init.dims)
+    for node in proto.graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in ("Conv", "ConvTranspose"):
+            continue
+        x = dims.get(node.input[0]) if node.input else None
+        w = dims.get(node.input[1]) if len(node.input) > 1 else None
+        if not x or not w or len(x) < 2 or len(w) < 2:
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1) or 1
+        where = f"(op_type:{node.op_type}, node name: {node.name})"
+        transpose = node.op_type == "ConvTranspose"
+        want_in = w[0] if transpose else (None if w[1] is None else w[1] * group)
+        if x[1] is not None and want_in is not None and x[1] != want_in:
+            raise onnx.shape_inference.InferenceError(
+                f"{where}: input {node.input[0]!r} has {x[1]} channels but weight "
+                f"{node.input[1]!r} of shape {w} with group={group} expects {want_in}"
+            )
+        out = (None if w[1] is None else w[1] * group) if transpose else w[0]
+        b = dims.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if b is not None and out is not None and b != [out]:
+            raise onnx.shape_inference.InferenceError(
+                f"{where}: bias {node.input[2]!r} has shape {b} but the op has {out} "
+                "output channels"
+            )

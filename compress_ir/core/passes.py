@@ -82,7 +82,9 @@ class Pass:
         items = []
         for f in dataclasses.fields(self.options):
             value = getattr(self.options, f.name)
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            default = (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            )
             if value != default:
                 items.append(f"{f.name.replace('_', '-')}={format_value(value)}")
         return self.name + ("{" + ",".join(items) + "}" if items else "")

@@ -47,13 +47,18 @@ def _human(n: float) -> str:
 
 def format_report(report: dict[str, Any], max_groups: int = 25) -> str:
     """A terminal summary: totals, per-pass stats, groups, blocked reasons, checks."""
-    lines = [f"compress-ir: {report['input']} -> {report['output'] or '(not written)'}",
-             f"pipeline: {report['pipeline']}", "",
-             f"{'':8}{'before':>12}{'after':>12}{'ratio':>8}"]
+    lines = [
+        f"compress-ir: {report['input']} -> {report['output'] or '(not written)'}",
+        f"pipeline: {report['pipeline']}",
+        "",
+        f"{'':8}{'before':>12}{'after':>12}{'ratio':>8}",
+    ]
     for key in ("params", "macs", "bytes"):
         b, a = report["before"][key], report["after"][key]
         ratio = report["ratios"][key]
-        lines.append(f"{key:8}{_human(b):>12}{_human(a):>12}{ratio if ratio is not None else '-':>8}")
+        lines.append(
+            f"{key:8}{_human(b):>12}{_human(a):>12}{ratio if ratio is not None else '-':>8}"
+        )
     for entry in report["passes"]:
         stats = ", ".join(f"{k}={v}" for k, v in entry["stats"].items())
         lines += ["", f"pass {entry['spec']}: {stats}"]
@@ -63,7 +68,9 @@ def format_report(report: dict[str, Any], max_groups: int = 25) -> str:
             shown = [g for g in groups if g["status"] == "pruned"][:max_groups]
             for g in shown:
                 prods = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
-                lines.append(f"  {g['group']:>5} {g['size']:>6} {g['kept']:>6}  {g['status']:9} {prods}")
+                lines.append(
+                    f"  {g['group']:>5} {g['size']:>6} {g['kept']:>6}  {g['status']:9} {prods}"
+                )
             hidden = sum(1 for g in groups if g["status"] == "pruned") - len(shown)
             if hidden > 0:
                 lines.append(f"  ... {hidden} more pruned groups (see --report)")
@@ -75,8 +82,10 @@ def format_report(report: dict[str, Any], max_groups: int = 25) -> str:
                 lines.append(f"  blocked ({count} group{'s' if count > 1 else ''}): {reason}")
     for check in report["checks"]:
         state = "ok" if check["ok"] else "FAILED"
-        lines.append(f"check {check['pass']}: {check['against']} rel. error "
-                     f"{check['rel_error']:.2e} (tolerance {check['tolerance']:.0e}) {state}")
+        lines.append(
+            f"check {check['pass']}: {check['against']} rel. error "
+            f"{check['rel_error']:.2e} (tolerance {check['tolerance']:.0e}) {state}"
+        )
     return "\n".join(lines)
 
 

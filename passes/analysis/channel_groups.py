@@ -278,9 +278,25 @@ class ChannelAnalysis:
             )
 
     # -- queries for transforms and the oracle ----------------------------------
+    def nonempty(self, removed_units: set[int]) -> set[int]:
+        """`removed_units` minus what would leave a tracked tensor with no channels.
+
+        A group keeps at least one unit, but one tensor may carry only some of its
+        units (a Split or Slice piece, one input of a Concat): if all of those go,
+        the tensor is empty and the model cannot run. Such a tensor keeps the unit
+        of its first position. Un-removing never empties another tensor, so one
+        sweep suffices.
+        """
+        removed = set(removed_units)
+        for lay in self.layouts.values():
+            units = self.unit_of[lay.ids]
+            if units.size and all(int(u) in removed for u in units):
+                removed.discard(int(units[0]))
+        return removed
+
     def keep_masks(self, removed_units: set[int]) -> dict[str, np.ndarray]:
         """Per tracked tensor, the positions along its channel axis that survive."""
-        removed = np.array(sorted(removed_units), dtype=np.int64)
+        removed = np.array(sorted(self.nonempty(removed_units)), dtype=np.int64)
         return {
             name: ~np.isin(self.unit_of[lay.ids], removed) for name, lay in self.layouts.items()
         }

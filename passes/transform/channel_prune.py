@@ -91,13 +91,15 @@ class ChannelPrune(Pass):
         before = work.to_proto()
         analysis = analyse_channels(work)
         removed, rows = plan_removal(analysis, work, self.options, ctx)
-        channels_removed = int(
-            sum(np.isin(analysis.unit_of[r.first : r.first + r.size], list(removed)).sum()
-                for r in analysis.roots)
-        ) if removed else 0
+        removed_list = np.array(sorted(removed), dtype=np.int64)
+        channels_removed = sum(
+            int(np.isin(analysis.unit_of[r.first : r.first + r.size], removed_list).sum())
+            for r in analysis.roots
+        )
+        pruned = [r for r in rows if r["status"] == "pruned" and r["kept"] < r["size"]]
         stats = {
             "groups": len(analysis.groups),
-            "groups_pruned": sum(1 for r in rows if r["status"] == "pruned" and r["kept"] < r["size"]),
+            "groups_pruned": len(pruned),
             "groups_blocked": sum(1 for r in rows if r["status"] == "blocked"),
             "units_removed": len(removed),
             "channels_removed": channels_removed,
