@@ -56,7 +56,7 @@ def barrier(reason: str, keeps_shape: bool = False) -> Rule:
     """
 
     def rule(a: ChannelAnalysis, node: gs.Node) -> None:
-        a.block_inputs(node, f"{node.op} node {node.name!r}: {reason}")
+        a.block_inputs(node, reason)
         if keeps_shape:
             passthrough(a, node)
 

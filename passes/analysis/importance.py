@@ -27,13 +27,16 @@ class ScoreContext:
     analysis: ChannelAnalysis
     activations: dict[str, np.ndarray] | None = None
 
+    def __post_init__(self) -> None:
+        self._tensors = self.model.tensors()
+
     def producer_weight(self, root_index: int) -> np.ndarray | None:
         """The producer's weight with its output-channel axis first (None if fixed)."""
         root = self.analysis.roots[root_index]
         if root.weight is None:
             return None
-        tensor = self.model.tensors()[root.weight]
-        return np.moveaxis(np.asarray(tensor.values, dtype=np.float64), root.weight_axis, 0)
+        tensor = self._tensors[root.weight]
+        return np.moveaxis(np.asarray(tensor.values), root.weight_axis, 0)
 
 
 class Criterion:
@@ -64,7 +67,8 @@ class _NormCriterion(Criterion):
             weight = ctx.producer_weight(root.index)
             if weight is None:
                 continue
-            norms = np.linalg.norm(weight.reshape(weight.shape[0], -1), ord=self.order, axis=1)
+            flat = weight.reshape(weight.shape[0], -1).astype(np.float64, copy=False)
+            norms = np.linalg.norm(flat, ord=self.order, axis=1)
             per_root[root.index] = norms / (norms.mean() + _EPS)
         scores = np.zeros(group.size)
         for i, unit in enumerate(group.units):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from compress_ir.core.errors import UsageError
-from compress_ir.core.model import Model, infer_shapes
+from compress_ir.core.model import Model, infer_proto_shapes
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
 from compress_ir.passes.analysis.allocation import ALLOCATIONS
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, analyse_channels
@@ -87,8 +87,9 @@ class ChannelPrune(Pass):
     Options = ChannelPruneOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        work = infer_shapes(model)
-        before = work.to_proto()
+        before = infer_proto_shapes(model.to_proto())
+        work = Model.from_proto(before, model.source)
+        work.ir_version, work.opset_imports = model.ir_version, dict(model.opset_imports)
         analysis = analyse_channels(work)
         removed, rows = plan_removal(analysis, work, self.options, ctx)
         removed_list = np.array(sorted(removed), dtype=np.int64)
