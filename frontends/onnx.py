@@ -8,7 +8,6 @@ inconsistent shapes) and reports it as one line naming the file and the node.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import deque
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from compress_ir.core.errors import ModelLoadError
+from compress_ir.core.files import write_atomic
 from compress_ir.core.model import Model, ensure_node_names, infer_proto_shapes
 
 _CONSTANT_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
@@ -245,26 +245,4 @@ def load_onnx(model: str | os.PathLike | onnx.ModelProto) -> Model:
 def save_onnx(model: Model | onnx.ModelProto, path: str | os.PathLike) -> int:
     """Write atomically (temp file + rename in the same folder); return the size in bytes."""
     proto = model.to_proto() if isinstance(model, Model) else model
-    data = proto.SerializeToString()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return len(data)
-
-
-def _new_file_mode() -> int:
-    """The mode `open()` would give a new file: 0o666 minus the process umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return write_atomic(path, proto.SerializeToString())

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
+
+from compress_ir.core.files import write_atomic
 
 SCHEMA_VERSION = 1
 
@@ -90,18 +90,8 @@ def format_report(report: dict[str, Any], max_groups: int = 25) -> str:
 
 
 def write_json_atomic(data: dict[str, Any], path: str | os.PathLike) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, default=_json_default)
-            fh.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(data, indent=2, default=_json_default) + "\n"
+    write_atomic(path, text.encode())
 
 
 def _json_default(value: Any) -> Any:
