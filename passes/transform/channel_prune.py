@@ -69,15 +69,18 @@ def plan_removal(
     candidates = [g for g in analysis.groups if g.prunable and not excluded(g) and g.size > 1]
     scores = {g.index: criterion.score(g, score_ctx) for g in candidates}
     keep = ALLOCATIONS.get(opts.scope)(scores, opts.ratio, opts.round_to, opts.min_channels)
-    removed: set[int] = set()
-    rows = []
+    planned: set[int] = set()
     for g in analysis.groups:
         mask = keep.get(g.index)
         if mask is not None:
-            removed.update(int(u) for u in g.units[~mask])
-        rows.append(
-            group_report(g, None if mask is None else int(mask.sum()), opts.criterion, excluded(g))
-        )
+            planned.update(int(u) for u in g.units[~mask])
+    removed = analysis.nonempty(planned)  # no Split/Slice/Concat piece may become empty
+    rows = []
+    for g in analysis.groups:
+        kept = None
+        if g.index in keep:
+            kept = g.size - sum(1 for u in g.units if int(u) in removed)
+        rows.append(group_report(g, kept, opts.criterion, excluded(g)))
     return removed, rows
 
 
