@@ -63,8 +63,10 @@ def barrier(reason: str, keeps_shape: bool = False) -> Rule:
     return rule
 
 
-def _blocked_passthrough(a: ChannelAnalysis, node: gs.Node, lay: Layout, reason: str) -> None:
-    a.block(lay.ids, reason)
+def _normalisation(a: ChannelAnalysis, node: gs.Node, lay: Layout, across: bool) -> None:
+    """A normalising op: per-channel unless it normalises `across` the channel axis."""
+    if across:
+        a.block(lay.ids, f"{node.op} node {node.name!r} normalises across the channels")
     a.set_layout(node.outputs[0], lay.axis, lay.ids)
 
 
@@ -205,11 +207,7 @@ def layer_norm(a: ChannelAnalysis, node: gs.Node) -> None:
         return
     rank = a.rank(node.inputs[0])
     axis = _norm(int(node.attrs.get("axis", -1)), rank)
-    if lay.axis >= axis:
-        reason = f"LayerNormalization node {node.name!r} normalises across the channels"
-        _blocked_passthrough(a, node, lay, reason)
-        return
-    a.set_layout(node.outputs[0], lay.axis, lay.ids)
+    _normalisation(a, node, lay, lay.axis >= axis)
 
 
 def mvn(a: ChannelAnalysis, node: gs.Node) -> None:
@@ -218,11 +216,7 @@ def mvn(a: ChannelAnalysis, node: gs.Node) -> None:
         return
     axes = [int(v) for v in node.attrs.get("axes", [0, 2, 3])]
     rank = a.rank(node.inputs[0])
-    if lay.axis in [_norm(v, rank) for v in axes]:
-        reason = f"{node.op} node {node.name!r} normalises across the channels"
-        _blocked_passthrough(a, node, lay, reason)
-        return
-    a.set_layout(node.outputs[0], lay.axis, lay.ids)
+    _normalisation(a, node, lay, lay.axis in [_norm(v, rank) for v in axes])
 
 
 def elementwise(a: ChannelAnalysis, node: gs.Node) -> None:
@@ -539,11 +533,7 @@ def softmax(a: ChannelAnalysis, node: gs.Node) -> None:
     rank = a.rank(x)
     legacy = a.model.opset < 13
     axis = _norm(int(node.attrs.get("axis", 1 if legacy else -1)), rank)
-    if lay.axis == axis or (legacy and lay.axis >= axis):
-        reason = f"{node.op} node {node.name!r} normalises across the channels"
-        _blocked_passthrough(a, node, lay, reason)
-        return
-    a.set_layout(node.outputs[0], lay.axis, lay.ids)
+    _normalisation(a, node, lay, lay.axis == axis or (legacy and lay.axis >= axis))
 
 
 def reduce(a: ChannelAnalysis, node: gs.Node) -> None:
