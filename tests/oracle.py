@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 import compress_ir.passes  # noqa: F401
 from compress_ir.core import numeric
@@ -52,3 +53,26 @@ def prune_and_check(
 
 def param_count(proto: onnx.ModelProto) -> int:
     return int(sum(np.prod(i.dims) for i in proto.graph.initializer))
+
+
+def tiny_net(seed: int = 0) -> onnx.ModelProto:
+    """x[1,3,8,8] -> conv1(8) -> relu1 -> conv2(4) -> y."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "conv1.w"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "conv1.b"),
+        numpy_helper.from_array(rng.standard_normal((4, 8, 3, 3)).astype(np.float32), "conv2.w"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "conv1.w", "conv1.b"], ["h"], name="conv1",
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+        helper.make_node("Conv", ["r", "conv2.w"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
