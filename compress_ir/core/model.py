@@ -7,7 +7,6 @@ builds a read-only view for graph algorithms. There is no second graph library.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -110,11 +109,6 @@ def ensure_node_names(graph: gs.Graph) -> None:
             name = f"{name}_{idx}"
         node.name = name
         seen.add(name)
-
-
-def clone_proto(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Deep copy of a ModelProto (the caller's object is never modified)."""
-    return copy.deepcopy(proto)
 
 
 def infer_shapes(model: Model) -> Model:
