@@ -404,11 +404,21 @@ def reshape(a: ChannelAnalysis, node: gs.Node) -> None:
     if node.op == "Reshape" and a.const(node.inputs[1]) is None:
         a.block(lay.ids, f"Reshape node {node.name!r}: target shape is computed at run time")
         return
-    if not src or not dst or not all(isinstance(d, int) for d in (*src, *dst)):
+    if not src or not dst:
+        a.block(lay.ids, f"{node.op} node {node.name!r}: shapes are unknown")
+        return
+    # a shared leading prefix (typically a symbolic batch dim) is left alone
+    lead = 0
+    while lead < min(len(src), len(dst), lay.axis) and src[lead] == dst[lead]:
+        lead += 1
+    if not all(isinstance(d, int) for d in (*src[lead:], *dst[lead:])):
         a.block(lay.ids, f"{node.op} node {node.name!r}: shapes are not static")
         return
-    groups = _reshape_groups(list(src), list(dst))
-    group = next((g for g in groups or [] if lay.axis in g[0]), None)
+    groups = [
+        (range(s.start + lead, s.stop + lead), range(d.start + lead, d.stop + lead))
+        for s, d in _reshape_groups(list(src[lead:]), list(dst[lead:])) or []
+    ]
+    group = next((g for g in groups if lay.axis in g[0]), None)
     if group is None or not len(group[1]):
         a.block(lay.ids, f"{node.op} node {node.name!r}: cannot map the channel axis")
         return

@@ -84,7 +84,10 @@ def _fix_reshape(model: Model, node: gs.Node, f: Fixup, keep: dict) -> None:
     old = [int(v) for v in np.atleast_1d(node.inputs[1].values)]
     new_shape = list(f.data["shape"])
     new_shape[f.data["axis"]] = int(keep[f.data["by"]].sum())
-    fixed = [v if v in (0, -1) else new_shape[i] for i, v in enumerate(old)]
+    fixed = [
+        v if v in (0, -1) or not isinstance(new_shape[i], int) else new_shape[i]
+        for i, v in enumerate(old)
+    ]
     if fixed != old:
         _ints_input(node, 1, fixed)
 
