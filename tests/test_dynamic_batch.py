@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from oracle import prune_and_check
 from onnx import TensorProto, helper, numpy_helper
+from oracle import prune_and_check
 
 
 def _net(head: str) -> onnx.ModelProto:
