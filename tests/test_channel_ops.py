@@ -18,10 +18,11 @@ from oracle import TOLERANCE, prune_and_check
 from compress_ir.core import numeric
 from compress_ir.core.errors import VerificationError
 from compress_ir.core.model import infer_shapes
-from compress_ir.core.passes import PassContext
 from compress_ir.core.verify import output_shapes, verify_model
 from compress_ir.frontends.onnx import load_onnx
 from compress_ir.passes.analysis.channel_groups import analyse_channels
+from compress_ir.passes.analysis.importance import ScoreContext
+from compress_ir.passes.analysis.importance.norms import L2Norm
 from compress_ir.passes.transform.channel_prune import ChannelPruneOptions, plan_removal
 from compress_ir.passes.transform.channel_slicing import apply_removal, masked_reference
 
@@ -751,7 +752,8 @@ def test_oracle_catches_wrong_slicing():
         model = infer_shapes(load_onnx(proto))
         before = model.to_proto()
         analysis = analyse_channels(model)
-        removed, _ = plan_removal(analysis, model, ChannelPruneOptions(ratio=0.5), PassContext())
+        score_ctx = ScoreContext(model, analysis)
+        removed, _ = plan_removal(analysis, L2Norm(), score_ctx, ChannelPruneOptions(ratio=0.5))
         assert len(removed) == 4
         return model, before, analysis, removed
 

@@ -20,9 +20,9 @@ from onnx import TensorProto, helper, numpy_helper
 from oracle import param_count, prune_and_check
 
 from compress_ir.core.model import infer_shapes
-from compress_ir.core.passes import PassContext
 from compress_ir.frontends.onnx import load_onnx
 from compress_ir.passes.analysis.channel_groups import analyse_channels
+from compress_ir.passes.analysis.importance import CRITERIA, ScoreContext
 from compress_ir.passes.transform.channel_prune import ChannelPruneOptions, plan_removal
 
 MAX_CHANNELS = 32
@@ -216,7 +216,8 @@ def _plans_removal(proto: onnx.ModelProto, opts: ChannelPruneOptions) -> tuple[b
     """Whether the pass will remove units, and whether any survive the empty-tensor guard."""
     model = infer_shapes(load_onnx(proto))
     analysis = analyse_channels(model)
-    removed, _ = plan_removal(analysis, model, opts, PassContext())
+    criterion = CRITERIA.get(opts.criterion)()
+    removed, _ = plan_removal(analysis, criterion, ScoreContext(model, analysis), opts)
     return bool(removed), bool(analysis.nonempty(removed))
 
 

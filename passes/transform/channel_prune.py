@@ -18,7 +18,7 @@ from compress_ir.core.model import Model, infer_proto_shapes
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
 from compress_ir.passes.analysis.allocation import ALLOCATIONS
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, analyse_channels
-from compress_ir.passes.analysis.importance import CRITERIA, ScoreContext
+from compress_ir.passes.analysis.importance import CRITERIA, Criterion, ScoreContext
 from compress_ir.passes.transform.channel_slicing import apply_removal, masked_reference
 
 
@@ -53,13 +53,10 @@ def group_report(group: Any, kept: int | None, criterion: str, excluded: bool) -
 
 
 def plan_removal(
-    analysis: ChannelAnalysis, model: Model, opts: ChannelPruneOptions, ctx: PassContext
+    analysis: ChannelAnalysis, criterion: Criterion, score_ctx: ScoreContext,
+    opts: ChannelPruneOptions,
 ) -> tuple[set[int], list[dict]]:
     """Choose the units to remove; return them and the per-group plan for the report."""
-    criterion = CRITERIA.get(opts.criterion)()
-    score_ctx = ScoreContext(model, analysis, activations=None)
-    if criterion.needs_calibration and ctx.calibration is None:
-        raise UsageError(f"criterion {opts.criterion!r} needs calibration data (--calib)")
 
     def excluded(group: Any) -> bool:
         return any(
@@ -84,6 +81,19 @@ def plan_removal(
     return removed, rows
 
 
+def calibration_stats(
+    criterion: Criterion, ctx: PassContext, proto: Any, analysis: ChannelAnalysis
+) -> Any:
+    """Capture what a data-driven criterion reads; None for weight-only criteria."""
+    if not criterion.needs_calibration:
+        return None
+    if ctx.calibration is None:
+        raise UsageError(f"criterion {criterion.name!r} needs calibration data (--calib)")
+    from compress_ir.core.calibration import CalibrationStats
+
+    return CalibrationStats(proto, analysis, ctx.calibration)
+
+
 @register_pass("channel-prune")
 class ChannelPrune(Pass):
     summary = "remove whole channels (filters) and slice every coupled layer"
@@ -94,7 +104,10 @@ class ChannelPrune(Pass):
         work = Model.from_proto(before, model.source)
         work.ir_version, work.opset_imports = model.ir_version, dict(model.opset_imports)
         analysis = analyse_channels(work)
-        removed, rows = plan_removal(analysis, work, self.options, ctx)
+        criterion = CRITERIA.get(self.options.criterion)()
+        score_ctx = ScoreContext(work, analysis, calibration=calibration_stats(
+            criterion, ctx, before, analysis))
+        removed, rows = plan_removal(analysis, criterion, score_ctx, self.options)
         removed_list = np.array(sorted(removed), dtype=np.int64)
         channels_removed = sum(
             int(np.isin(analysis.unit_of[r.first : r.first + r.size], removed_list).sum())
@@ -111,6 +124,8 @@ class ChannelPrune(Pass):
         details = {"groups": rows}
         if not removed:
             return PassResult(model, modified=False, stats=stats, details=details)
+        if criterion.compensate(score_ctx, removed):
+            before = work.to_proto()  # the masked oracle starts from the compensated weights
         reference = masked_reference(before, analysis, removed)
         apply_removal(work, analysis, removed)
         return PassResult(work, modified=True, stats=stats, details=details, reference=reference)

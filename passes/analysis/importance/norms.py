@@ -1,0 +1,51 @@
+"""Filter-norm criteria (Li et al. 2017, "Pruning Filters for Efficient ConvNets")."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from compress_ir.passes.analysis.channel_groups import ChannelGroup
+from compress_ir.passes.analysis.importance.base import (
+    CRITERIA,
+    EPS,
+    Criterion,
+    ScoreContext,
+)
+
+
+class _NormCriterion(Criterion):
+    """Li et al. 2017: a filter's p-norm; each producer normalised by its mean norm.
+
+    Normalising per producer lets layers with different weight scales be summed
+    within a coupled group (and compared across groups in global scope).
+    """
+
+    order: ClassVar[int] = 1
+
+    def score(self, group: ChannelGroup, ctx: ScoreContext) -> np.ndarray:
+        per_root: dict[int, np.ndarray] = {}
+        for root in group.roots:
+            weight = ctx.producer_weight(root.index)
+            if weight is None:
+                continue
+            flat = weight.reshape(weight.shape[0], -1).astype(np.float64, copy=False)
+            norms = np.linalg.norm(flat, ord=self.order, axis=1)
+            per_root[root.index] = norms / (norms.mean() + EPS)
+        scores = np.zeros(group.size)
+        for i, unit in enumerate(group.units):
+            for root_index, positions in group.members[int(unit)]:
+                if root_index in per_root:
+                    scores[i] += per_root[root_index][positions].sum()
+        return scores
+
+
+@CRITERIA.register("l1")
+class L1Norm(_NormCriterion):
+    order = 1
+
+
+@CRITERIA.register("l2")
+class L2Norm(_NormCriterion):
+    order = 2
