@@ -15,6 +15,7 @@ import onnx
 
 import compress_ir.passes  # noqa: F401 - registers the passes
 from compress_ir.core import numeric
+from compress_ir.core.calibration import CalibrationSet, ImageOptions, load_calibration
 from compress_ir.core.model import Model
 from compress_ir.core.passes import Pass, PassContext, PassResult
 from compress_ir.core.pipeline import build_passes, format_pipeline, run_pipeline
@@ -44,12 +45,16 @@ def compress(
     check: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
     seed: int = 0,
+    calibration: str | CalibrationSet | None = None,
+    calib_samples: int | None = None,
+    image_options: ImageOptions | None = None,
 ) -> CompressResult:
     """Load, run the pipeline (verifying each transform), optionally write the result.
 
     With `check`, every pass that declares a numeric reference is compared against
     it in onnxruntime on seeded random inputs; a mismatch raises
-    NumericMismatchError (CLI exit code 1) and nothing is written.
+    NumericMismatchError (CLI exit code 1) and nothing is written. `calibration` is
+    a `--calib` spec (`random[:N]`, .npy/.npz, image folder) or a CalibrationSet.
     """
     passes: list[Pass] = build_passes(pipeline)
     ir = model if isinstance(model, Model) else load_onnx(model)
@@ -65,7 +70,10 @@ def compress(
         return {"pass": p.name, "against": "reference", "rel_error": err,
                 "tolerance": tolerance, "ok": bool(err <= tolerance)}
 
-    ctx = PassContext(seed=seed)
+    calib = calibration
+    if isinstance(calibration, str):
+        calib = load_calibration(calibration, before_proto, calib_samples, seed, image_options)
+    ctx = PassContext(seed=seed, calibration=calib, original=before_proto)
     result = run_pipeline(ir, passes, ctx, verify, numeric_check if check else None)
     proto = result.model.to_proto()
     if output is not None:

@@ -34,6 +34,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"compress-ir: error: {message}\n")
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, got {text!r}") from None
+    return h, w
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="compress-ir",
@@ -56,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="max relative error of the numeric check (default 1e-4)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random check inputs")
+    calib = parser.add_argument_group("calibration (for data-driven criteria and reconstruct)")
+    calib.add_argument("--calib", metavar="SPEC",
+                       help="random[:N] | x.npy | x.npz (arrays by input name) | image folder")
+    calib.add_argument("--calib-samples", type=int, help="use at most this many samples")
+    calib.add_argument("--calib-size", type=_pair, help="image folder: HxW to resize to")
+    calib.add_argument("--calib-mean", type=_floats, default=(0.0,), help="image mean, e.g. "
+                       "0.485,0.456,0.406 (after scaling to [0,1])")
+    calib.add_argument("--calib-std", type=_floats, default=(1.0,), help="image std")
+    calib.add_argument("--calib-layout", choices=["NCHW", "NHWC"], default="NCHW")
+    calib.add_argument("--calib-color", choices=["RGB", "BGR", "L"], default="RGB")
     parser.add_argument("--list-passes", action="store_true", help="list passes and exit")
     parser.add_argument("--quiet", action="store_true", help="no table on stdout")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -76,11 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.tolerance >= 0:  # also rejects nan
         parser.error(f"--tolerance must be >= 0, got {args.tolerance}")
     from compress_ir.api import compress
+    from compress_ir.core.calibration import ImageOptions
     from compress_ir.core.report import format_report, write_json_atomic
 
     try:
+        image = ImageOptions(size=args.calib_size, mean=args.calib_mean, std=args.calib_std,
+                             layout=args.calib_layout, channel_order=args.calib_color)
         result = compress(args.model, args.passes, output=args.output,
-                          check=not args.no_check, tolerance=args.tolerance, seed=args.seed)
+                          check=not args.no_check, tolerance=args.tolerance, seed=args.seed,
+                          calibration=args.calib, calib_samples=args.calib_samples,
+                          image_options=image)
         if args.report:
             write_json_atomic(result.report, args.report)
     except CompressIRError as exc:

@@ -11,9 +11,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
 import onnx
 
+from compress_ir.core.calibration import CalibrationSet
 from compress_ir.core.errors import UsageError
 from compress_ir.core.model import Model
 from compress_ir.core.registry import Registry
@@ -43,7 +43,8 @@ class PassContext:
     """What passes may read besides the model: calibration data, target, seed."""
 
     seed: int = 0
-    calibration: dict[str, np.ndarray] | None = None
+    calibration: CalibrationSet | None = None
+    original: onnx.ModelProto | None = None  # the pipeline's input, for reconstruction
     target: str | None = None
 
 

@@ -89,9 +89,9 @@ def calibration_stats(
         return None
     if ctx.calibration is None:
         raise UsageError(f"criterion {criterion.name!r} needs calibration data (--calib)")
-    from compress_ir.core.calibration import CalibrationStats
+    from compress_ir.passes.analysis.calibration_stats import CalibrationStats
 
-    return CalibrationStats(proto, analysis, ctx.calibration)
+    return CalibrationStats(proto, analysis, ctx.calibration, seed=ctx.seed)
 
 
 @register_pass("channel-prune")

@@ -1,0 +1,210 @@
+"""Calibration data: load it, batch it, and capture intermediate activations.
+
+`--calib` accepts `random[:N]` (a smoke run), an `.npy` file (the model's single
+input), an `.npz` file (arrays keyed by input name), or a folder of images with a
+declared preprocessing. Activations are captured by exposing intermediate tensors
+as outputs of an onnxruntime session and streamed batch by batch, so memory is
+bounded by one batch plus whatever statistics the caller keeps.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from compress_ir.core import numeric
+from compress_ir.core.errors import UsageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp"}
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How to turn image files into the model's input tensor."""
+
+    size: tuple[int, int] | None = None  # (height, width); None: the model's input size
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    scale: float = 1.0 / 255.0  # applied before mean/std
+    layout: str = "NCHW"  # or "NHWC"
+    channel_order: str = "RGB"  # or "BGR"; "L" for grayscale
+
+
+@dataclass
+class CalibrationSet:
+    """Calibration samples by input name; axis 0 indexes samples."""
+
+    arrays: dict[str, np.ndarray]
+    source: str
+
+    @property
+    def size(self) -> int:
+        return int(next(iter(self.arrays.values())).shape[0])
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, self.size, batch_size):
+            yield {k: v[start : start + batch_size] for k, v in self.arrays.items()}
+
+
+def _input_specs(proto: onnx.ModelProto) -> dict[str, tuple[list, np.dtype]]:
+    inits = {i.name for i in proto.graph.initializer}
+    specs = {}
+    for inp in proto.graph.input:
+        if inp.name in inits:
+            continue
+        t = inp.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
+        specs[inp.name] = (dims, np.dtype(numeric._ORT_DTYPES.get(t.elem_type, np.float32)))
+    return specs
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], proto: onnx.ModelProto, source: str) -> None:
+    specs = _input_specs(proto)
+    missing = set(specs) - set(arrays)
+    if missing:
+        raise UsageError(f"{source}: no calibration data for input(s) {sorted(missing)}")
+    sizes = {a.shape[0] for a in arrays.values()}
+    if len(sizes) != 1 or 0 in sizes:
+        raise UsageError(f"{source}: inputs disagree on the number of samples {sorted(sizes)}")
+    for name, (dims, dtype) in specs.items():
+        arr = arrays[name]
+        if arr.ndim != len(dims) or any(
+            isinstance(d, int) and d > 0 and i > 0 and arr.shape[i] != d for i, d in enumerate(dims)
+        ):
+            raise UsageError(
+                f"{source}: input {name!r} expects shape {dims} (samples on axis 0), "
+                f"got {list(arr.shape)}"
+            )
+        arrays[name] = arr.astype(dtype, copy=False)
+
+
+def _random(proto: onnx.ModelProto, count: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for name, (dims, dtype) in _input_specs(proto).items():
+        shape = [count] + [d if isinstance(d, int) and d > 0 else 1 for d in dims[1:]]
+        arrays[name] = rng.standard_normal(shape).astype(dtype)
+    return arrays
+
+
+def _images(folder: Path, proto: onnx.ModelProto, opts: ImageOptions) -> dict[str, np.ndarray]:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise UsageError(
+            "image folders need Pillow: pip install 'compress-ir[images]'"
+        ) from None
+    specs = _input_specs(proto)
+    if len(specs) != 1:
+        raise UsageError(f"{folder}: an image folder can feed a single-input model only")
+    name, (dims, dtype) = next(iter(specs.items()))
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UsageError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    nchw = opts.layout.upper() == "NCHW"
+    height, width = opts.size or ((dims[2], dims[3]) if nchw else (dims[1], dims[2]))
+    mode = "L" if opts.channel_order == "L" else "RGB"
+    images = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                img = img.convert(mode).resize((int(width), int(height)))
+                arr = np.asarray(img, dtype=np.float32)
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read image ({exc})") from None
+        arr = arr[..., None] if arr.ndim == 2 else arr
+        if opts.channel_order == "BGR":
+            arr = arr[..., ::-1]
+        arr = (arr * opts.scale - np.asarray(opts.mean, np.float32)) / np.asarray(
+            opts.std, np.float32
+        )
+        images.append(arr.transpose(2, 0, 1) if nchw else arr)
+    return {name: np.stack(images).astype(dtype)}
+
+
+def load_calibration(
+    spec: str,
+    proto: onnx.ModelProto,
+    samples: int | None = None,
+    seed: int = 0,
+    image: ImageOptions | None = None,
+) -> CalibrationSet:
+    """Load calibration data described by `spec` for the inputs of `proto`."""
+    if spec == "random" or spec.startswith("random:"):
+        count = int(spec.partition(":")[2] or samples or 64)
+        return CalibrationSet(_random(proto, count, seed), spec)
+    path = Path(spec)
+    if path.is_dir():
+        arrays = _images(path, proto, image or ImageOptions())
+    elif path.suffix == ".npy" and path.is_file():
+        specs = _input_specs(proto)
+        if len(specs) != 1:
+            raise UsageError(f"{spec}: a .npy file can feed a single-input model only; use .npz")
+        arrays = {next(iter(specs)): np.load(path, allow_pickle=False)}
+    elif path.suffix == ".npz" and path.is_file():
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        specs = _input_specs(proto)
+        if len(arrays) == 1 and len(specs) == 1 and next(iter(specs)) not in arrays:
+            arrays = {next(iter(specs)): next(iter(arrays.values()))}
+    else:
+        raise UsageError(
+            f"--calib {spec!r}: expected 'random[:N]', a .npy/.npz file or an image folder"
+        )
+    _check_arrays(arrays, proto, spec)
+    if samples is not None:
+        arrays = {k: v[:samples] for k, v in arrays.items()}
+    return CalibrationSet(arrays, spec)
+
+
+def batch_size_for(proto: onnx.ModelProto, wanted: int) -> int:
+    """The model's static batch size if it has one (e.g. 1), else `wanted`."""
+    for dims, _ in _input_specs(proto).values():
+        if dims and isinstance(dims[0], int) and dims[0] > 0:
+            return dims[0]
+    return wanted
+
+
+class ActivationCapture:
+    """Runs a model with extra outputs and streams the requested tensors per batch."""
+
+    def __init__(self, proto: onnx.ModelProto, tensors: list[str]) -> None:
+        work = onnx.ModelProto()
+        work.CopyFrom(proto)
+        existing = {o.name for o in work.graph.output}
+        known = {vi.name: vi for vi in (*work.graph.value_info, *work.graph.input)}
+        for name in tensors:
+            if name in existing:
+                continue
+            vi = onnx.ValueInfoProto()
+            if name in known:
+                vi.CopyFrom(known[name])
+            else:
+                vi.name = name
+            work.graph.output.append(vi)
+        self.tensors = list(dict.fromkeys(tensors))
+        self.session = numeric.session(work)
+        self.proto = proto
+
+    def stream(
+        self, calib: CalibrationSet, batch_size: int = 32, progress: bool = False
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Yield the requested tensors per batch (a static model batch size wins)."""
+        total = calib.size
+        done = 0
+        for feeds in calib.batches(batch_size_for(self.proto, batch_size)):
+            values = self.session.run(self.tensors, feeds)
+            done += next(iter(feeds.values())).shape[0]
+            if progress and sys.stderr.isatty():
+                width = 30
+                filled = int(width * done / total)
+                bar = "#" * filled + "." * (width - filled)
+                print(f"\rcalibration [{bar}] {done}/{total}", end="", file=sys.stderr)
+            yield dict(zip(self.tensors, values, strict=True))
+        if progress and sys.stderr.isatty():
+            print(file=sys.stderr)
