@@ -198,7 +198,8 @@ class ActivationCapture:
         total = calib.size
         done = 0
         for feeds in calib.batches(batch_size_for(self.proto, batch_size)):
-            values = self.session.run(self.tensors, feeds)
+            # run([]) would return every output, so nothing requested means nothing run
+            values = self.session.run(self.tensors, feeds) if self.tensors else []
             done += next(iter(feeds.values())).shape[0]
             if progress and sys.stderr.isatty():
                 width = 30

@@ -55,8 +55,12 @@ def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
     return default
 
 
-class _ConvSampler:
-    """im2col rows at random output positions of a group-1 Conv."""
+class ConvSampler:
+    """im2col rows at random output positions of a group-1 Conv.
+
+    `positions` draws (sample, row, column) output positions and `rows_at` gathers
+    the input patches there, so two models' inputs can be sampled at the same places.
+    """
 
     def __init__(self, node: onnx.NodeProto, weight: np.ndarray) -> None:
         self.kernel = weight.shape[2:]
@@ -68,23 +72,46 @@ class _ConvSampler:
         auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
         self.supported = rank == 2 and auto_pad in ("NOTSET", "VALID")
 
-    def rows(
-        self, x: np.ndarray, count: int, rng: np.random.Generator
-    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """`count` im2col rows and their (sample, row, column) output positions."""
+    def output_size(self, x: np.ndarray) -> tuple[int, int]:
         (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
         pt, pl, pb, pr = self.pads
-        xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-        oh = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
-        ow = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+        oh = (x.shape[2] + pt + pb - dh * (kh - 1) - 1) // sh + 1
+        ow = (x.shape[3] + pl + pr - dw * (kw - 1) - 1) // sw + 1
+        return oh, ow
+
+    def positions(
+        self, x: np.ndarray, count: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`count` random (sample, row, column) output positions for input `x`."""
+        oh, ow = self.output_size(x)
         n = rng.integers(0, x.shape[0], count)
         i = rng.integers(0, oh, count)
         j = rng.integers(0, ow, count)
+        return n, i, j
+
+    def rows_at(
+        self, x: np.ndarray, positions: tuple[np.ndarray, np.ndarray, np.ndarray]
+    ) -> np.ndarray:
+        """The im2col rows [S, C*kh*kw] of `x` at the given output positions."""
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
+        pt, pl, pb, pr = self.pads
+        n, i, j = positions
+        xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
         hh = i[:, None] * sh + np.arange(kh)[None, :] * dh  # [S, kh]
         ww = j[:, None] * sw + np.arange(kw)[None, :] * dw  # [S, kw]
         patches = xp[n[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
                      hh[:, None, :, None], ww[:, None, None, :]]
-        return patches.reshape(count, -1), (n, i, j)
+        return patches.reshape(n.size, -1)
+
+    def rows(
+        self, x: np.ndarray, count: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """`count` im2col rows and their (sample, row, column) output positions."""
+        positions = self.positions(x, count, rng)
+        return self.rows_at(x, positions), positions
+
+
+_ConvSampler = ConvSampler  # the former private name
 
 
 class CalibrationStats:
@@ -186,7 +213,7 @@ class CalibrationStats:
         bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
         bias = numpy_helper.to_array(self.inits[bias_name]) if bias_name in self.inits else None
         if node.op_type == "Conv" and s.groups == 1 and s.axis == 1:
-            sampler = _ConvSampler(node, weight)
+            sampler = ConvSampler(node, weight)
             if not sampler.supported:
                 return None
             k = int(np.prod(weight.shape[2:]))

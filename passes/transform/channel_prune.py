@@ -3,6 +3,9 @@
 analyse (channel groups) -> score (criterion) -> allocate (scope) -> apply (slice).
 The plan is serialisable and goes into the report; the masked original is returned
 as the numeric reference the new model must reproduce.
+
+Allocation is score-only (`uniform`, `global`: allocation.py) or model-aware
+(`scope=sensitivity`, `target-macs`, `target-params`: budget.py).
 """
 
 from __future__ import annotations
@@ -13,10 +16,16 @@ from typing import Any
 
 import numpy as np
 
+from compress_ir.core.calibration import CalibrationSet
 from compress_ir.core.errors import UsageError
 from compress_ir.core.model import Model, infer_proto_shapes
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
 from compress_ir.passes.analysis.allocation import ALLOCATIONS
+from compress_ir.passes.analysis.budget import (
+    AllocationContext,
+    budget_allocation,
+    sensitivity_allocation,
+)
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, analyse_channels
 from compress_ir.passes.analysis.importance import CRITERIA, Criterion, ScoreContext
 from compress_ir.passes.transform.channel_slicing import apply_removal, masked_reference
@@ -26,10 +35,18 @@ from compress_ir.passes.transform.channel_slicing import apply_removal, masked_r
 class ChannelPruneOptions:
     ratio: float = option(0.5, "fraction of channels to remove (per group, or overall if global)")
     criterion: str = option("l2", "importance criterion (see --list-passes)")
-    scope: str = option("uniform", "uniform: each group alone | global: one normalised ranking")
+    scope: str = option("uniform", "uniform: each group alone | global: one normalised ranking"
+                        " | sensitivity: per-group ratios from pruning each group alone"
+                        " (ratio ignored)")
     round_to: int = option(1, "keep channel counts a multiple of this")
     min_channels: int = option(1, "never keep fewer channels than this in a group")
     exclude: tuple[str, ...] = option((), "node names or glob patterns whose groups stay whole")
+    target_macs: float = option(0.0, "keep this fraction of the MACs, e.g. 0.5 (greedy; 0 = off;"
+                                " ratio and scope are ignored)")
+    target_params: float = option(0.0, "keep this fraction of the parameters (greedy; 0 = off;"
+                                  " ratio and scope are ignored)")
+    tolerance: float = option(0.01, "sensitivity: largest output loss (1 - cosine) per group")
+    plot: str = option("", "sensitivity: write the loss-vs-ratio curves to this PNG")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -38,6 +55,28 @@ class ChannelPruneOptions:
             raise ValueError("round-to and min-channels must be >= 1")
         CRITERIA.get(self.criterion)
         ALLOCATIONS.get(self.scope)
+        for name in ("target_macs", "target_params"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:  # also rejects nan
+                raise ValueError(f"{name.replace('_', '-')} must be in (0, 1] (0 = off), "
+                                 f"got {value}")
+        if self.target_macs and self.target_params:
+            raise ValueError("target-macs and target-params are mutually exclusive")
+        if self.budget and self.scope == "sensitivity":
+            raise ValueError("scope=sensitivity cannot be combined with target-macs/params")
+        if not self.tolerance >= 0.0:
+            raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
+        if self.plot and self.scope != "sensitivity":
+            raise ValueError("plot needs scope=sensitivity")
+
+    @property
+    def budget(self) -> tuple[str, float] | None:
+        """("macs" | "params", fraction to keep) when a budget replaces the ratio."""
+        if self.target_macs:
+            return "macs", self.target_macs
+        if self.target_params:
+            return "params", self.target_params
+        return None
 
 
 def group_report(group: Any, kept: int | None, criterion: str, excluded: bool) -> dict:
@@ -54,9 +93,15 @@ def group_report(group: Any, kept: int | None, criterion: str, excluded: bool) -
 
 def plan_removal(
     analysis: ChannelAnalysis, criterion: Criterion, score_ctx: ScoreContext,
-    opts: ChannelPruneOptions,
+    opts: ChannelPruneOptions, *, proto: Any = None, calibration: CalibrationSet | None = None,
+    seed: int = 0, info: dict | None = None,
 ) -> tuple[set[int], list[dict]]:
-    """Choose the units to remove; return them and the per-group plan for the report."""
+    """Choose the units to remove; return them and the per-group plan for the report.
+
+    Model-aware allocations (sensitivity, target-macs/params) read `proto` (the
+    model the analysis ran on, with shapes; exported from `score_ctx.model` when
+    not given) and `calibration`; what they found is written into `info`.
+    """
 
     def excluded(group: Any) -> bool:
         return any(
@@ -65,7 +110,22 @@ def plan_removal(
 
     candidates = [g for g in analysis.groups if g.prunable and not excluded(g) and g.size > 1]
     scores = {g.index: criterion.score(g, score_ctx) for g in candidates}
-    keep = ALLOCATIONS.get(opts.scope)(scores, opts.ratio, opts.round_to, opts.min_channels)
+    allocate = ALLOCATIONS.get(opts.scope)
+    extra: dict[str, Any] = {}
+    if opts.budget or getattr(allocate, "needs_model", False):
+        if proto is None:
+            proto = infer_proto_shapes(score_ctx.model.to_proto())
+        actx = AllocationContext(
+            proto, analysis, {g.index: g for g in candidates}, opts.round_to,
+            opts.min_channels, calibration, seed)
+        if opts.budget:
+            keep, extra = budget_allocation(scores, actx, *opts.budget)
+        else:
+            keep, extra = sensitivity_allocation(scores, actx, opts.tolerance, opts.plot)
+    else:
+        keep = allocate(scores, opts.ratio, opts.round_to, opts.min_channels)
+    if info is not None:
+        info.update(extra)
     planned: set[int] = set()
     for g in analysis.groups:
         mask = keep.get(g.index)
@@ -74,10 +134,12 @@ def plan_removal(
     removed = analysis.nonempty(planned)  # no Split/Slice/Concat piece may become empty
     rows = []
     for g in analysis.groups:
-        kept = None
-        if g.index in keep:
-            kept = g.size - sum(1 for u in g.units if int(u) in removed)
-        rows.append(group_report(g, kept, opts.criterion, excluded(g)))
+        gone = [i for i, u in enumerate(g.units) if int(u) in removed]
+        kept = g.size - len(gone) if g.index in keep else None
+        row = group_report(g, kept, opts.criterion, excluded(g))
+        if gone:
+            row["removed"] = gone  # indices into the group's units (sorted unit ids)
+        rows.append(row)
     return removed, rows
 
 
@@ -107,7 +169,10 @@ class ChannelPrune(Pass):
         criterion = CRITERIA.get(self.options.criterion)()
         score_ctx = ScoreContext(work, analysis, calibration=calibration_stats(
             criterion, ctx, before, analysis))
-        removed, rows = plan_removal(analysis, criterion, score_ctx, self.options)
+        allocation: dict[str, Any] = {}
+        removed, rows = plan_removal(
+            analysis, criterion, score_ctx, self.options, proto=before,
+            calibration=ctx.calibration, seed=ctx.seed, info=allocation)
         removed_list = np.array(sorted(removed), dtype=np.int64)
         channels_removed = sum(
             int(np.isin(analysis.unit_of[r.first : r.first + r.size], removed_list).sum())
@@ -121,11 +186,20 @@ class ChannelPrune(Pass):
             "units_removed": len(removed),
             "channels_removed": channels_removed,
         }
-        details = {"groups": rows}
+        details: dict[str, Any] = {"groups": rows}
+        if allocation:
+            details["allocation"] = allocation
         if not removed:
             return PassResult(model, modified=False, stats=stats, details=details)
         if criterion.compensate(score_ctx, removed):
             before = work.to_proto()  # the masked oracle starts from the compensated weights
         reference = masked_reference(before, analysis, removed)
         apply_removal(work, analysis, removed)
+        if self.options.budget:
+            from compress_ir.core.metrics import model_metrics
+
+            metric, _ = self.options.budget
+            achieved = model_metrics(work.to_proto())[metric]
+            allocation["achieved"] = achieved
+            allocation["achieved_fraction"] = round(achieved / max(allocation["original"], 1), 6)
         return PassResult(work, modified=True, stats=stats, details=details, reference=reference)

@@ -1,0 +1,384 @@
+"""Model-aware allocations: per-group sensitivity, and a MACs / parameter budget.
+
+The score-only allocations (`allocation.py`) decide from criterion scores alone.
+The two strategies here also read the model:
+
+* `sensitivity_allocation` (Li et al. 2017, "Pruning Filters for Efficient
+  ConvNets", sec. 4.1): each candidate group is pruned *alone* at ratios 0.1 ... 0.9
+  (its lowest-scored units first) and the model's outputs are compared with the
+  unpruned ones on calibration data (or seeded random inputs when none is given).
+  The loss is `1 - cos(pruned, original)` per sample over all graph outputs,
+  averaged over at most `SENSITIVITY_SAMPLES` samples. A group keeps the largest
+  ratio whose loss, and the loss of every smaller ratio, is within `tolerance`.
+  The pruned model is evaluated as its masked-model oracle (`masked_reference`:
+  the removed channels' input weights zeroed), which computes exactly what the
+  sliced model computes without re-analysing and slicing a copy per ratio.
+
+* `budget_allocation` (greedy, in the spirit of AMC / AutoSlim): until the model's
+  MACs (or parameters) are at most `fraction` of the input model's, remove from
+  some group its next `round_to` lowest-scored units, choosing the group whose
+  slice has the least harm per MAC (parameter) saved; harm is the criterion score
+  normalised by the group's mean score (as in `global` scope). Savings change as
+  neighbouring groups shrink (a Conv's MACs scale with its kept inputs *and*
+  outputs), so they are re-computed after every step for the affected groups.
+
+MACs and parameters are computed analytically by `CostModel`: every counted term
+(a Conv/Gemm/MatMul's MACs as `model_metrics` counts them, an initializer's
+element count) is its original value times, per tracked tensor that sizes it,
+`kept / size` of that tensor's channels. That is exact for the counts
+`model_metrics` reports, up to the positions the empty-tensor guard gives back.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from compress_ir.core.calibration import CalibrationSet, batch_size_for, load_calibration
+from compress_ir.core.errors import UsageError
+from compress_ir.core.metrics import MAC_COUNTERS, _shapes
+from compress_ir.core.numeric import session
+from compress_ir.passes.analysis.allocation import ALLOCATIONS, _keep_count, _top
+from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, ChannelGroup
+from compress_ir.passes.transform.channel_slicing import masked_reference
+
+SENSITIVITY_RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 10))
+SENSITIVITY_SAMPLES = 64
+EPS = 1e-12
+
+
+@dataclass
+class AllocationContext:
+    """What a model-aware allocation reads besides the scores."""
+
+    proto: onnx.ModelProto  # the model the analysis ran on, with inferred shapes
+    analysis: ChannelAnalysis
+    groups: dict[int, ChannelGroup]  # the candidate groups, by index
+    round_to: int = 1
+    min_keep: int = 1
+    calibration: CalibrationSet | None = None
+    seed: int = 0
+
+
+@ALLOCATIONS.register("sensitivity")
+def sensitivity(
+    scores: dict[int, np.ndarray], ratio: float, round_to: int, min_keep: int
+) -> dict[int, np.ndarray]:
+    """Per-group ratios from a pruning-sensitivity scan (needs the model: see budget.py)."""
+    raise UsageError("scope 'sensitivity' needs the model; use it through channel-prune")
+
+
+sensitivity.needs_model = True  # type: ignore[attr-defined]
+
+
+# -- sensitivity ----------------------------------------------------------------------
+def _eval_set(actx: AllocationContext) -> tuple[CalibrationSet, str]:
+    if actx.calibration is not None:
+        calib = actx.calibration
+        arrays = {k: v[:SENSITIVITY_SAMPLES] for k, v in calib.arrays.items()}
+        return CalibrationSet(arrays, calib.source), "calibration"
+    spec = f"random:{SENSITIVITY_SAMPLES}"
+    return load_calibration(spec, actx.proto, seed=actx.seed), "random"
+
+
+def _outputs(proto: onnx.ModelProto, data: CalibrationSet) -> np.ndarray:
+    """Per sample, every graph output flattened and concatenated: [samples, features]."""
+    sess = session(proto)
+    names = [o.name for o in sess.get_outputs()]
+    rows = []
+    for feeds in data.batches(batch_size_for(proto, SENSITIVITY_SAMPLES)):
+        count = next(iter(feeds.values())).shape[0]
+        values = sess.run(names, feeds)
+        parts = [
+            np.asarray(v, np.float64).reshape(count, -1)
+            if np.ndim(v) and np.shape(v)[0] == count
+            else np.broadcast_to(np.asarray(v, np.float64).reshape(1, -1), (count, np.size(v)))
+            for v in values
+        ]
+        rows.append(np.concatenate(parts, axis=1))
+    return np.concatenate(rows)
+
+
+def output_loss(got: np.ndarray, want: np.ndarray) -> float:
+    """Mean over samples of 1 - cosine similarity (0 for identical outputs)."""
+    num = (got * want).sum(1)
+    den = np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
+    cos = np.where(den > 0, num / np.maximum(den, EPS), np.where(
+        np.abs(got - want).max(1) > 0, 0.0, 1.0))
+    return float(np.mean(1.0 - cos))
+
+
+def _require_matplotlib() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("the sensitivity plot needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def _plot(path: str, curves: dict[int, dict], groups: dict[int, ChannelGroup],
+          tolerance: float) -> None:
+    plt = _require_matplotlib()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for g, curve in curves.items():
+        if curve["ratios"]:
+            ax.plot(curve["ratios"], np.maximum(curve["loss"], 1e-9), marker="o",
+                    label=f"{g}: {groups[g].label()}")
+    ax.axhline(max(tolerance, 1e-9), color="k", linestyle="--", label="tolerance")
+    ax.set_yscale("log")
+    ax.set_xlabel("fraction of the group's units removed")
+    ax.set_ylabel("output loss (1 - cosine)")
+    ax.set_title("channel-prune sensitivity (each group pruned alone)")
+    if len(curves) <= 20:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as exc:
+        raise UsageError(f"cannot write the sensitivity plot {path!r}: {exc}") from None
+    finally:
+        plt.close(fig)
+
+
+def sensitivity_allocation(
+    scores: dict[int, np.ndarray], actx: AllocationContext, tolerance: float, plot: str = "",
+) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
+    """Keep masks from each group's sensitivity curve, and the curves for the report.
+
+    Without a plot the scan of a group stops at its first ratio over `tolerance`
+    (the choice cannot go further), which saves most of the work on sensitive
+    groups; with a plot every ratio is evaluated.
+    """
+    if plot:
+        _require_matplotlib()  # fail before the expensive scan
+    start = time.perf_counter()
+    data, kind = _eval_set(actx)
+    baseline = _outputs(actx.proto, data)
+    keep: dict[int, np.ndarray] = {}
+    curves: dict[int, dict] = {}
+    evaluations = 0
+    for g, s in scores.items():
+        group = actx.groups[g]
+        curve: dict[str, Any] = {"ratios": [], "loss": [], "chosen": 0.0}
+        chosen_keep, cache = s.size, {}
+        passing = True
+        for r in SENSITIVITY_RATIOS:
+            k = _keep_count(s.size, math.floor(r * s.size + 1e-9), actx.round_to, actx.min_keep)
+            if k not in cache:
+                if not passing and not plot:
+                    break
+                mask = _top(s, k)
+                removed = {int(u) for u in group.units[~mask]}
+                masked = masked_reference(actx.proto, actx.analysis, removed)
+                cache[k] = output_loss(_outputs(masked, data), baseline) if removed else 0.0
+                evaluations += 1
+            loss = cache[k]
+            curve["ratios"].append(r)
+            curve["loss"].append(loss)
+            if passing and loss <= tolerance:
+                chosen_keep, curve["chosen"] = k, r
+            else:
+                passing = False
+        keep[g] = _top(s, chosen_keep)
+        curves[g] = curve
+    if plot:
+        _plot(plot, curves, actx.groups, tolerance)
+    info = {
+        "mode": "sensitivity",
+        "data": kind,
+        "samples": data.size,
+        "tolerance": tolerance,
+        "loss": "mean 1 - cosine similarity of the graph outputs",
+        "evaluations": evaluations,
+        "seconds": round(time.perf_counter() - start, 3),
+        "plot": plot or None,
+        "curves": {g: c for g, c in curves.items()},
+    }
+    return keep, info
+
+
+# -- the cost model -------------------------------------------------------------------
+class CostModel:
+    """MACs or parameters of the model as a function of the units removed.
+
+    cost = sum over terms of base * prod over the term's tensors of kept / size.
+    """
+
+    def __init__(self, proto: onnx.ModelProto, analysis: ChannelAnalysis, metric: str) -> None:
+        self.analysis = analysis
+        self._index: dict[str, int] = {}
+        self.terms: list[tuple[float, tuple[int, ...]]] = []
+        shapes = _shapes(proto)
+        layouts = analysis.layouts
+        nodes = {n.name: n for n in proto.graph.node}
+        weight_slices: dict[tuple[str, int], list] = defaultdict(list)
+        for s in analysis.slices:
+            weight_slices[(s.node, s.input_index)].append(s)
+
+        def tensor(name: str) -> list[int]:
+            if name not in layouts:
+                return []
+            if name not in self._index:
+                self._index[name] = len(self._index)
+            return [self._index[name]]
+
+        def axis_is(name: str, axis: int) -> bool:
+            lay, shape = layouts.get(name), shapes.get(name)
+            return lay is not None and shape is not None and lay.axis == axis % len(shape)
+
+        if metric == "macs":
+            for node in proto.graph.node:
+                if node.op_type not in MAC_COUNTERS:
+                    continue
+                base = MAC_COUNTERS[node.op_type](node, shapes)
+                if not base:
+                    continue
+                factors: list[int] = []
+                if node.op_type in ("Conv", "ConvTranspose"):
+                    io = node.input[0] if node.op_type == "ConvTranspose" else node.output[0]
+                    factors += tensor(io)
+                    for s in weight_slices.get((node.name, 1), []):
+                        if s.axis >= 1:
+                            factors += tensor(s.by)
+                else:
+                    factors += tensor(node.output[0])
+                    trans_a = any(a.name == "transA" and a.i for a in node.attribute)
+                    if axis_is(node.input[0], 0 if trans_a else -1):
+                        factors += tensor(node.input[0])
+                self.terms.append((float(base), tuple(factors)))
+        elif metric == "params":
+            sliced: dict[str, set] = defaultdict(set)
+            for s in analysis.slices:
+                node = nodes.get(s.node)
+                if node is not None and s.input_index < len(node.input):
+                    sliced[node.input[s.input_index]].add((s.axis, s.by))
+            for init in proto.graph.initializer:
+                factors = []
+                for _, by in sorted(sliced.get(init.name, ())):
+                    factors += tensor(by)
+                self.terms.append((float(np.prod(init.dims)), tuple(factors)))
+        else:
+            raise ValueError(f"unknown cost metric {metric!r}")
+        names = sorted(self._index, key=self._index.get)
+        self.size = np.array([layouts[n].ids.size for n in names], dtype=np.float64)
+        self.kept = self.size.copy()
+        self.total = sum(base for base, _ in self.terms)
+        # which tensors (and how many positions in each) every unit occupies
+        self.unit_positions: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for name in names:
+            units, counts = np.unique(analysis.unit_of[layouts[name].ids], return_counts=True)
+            for u, c in zip(units, counts, strict=True):
+                self.unit_positions[int(u)].append((self._index[name], int(c)))
+        self.terms_of_tensor: dict[int, list[int]] = defaultdict(list)
+        for i, (_, factors) in enumerate(self.terms):
+            for t in set(factors):
+                self.terms_of_tensor[t].append(i)
+
+    def _term(self, i: int, kept: np.ndarray) -> float:
+        base, factors = self.terms[i]
+        value = base
+        for t in factors:
+            value *= kept[t] / self.size[t]
+        return value
+
+    def cost(self) -> float:
+        return sum(self._term(i, self.kept) for i in range(len(self.terms)))
+
+    def delta(self, units: Any) -> dict[int, int]:
+        change: dict[int, int] = defaultdict(int)
+        for u in units:
+            for t, c in self.unit_positions.get(int(u), []):
+                change[t] += c
+        return change
+
+    def saving(self, units: Any) -> float:
+        """How much the cost drops if `units` are removed as well."""
+        change = self.delta(units)
+        if not change:
+            return 0.0
+        after = self.kept.copy()
+        for t, c in change.items():
+            after[t] -= c
+        terms = {i for t in change for i in self.terms_of_tensor[t]}
+        return sum(self._term(i, self.kept) - self._term(i, after) for i in terms)
+
+    def remove(self, units: Any) -> None:
+        for t, c in self.delta(units).items():
+            self.kept[t] -= c
+
+    def tensors_of(self, units: Any) -> set[int]:
+        return set(self.delta(units))
+
+
+def _next_keep(keep: int, round_to: int, floor: int) -> int | None:
+    """The next smaller allowed keep count, or None when the group cannot shrink."""
+    nxt = ((keep - 1) // round_to) * round_to if round_to > 1 else keep - 1
+    return nxt if nxt >= floor and nxt > 0 else None
+
+
+def budget_allocation(
+    scores: dict[int, np.ndarray], actx: AllocationContext, metric: str, fraction: float,
+) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
+    """Greedy: remove the least harmful slice per unit of cost saved until the budget holds."""
+    start = time.perf_counter()
+    model = CostModel(actx.proto, actx.analysis, metric)
+    target = fraction * model.total
+    cost = model.cost()
+    # removal order per group: the reverse of `_top`'s keep order (same tie-breaking)
+    order = {g: np.argsort(-s, kind="stable")[::-1] for g, s in scores.items()}
+    norm = {g: s / (s.mean() + EPS) if s.size else s for g, s in scores.items()}
+    floor = {g: max(min(actx.min_keep, s.size), 1) for g, s in scores.items()}
+    keep = {g: s.size for g, s in scores.items()}
+    units = {g: actx.groups[g].units for g in scores}
+    tensors = {g: model.tensors_of(units[g]) for g in scores}
+    terms = {g: {i for t in tensors[g] for i in model.terms_of_tensor[t]} for g in scores}
+    neighbours = {g: [h for h in scores if terms[g] & terms[h]] for g in scores}
+
+    def candidate(g: int) -> tuple[float, np.ndarray] | None:
+        nxt = _next_keep(keep[g], actx.round_to, floor[g])
+        if nxt is None:
+            return None
+        size = scores[g].size
+        picks = order[g][size - keep[g] : size - nxt]
+        saved = model.saving(units[g][picks])
+        if saved <= 0:
+            return None
+        return float(norm[g][picks].sum()) / saved, picks
+
+    cands = {g: candidate(g) for g in scores}
+    steps = 0
+    while cost > target:
+        live = [(c[0], g) for g, c in cands.items() if c is not None]
+        if not live:
+            break
+        g = min(live)[1]
+        picks = cands[g][1]
+        cost -= model.saving(units[g][picks])
+        model.remove(units[g][picks])
+        keep[g] -= picks.size
+        steps += 1
+        for h in {g, *neighbours[g]}:
+            cands[h] = candidate(h)
+    masks = {g: _top(s, keep[g]) for g, s in scores.items()}
+    info = {
+        "mode": f"target-{metric}",
+        "metric": metric,
+        "target_fraction": fraction,
+        "original": int(model.total),
+        "target": int(math.floor(target)),
+        "estimated": int(round(model.cost())),
+        "estimated_fraction": round(float(model.cost() / model.total), 6) if model.total else 1.0,
+        "reached": bool(cost <= target + 1e-6),
+        "steps": steps,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    return masks, info

@@ -1,0 +1,486 @@
+"""`reconstruct`: refit the layers that lost input channels to the original's outputs.
+
+After `channel-prune`, a Conv (group 1), Gemm or MatMul whose weight has fewer
+input features than the same-named node of the pipeline's input model
+(`ctx.original`) computes something else than it did. ThiNet (Luo et al. 2017) and
+He et al. 2017 ("Channel Pruning for Accelerating Very Deep Neural Networks")
+refit such a layer by least squares; this pass does so on calibration data:
+
+    min_W,b || X W + 1 b - Y ||^2 + lam ||W||^2,   lam = ridge * mean(diag(Xc^T Xc))
+
+X: the layer's input rows (im2col patches at random output positions, or feature
+rows) captured from the *current* model; Y: the *original* layer's output at the
+same positions (the original model's input patches times the original weights,
+plus bias), restricted to the output channels the current layer kept; Xc is X
+centred. The penalty acts on the centred problem and the bias is free, so it
+absorbs the mean contribution of the removed channels. Only the normal equations
+are accumulated (streamed, float64), never the rows. Layers are refit
+in topological "levels" (a layer's level is one more than the deepest refit layer
+or recalibrated BN above it); every level is re-captured from the current model,
+so later layers are fit on the corrected upstream.
+
+With `bn` (default), every BatchNormalization downstream of a change gets, at its
+level, mean/var = the current model's input statistics and gamma/beta such that
+its per-channel output mean and std equal the original BN's on the calibration
+data (AdaBN-style, but matched to the original rather than renormalised).
+
+Which original channels survived is recovered from the weights: the channel
+analysis of the original assigns every producer's output channels to units, and
+the kept rows of each producer's weight (restricted to its kept input channels)
+are aligned, in order, with the original rows. Run `reconstruct` directly after
+`channel-prune` (before `fold-bn`, which rescales the weights it aligns).
+
+The pass changes numerics on purpose, so it has no numeric reference; its stats
+report each layer's relative reconstruction error before and after the refit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from compress_ir.core.calibration import ActivationCapture, CalibrationSet, batch_size_for
+from compress_ir.core.errors import UsageError
+from compress_ir.core.model import Model, infer_proto_shapes
+from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
+from compress_ir.passes.analysis.calibration_stats import ConvSampler
+from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, analyse_channels
+
+EPS = 1e-12
+LINEAR_OPS = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class ReconstructOptions:
+    ridge: float = option(1e-3, "ridge penalty, relative to the mean diagonal of the"
+                          " (centred) X^T X")
+    samples: int = option(4096, "at most this many sampled rows per layer")
+    bn: bool = option(True, "recalibrate BatchNormalization layers downstream of a change")
+
+    def __post_init__(self) -> None:
+        if not self.ridge >= 0.0:
+            raise ValueError(f"ridge must be >= 0, got {self.ridge}")
+        if self.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {self.samples}")
+
+
+# -- which original channels survived ----------------------------------------------------
+def _align(original: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, float]:
+    """Increasing indices into `original` rows best matching `current` rows, in order.
+
+    Maximises -sum ||orig[i_j] - cur[j]||^2 / ||cur[j]||^2 over increasing i_j by
+    dynamic programming; returns the indices and the worst relative distance.
+    """
+    o, k = original.shape[0], current.shape[0]
+    if k == o:
+        idx = np.arange(o)
+    else:
+        a = original.reshape(o, -1).astype(np.float64)
+        b = current.reshape(k, -1).astype(np.float64)
+        bn = (b**2).sum(1)
+        dist = (a**2).sum(1)[None, :] + bn[:, None] - 2.0 * b @ a.T  # [k, o]
+        score = -np.maximum(dist, 0.0) / (bn[:, None] + EPS)
+        f = np.full((k, o), -np.inf)
+        back = np.zeros((k, o), dtype=np.int64)
+        f[0] = score[0]
+        positions = np.arange(o)
+        for j in range(1, k):
+            prev = f[j - 1]
+            best = np.maximum.accumulate(prev)
+            arg = np.maximum.accumulate(np.where(prev == best, positions, 0))
+            f[j, 1:] = score[j, 1:] + best[:-1]
+            back[j, 1:] = arg[:-1]
+        idx = np.zeros(k, dtype=np.int64)
+        idx[-1] = int(np.argmax(f[-1]))
+        for j in range(k - 1, 0, -1):
+            idx[j - 1] = back[j, idx[j]]
+    a = original[idx].reshape(k, -1).astype(np.float64)
+    b = current.reshape(k, -1).astype(np.float64)
+    rel = np.linalg.norm(a - b, axis=1) / (np.linalg.norm(b, axis=1) + EPS)
+    return idx, float(rel.max()) if rel.size else 0.0
+
+
+def _group_local(mask: np.ndarray, groups: int) -> np.ndarray:
+    return mask.reshape(groups, -1)[0] if groups > 1 else mask
+
+
+def recover_keep(
+    analysis: ChannelAnalysis, current: dict[str, gs.Node], max_distance: float = 0.5,
+) -> tuple[dict[str, np.ndarray], set[int]]:
+    """Keep masks (per tensor of the original) of the channels `current` still has."""
+    order = {name: i for i, name in enumerate(analysis.nodes)}
+    removed: set[int] = set()
+    groups = []
+    for group in analysis.groups:
+        roots = sorted((r for r in group.roots if r.kind == "producer" and r.weight),
+                       key=lambda r: order.get(r.node, 0))
+        if roots:
+            groups.append((order.get(roots[0].node, 0), roots))
+    for _, roots in sorted(groups, key=lambda item: item[0]):
+        for root in roots:
+            node = analysis.nodes[root.node]
+            cur = current.get(root.node)
+            index = next(i for i, t in enumerate(node.inputs) if t.name == root.weight)
+            if cur is None or cur.op != node.op or len(cur.inputs) <= index:
+                continue
+            cur_w = cur.inputs[index]
+            if not isinstance(cur_w, gs.Constant):
+                continue
+            weight = np.asarray(node.inputs[index].values)
+            keep = analysis.keep_masks(removed)
+            for s in analysis.slices:
+                if s.node == root.node and s.input_index == index and s.axis != root.weight_axis:
+                    weight = np.compress(_group_local(keep[s.by], s.groups), weight, axis=s.axis)
+            orig = np.moveaxis(weight, root.weight_axis, 0)
+            now = np.moveaxis(np.asarray(cur_w.values), root.weight_axis, 0)
+            if orig.shape[1:] != now.shape[1:] or now.shape[0] > orig.shape[0]:
+                raise UsageError(
+                    f"reconstruct: weight of node {root.node!r} has shape {list(now.shape)}, "
+                    f"which is no channel subset of the original's {list(orig.shape)}")
+            idx, worst = _align(orig, now)
+            if worst > max_distance:
+                raise UsageError(
+                    f"reconstruct: cannot match the channels of node {root.node!r} to the "
+                    f"original model (weights changed by {worst:.2g}); run reconstruct "
+                    "directly after channel-prune")
+            gone = np.setdiff1d(np.arange(orig.shape[0]), idx)
+            units = analysis.unit_of[root.first + gone]
+            removed.update(int(u) for u in units)
+            break
+    return analysis.keep_masks(removed), removed
+
+
+# -- the layers to refit --------------------------------------------------------------
+@dataclass
+class Target:
+    """One layer to refit (kind conv/rows) or one BatchNormalization to recalibrate."""
+
+    node: gs.Node
+    kind: str  # "conv" | "rows" | "bn"
+    level: int
+    out_keep: np.ndarray | None = None
+    rows: int = 0
+    sums: dict[str, Any] = field(default_factory=dict)
+
+
+def _const(node: gs.Node, index: int) -> np.ndarray | None:
+    if index < len(node.inputs) and isinstance(node.inputs[index], gs.Constant):
+        return np.asarray(node.inputs[index].values)
+    return None
+
+
+def _in_features(node: gs.Node) -> int | None:
+    """Input features of a Conv (group 1) / Gemm / MatMul with a constant weight."""
+    w = _const(node, 1)
+    if w is None:
+        return None
+    if node.op == "Conv":
+        return int(np.prod(w.shape[1:])) if int(node.attrs.get("group", 1)) == 1 else None
+    if node.op == "Gemm":
+        if int(node.attrs.get("transA", 0)) or w.ndim != 2:
+            return None
+        return int(w.shape[1] if int(node.attrs.get("transB", 0)) else w.shape[0])
+    if node.op == "MatMul" and w.ndim == 2:
+        return int(w.shape[0])
+    return None
+
+
+def _linear(node: gs.Node) -> tuple[np.ndarray, np.ndarray]:
+    """(weight as [O, K], bias [O]) of what the node computes, alpha/beta folded in."""
+    w = _const(node, 1)
+    if node.op == "Conv":
+        b = _const(node, 2)
+        weight = w.reshape(w.shape[0], -1)
+        return weight, (b if b is not None else np.zeros(w.shape[0]))
+    if node.op == "Gemm":
+        alpha = float(node.attrs.get("alpha", 1.0))
+        beta = float(node.attrs.get("beta", 1.0))
+        weight = (w if int(node.attrs.get("transB", 0)) else w.T) * alpha
+        c = _const(node, 2)
+        bias = np.zeros(weight.shape[0]) if c is None else np.broadcast_to(
+            np.asarray(c, np.float64).reshape(-1) * beta, (weight.shape[0],))
+        return weight, bias
+    return w.T, np.zeros(w.shape[1])
+
+
+def _bias_ok(node: gs.Node) -> bool:
+    if node.op == "Gemm" and len(node.inputs) > 2 and node.inputs[2].name:
+        c = _const(node, 2)
+        return c is not None and c.ndim <= 1
+    return True
+
+
+def _write(model: Model, node: gs.Node, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Store a fitted [O, K] weight and [O] bias into the node (adding a bias if needed)."""
+    old = np.asarray(node.inputs[1].values)
+    dtype = old.dtype
+    if node.op == "Conv":
+        new_w = weight.reshape(old.shape)
+    elif node.op == "Gemm":
+        alpha = float(node.attrs.get("alpha", 1.0)) or 1.0
+        new_w = weight / alpha if int(node.attrs.get("transB", 0)) else weight.T / alpha
+    else:
+        new_w = weight.T
+    node.inputs[1] = gs.Constant(f"{node.name}__w_reconstructed", new_w.astype(dtype))
+    bias = bias.astype(dtype)
+    if node.op in ("Conv", "Gemm"):
+        if node.op == "Gemm":
+            beta = float(node.attrs.get("beta", 1.0))
+            if beta == 0.0 or len(node.inputs) < 3 or not node.inputs[2].name:
+                node.attrs["beta"] = beta = 1.0
+            bias = (bias / beta).astype(dtype)
+        const = gs.Constant(f"{node.name}__b_reconstructed", bias)
+        if len(node.inputs) > 2:
+            node.inputs[2] = const
+        else:
+            node.inputs.append(const)
+        return
+    out = node.outputs[0]
+    mid = gs.Variable(f"{out.name}__unbiased", dtype=out.dtype)
+    node.outputs[0] = mid
+    add = gs.Node("Add", f"{node.name}__bias", inputs=[
+        mid, gs.Constant(f"{node.name}__b_reconstructed", bias)], outputs=[out])
+    model.graph.nodes.append(add)
+
+
+def _plan(
+    model: Model, original: dict[str, gs.Node], keep: dict[str, np.ndarray], use_bn: bool,
+) -> tuple[list[Target], list[dict]]:
+    """Targets with their levels (topological), and the layers skipped (with why)."""
+    model.graph.toposort()
+    level: dict[str, int] = {}
+    dirty: set[str] = set()
+    targets: list[Target] = []
+    skipped: list[dict] = []
+    for node in model.graph.nodes:
+        lvl = max((level.get(t.name, 0) for t in node.inputs), default=0)
+        orig = original.get(node.name)
+        changed = any(t.name in dirty for t in node.inputs) or orig is None or any(
+            isinstance(t, gs.Constant) and (
+                i >= len(orig.inputs) or not isinstance(orig.inputs[i], gs.Constant)
+                or tuple(orig.inputs[i].values.shape) != tuple(t.values.shape))
+            for i, t in enumerate(node.inputs))
+        target = None
+        if orig is not None and orig.op == node.op and node.op in LINEAR_OPS:
+            k_now, k_orig = _in_features(node), _in_features(orig)
+            if k_now is not None and k_orig is not None and k_now < k_orig:
+                kind = "conv" if node.op == "Conv" else "rows"
+                reason = None
+                if not _bias_ok(node) or not _bias_ok(orig):
+                    reason = "Gemm bias C is not a vector"
+                elif kind == "conv" and len(_const(node, 1).shape) != 4:
+                    reason = "only 2-D convolutions are refit"
+                elif kind == "conv" and str(node.attrs.get("auto_pad", "NOTSET")) not in (
+                        "NOTSET", "VALID"):
+                    reason = "auto_pad SAME is not supported"
+                if reason:
+                    skipped.append({"node": node.name, "reason": reason})
+                else:
+                    target = Target(node, kind, lvl + 1)
+        elif (use_bn and node.op == "BatchNormalization" and orig is not None
+              and orig.op == node.op and node.inputs[0].name in dirty
+              and all(isinstance(t, gs.Constant) for t in node.inputs[1:5])
+              and not int(node.attrs.get("training_mode", 0))):
+            target = Target(node, "bn", lvl + 1)
+        if target is not None:
+            name = orig.outputs[0].name
+            count = (_const(node, 1).shape[0] if target.kind == "conv"
+                     else _linear(node)[0].shape[0] if target.kind == "rows"
+                     else _const(node, 1).size)
+            mask = keep.get(name)
+            if mask is None:
+                mask = np.ones(count, dtype=bool)
+            if int(mask.sum()) != count:
+                raise UsageError(
+                    f"reconstruct: node {node.name!r} has {count} output channels, but the "
+                    f"channels recovered from the original keep {int(mask.sum())}")
+            target.out_keep = mask
+            targets.append(target)
+            lvl = target.level
+        for out in node.outputs:
+            level[out.name] = lvl
+            if changed or target is not None:
+                dirty.add(out.name)
+    return targets, skipped
+
+
+# -- one level: capture, accumulate, solve ------------------------------------------
+def _proto(model: Model) -> onnx.ModelProto:
+    return infer_proto_shapes(model.to_proto())
+
+
+def _capture_level(
+    targets: list[Target], cur: onnx.ModelProto, orig: onnx.ModelProto,
+    original: dict[str, gs.Node], calib: CalibrationSet, samples: int, seed: int,
+) -> None:
+    """Stream both models once; accumulate normal equations and BN statistics."""
+    cur_nodes = {n.name: n for n in cur.graph.node}
+    orig_nodes = {n.name: n for n in orig.graph.node}
+    cur_names, orig_names = set(), set()
+    for t in targets:
+        o = original[t.node.name]
+        cur_names.add(t.node.inputs[0].name)
+        orig_names.add(o.outputs[0].name if t.kind == "bn" else o.inputs[0].name)
+    batch = batch_size_for(cur, 32)
+    batches = math.ceil(calib.size / batch)
+    streams = zip(
+        ActivationCapture(cur, sorted(cur_names)).stream(calib, batch),
+        ActivationCapture(orig, sorted(orig_names)).stream(calib, batch),
+        strict=True,
+    )
+    per_batch = max(1, math.ceil(samples / batches))
+    for b, (now, then) in enumerate(streams):
+        for n, t in enumerate(targets):
+            o = original[t.node.name]
+            x = now[t.node.inputs[0].name].astype(np.float64)
+            if t.kind == "bn":
+                _bn_sums(t, x, then[o.outputs[0].name].astype(np.float64))
+                continue
+            xo = then[o.inputs[0].name].astype(np.float64)
+            rng = np.random.default_rng([seed, n, b])
+            if t.kind == "conv":
+                s_now = ConvSampler(cur_nodes[t.node.name], _const(t.node, 1))
+                s_then = ConvSampler(orig_nodes[o.name], _const(o, 1))
+                pos = s_now.positions(x, per_batch, rng)
+                rows, rows_o = s_now.rows_at(x, pos), s_then.rows_at(xo, pos)
+            else:
+                flat, flat_o = x.reshape(-1, x.shape[-1]), xo.reshape(-1, xo.shape[-1])
+                pick = rng.choice(flat.shape[0], min(per_batch, flat.shape[0]), replace=False)
+                rows, rows_o = flat[pick], flat_o[pick]
+            w_o, b_o = _linear(o)
+            y = (rows_o @ w_o.T.astype(np.float64) + b_o)[:, t.out_keep]
+            xa = np.concatenate([rows, np.ones((rows.shape[0], 1))], axis=1)
+            s = t.sums
+            s["xx"] = s.get("xx", 0) + xa.T @ xa
+            s["xy"] = s.get("xy", 0) + xa.T @ y
+            s["yy"] = s.get("yy", 0) + float((y**2).sum())
+            t.rows += rows.shape[0]
+
+
+def _bn_sums(t: Target, x: np.ndarray, y: np.ndarray) -> None:
+    def moments(v: np.ndarray) -> np.ndarray:
+        flat = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1)
+        return np.stack([flat.sum(1), (flat**2).sum(1)])
+
+    s = t.sums
+    s["x"] = s.get("x", 0) + moments(x)
+    s["y"] = s.get("y", 0) + moments(y)[:, t.out_keep]
+    s["n"] = s.get("n", 0) + x.size // x.shape[1]
+
+
+def _residual(s: dict, coef: np.ndarray) -> float:
+    """Relative error ||X c - Y|| / ||Y|| from the accumulated normal equations."""
+    res = np.trace(coef.T @ s["xx"] @ coef) - 2.0 * np.trace(coef.T @ s["xy"]) + s["yy"]
+    return float(math.sqrt(max(res, 0.0) / s["yy"])) if s["yy"] > 0 else 0.0
+
+
+def _ridge_solve(xx: np.ndarray, xy: np.ndarray, ridge: float) -> np.ndarray:
+    """[W^T; b] from the normal equations of [X 1]: ridge on the centred X, free bias.
+
+    Centring keeps the penalty from pulling the bias (the mean of X is not shrunk),
+    so an exactly predictable layer is recovered up to a tiny bias.
+    """
+    k = xx.shape[0] - 1
+    n = xx[k, k]
+    mean_x, mean_y = xx[k, :k] / n, xy[k] / n
+    cov = xx[:k, :k] - n * np.outer(mean_x, mean_x)
+    cross = xy[:k] - n * np.outer(mean_x, mean_y)
+    lam = ridge * float(np.mean(np.diag(cov))) if k else 0.0
+    cov[np.arange(k), np.arange(k)] += lam
+    if lam > 0:
+        weight = np.linalg.solve(cov, cross)
+    else:
+        weight = np.linalg.lstsq(cov, cross, rcond=None)[0]
+    return np.vstack([weight, (mean_y - mean_x @ weight)[None, :]])
+
+
+def _refit(model: Model, t: Target, ridge: float) -> dict:
+    s = t.sums
+    weight, bias = _linear(t.node)
+    before = _residual(s, np.vstack([weight.T, bias[None, :]]).astype(np.float64))
+    coef = _ridge_solve(s["xx"], s["xy"], ridge)
+    after = _residual(s, coef)
+    k = coef.shape[0] - 1
+    _write(model, t.node, coef[:k].T, coef[k])
+    return {"node": t.node.name, "op": t.node.op, "level": t.level, "rows": t.rows,
+            "features": k, "rel_error_before": round(before, 6),
+            "rel_error_after": round(after, 6)}
+
+
+def _recalibrate(t: Target) -> dict:
+    s = t.sums
+    node = t.node
+    n = max(s["n"], 1)
+    mean_x = s["x"][0] / n
+    var_x = np.maximum(s["x"][1] / n - mean_x**2, 0.0)
+    mean_y = s["y"][0] / n
+    std_y = np.sqrt(np.maximum(s["y"][1] / n - mean_y**2, 0.0))
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    gamma = np.asarray(node.inputs[1].values, np.float64)
+    sign = np.where(gamma < 0, -1.0, 1.0)
+    live = var_x > EPS
+    new_gamma = np.where(live, sign * std_y * np.sqrt(var_x + eps) / np.sqrt(
+        np.where(live, var_x, 1.0)), gamma)
+    dtype = np.asarray(node.inputs[1].values).dtype
+    for i, value in ((1, new_gamma), (2, mean_y), (3, mean_x), (4, var_x)):
+        node.inputs[i] = gs.Constant(f"{node.name}__{i}_recalibrated", value.astype(dtype))
+    return {"node": node.name, "level": t.level, "channels": int(mean_x.size)}
+
+
+@register_pass("reconstruct")
+class Reconstruct(Pass):
+    summary = "refit pruned layers by least squares to the original outputs (needs --calib)"
+    Options = ReconstructOptions
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        if ctx.original is None:
+            raise UsageError("reconstruct needs the original model (run it in a pipeline)")
+        if ctx.calibration is None:
+            raise UsageError("reconstruct needs calibration data (--calib)")
+        opts = self.options
+        orig_proto = onnx.ModelProto()
+        orig_proto.CopyFrom(ctx.original)
+        orig_proto = infer_proto_shapes(orig_proto)
+        orig_model = Model.from_proto(orig_proto)
+        analysis = analyse_channels(orig_model)
+        original = {n.name: n for n in orig_model.graph.nodes}
+        current = {n.name: n for n in model.graph.nodes}
+        keep, removed = recover_keep(analysis, current)
+        targets, skipped = _plan(model, original, keep, opts.bn)
+        layers: list[dict] = []
+        norms: list[dict] = []
+        by_level: dict[int, list[Target]] = defaultdict(list)
+        for t in targets:
+            by_level[t.level].append(t)
+        for lvl in sorted(by_level):
+            level_targets = by_level[lvl]
+            _capture_level(level_targets, _proto(model), orig_proto, original,
+                           ctx.calibration, opts.samples, ctx.seed)
+            for t in level_targets:
+                if t.kind == "bn":
+                    norms.append(_recalibrate(t))
+                else:
+                    layers.append(_refit(model, t, opts.ridge))
+        stats: dict[str, float] = {
+            "layers_refit": len(layers),
+            "bn_recalibrated": len(norms),
+            "levels": len(by_level),
+            "units_recovered_removed": len(removed),
+        }
+        if layers:
+            stats["mean_rel_error_before"] = round(
+                float(np.mean([r["rel_error_before"] for r in layers])), 6)
+            stats["mean_rel_error_after"] = round(
+                float(np.mean([r["rel_error_after"] for r in layers])), 6)
+            stats["max_rel_error_after"] = max(r["rel_error_after"] for r in layers)
+        details = {"layers": layers, "bn": norms, "skipped": skipped,
+                   "calibration": {"source": ctx.calibration.source,
+                                   "samples": ctx.calibration.size}}
+        modified = bool(layers or norms)
+        return PassResult(model, modified=modified, stats=stats, details=details)
