@@ -89,3 +89,18 @@ def test_stats_follow_the_layout() -> None:
     lin = [stats.linear(s) for s in analysis.slices if s.reduces]
     assert lin and all(x is not None for x in lin)
     assert lin[0].inputs.shape[1] == lin[0].weight.shape[1] == lin[0].channel.size
+
+
+def test_image_folder_preprocessing(tmp_path: Path) -> None:
+    image_mod = pytest.importorskip("PIL.Image")
+    from compress_ir.core.calibration import ImageOptions
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    for i, arr in enumerate(pixels):
+        image_mod.fromarray(arr).save(tmp_path / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    opts = ImageOptions(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), channel_order="BGR")
+    calib = load_calibration(str(tmp_path), _proto(), image=opts)
+    want = (pixels[..., ::-1].astype(np.float32) / 255 - 0.5) / 0.25
+    np.testing.assert_allclose(calib.arrays["x"], want.transpose(0, 3, 1, 2), atol=1e-5)
