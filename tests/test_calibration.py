@@ -56,7 +56,7 @@ def test_capture_matches_a_plain_run() -> None:
     got = list(ActivationCapture(proto, ["r", "y"]).stream(calib, batch_size=4))
     assert [g["r"].shape[0] for g in got] == [1] * 6  # the model's batch is fixed at 1
     want = numeric.run(proto, {"x": calib.arrays["x"][:1]})["y"]
-    np.testing.assert_allclose(got[0]["y"], want, rtol=1e-6)
+    np.testing.assert_allclose(got[0]["y"], want, rtol=1e-5, atol=1e-5)  # capture is optimised
 
 
 def test_conv_rows_reproduce_the_conv_output() -> None:

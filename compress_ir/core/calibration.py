@@ -188,7 +188,7 @@ class ActivationCapture:
                 vi.name = name
             work.graph.output.append(vi)
         self.tensors = list(dict.fromkeys(tensors))
-        self.session = numeric.session(work)
+        self.session = numeric.session(work, optimize=True)
         self.proto = proto
 
     def stream(

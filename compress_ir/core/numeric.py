@@ -22,10 +22,18 @@ _ORT_DTYPES = {
 }
 
 
-def session(proto: onnx.ModelProto) -> ort.InferenceSession:
-    """An onnxruntime CPU session with graph optimisations off (compare the graph as is)."""
+def session(proto: onnx.ModelProto, optimize: bool = False) -> ort.InferenceSession:
+    """An onnxruntime CPU session; optimisations off by default (compare the graph as is).
+
+    Activation capture turns them on: requested tensors are graph outputs, which
+    onnxruntime never fuses away, and statistics need speed, not bit-exactness.
+    """
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     opts.log_severity_level = 3
     return ort.InferenceSession(
         proto.SerializeToString(), opts, providers=["CPUExecutionProvider"]

@@ -122,7 +122,7 @@ class CalibrationStats:
         proto: onnx.ModelProto,
         analysis: ChannelAnalysis,
         calib: CalibrationSet,
-        batch_size: int = 32,
+        batch_size: int = 128,
         max_rows: int = 2048,
         seed: int = 0,
     ) -> None:

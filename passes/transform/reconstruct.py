@@ -327,7 +327,7 @@ def _capture_level(
         o = original[t.node.name]
         cur_names.add(t.node.inputs[0].name)
         orig_names.add(o.outputs[0].name if t.kind == "bn" else o.inputs[0].name)
-    batch = batch_size_for(cur, 32)
+    batch = batch_size_for(cur, 128)
     batches = math.ceil(calib.size / batch)
     streams = zip(
         ActivationCapture(cur, sorted(cur_names)).stream(calib, batch),
