@@ -28,6 +28,7 @@ from compress_ir.passes.analysis.budget import (
 )
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, analyse_channels
 from compress_ir.passes.analysis.importance import CRITERIA, Criterion, ScoreContext
+from compress_ir.passes.analysis.importance.base import UnscorableGroup
 from compress_ir.passes.transform.channel_slicing import apply_removal, masked_reference
 
 
@@ -109,7 +110,16 @@ def plan_removal(
         )
 
     candidates = [g for g in analysis.groups if g.prunable and not excluded(g) and g.size > 1]
-    scores = {g.index: criterion.score(g, score_ctx) for g in candidates}
+    scores: dict[int, np.ndarray] = {}
+    unscored: dict[int, str] = {}
+    for g in candidates:
+        try:
+            scores[g.index] = criterion.score(g, score_ctx)
+        except UnscorableGroup as exc:
+            unscored[g.index] = str(exc)
+    if candidates and not scores:
+        raise UsageError(next(iter(unscored.values())))
+    candidates = [g for g in candidates if g.index in scores]
     allocate = ALLOCATIONS.get(opts.scope)
     extra: dict[str, Any] = {}
     if opts.budget or getattr(allocate, "needs_model", False):
@@ -137,6 +147,8 @@ def plan_removal(
         gone = [i for i, u in enumerate(g.units) if int(u) in removed]
         kept = g.size - len(gone) if g.index in keep else None
         row = group_report(g, kept, opts.criterion, excluded(g))
+        if g.index in unscored:
+            row["status"], row["unscored"] = "unscored", unscored[g.index]
         if gone:
             row["removed"] = gone  # indices into the group's units (sorted unit ids)
         rows.append(row)

@@ -25,7 +25,12 @@ import numpy as np
 from compress_ir.core.calibration import ActivationCapture
 from compress_ir.core.errors import UsageError
 from compress_ir.passes.analysis.channel_groups import ChannelGroup, ConstSlice
-from compress_ir.passes.analysis.importance.base import CRITERIA, Criterion, ScoreContext
+from compress_ir.passes.analysis.importance.base import (
+    CRITERIA,
+    Criterion,
+    ScoreContext,
+    UnscorableGroup,
+)
 
 
 @dataclass
@@ -212,7 +217,7 @@ class HRank(Criterion):
                         deepest[int(i)] = out.name
         lacking = [int(i) for i in np.flatnonzero(missing) if int(i) not in deepest]
         if lacking:
-            raise UsageError(
+            raise UnscorableGroup(
                 f"criterion 'hrank': channels of group [{group.label()}] never appear in a 4-D "
                 "(N, C, H, W) feature map, so they have no feature-map rank; exclude the group "
                 "or use another criterion"

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from compress_ir.core.errors import UsageError
 from compress_ir.core.model import Model
 from compress_ir.core.registry import Registry
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, ChannelGroup
@@ -54,6 +55,14 @@ class Criterion:
     def compensate(self, ctx: ScoreContext, removed_units: set[int]) -> bool:
         """Edit kept weights in `ctx.model` to absorb removed units; True if changed."""
         return False
+
+
+class UnscorableGroup(UsageError):
+    """A criterion cannot score this group (e.g. hrank on a Gemm's features).
+
+    The group is left whole and the report says why; only when no candidate group
+    can be scored does the pass fail with this error.
+    """
 
 
 CRITERIA: Registry[type[Criterion]] = Registry("criterion")

@@ -28,7 +28,6 @@ from typing import ClassVar
 
 import numpy as np
 
-from compress_ir.core.errors import UsageError
 from compress_ir.passes.analysis.calibration_stats import LinearSamples
 from compress_ir.passes.analysis.channel_groups import ChannelGroup
 from compress_ir.passes.analysis.importance.activation import (
@@ -36,7 +35,13 @@ from compress_ir.passes.analysis.importance.activation import (
     consumer_sites,
     require_calibration,
 )
-from compress_ir.passes.analysis.importance.base import CRITERIA, EPS, Criterion, ScoreContext
+from compress_ir.passes.analysis.importance.base import (
+    CRITERIA,
+    EPS,
+    Criterion,
+    ScoreContext,
+    UnscorableGroup,
+)
 
 GRAM_BUDGET = 1 << 28  # multiply-adds for one consumer's Gram matrix (units^2 * rows * outputs)
 Z_BUDGET = 1 << 22  # float64 values of the stacked contributions Z (32 MiB)
@@ -81,7 +86,7 @@ def linear_consumers(group: ChannelGroup, ctx: ScoreContext, name: str) -> list[
             sorted({f"{ctx.analysis.nodes[s.slice.node].op} node {s.slice.node!r}"
                     for s in unsupported})
         )
-        raise UsageError(
+        raise UnscorableGroup(
             f"criterion {name!r}: the channels of [{producers}] are consumed by {ops}, which "
             "it cannot sample (it needs a group-1 Conv with explicit or VALID padding, a Gemm "
             "or a MatMul); exclude these producers or use another criterion"

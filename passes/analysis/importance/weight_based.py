@@ -16,7 +16,6 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compress_ir.core.errors import UsageError
 from compress_ir.passes.analysis.channel_groups import (
     ChannelAnalysis,
     ChannelGroup,
@@ -28,6 +27,7 @@ from compress_ir.passes.analysis.importance.base import (
     EPS,
     Criterion,
     ScoreContext,
+    UnscorableGroup,
 )
 
 _BLOCK = 1 << 22  # entries of one (rows x C) block of a pairwise matrix
@@ -144,7 +144,7 @@ class BNScale(_ModelWide):
         scored = ~np.isnan(scores)
         if not scored.any():
             producers = ", ".join(r.node for r in group.roots if r.kind == "producer")
-            raise UsageError(
+            raise UnscorableGroup(
                 f"criterion 'bn-scale' needs a BatchNormalization on the output channels of "
                 f"producer(s) {producers}, and there is none (BN folded into the weights?); "
                 f"use another criterion or exclude these producers"
