@@ -193,7 +193,7 @@ class Bench:
 
 
 def run(models_dir: Path, out: Path, criteria: list[str], calib_samples: int,
-        rec_targets: tuple[float, ...]) -> list[Point]:
+        rec_targets: tuple[float, ...], names: tuple[str, ...] = MODELS) -> list[Point]:
     images, labels = load_mnist("test")
     train, _ = load_mnist("train")
     rng = np.random.default_rng(0)
@@ -201,7 +201,7 @@ def run(models_dir: Path, out: Path, criteria: list[str], calib_samples: int,
         {"input": train[rng.choice(len(train), calib_samples, replace=False)]}, "mnist-train"
     )
     points: list[Point] = []
-    for name in MODELS:
+    for name in names:
         model = onnx.load(models_dir / f"{name}.onnx")
         bench = Bench(name, model, calib, images, labels)
         dense = accuracy(model, images, labels)
@@ -277,12 +277,15 @@ def main() -> None:
                                                         if not n.startswith("bench-")),
                         help="comma list (default: every registered criterion)")
     parser.add_argument("--calib-samples", type=int, default=512)
+    parser.add_argument("--model-names", default=",".join(MODELS),
+                        help=f"comma list of models in --models (default {','.join(MODELS)})")
     parser.add_argument("--reconstruct-at", default="0.5",
                         help="comma list of targets evaluated also with reconstruct for every "
                              "criterion (l1/uniform always); '' for none")
     args = parser.parse_args()
     rec_targets = tuple(float(t) for t in args.reconstruct_at.split(",") if t)
-    run(args.models, args.out, args.criteria.split(","), args.calib_samples, rec_targets)
+    run(args.models, args.out, args.criteria.split(","), args.calib_samples, rec_targets,
+        tuple(args.model_names.split(",")))
     print((args.out / "table.md").read_text())
 
 
