@@ -242,7 +242,15 @@ def table(points: list[Point]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _best(rows: list[Point], target: float, reconstructed: bool) -> str | None:
+    pool = [p for p in rows if p.target == target and p.accuracy == p.accuracy
+            and p.method.endswith("+reconstruct") == reconstructed
+            and not p.method.startswith("onnxsim")]
+    return max(pool, key=lambda p: p.accuracy).method if pool else None
+
+
 def plot(points: list[Point], out: Path) -> None:
+    """Per model: every setting as a grey dot; baselines and the best settings as lines."""
     try:
         import matplotlib
 
@@ -251,22 +259,38 @@ def plot(points: list[Point], out: Path) -> None:
     except ImportError:
         print("matplotlib missing: no plot (pip install -e '.[bench]')")
         return
-    fig, axes = plt.subplots(1, len(MODELS), figsize=(6 * len(MODELS), 4.5), squeeze=False)
-    for ax, name in zip(axes[0], MODELS, strict=True):
-        rows = [p for p in points if p.model == name and p.method != "dense"
-                and p.accuracy == p.accuracy]
-        for method in dict.fromkeys(p.method for p in rows):
+    names = [n for n in MODELS if any(p.model == n for p in points)]
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 5), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        rows = [p for p in points if p.model == name and p.accuracy == p.accuracy]
+        dense = next(p.accuracy for p in rows if p.method == "dense")
+        rows = [p for p in rows if p.method != "dense"]
+        ax.scatter([p.macs_reduction for p in rows], [p.accuracy for p in rows], s=8,
+                   color="0.75", label="every criterion x allocation", zorder=1)
+        highlight = {"l1/uniform": ("black", "--"),
+                     "onnxsim.apply_structured_pruning": ("tab:red", ":"),
+                     "l1/uniform+reconstruct": ("tab:blue", "-")}
+        best = _best(rows, 0.5, False)
+        best_rec = _best(rows, 0.5, True)
+        if best:
+            highlight.setdefault(best, ("tab:green", "-"))
+        if best_rec:
+            highlight.setdefault(best_rec, ("tab:purple", "-"))
+        for method, (color, style) in highlight.items():
             pts = sorted((p.macs_reduction, p.accuracy) for p in rows if p.method == method)
-            style = dict(lw=2.5) if method in ("l1/uniform", "onnxsim.apply_structured_pruning") \
-                else dict(lw=0.8, alpha=0.5)
-            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=method, **style)
+            if pts:
+                tag = " (best at -50%)" if method in (best, best_rec) else ""
+                ax.plot(*zip(*pts, strict=True), style, marker="o", color=color, lw=2,
+                        label=method + tag, zorder=2)
+        ax.axhline(dense, color="0.4", lw=0.8, label=f"dense {dense:.4f}")
         ax.set_title(name)
         ax.set_xlabel("MACs reduction")
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel("test accuracy (no fine-tuning)")
+        ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=5, ncol=2, loc="lower left")
+        ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_macs.png", dpi=120)
+    fig.savefig(out / "accuracy_vs_macs.png", dpi=110)
 
 
 def main() -> None:
@@ -277,12 +301,21 @@ def main() -> None:
                                                         if not n.startswith("bench-")),
                         help="comma list (default: every registered criterion)")
     parser.add_argument("--calib-samples", type=int, default=512)
+    parser.add_argument("--replot", type=Path, help="only redraw table and plot from a "
+                        "results.json of an earlier run")
     parser.add_argument("--model-names", default=",".join(MODELS),
                         help=f"comma list of models in --models (default {','.join(MODELS)})")
     parser.add_argument("--reconstruct-at", default="0.5",
                         help="comma list of targets evaluated also with reconstruct for every "
                              "criterion (l1/uniform always); '' for none")
     args = parser.parse_args()
+    if args.replot:
+        points = [Point(**p) for p in json.loads(args.replot.read_text())]
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "table.md").write_text(table(points))
+        plot(points, args.out)
+        print((args.out / "table.md").read_text())
+        return
     rec_targets = tuple(float(t) for t in args.reconstruct_at.split(",") if t)
     run(args.models, args.out, args.criteria.split(","), args.calib_samples, rec_targets,
         tuple(args.model_names.split(",")))
