@@ -51,20 +51,8 @@ class CalibrationSet:
             yield {k: v[start : start + batch_size] for k, v in self.arrays.items()}
 
 
-def _input_specs(proto: onnx.ModelProto) -> dict[str, tuple[list, np.dtype]]:
-    inits = {i.name for i in proto.graph.initializer}
-    specs = {}
-    for inp in proto.graph.input:
-        if inp.name in inits:
-            continue
-        t = inp.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
-        specs[inp.name] = (dims, np.dtype(numeric._ORT_DTYPES.get(t.elem_type, np.float32)))
-    return specs
-
-
 def _check_arrays(arrays: dict[str, np.ndarray], proto: onnx.ModelProto, source: str) -> None:
-    specs = _input_specs(proto)
+    specs = numeric.graph_inputs(proto)
     missing = set(specs) - set(arrays)
     if missing:
         raise UsageError(f"{source}: no calibration data for input(s) {sorted(missing)}")
@@ -86,7 +74,7 @@ def _check_arrays(arrays: dict[str, np.ndarray], proto: onnx.ModelProto, source:
 def _random(proto: onnx.ModelProto, count: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     arrays = {}
-    for name, (dims, dtype) in _input_specs(proto).items():
+    for name, (dims, dtype) in numeric.graph_inputs(proto).items():
         shape = [count] + [d if isinstance(d, int) and d > 0 else 1 for d in dims[1:]]
         arrays[name] = rng.standard_normal(shape).astype(dtype)
     return arrays
@@ -99,7 +87,7 @@ def _images(folder: Path, proto: onnx.ModelProto, opts: ImageOptions) -> dict[st
         raise UsageError(
             "image folders need Pillow: pip install 'compress-ir[images]'"
         ) from None
-    specs = _input_specs(proto)
+    specs = numeric.graph_inputs(proto)
     if len(specs) != 1:
         raise UsageError(f"{folder}: an image folder can feed a single-input model only")
     name, (dims, dtype) = next(iter(specs.items()))
@@ -142,14 +130,14 @@ def load_calibration(
     if path.is_dir():
         arrays = _images(path, proto, image or ImageOptions())
     elif path.suffix == ".npy" and path.is_file():
-        specs = _input_specs(proto)
+        specs = numeric.graph_inputs(proto)
         if len(specs) != 1:
             raise UsageError(f"{spec}: a .npy file can feed a single-input model only; use .npz")
         arrays = {next(iter(specs)): np.load(path, allow_pickle=False)}
     elif path.suffix == ".npz" and path.is_file():
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-        specs = _input_specs(proto)
+        specs = numeric.graph_inputs(proto)
         if len(arrays) == 1 and len(specs) == 1 and next(iter(specs)) not in arrays:
             arrays = {next(iter(specs)): next(iter(arrays.values()))}
     else:
@@ -164,7 +152,7 @@ def load_calibration(
 
 def batch_size_for(proto: onnx.ModelProto, wanted: int) -> int:
     """The model's static batch size if it has one (e.g. 1), else `wanted`."""
-    for dims, _ in _input_specs(proto).values():
+    for dims, _ in numeric.graph_inputs(proto).values():
         if dims and isinstance(dims[0], int) and dims[0] > 0:
             return dims[0]
     return wanted

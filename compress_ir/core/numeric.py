@@ -40,25 +40,31 @@ def session(proto: onnx.ModelProto, optimize: bool = False) -> ort.InferenceSess
     )
 
 
-def input_specs(
-    proto: onnx.ModelProto, dim_values: dict[str, int] | None = None
-) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Concrete shape and dtype of each real graph input (symbolic dims -> 1 or given)."""
-    dim_values = dim_values or {}
+def graph_inputs(proto: onnx.ModelProto) -> dict[str, tuple[list[int | str], np.dtype]]:
+    """Declared dims (ints, or names for symbolic dims) and dtype of each real graph input."""
     inits = {i.name for i in proto.graph.initializer}
     specs = {}
     for inp in proto.graph.input:
         if inp.name in inits:
             continue
         t = inp.type.tensor_type
-        dims = []
-        for d in t.shape.dim:
-            if d.HasField("dim_value") and d.dim_value > 0:
-                dims.append(d.dim_value)
-            else:
-                dims.append(dim_values.get(d.dim_param, 1))
-        specs[inp.name] = (tuple(dims), np.dtype(_ORT_DTYPES.get(t.elem_type, np.float32)))
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
+        specs[inp.name] = (dims, np.dtype(_ORT_DTYPES.get(t.elem_type, np.float32)))
     return specs
+
+
+def input_specs(
+    proto: onnx.ModelProto, dim_values: dict[str, int] | None = None
+) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Concrete shape and dtype of each real graph input (symbolic dims -> 1 or given)."""
+    dim_values = dim_values or {}
+    return {
+        name: (
+            tuple(d if isinstance(d, int) and d > 0 else dim_values.get(str(d), 1) for d in dims),
+            dtype,
+        )
+        for name, (dims, dtype) in graph_inputs(proto).items()
+    }
 
 
 def random_inputs(

@@ -68,3 +68,11 @@ class UnscorableGroup(UsageError):
 CRITERIA: Registry[type[Criterion]] = Registry("criterion")
 
 
+def sum_members(group: ChannelGroup, per_root: dict[int, np.ndarray]) -> np.ndarray:
+    """Per unit: the per-filter scores of every (root, position) member, summed."""
+    scores = np.zeros(group.size)
+    for i, unit in enumerate(group.units):
+        for root_index, positions in group.members[int(unit)]:
+            if root_index in per_root:
+                scores[i] += per_root[root_index][positions].sum()
+    return scores

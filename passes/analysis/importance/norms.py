@@ -12,6 +12,7 @@ from compress_ir.passes.analysis.importance.base import (
     EPS,
     Criterion,
     ScoreContext,
+    sum_members,
 )
 
 
@@ -33,12 +34,7 @@ class _NormCriterion(Criterion):
             flat = weight.reshape(weight.shape[0], -1).astype(np.float64, copy=False)
             norms = np.linalg.norm(flat, ord=self.order, axis=1)
             per_root[root.index] = norms / (norms.mean() + EPS)
-        scores = np.zeros(group.size)
-        for i, unit in enumerate(group.units):
-            for root_index, positions in group.members[int(unit)]:
-                if root_index in per_root:
-                    scores[i] += per_root[root_index][positions].sum()
-        return scores
+        return sum_members(group, per_root)
 
 
 @CRITERIA.register("l1")

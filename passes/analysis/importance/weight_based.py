@@ -28,6 +28,7 @@ from compress_ir.passes.analysis.importance.base import (
     Criterion,
     ScoreContext,
     UnscorableGroup,
+    sum_members,
 )
 
 _BLOCK = 1 << 22  # entries of one (rows x C) block of a pairwise matrix
@@ -37,16 +38,6 @@ _BLOCK = 1 << 22  # entries of one (rows x C) block of a pairwise matrix
 def _rows(weight: np.ndarray) -> np.ndarray:
     """A producer weight (output channels first) as float64 rows, one per filter."""
     return weight.reshape(weight.shape[0], -1).astype(np.float64)
-
-
-def _sum_members(group: ChannelGroup, per_root: dict[int, np.ndarray]) -> np.ndarray:
-    """Per unit: the per-filter scores of every (root, position) member, summed."""
-    scores = np.zeros(group.size)
-    for i, unit in enumerate(group.units):
-        for root_index, positions in group.members[int(unit)]:
-            if root_index in per_root:
-                scores[i] += per_root[root_index][positions].sum()
-    return scores
 
 
 def _row_blocks(count: int, width: int):
@@ -93,7 +84,7 @@ class FPGM(Criterion):
                 continue
             dist = _distance_sums(_rows(weight))
             per_root[root.index] = dist / (dist.mean() + EPS)
-        return _sum_members(group, per_root)
+        return sum_members(group, per_root)
 
 
 def _distance_sums(flat: np.ndarray) -> np.ndarray:
@@ -218,7 +209,7 @@ class NISP(_ModelWide):
             for root in group.roots
             if root.kind == "producer" and root.tensor in importance
         }
-        return _sum_members(group, per_root)
+        return sum_members(group, per_root)
 
     def build(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
         return _nisp_importance(ctx)
@@ -387,7 +378,7 @@ class Merge(Criterion):
             if vectors is None:
                 continue
             per_root[root.index] = _twin_residuals(vectors)
-        return _sum_members(group, per_root)
+        return sum_members(group, per_root)
 
     def compensate(self, ctx: ScoreContext, removed_units: set[int]) -> bool:
         removed = {int(u) for u in removed_units}
