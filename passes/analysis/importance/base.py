@@ -9,6 +9,7 @@ model before the removal is applied (e.g. merging a removed neuron into its twin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -76,3 +77,17 @@ def sum_members(group: ChannelGroup, per_root: dict[int, np.ndarray]) -> np.ndar
             if root_index in per_root:
                 scores[i] += per_root[root_index][positions].sum()
     return scores
+
+
+def per_producer(
+    group: ChannelGroup, ctx: ScoreContext, filter_scores: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Score each producer's filters (output-channel axis first), normalise by the
+    producer's mean so layers of different scale can be summed, then sum per unit."""
+    per_root: dict[int, np.ndarray] = {}
+    for root in group.roots:
+        weight = ctx.producer_weight(root.index)
+        if weight is not None:
+            values = filter_scores(weight)
+            per_root[root.index] = values / (values.mean() + EPS)
+    return sum_members(group, per_root)

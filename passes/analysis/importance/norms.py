@@ -9,10 +9,9 @@ import numpy as np
 from compress_ir.passes.analysis.channel_groups import ChannelGroup
 from compress_ir.passes.analysis.importance.base import (
     CRITERIA,
-    EPS,
     Criterion,
     ScoreContext,
-    sum_members,
+    per_producer,
 )
 
 
@@ -26,15 +25,11 @@ class _NormCriterion(Criterion):
     order: ClassVar[int] = 1
 
     def score(self, group: ChannelGroup, ctx: ScoreContext) -> np.ndarray:
-        per_root: dict[int, np.ndarray] = {}
-        for root in group.roots:
-            weight = ctx.producer_weight(root.index)
-            if weight is None:
-                continue
+        def norms(weight: np.ndarray) -> np.ndarray:
             flat = weight.reshape(weight.shape[0], -1).astype(np.float64, copy=False)
-            norms = np.linalg.norm(flat, ord=self.order, axis=1)
-            per_root[root.index] = norms / (norms.mean() + EPS)
-        return sum_members(group, per_root)
+            return np.linalg.norm(flat, ord=self.order, axis=1)
+
+        return per_producer(group, ctx, norms)
 
 
 @CRITERIA.register("l1")

@@ -28,6 +28,7 @@ from compress_ir.passes.analysis.importance.base import (
     Criterion,
     ScoreContext,
     UnscorableGroup,
+    per_producer,
     sum_members,
 )
 
@@ -77,14 +78,7 @@ class FPGM(Criterion):
     summary: ClassVar[str] = "FPGM (He et al. 2019): sum of distances to the layer's filters"
 
     def score(self, group: ChannelGroup, ctx: ScoreContext) -> np.ndarray:
-        per_root: dict[int, np.ndarray] = {}
-        for root in group.roots:
-            weight = ctx.producer_weight(root.index)
-            if weight is None:
-                continue
-            dist = _distance_sums(_rows(weight))
-            per_root[root.index] = dist / (dist.mean() + EPS)
-        return sum_members(group, per_root)
+        return per_producer(group, ctx, lambda weight: _distance_sums(_rows(weight)))
 
 
 def _distance_sums(flat: np.ndarray) -> np.ndarray:
