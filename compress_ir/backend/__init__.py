@@ -1,0 +1,1 @@
+"""TVM backend: build, export, verify and run compiled artifacts (optional `tvm` extra)."""

@@ -1,0 +1,1 @@
+"""Compilation targets (arm, x86, cuda and named variants) as a registry."""
