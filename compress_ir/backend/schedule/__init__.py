@@ -1,7 +1,7 @@
 """Make compiled models fast: default schedules and MetaSchedule tuning.
 
-PLACEHOLDER seam (being implemented): `optimize(mod, target, spec, tuning)` returns the
-Relax module that `tvm.compile` should build.
+PLACEHOLDER seam (being implemented): `compile_relax` turns an imported Relax module into
+a `relax.Executable` for a target.
 """
 
 from __future__ import annotations
@@ -9,6 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 
-def optimize(mod: Any, target: Any, spec: Any = None, tuning: Any = None) -> Any:
-    """Placeholder: no scheduling yet (tvm.compile's default pipeline applies)."""
-    return mod
+def compile_relax(mod: Any, target: Any, spec: Any = None, *, tune_trials: int = 0,
+                  tuning_db: str | None = None, work_dir: str | None = None) -> Any:
+    """Placeholder: TVM's default pipeline, no scheduling, no tuning."""
+    import tvm
+
+    if tune_trials:
+        raise NotImplementedError("tuning is not implemented yet")
+    return tvm.compile(mod, target=target)
