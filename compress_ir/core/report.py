@@ -86,7 +86,43 @@ def format_report(report: dict[str, Any], max_groups: int = 25) -> str:
             f"check {check['pass']}: {check['against']} rel. error "
             f"{check['rel_error']:.2e} (tolerance {check['tolerance']:.0e}) {state}"
         )
+    if report.get("sizes"):
+        lines += ["", *format_sizes(report["sizes"])]
     return "\n".join(lines)
+
+
+_SIZE_FORMATS = (
+    ("dense", "dense fp32"), ("csr", "CSR"), ("bsr", "BSR {r}x{c}"),
+    ("dc_pq", "DC prune+quant"), ("dc", "DC +Huffman"),
+)
+
+
+def format_sizes(sizes: dict[str, Any], max_layers: int = 8) -> list[str]:
+    """Weight storage per format (totals, factor vs dense fp32) and the largest layers."""
+    total = sizes["total"]
+    r, c = sizes["block"]
+    lines = [
+        f"weight sizes: {total['layers']} layers, {_human(total['params'])} params, "
+        f"sparsity {total['sparsity']:.1%}",
+        f"  {'format':16}{'bytes':>10}{'factor':>9}",
+    ]
+    for key, label in _SIZE_FORMATS:
+        factor = total["factors"][key]
+        lines.append(f"  {label.format(r=r, c=c):16}{_human(total['bytes'][key]):>10}"
+                     f"{f'{factor:.2f}x' if factor else '-':>9}")
+    layers = sorted(sizes["layers"], key=lambda row: -row["bytes"]["dense"])
+    if layers:
+        lines.append(f"  {'layer':24}{'view':>12}{'sparse':>8}{'values':>8}"
+                     f"{'dense':>9}{'CSR':>9}{'DC':>9}")
+    for row in layers[:max_layers]:
+        view = "x".join(str(d) for d in row["view"])
+        b = row["bytes"]
+        lines.append(f"  {row['node'][-24:]:24}{view:>12}{row['sparsity']:>8.1%}"
+                     f"{row['distinct']:>8}{_human(b['dense']):>9}{_human(b['csr']):>9}"
+                     f"{_human(b['dc']):>9}")
+    if len(layers) > max_layers:
+        lines.append(f"  ... {len(layers) - max_layers} more layers (see --report)")
+    return lines
 
 
 def write_json_atomic(data: dict[str, Any], path: str | os.PathLike) -> None:
