@@ -19,6 +19,10 @@ from onnx import numpy_helper
 from compress_ir.core.errors import ModelLoadError
 from compress_ir.core.files import write_atomic
 from compress_ir.core.model import Model, ensure_node_names, infer_proto_shapes
+from compress_ir.frontends.sparse_storage import (
+    densify_sparse_initializers,
+    to_sparse_initializers,
+)
 
 _CONSTANT_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
 
@@ -213,6 +217,7 @@ def normalise(proto: onnx.ModelProto, source: str) -> onnx.ModelProto:
     """Validate and normalise a proto (a copy); return it with inferred shapes."""
     work = onnx.ModelProto()
     work.CopyFrom(proto)
+    densify_sparse_initializers(work.graph, source)  # weights are read from initializers
     _constants_to_initializers(work.graph)
     _toposort(work.graph, source)
     _check_ops(work, source)
@@ -242,7 +247,19 @@ def load_onnx(model: str | os.PathLike | onnx.ModelProto) -> Model:
     return ir
 
 
-def save_onnx(model: Model | onnx.ModelProto, path: str | os.PathLike) -> int:
-    """Write atomically (temp file + rename in the same folder); return the size in bytes."""
+def save_onnx(
+    model: Model | onnx.ModelProto, path: str | os.PathLike, sparse: bool = False,
+    min_sparsity: float = 0.5,
+) -> int:
+    """Write atomically (temp file + rename in the same folder); return the size in bytes.
+
+    With `sparse`, initializers at least `min_sparsity` sparse (and smaller so) are
+    stored as COO `sparse_initializer`s; the given model or proto is not modified.
+    """
     proto = model.to_proto() if isinstance(model, Model) else model
+    if sparse:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)
+        to_sparse_initializers(copy, min_sparsity)
+        proto = copy
     return write_atomic(path, proto.SerializeToString())

@@ -1,0 +1,161 @@
+"""Layer-wise OBS pruning with weight updates (SparseGPT, Frantar & Alistarh 2023).
+
+For a linear map `Y = W X` (`W` = `[out, K]`, the view of `sparsity_masks`) and
+calibration inputs `X` (rows `[S, K]`), pruning weights and updating the
+survivors to minimise `||W X - W' X||^2` is Optimal Brain Surgeon (Hassibi 1993)
+per row with the shared Hessian `H = 2 X^T X` (the factor 2 cancels; dampened by
+`lam I`, lam = `damp * mean(diag(H))`). SparseGPT processes columns left to right:
+the error of zeroing (or keeping) column i is propagated onto columns > i with
+row i of the upper Cholesky factor of `H^-1`, which equals the inverse Hessian
+of the remaining columns after eliminating the earlier ones. The mask is chosen
+per chunk of columns, from the saliency `w^2 / [U]_ii^2` of the already updated
+weights (adaptive mask selection), so every pattern of `sparsity_masks` works:
+unstructured and block chunks take their share of the layer's count,
+N:M chunks are multiples of M.
+
+`dense_target` gives the weight to prune when the layer's inputs X already come
+from a sparsified model but its outputs should match the dense model's (inputs
+D): W* = W D^T X (X^T X + lam I)^-1, the ridge refit; OBS on W* with H = X^T X
+then minimises ||W D - W' X||.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compress_ir.passes.analysis.sparsity_masks import (
+    Pattern,
+    lowest,
+    mask_from_units,
+    nm_mask,
+    split_count,
+    unit_scores,
+    units,
+)
+
+
+class HessianAccumulator:
+    """Streams input rows of one layer into `X^T X` (float64) without keeping them.
+
+    With `paired`, `add` also takes the dense model's rows at the same positions
+    and accumulates `X^T D` and `D^T D` for the dense-target refit.
+    """
+
+    def __init__(self, features: int, paired: bool = False) -> None:
+        self.xtx = np.zeros((features, features))
+        self.xtd = np.zeros((features, features)) if paired else None
+        self.dtd = np.zeros((features, features)) if paired else None
+        self.rows = 0
+
+    def add(self, rows: np.ndarray, dense_rows: np.ndarray | None = None) -> None:
+        x = np.asarray(rows, dtype=np.float32)  # float32 product (2x faster), float64 sum
+        self.xtx += x.T @ x
+        if self.xtd is not None and dense_rows is not None:
+            d = np.asarray(dense_rows, dtype=np.float32)
+            self.xtd += x.T @ d
+            self.dtd += d.T @ d
+        self.rows += x.shape[0]
+
+    def hessian(self) -> np.ndarray:
+        """`2 X^T X / S` (averaged so that `damp` means the same for any sample count)."""
+        return 2.0 * self.xtx / max(self.rows, 1)
+
+    def cross(self) -> np.ndarray:
+        """`2 X^T D / S` (X^T X without dense rows: the layer's own inputs are the target's)."""
+        return self.hessian() if self.xtd is None else 2.0 * self.xtd / max(self.rows, 1)
+
+    def dense_hessian(self) -> np.ndarray:
+        return self.hessian() if self.dtd is None else 2.0 * self.dtd / max(self.rows, 1)
+
+
+def dense_target(weight: np.ndarray, hessian: np.ndarray, cross: np.ndarray,
+                 damp: float) -> np.ndarray:
+    """`W* = argmin ||D W^T - X W*^T||^2 + lam ||W*||^2`: the weight whose outputs on the
+    sparsified model's inputs X best match the dense layer's outputs on its inputs D.
+
+    Pruning W* by OBS then minimises the error against the *dense* outputs, because
+    the least-squares residual is orthogonal to everything X can produce.
+    """
+    h = np.array(hessian, dtype=np.float64)
+    lam = damp * float(np.mean(np.diag(h))) or damp
+    h[np.arange(h.shape[0]), np.arange(h.shape[0])] += lam
+    return np.linalg.solve(h, cross @ weight.T).T
+
+
+def _inverse_cholesky(hessian: np.ndarray, damp: float) -> np.ndarray:
+    """Upper Cholesky factor U of (H + lam I)^-1, with dead inputs made harmless.
+
+    An input that is always zero has H_ii = 0; its weights do not matter, so its
+    diagonal is set to 1 (SparseGPT does the same) to keep H invertible.
+    """
+    h = np.array(hessian, dtype=np.float64)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    lam = damp * float(np.mean(np.diag(h)))
+    for attempt in range(6):
+        try:
+            inv = np.linalg.inv(h + (lam * 10**attempt) * np.eye(h.shape[0]))
+            return np.linalg.cholesky(inv).T
+        except np.linalg.LinAlgError:
+            continue
+    raise np.linalg.LinAlgError("Hessian not positive definite even after damping")
+
+
+def _chunk_mask(
+    w: np.ndarray, diag: np.ndarray, pattern: Pattern, count: int,
+) -> np.ndarray:
+    """Keep mask of one column chunk from OBS saliency `w^2 / d^2`; `count` pruned units."""
+    scores = w**2 / (diag[None, :] ** 2)
+    if pattern.kind == "nm":
+        return nm_mask(scores, pattern.n, pattern.m)
+    return mask_from_units(pattern, lowest(unit_scores(pattern, scores), count))
+
+
+def obs_prune(
+    weight: np.ndarray, hessian: np.ndarray, pattern: Pattern, count: int,
+    chunk: int = 128, damp: float = 0.01,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Prune `count` units (elements/blocks; ignored for N:M) of `weight` [out, K].
+
+    Returns (updated weight with exact zeros at pruned positions, keep mask).
+    `chunk` is rounded up to the pattern's column multiple so N:M groups and
+    blocks never straddle two chunks.
+    """
+    w = np.array(weight, dtype=np.float64)
+    out, k = w.shape
+    step = pattern.column_multiple
+    chunk = max(step, -(-chunk // step) * step)
+    u = _inverse_cholesky(hessian, damp)
+    bounds = [(s, min(s + chunk, k)) for s in range(0, k, chunk)]
+    counts = split_count(count, [units(pattern, (out, e - s)) for s, e in bounds])
+    keep = np.ones((out, k), dtype=bool)
+    for (i1, i2), n_prune in zip(bounds, counts, strict=True):
+        w1 = w[:, i1:i2].copy()
+        u1 = u[i1:i2, i1:i2]
+        mask1 = _chunk_mask(w1, np.diag(u1), pattern, n_prune)
+        err1 = np.zeros_like(w1)
+        for i in range(i2 - i1):
+            col = w1[:, i]
+            d = u1[i, i]
+            q = np.where(mask1[:, i], col, 0.0)
+            err = (col - q) / d
+            w1[:, i:] -= np.outer(err, u1[i, i:])
+            w1[:, i] = q  # exact zeros where pruned, the compensated value where kept
+            err1[:, i] = err
+        w[:, i1:i2] = w1
+        w[:, i2:] -= err1 @ u[i1:i2, i2:]
+        keep[:, i1:i2] = mask1
+    w[~keep] = 0.0
+    return w, keep
+
+
+def output_error(weight: np.ndarray, new: np.ndarray, hessian: np.ndarray,
+                 cross: np.ndarray | None = None, dense: np.ndarray | None = None) -> float:
+    """Relative layer output error `||D W^T - X W'^T|| / ||D W^T||` from the accumulated
+    products (`hessian` = X^T X, `cross` = X^T D, `dense` = D^T D; D = X when omitted)."""
+    cross = hessian if cross is None else cross
+    dense = hessian if dense is None else dense
+    den = float(np.einsum("ok,kl,ol->", weight, dense, weight))
+    num = den - 2.0 * float(np.einsum("ok,kl,ol->", new, cross, weight)) + float(
+        np.einsum("ok,kl,ol->", new, hessian, new))
+    return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0

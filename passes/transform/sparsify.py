@@ -1,0 +1,529 @@
+"""`sparsify`: zero weights of Conv, Gemm and MatMul in a pattern sparse kernels can skip.
+
+Each weight is seen as the `[out, reduction]` matrix of `sparsity_masks` (Conv:
+`[C_out, C_in/group * kh * kw]`; Gemm: B, or B^T when transB=0; MatMul with a
+constant 2-D B `[K, N]`: B^T). Biases are never touched. The ONNX stays dense:
+the zeros are stored (write it with `save_onnx(..., sparse=True)` for
+`sparse_initializer`s).
+
+Criteria:
+* `magnitude` (Han et al. 2015): prune the smallest |w| (blocks: the smallest
+  sum of w^2). The numeric reference is the *input model with the same weights
+  zeroed*, built by multiplying the input proto's initializers by the masks in
+  numpy; the pipeline's onnxruntime check then proves the output computes exactly
+  "original minus the pruned weights" (right nodes, layouts, nothing else moved).
+* `obs` (SparseGPT-style layer-wise OBS, needs `--calib`): the masks come with
+  compensating updates of the kept weights, so the model is *meant* to differ from
+  "original minus pruned weights". Its reference is the input model with every
+  target weight replaced (in numpy) by the OBS result times its mask: the check
+  proves the written model is exactly the computed sparse weights and that the
+  mask pattern holds; how close it stays to the original is measured separately,
+  as `output_rel_error` (Frobenius-relative output error vs the input model on the
+  calibration inputs) and per layer in the details (`layer_rel_error`, next to
+  `layer_rel_error_magnitude`: the same layer's error under plain magnitude
+  pruning, from the same Hessian). With `sequential` (default, as SparseGPT), a
+  layer's Hessian comes from the model whose earlier layers are already sparse
+  (one calibration pass per topological stage of target layers). With `correct`
+  (default) the layer is first refit by ridge least squares so that, on those
+  sparsified inputs X, it reproduces the *dense* model's layer output W D, and
+  that refit weight is pruned: ||W D - W' X||^2 splits into the (fixed) refit
+  residual plus the OBS objective, so upstream error is compensated instead of
+  carried along (plain SparseGPT: `correct=false`; on the MNIST models it is what
+  keeps the ResNet/MobileNet usable at 70 %, see tools/results/sparsity_accuracy).
+
+Scope: `layer` gives every layer the sparsity; `global` ranks all layers' units
+by layer-normalised magnitude (score / layer mean) under one threshold, so the
+total over those layers hits the target and each layer's sparsity varies (with
+`obs`, the per-layer counts come from that magnitude ranking, then OBS prunes
+each layer). N:M fixes the sparsity at 1 - N/M per layer, so it has no global
+scope. Layers with an override keep their own sparsity and are outside the
+global pool. The first and last weighted layers stay dense by default.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import numpy_helper
+
+from compress_ir.core import numeric
+from compress_ir.core.calibration import ActivationCapture, CalibrationSet, batch_size_for
+from compress_ir.core.errors import UsageError
+from compress_ir.core.model import Model, infer_proto_shapes
+from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
+from compress_ir.passes.analysis.calibration_stats import ConvSampler
+from compress_ir.passes.analysis.sparsegpt import (
+    HessianAccumulator,
+    dense_target,
+    obs_prune,
+    output_error,
+)
+from compress_ir.passes.analysis.sparsity_masks import (
+    Pattern,
+    global_counts,
+    layer_mask,
+    lowest,
+    mask_from_units,
+    parse_block,
+    parse_pattern,
+    split_count,
+    unit_scores,
+    units,
+    unsupported_shape,
+)
+
+CRITERIA = ("magnitude", "obs")
+SCOPES = ("layer", "global")
+
+
+@dataclass(frozen=True)
+class SparsifyOptions:
+    pattern: str = option("unstructured", "unstructured | N:M (e.g. 2:4, 4:8, along the"
+                          " reduction axis) | block (geometry from `block`)")
+    block: str = option("1x4", "block shape RxC for pattern=block: R output features x C"
+                        " reduction positions (1x4, 4x1, 8x1, 16x1, 4x4)")
+    sparsity: float | None = option(None, "fraction of zeros (default 0.5; N:M implies 1-N/M)")
+    scope: str = option("layer", "layer: each layer at the sparsity | global: one threshold on"
+                        " layer-normalised magnitudes, the total hits the sparsity")
+    criterion: str = option("magnitude", "magnitude | obs (layer-wise OBS with weight updates,"
+                            " SparseGPT-style; needs --calib)")
+    override: tuple[str, ...] = option((), "per-layer sparsity, NAME:VALUE items (globs ok),"
+                                       " e.g. [conv1:0.3,fc*:0.9] or conv1:0.3;fc*:0.9;"
+                                       " 0 = dense")
+    exclude: tuple[str, ...] = option((), "node names or glob patterns kept dense")
+    skip_first: bool = option(True, "keep the first weighted layer dense")
+    skip_last: bool = option(True, "keep the last weighted layer dense")
+    min_size: int = option(0, "keep layers with fewer weights than this dense")
+    samples: int = option(8192, "obs: at most this many input rows per layer for the Hessian")
+    damp: float = option(0.01, "obs: Hessian dampening, relative to its mean diagonal")
+    chunk: int = option(128, "obs: columns per mask-selection chunk")
+    sequential: bool = option(True, "obs: capture each layer's inputs with the layers above it"
+                              " already sparsified (SparseGPT); false: one pass on the input")
+    correct: bool = option(True, "obs, sequential: prune the weight refit to the dense model's"
+                           " layer outputs from the sparsified inputs (corrects upstream error)")
+
+    def __post_init__(self) -> None:
+        pattern = self.parsed_pattern  # validates pattern and block
+        parse_block(self.block)
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, "
+                             f"got {self.criterion!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        fixed = pattern.fixed_sparsity
+        if fixed is not None:
+            if self.sparsity is not None and not math.isclose(self.sparsity, fixed,
+                                                                abs_tol=1e-9):
+                raise ValueError(f"pattern {pattern} fixes sparsity at {fixed:g}, "
+                                 f"got sparsity={self.sparsity:g}")
+            if self.scope == "global":
+                raise ValueError(f"pattern {pattern} fixes each layer's sparsity; "
+                                 "scope=global needs unstructured or block")
+        if self.min_size < 0 or self.samples < 1 or self.chunk < 1:
+            raise ValueError("min-size must be >= 0, samples and chunk >= 1")
+        if not self.damp > 0.0:
+            raise ValueError(f"damp must be > 0, got {self.damp}")
+        self.overrides  # noqa: B018 - validates the syntax
+
+    @property
+    def parsed_pattern(self) -> Pattern:
+        try:
+            return parse_pattern(self.pattern, self.block)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+
+    @property
+    def target(self) -> float:
+        fixed = self.parsed_pattern.fixed_sparsity
+        if fixed is not None:
+            return fixed
+        return 0.5 if self.sparsity is None else self.sparsity
+
+    @property
+    def overrides(self) -> list[tuple[str, float]]:
+        """(glob, sparsity) in the order given; the first match wins."""
+        out = []
+        fixed = self.parsed_pattern.fixed_sparsity
+        for item in self.override:
+            for entry in filter(None, (e.strip() for e in item.split(";"))):
+                name, colon, value = entry.rpartition(":")
+                if not colon or not name:
+                    raise ValueError(f"override {entry!r}: expected NAME:SPARSITY")
+                try:
+                    sparsity = 0.0 if value.strip() == "dense" else float(value)
+                except ValueError:
+                    raise ValueError(f"override {entry!r}: {value!r} is not a number") from None
+                if not 0.0 <= sparsity < 1.0:
+                    raise ValueError(f"override {entry!r}: sparsity must be in [0, 1)")
+                if fixed is not None and sparsity not in (0.0,) and not math.isclose(
+                        sparsity, fixed, abs_tol=1e-9):
+                    raise ValueError(f"override {entry!r}: pattern {self.parsed_pattern} "
+                                     f"allows only 0 (dense) or {fixed:g}")
+                out.append((name.strip(), sparsity))
+        return out
+
+
+# -- the [out, reduction] view of each weight -------------------------------------------
+@dataclass
+class Layer:
+    """One weighted node: its weight constant and how it maps to the matrix view."""
+
+    node: gs.Node
+    weight: gs.Constant
+    groups: int = 1
+    sparsity: float = 0.0
+    in_pool: bool = False  # part of the global ranking
+    count: int = 0  # units to prune
+    keep: np.ndarray | None = None  # [out, reduction]
+    new: np.ndarray | None = None  # [out, reduction], float64
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    def matrix(self) -> np.ndarray:
+        return to_matrix(self.node, np.asarray(self.weight.values))
+
+    def shape(self) -> tuple[int, int]:
+        return weight_matrix_shape(self.node, tuple(self.weight.values.shape))
+
+
+def _transposed(node: gs.Node) -> bool:
+    """True when the stored weight is [reduction, out] (Gemm transB=0, MatMul)."""
+    if node.op == "Gemm":
+        return not int(node.attrs.get("transB", 0))
+    return node.op == "MatMul"
+
+
+def to_matrix(node: gs.Node, weight: np.ndarray) -> np.ndarray:
+    """The stored weight as the `[out, reduction]` matrix."""
+    if node.op == "Conv":
+        return weight.reshape(weight.shape[0], -1)
+    return weight.T if _transposed(node) else weight
+
+
+def from_matrix(node: gs.Node, matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of `to_matrix`: back to the stored layout."""
+    if node.op == "Conv":
+        return matrix.reshape(shape)
+    return matrix.T if _transposed(node) else matrix
+
+
+def weight_matrix_shape(node: gs.Node, shape: tuple[int, ...]) -> tuple[int, int]:
+    if node.op == "Conv":
+        return shape[0], int(np.prod(shape[1:]))
+    return (shape[1], shape[0]) if _transposed(node) else (shape[0], shape[1])
+
+
+def _weighted(node: gs.Node) -> gs.Constant | None:
+    """The constant weight of a Conv / Gemm / MatMul (input 1), else None."""
+    if node.op not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
+        return None
+    w = node.inputs[1]
+    if not isinstance(w, gs.Constant):
+        return None
+    ndim = len(w.values.shape)
+    if node.op == "Conv" and ndim < 3 or node.op != "Conv" and ndim != 2:
+        return None
+    if node.op == "MatMul" and isinstance(node.inputs[0], gs.Constant):
+        return None
+    return w
+
+
+# -- planning ----------------------------------------------------------------------------
+def _match(name: str, patterns: list[str] | tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _plan(model: Model, opts: SparsifyOptions) -> tuple[list[Layer], list[dict]]:
+    """The layers to sparsify (with their sparsity) and those kept dense, with why."""
+    model.graph.toposort()
+    weighted = [(n, w) for n in model.graph.nodes if (w := _weighted(n)) is not None]
+    pattern = opts.parsed_pattern
+    overrides = opts.overrides
+    names = [n.name for n, _ in weighted]
+    for pat, _ in overrides:
+        if not any(fnmatch.fnmatchcase(name, pat) for name in names):
+            raise UsageError(f"sparsify: override {pat!r} matches no Conv/Gemm/MatMul with a "
+                             f"constant weight; they are: {', '.join(names[:8])}"
+                             + (", ..." if len(names) > 8 else ""))
+    layers: list[Layer] = []
+    skipped: list[dict] = []
+    for idx, (node, w) in enumerate(weighted):
+        override = next((s for p, s in overrides if fnmatch.fnmatchcase(node.name, p)), None)
+        groups = int(node.attrs.get("group", 1)) if node.op == "Conv" else 1
+        layer = Layer(node, w, groups)
+        reason = None
+        if _match(node.name, opts.exclude):
+            reason = "excluded"
+        elif opts.skip_first and idx == 0:
+            reason = "first weighted layer (skip-first)"
+        elif opts.skip_last and idx == len(weighted) - 1:
+            reason = "last weighted layer (skip-last)"
+        elif w.values.size < opts.min_size:
+            reason = f"{w.values.size} weights < min-size {opts.min_size}"
+        elif len(w.outputs) > 1:
+            reason = f"weight {w.name!r} is shared by {len(w.outputs)} nodes"
+        elif override == 0.0:
+            reason = "override: dense"
+        else:
+            reason = unsupported_shape(pattern, layer.shape())
+            if reason is None and opts.criterion == "obs":
+                reason = _obs_unsupported(layer, pattern)
+        if reason:
+            skipped.append({"node": node.name, "op": node.op, "size": int(w.values.size),
+                            "reason": reason})
+            continue
+        layer.sparsity = opts.target if override is None else override
+        layer.in_pool = opts.scope == "global" and override is None
+        layers.append(layer)
+    return layers, skipped
+
+
+def _obs_unsupported(layer: Layer, pattern: Pattern) -> str | None:
+    node = layer.node
+    if node.op == "Conv":
+        if len(layer.weight.values.shape) != 4:
+            return "obs: only 2-D convolutions"
+        if str(node.attrs.get("auto_pad", "NOTSET")) not in ("NOTSET", "VALID"):
+            return "obs: auto_pad SAME is not supported"
+        rows = layer.weight.values.shape[0] // layer.groups
+        if pattern.kind == "block" and rows % pattern.rows:
+            return f"obs: {rows} output channels per group are not tiled by {pattern.rows}"
+    return None
+
+
+def _magnitude_scores(layer: Layer) -> np.ndarray:
+    return layer.matrix().astype(np.float64) ** 2
+
+
+def _assign_counts(layers: list[Layer], pattern: Pattern, target: float) -> None:
+    """Units to prune per layer: its own sparsity, or its share of the global ranking."""
+    pool = [layer for layer in layers if layer.in_pool]
+    if pool:
+        per_unit = [unit_scores(pattern, _magnitude_scores(la)) for la in pool]
+        for layer, count in zip(pool, global_counts(per_unit, target), strict=True):
+            layer.count = count
+    for layer in layers:
+        if not layer.in_pool:
+            layer.count = int(round(layer.sparsity * units(pattern, layer.shape())))
+
+
+# -- magnitude -----------------------------------------------------------------------------
+def _magnitude(layer: Layer, pattern: Pattern) -> None:
+    scores = _magnitude_scores(layer)
+    if pattern.kind == "nm":
+        layer.keep = layer_mask(scores, pattern, 0.0)
+    else:
+        layer.keep = mask_from_units(pattern, lowest(unit_scores(pattern, scores), layer.count))
+    layer.new = layer.matrix().astype(np.float64) * layer.keep
+
+
+# -- obs -------------------------------------------------------------------------------------
+def _layer_rows(
+    layer: Layer, node: onnx.NodeProto, xs: list[np.ndarray], count: int,
+    rng: np.random.Generator,
+) -> list[np.ndarray]:
+    """Input rows of the layer at the same random positions of each of `xs` (im2col for Conv)."""
+    if layer.node.op == "Conv":
+        sampler = ConvSampler(node, np.asarray(layer.weight.values))
+        oh, ow = sampler.output_size(xs[0])
+        pos = sampler.positions(xs[0], min(count, xs[0].shape[0] * oh * ow), rng)
+        return [sampler.rows_at(x, pos) for x in xs]
+    if layer.node.op == "Gemm" and int(layer.node.attrs.get("transA", 0)):
+        xs = [x.T for x in xs]
+    flat = [x.reshape(-1, x.shape[-1]) for x in xs]
+    pick = rng.choice(flat[0].shape[0], min(count, flat[0].shape[0]), replace=False)
+    return [f[pick] for f in flat]
+
+
+def _capture_hessians(
+    proto: onnx.ModelProto, layers: list[Layer], calib: CalibrationSet, samples: int, seed: int,
+    dense: onnx.ModelProto | None = None,
+) -> list[list[HessianAccumulator]]:
+    """Stream the calibration set once; per layer and group, accumulate X^T X of its inputs.
+
+    With `dense` (the input model), its inputs D at the same positions are streamed
+    alongside, for X^T D and D^T D.
+    """
+    nodes = {n.name: n for n in proto.graph.node}
+    names = sorted({layer.node.inputs[0].name for layer in layers})
+    batch = batch_size_for(proto, 64)
+    batches = max(1, math.ceil(calib.size / batch))
+    per_batch = max(1, math.ceil(samples / batches))
+    accs = [[HessianAccumulator(layer.shape()[1], paired=dense is not None)
+             for _ in range(layer.groups)] for layer in layers]
+    streams = [ActivationCapture(proto, names).stream(calib, batch)]
+    if dense is not None:
+        streams.append(ActivationCapture(dense, names).stream(calib, batch))
+    for b, acts in enumerate(zip(*streams, strict=True)):
+        for i, layer in enumerate(layers):
+            xs = [np.asarray(a[layer.node.inputs[0].name], dtype=np.float32) for a in acts]
+            rng = np.random.default_rng([seed, i, b])
+            rows = _layer_rows(layer, nodes[layer.name], xs, per_batch, rng)
+            width = rows[0].shape[1] // layer.groups
+            for g, acc in enumerate(accs[i]):
+                acc.add(*(r[:, g * width:(g + 1) * width] for r in rows))
+    return accs
+
+
+def _stages(model: Model, layers: list[Layer]) -> list[list[Layer]]:
+    """Layers in topological stages: none depends on another of its stage.
+
+    A layer's stage is the number of target layers on the longest path above it,
+    so each stage is captured once, from the model with all earlier stages done.
+    """
+    targets = {layer.name: layer for layer in layers}
+    depth: dict[str, int] = {}
+    stages: dict[int, list[Layer]] = defaultdict(list)
+    for node in model.graph.nodes:  # toposorted by _plan
+        d = max((depth.get(t.name, 0) for t in node.inputs), default=0)
+        if node.name in targets:
+            stages[d].append(targets[node.name])
+            d += 1
+        for out in node.outputs:
+            depth[out.name] = d
+    return [stages[k] for k in sorted(stages)]
+
+
+def _obs(layer: Layer, pattern: Pattern, accs: list[HessianAccumulator], opts: SparsifyOptions,
+         ) -> None:
+    weight = layer.matrix().astype(np.float64)
+    out = weight.shape[0] // layer.groups
+    sizes = [units(pattern, (out, weight.shape[1]))] * layer.groups
+    new = np.zeros_like(weight)
+    keep = np.ones(weight.shape, dtype=bool)
+    err_obs = err_mag = den = 0.0
+    for g, (acc, count) in enumerate(zip(accs, split_count(layer.count, sizes), strict=True)):
+        rows = slice(g * out, (g + 1) * out)
+        h, cross, dense = acc.hessian(), acc.cross(), acc.dense_hessian()
+        w_g = weight[rows]
+        start = w_g if acc.xtd is None else dense_target(w_g, h, cross, opts.damp)
+        new[rows], keep[rows] = obs_prune(start, h, pattern, count, opts.chunk, opts.damp)
+        scale = float(np.einsum("ok,kl,ol->", w_g, dense, w_g))
+        mag_keep = (layer_mask(w_g**2, pattern, 0.0) if pattern.kind == "nm" else
+                    mask_from_units(pattern, lowest(unit_scores(pattern, w_g**2), count)))
+        err_obs += output_error(w_g, new[rows], h, cross, dense) ** 2 * scale
+        err_mag += output_error(w_g, w_g * mag_keep, h, cross, dense) ** 2 * scale
+        den += scale
+    layer.new, layer.keep = new, keep
+    layer.info = {"layer_rel_error": round(math.sqrt(err_obs / den), 6) if den else 0.0,
+                  "layer_rel_error_magnitude": round(math.sqrt(err_mag / den), 6) if den else 0.0,
+                  "calib_rows": accs[0].rows}
+
+
+def _store(layer: Layer) -> np.ndarray:
+    """Write the layer's new matrix into its weight constant (stored layout and dtype)."""
+    stored = np.asarray(layer.weight.values)
+    new = from_matrix(layer.node, layer.new, stored.shape).astype(stored.dtype)
+    layer.weight.values = new
+    return new
+
+
+# -- output ---------------------------------------------------------------------------------
+def _reference(before: onnx.ModelProto, layers: list[Layer]) -> onnx.ModelProto:
+    """The input proto with each target initializer replaced, in numpy, by (weights * mask).
+
+    Magnitude: the original weights times the mask; obs: the OBS weights times the
+    mask. Built from the proto, not from the graph the pass writes.
+    """
+    ref = onnx.ModelProto()
+    ref.CopyFrom(before)
+    by_name = {layer.weight.name: layer for layer in layers}
+    for init in ref.graph.initializer:
+        layer = by_name.get(init.name)
+        if layer is None:
+            continue
+        original = numpy_helper.to_array(init)
+        mask = from_matrix(layer.node, layer.keep, original.shape)
+        source = original if layer.info.get("criterion") == "magnitude" else from_matrix(
+            layer.node, layer.new, original.shape).astype(original.dtype)
+        init.CopyFrom(numpy_helper.from_array((source * mask).astype(original.dtype), init.name))
+    return ref
+
+
+def _fidelity(before: onnx.ModelProto, after: onnx.ModelProto, calib: CalibrationSet,
+              limit: int = 256) -> float:
+    """Frobenius-relative error of all outputs, sparse vs input model, on calibration data."""
+    feeds = {k: v[:limit] for k, v in calib.arrays.items()}
+    batch = batch_size_for(before, limit)
+    num = den = 0.0
+    for start in range(0, next(iter(feeds.values())).shape[0], batch):
+        chunk = {k: v[start:start + batch] for k, v in feeds.items()}
+        want, got = numeric.run(before, chunk), numeric.run(after, chunk)
+        for key, value in want.items():
+            w = np.asarray(value, np.float64)
+            num += float(((np.asarray(got[key], np.float64) - w) ** 2).sum())
+            den += float((w**2).sum())
+    return math.sqrt(num / den) if den > 0 else math.sqrt(num)
+
+
+@register_pass("sparsify")
+class Sparsify(Pass):
+    summary = ("zero Conv/Gemm/MatMul weights: unstructured, N:M or block; magnitude or"
+               " OBS (SparseGPT) criterion")
+    Options = SparsifyOptions
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        opts = self.options
+        pattern = opts.parsed_pattern
+        if opts.criterion == "obs" and ctx.calibration is None:
+            raise UsageError("sparsify: criterion=obs needs calibration data (--calib)")
+        before = infer_proto_shapes(model.to_proto())
+        layers, skipped = _plan(model, opts)
+        _assign_counts(layers, pattern, opts.target)
+        if opts.criterion == "obs" and layers:
+            stages = _stages(model, layers) if opts.sequential else [layers]
+            for n, stage in enumerate(stages):
+                proto = before if n == 0 else infer_proto_shapes(model.to_proto())
+                accs = _capture_hessians(proto, stage, ctx.calibration, opts.samples,
+                                         ctx.seed + n, before if n and opts.correct else None)
+                for layer, acc in zip(stage, accs, strict=True):
+                    _obs(layer, pattern, acc, opts)
+                    _store(layer)
+        else:
+            for layer in layers:
+                _magnitude(layer, pattern)
+        rows = []
+        zeros = total = 0
+        for layer in layers:
+            layer.info["criterion"] = opts.criterion
+            new = _store(layer)
+            nz = int(np.count_nonzero(new))
+            zeros += new.size - nz
+            total += new.size
+            rows.append({"node": layer.name, "op": layer.node.op, "weight": layer.weight.name,
+                         "shape": list(layer.shape()), "size": int(new.size),
+                         "pruned": int((~layer.keep).sum()),
+                         "sparsity": round(1.0 - nz / new.size, 6), **layer.info})
+        dense_total = total + sum(s["size"] for s in skipped)
+        stats: dict[str, Any] = {
+            "pattern": str(pattern),
+            "layers_sparsified": len(layers),
+            "layers_dense": len(skipped),
+            "weights_zeroed": zeros,
+            "sparsity_sparsified_layers": round(zeros / total, 6) if total else 0.0,
+            "sparsity_all_weighted_layers": round(zeros / dense_total, 6) if dense_total else 0.0,
+        }
+        stats.update({f"sparsity/{r['node']}": r["sparsity"] for r in rows})
+        details: dict[str, Any] = {"layers": rows, "skipped": skipped,
+                                   "pattern": str(pattern), "scope": opts.scope,
+                                   "criterion": opts.criterion}
+        if not layers:
+            return PassResult(model, modified=False, stats=stats, details=details)
+        reference = _reference(before, layers)
+        if ctx.calibration is not None:
+            stats["output_rel_error"] = round(
+                _fidelity(before, model.to_proto(), ctx.calibration), 6)
+        return PassResult(model, modified=True, stats=stats, details=details,
+                          reference=reference)
