@@ -3,25 +3,35 @@
     from compress_ir.api import compress
     result = compress("model.onnx", "channel-prune{ratio=0.5}", output="small.onnx")
     print(result.report["ratios"]["macs"])
+
+With `target=` ("x86", "arm:rpi4", "cuda:sm_80", or a TVM target dict) the
+compressed model is also compiled with TVM into an artifact directory, verified
+against onnxruntime where it can run, and described in `report["target"]`.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
 import compress_ir.passes  # noqa: F401 - registers the passes
 from compress_ir.core import numeric
 from compress_ir.core.calibration import CalibrationSet, ImageOptions, load_calibration
+from compress_ir.core.errors import UsageError
 from compress_ir.core.model import Model
 from compress_ir.core.passes import Pass, PassContext, PassResult
 from compress_ir.core.pipeline import build_passes, format_pipeline, run_pipeline
 from compress_ir.core.report import build_report
 from compress_ir.core.verify import output_shapes, verify_model
 from compress_ir.frontends.onnx import load_onnx, save_onnx
+from compress_ir.targets import TargetSpec, resolve_target
+
+if TYPE_CHECKING:
+    from compress_ir.backend import Artifact, BuildOptions
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -30,6 +40,7 @@ DEFAULT_TOLERANCE = 1e-4
 class CompressResult:
     model: onnx.ModelProto
     report: dict[str, Any]
+    artifact: Artifact | None = None
 
 
 def _metrics(proto: onnx.ModelProto) -> dict[str, int]:
@@ -40,7 +51,7 @@ def _metrics(proto: onnx.ModelProto) -> dict[str, int]:
 
 def compress(
     model: str | os.PathLike | onnx.ModelProto | Model,
-    pipeline: str | list[str],
+    pipeline: str | list[str] | None,
     output: str | os.PathLike | None = None,
     check: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
@@ -48,6 +59,11 @@ def compress(
     calibration: str | CalibrationSet | None = None,
     calib_samples: int | None = None,
     image_options: ImageOptions | None = None,
+    target: str | dict | TargetSpec | None = None,
+    artifact: str | os.PathLike | None = None,
+    build_options: BuildOptions | None = None,
+    benchmark: bool = False,
+    benchmark_repeat: int = 20,
 ) -> CompressResult:
     """Load, run the pipeline (verifying each transform), optionally write the result.
 
@@ -55,8 +71,20 @@ def compress(
     it in onnxruntime on seeded random inputs; a mismatch raises
     NumericMismatchError (CLI exit code 1) and nothing is written. `calibration` is
     a `--calib` spec (`random[:N]`, .npy/.npz, image folder) or a CalibrationSet.
+
+    `target` compiles the result into `artifact` (default `<output or input stem>.
+    <target>` next to the output, else the input; colons become dashes). The build
+    is compared with onnxruntime unless `check` is off or `build_options.verify` is
+    False; a mismatch raises NumericMismatchError and leaves no artifact.
+    `benchmark` times onnxruntime (original, compressed) and the artifact.
     """
-    passes: list[Pass] = build_passes(pipeline)
+    no_passes = pipeline is None or (isinstance(pipeline, list | tuple) and not pipeline)
+    if no_passes and target is None:
+        raise UsageError("give a pipeline (--pass) or a target (--target)")
+    passes: list[Pass] = [] if no_passes else build_passes(pipeline)
+    spec = resolve_target(target) if target is not None else None
+    if benchmark and spec is None:
+        raise UsageError("--benchmark needs --target")
     ir = model if isinstance(model, Model) else load_onnx(model)
     source = ir.source or "<model>"
     before_proto = ir.to_proto()
@@ -73,11 +101,9 @@ def compress(
     calib = calibration
     if isinstance(calibration, str):
         calib = load_calibration(calibration, before_proto, calib_samples, seed, image_options)
-    ctx = PassContext(seed=seed, calibration=calib, original=before_proto)
+    ctx = PassContext(seed=seed, calibration=calib, original=before_proto, target=spec)
     result = run_pipeline(ir, passes, ctx, verify, numeric_check if check else None)
     proto = result.model.to_proto()
-    if output is not None:
-        save_onnx(proto, output)
     report = build_report(
         source=source,
         output=None if output is None else str(output),
@@ -88,4 +114,40 @@ def compress(
                  "stats": r.stats, "details": r.details} for p, r in result.results],
         checks=result.checks,
     )
-    return CompressResult(model=proto, report=report)
+    art = None
+    if spec is not None:
+        base = output if output is not None else ir.source
+        if artifact is None and not base:
+            raise UsageError("give an artifact directory (--artifact) for a model without a path")
+        options = build_options or _default_build_options(check, tolerance, seed)
+        art, section = _build_target(before_proto, proto, spec, artifact, base, options,
+                                     benchmark, benchmark_repeat)
+        report["target"] = section
+    if output is not None:  # after the build: a failed compile check writes nothing
+        save_onnx(proto, output)
+    return CompressResult(model=proto, report=report, artifact=art)
+
+
+def _default_build_options(check: bool, tolerance: float, seed: int) -> BuildOptions:
+    from compress_ir.backend import BuildOptions
+
+    return BuildOptions(verify=check, tolerance=tolerance, seed=seed)
+
+
+def _build_target(
+    original: onnx.ModelProto, proto: onnx.ModelProto, spec: TargetSpec,
+    artifact: str | os.PathLike | None, base: str | os.PathLike | None,
+    options: BuildOptions, benchmark: bool, repeat: int,
+) -> tuple[Artifact, dict[str, Any]]:
+    """Build, verify and optionally benchmark the compressed model for `spec`."""
+    from compress_ir.backend import build, default_artifact_dir
+    from compress_ir.backend.benchmark import benchmark as run_benchmark
+    from compress_ir.backend.report import target_section
+
+    out = Path(artifact) if artifact is not None else default_artifact_dir(base, spec)
+    art = build(proto, spec, out, options)
+    bench = None
+    if benchmark:
+        bench = run_benchmark(original, proto, art, repeat=repeat, seed=options.seed,
+                              rpc=options.rpc)
+    return art, target_section(spec, art, bench)

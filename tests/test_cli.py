@@ -143,7 +143,7 @@ def test_list_passes(capsys: pytest.CaptureFixture[str]) -> None:
     code, stdout, _ = cli(capsys, "--list-passes")
     assert code == EXIT_OK
     assert "channel-prune: " in stdout
-    for fragment in ("ratio=0.5", "criterion=l2", "scope=uniform", "round-to=1",
+    for fragment in ("ratio=0.5", "criterion=l2", "scope=uniform", "round-to=0",
                      "min-channels=1", "exclude=[]"):
         assert fragment in stdout, fragment
     criteria_line = next(ln for ln in stdout.splitlines() if ln.strip().startswith("criteria:"))

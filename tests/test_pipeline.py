@@ -157,7 +157,7 @@ def test_unknown_option_lists_options() -> None:
         ("channel-prune{ratio=nan}", ["ratio"]),
         ("channel-prune{ratio=[0.1,0.2]}", ["list"]),
         ("channel-prune{round-to=2.5}", ["'2.5'", "int"]),
-        ("channel-prune{round-to=0}", ["round-to"]),
+        ("channel-prune{round-to=-1}", ["round-to"]),
         ("channel-prune{min-channels=0}", ["min-channels"]),
         ("channel-prune{criterion=taylor-magic}", ["'taylor-magic'", "l1", "l2"]),
         ("channel-prune{scope=galactic}", ["'galactic'", "uniform", "global"]),

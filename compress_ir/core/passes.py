@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import onnx
 
@@ -17,6 +17,9 @@ from compress_ir.core.calibration import CalibrationSet
 from compress_ir.core.errors import UsageError
 from compress_ir.core.model import Model
 from compress_ir.core.registry import Registry
+
+if TYPE_CHECKING:
+    from compress_ir.targets import TargetSpec
 
 PASSES: Registry[type[Pass]] = Registry("pass")
 
@@ -45,7 +48,7 @@ class PassContext:
     seed: int = 0
     calibration: CalibrationSet | None = None
     original: onnx.ModelProto | None = None  # the pipeline's input, for reconstruction
-    target: str | None = None
+    target: TargetSpec | None = None  # the build target; passes read e.g. its round_to
 
 
 @dataclass

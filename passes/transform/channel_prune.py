@@ -10,6 +10,7 @@ Allocation is score-only (`uniform`, `global`: allocation.py) or model-aware
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,8 @@ class ChannelPruneOptions:
     scope: str = option("uniform", "uniform: each group alone | global: one normalised ranking"
                         " | sensitivity: per-group ratios from pruning each group alone"
                         " (ratio ignored)")
-    round_to: int = option(1, "keep channel counts a multiple of this")
+    round_to: int = option(0, "keep channel counts a multiple of this (0: the --target's vector"
+                           " width, 1 without a target)")
     min_channels: int = option(1, "never keep fewer channels than this in a group")
     exclude: tuple[str, ...] = option((), "node names or glob patterns whose groups stay whole")
     target_macs: float = option(0.0, "keep this fraction of the MACs, e.g. 0.5 (greedy; 0 = off;"
@@ -52,8 +54,8 @@ class ChannelPruneOptions:
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise ValueError(f"ratio must be in [0, 1), got {self.ratio}")
-        if self.round_to < 1 or self.min_channels < 1:
-            raise ValueError("round-to and min-channels must be >= 1")
+        if self.round_to < 0 or self.min_channels < 1:
+            raise ValueError("round-to must be >= 0 and min-channels >= 1")
         CRITERIA.get(self.criterion)
         ALLOCATIONS.get(self.scope)
         for name in ("target_macs", "target_params"):
@@ -103,6 +105,9 @@ def plan_removal(
     model the analysis ran on, with shapes; exported from `score_ctx.model` when
     not given) and `calibration`; what they found is written into `info`.
     """
+
+    if opts.round_to == 0:  # no target known here: keep every count
+        opts = dataclasses.replace(opts, round_to=1)
 
     def excluded(group: Any) -> bool:
         return any(
@@ -168,12 +173,21 @@ def calibration_stats(
     return CalibrationStats(proto, analysis, ctx.calibration, seed=ctx.seed)
 
 
+def effective_round_to(round_to: int, ctx: PassContext) -> int:
+    """`round-to=0` means the target's channel multiple (its vector width), else 1."""
+    if round_to:
+        return round_to
+    return ctx.target.round_to if ctx.target is not None else 1
+
+
 @register_pass("channel-prune")
 class ChannelPrune(Pass):
     summary = "remove whole channels (filters) and slice every coupled layer"
     Options = ChannelPruneOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
+        round_to = effective_round_to(self.options.round_to, ctx)
+        options = dataclasses.replace(self.options, round_to=round_to)
         before = infer_proto_shapes(model.to_proto())
         work = Model.from_proto(before, model.source)
         work.ir_version, work.opset_imports = model.ir_version, dict(model.opset_imports)
@@ -183,7 +197,7 @@ class ChannelPrune(Pass):
             criterion, ctx, before, analysis))
         allocation: dict[str, Any] = {}
         removed, rows = plan_removal(
-            analysis, criterion, score_ctx, self.options, proto=before,
+            analysis, criterion, score_ctx, options, proto=before,
             calibration=ctx.calibration, seed=ctx.seed, info=allocation)
         removed_list = np.array(sorted(removed), dtype=np.int64)
         channels_removed = sum(
@@ -197,6 +211,7 @@ class ChannelPrune(Pass):
             "groups_blocked": sum(1 for r in rows if r["status"] == "blocked"),
             "units_removed": len(removed),
             "channels_removed": channels_removed,
+            "round_to": round_to,
         }
         details: dict[str, Any] = {"groups": rows}
         if allocation:

@@ -1,0 +1,144 @@
+"""The artifact directory: `model.so` + `meta.json` (format agreed with tools/arm).
+
+meta.json: {"format": "compress-ir-artifact", "schema": 1, "target", "tvm_target",
+"device": "cpu"|"cuda", "library": "model.so", "inputs"/"outputs": [{"name",
+"shape", "dtype"}], "tvm_version", "compress_ir_version", "model_sha256",
+"build": {"options", "seconds"}, "verify": {...}} plus informative extras
+("target_spec", "gpu_code", "elf_machine"). The VM entry is "main": inputs in
+`inputs` order, one tensor or a tuple in `outputs` order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress_ir.core.errors import ModelLoadError, UsageError
+
+ARTIFACT_FORMAT = "compress-ir-artifact"
+ARTIFACT_SCHEMA = 1
+META_FILE = "meta.json"
+LIBRARY_FILE = "model.so"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input/output of the compiled module (shape None where unknown)."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
+        return cls(str(d["name"]), tuple(d["shape"]), str(d["dtype"]))
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A built artifact on disk and its metadata."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def library(self) -> Path:
+        return self.path / self.meta["library"]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec.from_dict(d) for d in self.meta["inputs"]]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec.from_dict(d) for d in self.meta["outputs"]]
+
+    @property
+    def device(self) -> str:
+        return str(self.meta["device"])
+
+    @property
+    def target(self) -> str:
+        return str(self.meta["target"])
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+
+
+def is_artifact_dir(path: str | os.PathLike) -> bool:
+    meta = Path(path) / META_FILE
+    try:
+        return json.loads(meta.read_text()).get("format") == ARTIFACT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_artifact(path: str | os.PathLike) -> Artifact:
+    """Read and check an artifact directory's meta.json (the library is loaded on run)."""
+    root = Path(path)
+    meta_path = root / META_FILE
+    if not root.is_dir():
+        raise UsageError(f"artifact {root}: not a directory")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"artifact {root}: no {META_FILE} (not a compress-ir artifact)") from None
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"artifact {root}: cannot read {META_FILE}: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
+        raise ModelLoadError(f"artifact {root}: {META_FILE} is not a {ARTIFACT_FORMAT}")
+    if meta.get("schema") != ARTIFACT_SCHEMA:
+        raise ModelLoadError(f"artifact {root}: schema {meta.get('schema')!r} is not supported "
+                             f"(this compress-ir reads schema {ARTIFACT_SCHEMA})")
+    for key in ("target", "device", "library", "inputs", "outputs"):
+        if key not in meta:
+            raise ModelLoadError(f"artifact {root}: {META_FILE} lacks {key!r}")
+    art = Artifact(root, meta)
+    if not art.library.is_file():
+        raise ModelLoadError(f"artifact {root}: library {meta['library']} is missing")
+    return art
+
+
+def random_inputs(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs of the artifact's shapes (normal floats, small ints, like numeric)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for s in specs:
+        shape = tuple(int(d) for d in s.shape)
+        dtype = np.dtype(s.dtype)
+        if np.issubdtype(dtype, np.floating):
+            feeds[s.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[s.name] = rng.integers(0, 2, shape).astype(dtype)
+        else:
+            feeds[s.name] = rng.integers(0, 4, shape).astype(dtype)
+    return feeds
+
+
+def check_inputs(specs: list[TensorSpec], inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The inputs in VM order; a missing, unknown or mis-shaped one is a UsageError."""
+    names = [s.name for s in specs]
+    unknown = sorted(set(inputs) - set(names))
+    if unknown:
+        raise UsageError(f"input {unknown[0]!r} is not an input of the artifact; "
+                         f"inputs: {', '.join(names)}")
+    ordered = []
+    for s in specs:
+        if s.name not in inputs:
+            raise UsageError(f"input {s.name!r} is missing (shape {list(s.shape)}, {s.dtype})")
+        arr = np.asarray(inputs[s.name])
+        if tuple(arr.shape) != tuple(s.shape):
+            raise UsageError(f"input {s.name!r}: shape {list(arr.shape)} != expected "
+                             f"{list(s.shape)}")
+        if arr.dtype != np.dtype(s.dtype):
+            raise UsageError(f"input {s.name!r}: dtype {arr.dtype} != expected {s.dtype}")
+        ordered.append(np.ascontiguousarray(arr))
+    return ordered

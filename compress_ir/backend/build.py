@@ -1,0 +1,309 @@
+"""Build an ONNX model for a target with TVM and export a verified artifact directory.
+
+import (from_onnx, fixed batch) -> [sparse rewrite] -> compile_relax -> export
+(cross-linked for arm, nvcc fatbin for cuda) -> verify against onnxruntime ->
+meta.json -> atomic rename. A failed build or check leaves no directory behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from compress_ir import __version__
+from compress_ir.backend.artifact import (
+    ARTIFACT_FORMAT,
+    ARTIFACT_SCHEMA,
+    LIBRARY_FILE,
+    META_FILE,
+    Artifact,
+    TensorSpec,
+    is_artifact_dir,
+    load_artifact,
+)
+from compress_ir.core.errors import ModelLoadError, UnsupportedModelError, UsageError
+from compress_ir.core.files import write_atomic
+from compress_ir.targets import TargetSpec, resolve_target
+
+DEFAULT_BUILD_TOLERANCE = 1e-4  # fp32 compiled code reassociates sums: ~1e-6 typical
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build: batch for dynamic dims, tuning, sparse kernels, verification."""
+
+    batch: int = 1
+    tune_trials: int = 0
+    tuning_db: str | None = None
+    sparse_kernels: float | None = None  # min sparsity of a weight to use sparse kernels
+    verify: bool = True
+    tolerance: float = DEFAULT_BUILD_TOLERANCE
+    seed: int = 0
+    rpc: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise UsageError(f"batch must be >= 1, got {self.batch}")
+        if self.tune_trials < 0:
+            raise UsageError(f"tune-trials must be >= 0, got {self.tune_trials}")
+        if self.sparse_kernels is not None and not 0.0 <= self.sparse_kernels < 1.0:
+            raise UsageError(f"sparse-kernels min sparsity must be in [0, 1), "
+                             f"got {self.sparse_kernels}")
+        if not self.tolerance >= 0:
+            raise UsageError(f"tolerance must be >= 0, got {self.tolerance}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _load(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, str]:
+    if isinstance(model, onnx.ModelProto):
+        return model, "<model>"
+    try:
+        return onnx.load(os.fspath(model)), os.fspath(model)
+    except FileNotFoundError:
+        raise UsageError(f"{model}: no such file") from None
+    except Exception as exc:  # noqa: BLE001 - protobuf decode errors
+        raise ModelLoadError(f"{model}: cannot read ONNX: {exc}") from None
+
+
+def fixed_input_specs(proto: onnx.ModelProto, batch: int) -> list[TensorSpec]:
+    """Real graph inputs with a concrete shape: a dynamic first dim becomes `batch`."""
+    inits = {i.name for i in proto.graph.initializer}
+    specs = []
+    for inp in proto.graph.input:
+        if inp.name in inits:
+            continue
+        t = inp.type.tensor_type
+        if not t.HasField("shape"):
+            raise UnsupportedModelError(f"input {inp.name!r} has no shape; TVM needs static "
+                                        "shapes")
+        shape = []
+        for axis, d in enumerate(t.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                shape.append(int(d.dim_value))
+            elif axis == 0:
+                shape.append(batch)
+            else:
+                name = d.dim_param or "?"
+                raise UnsupportedModelError(
+                    f"input {inp.name!r}: dim {axis} ({name}) is dynamic; only the batch dim "
+                    "may be (fix the others in the model)")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
+        specs.append(TensorSpec(inp.name, tuple(shape), np.dtype(dtype).name))
+    return specs
+
+
+def _output_specs(proto: onnx.ModelProto, mod: Any) -> list[TensorSpec]:
+    """Names from ONNX; shapes and dtypes from the imported Relax function's return type."""
+    ret = mod["main"].ret_ty
+    types = list(ret.fields) if hasattr(ret, "fields") else [ret]
+    names = [o.name for o in proto.graph.output]
+    if len(types) != len(names):
+        raise UnsupportedModelError(f"TVM import returned {len(types)} outputs, the model has "
+                                    f"{len(names)}")
+    specs = []
+    for name, ty in zip(names, types, strict=True):
+        shape: list[int | None] = []
+        for v in getattr(getattr(ty, "shape", None), "values", []) or []:
+            try:
+                shape.append(int(v))
+            except (TypeError, ValueError):
+                shape.append(None)
+        specs.append(TensorSpec(name, tuple(shape), str(ty.dtype)))
+    return specs
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _import(proto: onnx.ModelProto, inputs: list[TensorSpec], source: str) -> Any:
+    try:
+        from tvm.relax.frontend.onnx import from_onnx
+    except ImportError:
+        raise UsageError("--target needs TVM: pip install apache-tvm") from None
+    try:
+        return from_onnx(proto, shape_dict={s.name: list(s.shape) for s in inputs},
+                         keep_params_in_input=False)
+    except Exception as exc:  # noqa: BLE001 - the importer raises many kinds
+        raise UnsupportedModelError(f"{source}: TVM cannot import the model: "
+                                    f"{_first_line(exc)}") from None
+
+
+def _sparse(mod: Any, target: Any, min_sparsity: float) -> tuple[Any, dict[str, Any]]:
+    try:
+        from compress_ir.backend.sparse import rewrite_sparse
+    except ImportError:
+        raise UsageError("sparse kernels are not available") from None
+    return rewrite_sparse(mod, target, min_sparsity=min_sparsity)
+
+
+def _schedule_stats() -> dict[str, Any] | None:
+    """What the schedule helper reports about the last compile (rules, tuning), if anything."""
+    from compress_ir.backend import schedule
+
+    stats = getattr(schedule, "last_build_stats", lambda: None)()
+    as_dict = getattr(stats, "as_dict", None)
+    return as_dict() if callable(as_dict) else None
+
+
+def _check_tools(spec: TargetSpec) -> None:
+    if spec.family == "arm" and shutil.which(spec.cross_compiler or "") is None:
+        raise UsageError(f"target {spec.name} needs the cross linker {spec.cross_compiler}: "
+                         "apt-get install gcc-aarch64-linux-gnu")
+    if spec.family == "cuda" and shutil.which("nvcc") is None:
+        raise UsageError(f"target {spec.name} needs nvcc (the CUDA toolkit) on PATH")
+
+
+def _export(ex: Any, spec: TargetSpec, target: Any, lib_path: Path, meta: dict[str, Any]
+            ) -> None:
+    if spec.family == "arm":
+        from tvm.support import cc
+
+        ex.export_library(str(lib_path), fcompile=cc.cross_compiler(spec.cross_compiler))
+        meta["elf_machine"] = elf_machine(lib_path)
+    elif spec.family == "cuda":
+        from compress_ir.backend.cuda_pack import GpuCode, library_gpu_code, make_fpack_imports
+
+        info = GpuCode()
+        ex.export_library(str(lib_path),
+                          fpack_imports=make_fpack_imports(spec.cuda_arch, target, info))
+        found = library_gpu_code(lib_path)
+        if found["cuda_source"] or found["fatbin_modules"] != info.modules:
+            raise RuntimeError(f"exported CUDA library is not what was packed: {found}")
+        meta["gpu_code"] = {**asdict(info), "found": found}
+    else:
+        ex.export_library(str(lib_path))
+
+
+def elf_machine(path: str | os.PathLike) -> int:
+    """e_machine of an ELF file (62 x86-64, 183 aarch64)."""
+    with open(path, "rb") as fh:
+        head = fh.read(20)
+    if head[:4] != b"\x7fELF":
+        raise ValueError(f"{path} is not an ELF file")
+    return int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+
+
+def default_artifact_dir(base: str | os.PathLike, spec: TargetSpec) -> Path:
+    """`<dir>/<stem>.<target>`: next to the output model (or the input)."""
+    p = Path(base)
+    return p.with_name(f"{p.stem}.{spec.slug}")
+
+
+@contextlib.contextmanager
+def _staging(out: Path):  # noqa: ANN202 - context manager
+    """A temp dir next to `out`, renamed over it on success, removed on failure."""
+    _check_destination(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / "a")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _check_destination(out: Path) -> None:
+    """Only an earlier artifact (or an empty folder) may be replaced."""
+    if out.exists() and not is_artifact_dir(out) and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"{out} exists and is not a compress-ir artifact; not replacing it")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def build(model: onnx.ModelProto | str | os.PathLike, target: str | dict | TargetSpec,
+          out_dir: str | os.PathLike, options: BuildOptions | None = None) -> Artifact:
+    """Compile `model` for `target` into the artifact directory `out_dir` (atomically).
+
+    With `options.verify`, the compiled module is compared with onnxruntime on the
+    same model wherever it can run (this host, or `options.rpc`); a mismatch raises
+    NumericMismatchError and nothing is written.
+    """
+    from compress_ir.backend.schedule import compile_relax
+    from compress_ir.backend.verify import verify_artifact
+
+    options = options or BuildOptions()
+    spec = resolve_target(target)
+    _check_tools(spec)
+    _check_destination(Path(out_dir))
+    proto, source = _load(model)
+    inputs = fixed_input_specs(proto, options.batch)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    mod = _import(proto, inputs, source)
+    outputs = _output_specs(proto, mod)
+    seconds["import"] = time.perf_counter() - t0
+    tvm_target = spec.tvm_target()
+    meta: dict[str, Any] = {}
+    if options.sparse_kernels is not None:
+        mod, meta["sparse"] = _sparse(mod, tvm_target, options.sparse_kernels)
+    out = Path(out_dir)
+    with _staging(out) as tmp, tempfile.TemporaryDirectory(prefix="compress-ir-tvm-") as work:
+        t1 = time.perf_counter()
+        try:
+            ex = compile_relax(mod, tvm_target, spec, tune_trials=options.tune_trials,
+                               tuning_db=options.tuning_db, work_dir=work)
+        except (UsageError, UnsupportedModelError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - TVM lowering errors
+            raise UnsupportedModelError(f"{source}: TVM cannot compile for {spec.name}: "
+                                        f"{_first_line(exc)}") from exc
+        seconds["compile"] = time.perf_counter() - t1
+        schedule = _schedule_stats()
+        if schedule is not None:
+            meta["schedule"] = schedule
+        t2 = time.perf_counter()
+        _export(ex, spec, tvm_target, tmp / LIBRARY_FILE, meta)
+        seconds["export"] = time.perf_counter() - t2
+        seconds["total"] = time.perf_counter() - t0
+        import tvm
+
+        meta = {
+            "format": ARTIFACT_FORMAT,
+            "schema": ARTIFACT_SCHEMA,
+            "target": spec.name,
+            "tvm_target": spec.tvm,
+            "device": spec.device,
+            "library": LIBRARY_FILE,
+            "inputs": [s.to_dict() for s in inputs],
+            "outputs": [s.to_dict() for s in outputs],
+            "tvm_version": str(tvm.__version__),
+            "compress_ir_version": __version__,
+            "model_sha256": hashlib.sha256(proto.SerializeToString()).hexdigest(),
+            "build": {"options": options.to_dict(),
+                      "seconds": {k: round(v, 3) for k, v in seconds.items()}},
+            "target_spec": {**spec.to_dict(), "required_cpu_flags":
+                            list(spec.required_cpu_flags)},
+            **meta,
+        }
+        staged = Artifact(tmp, meta)
+        meta["verify"] = (verify_artifact(staged, proto, options) if options.verify
+                          else {"ran": False, "reason": "verification disabled"})
+        write_atomic(tmp / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    return load_artifact(out)

@@ -1,0 +1,61 @@
+"""The report's `target` section and its lines in the terminal summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compress_ir.backend.artifact import Artifact
+from compress_ir.targets import TargetSpec
+
+
+def target_section(spec: TargetSpec, art: Artifact, bench: dict[str, Any] | None
+                   ) -> dict[str, Any]:
+    """What the report JSON records about the build (see README: --target)."""
+    section = {
+        "spec": spec.to_dict(),
+        "artifact": str(art.path),
+        "artifact_bytes": art.size_bytes(),
+        "library_bytes": art.library.stat().st_size,
+        "build": art.meta["build"],
+        "verify": art.meta["verify"],
+    }
+    for key in ("gpu_code", "elf_machine", "sparse", "schedule"):
+        if key in art.meta:
+            section[key] = art.meta[key]
+    if bench is not None:
+        section["benchmark"] = bench
+    return section
+
+
+def _ms(entry: dict[str, Any]) -> str:
+    if "median_ms" in entry:
+        return f"{entry['median_ms']:.3f} ms (min {entry['min_ms']:.3f})"
+    return f"not run: {entry.get('reason', '?')}"
+
+
+def format_target(section: dict[str, Any]) -> list[str]:
+    """Terminal lines for the `target` section."""
+    spec, build = section["spec"], section["build"]
+    lines = [
+        "",
+        f"target {spec['name']}: {spec['description']}",
+        f"  artifact {section['artifact']} ({section['artifact_bytes'] / 1e6:.2f} MB), "
+        f"built in {build['seconds']['total']:.1f} s",
+    ]
+    v = section["verify"]
+    if v.get("ran"):
+        lines.append(f"  verify vs onnxruntime ({v['where']}): rel. error {v['rel_error']:.2e} "
+                     f"(tolerance {v['tolerance']:.0e}) {'ok' if v['ok'] else 'FAILED'}")
+    else:
+        lines.append(f"  verify: not run ({v.get('reason', '?')})")
+    bench = section.get("benchmark")
+    if bench:
+        lines.append(f"  latency (median of {bench['repeat']}):")
+        for key, label in (("onnxruntime_original", "onnxruntime, original"),
+                           ("onnxruntime_compressed", "onnxruntime, compressed"),
+                           ("tvm", "TVM artifact")):
+            lines.append(f"    {label:26}{_ms(bench[key])}")
+        ratios = ", ".join(f"{k}={v}" for k, v in bench["ratios"].items() if v is not None)
+        if ratios:
+            lines.append(f"    ratios: {ratios}")
+    return lines
