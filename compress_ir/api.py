@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from compress_ir.backend import Artifact, BuildOptions
 
 DEFAULT_TOLERANCE = 1e-4
+_SIZE_PASSES = frozenset({"sparsify", "share-weights"})  # passes whose effect is on storage
 
 
 @dataclass
@@ -64,6 +65,8 @@ def compress(
     build_options: BuildOptions | None = None,
     benchmark: bool = False,
     benchmark_repeat: int = 20,
+    sizes: bool | None = None,
+    sparse_storage: bool = False,
 ) -> CompressResult:
     """Load, run the pipeline (verifying each transform), optionally write the result.
 
@@ -77,6 +80,11 @@ def compress(
     is compared with onnxruntime unless `check` is off or `build_options.verify` is
     False; a mismatch raises NumericMismatchError and leaves no artifact.
     `benchmark` times onnxruntime (original, compressed) and the artifact.
+
+    `sizes` adds `report["sizes"]` (dense / CSR / BSR / Deep-Compression bytes per
+    layer, measured by encoding); None means "when the pipeline sparsifies or shares
+    weights" since encoding costs ~1 s per million weights. `sparse_storage` writes
+    sparse weights as ONNX `sparse_initializer`s (smaller files; runtimes densify them).
     """
     no_passes = pipeline is None or (isinstance(pipeline, list | tuple) and not pipeline)
     if no_passes and target is None:
@@ -114,6 +122,10 @@ def compress(
                  "stats": r.stats, "details": r.details} for p, r in result.results],
         checks=result.checks,
     )
+    if sizes or (sizes is None and any(p.name in _SIZE_PASSES for p in passes)):
+        from compress_ir.passes.analysis.size_report import size_report
+
+        report["sizes"] = size_report(proto)
     art = None
     if spec is not None:
         base = output if output is not None else ir.source
@@ -124,7 +136,7 @@ def compress(
                                      benchmark, benchmark_repeat)
         report["target"] = section
     if output is not None:  # after the build: a failed compile check writes nothing
-        save_onnx(proto, output)
+        save_onnx(proto, output, sparse=sparse_storage)
     return CompressResult(model=proto, report=report, artifact=art)
 
 

@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tolerance", type=float, default=1e-4,
                         help="max relative error of the numeric check (default 1e-4)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random check inputs")
+    parser.add_argument("--sizes", action=argparse.BooleanOptionalAction, default=None,
+                        help="report dense/CSR/BSR/Deep-Compression bytes per layer (default: "
+                        "when the pipeline sparsifies or shares weights)")
+    parser.add_argument("--sparse-storage", action="store_true",
+                        help="write sparse weights of -o as ONNX sparse_initializers")
     calib = parser.add_argument_group("calibration (for data-driven criteria and reconstruct)")
     calib.add_argument("--calib", metavar="SPEC",
                        help="random[:N] | x.npy | x.npz (arrays by input name) | image folder")
@@ -171,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give at least one --pass (or a --target to compile the model as is)")
     if not args.tolerance >= 0:  # also rejects nan
         parser.error(f"--tolerance must be >= 0, got {args.tolerance}")
+    if args.sparse_storage and not args.output:
+        parser.error("--sparse-storage needs -o")
     target_only = ("artifact", "tuning_db", "sparse_kernels", "rpc")
     for name in target_only + ("benchmark",):
         if getattr(args, name) and not args.target:
@@ -198,7 +205,8 @@ def _compress_main(args: argparse.Namespace) -> int:
                       calibration=args.calib, calib_samples=args.calib_samples,
                       image_options=image, target=args.target, artifact=args.artifact,
                       build_options=build_options, benchmark=args.benchmark,
-                      benchmark_repeat=args.repeat)
+                      benchmark_repeat=args.repeat, sizes=args.sizes,
+                      sparse_storage=args.sparse_storage)
     if args.report:
         write_json_atomic(result.report, args.report)
     if not args.quiet:
