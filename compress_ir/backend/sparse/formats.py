@@ -1,0 +1,142 @@
+"""Sparse weight formats (BSR, N:M) built from dense numpy weights.
+
+Kernels are specialised on the weight's structure, so everything here is plain numpy
+that runs once at compile time. A weight is always viewed as a 2-D (out, reduction)
+matrix — Conv (C_out, C_in*kh*kw), Gemm (N, K), MatMul's constant B as Bᵀ — and a
+block (r, c) covers r output rows by c reduction columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Candidate block shapes, preferred first: larger area first, then taller blocks
+# (row blocks vectorise over output features, the CPU kernels' fast axis).
+BLOCK_CANDIDATES: tuple[tuple[int, int], ...] = (
+    (16, 1), (4, 4), (8, 1), (4, 1), (1, 4), (1, 1),
+)
+# N:M patterns along the reduction axis, sparsest first.
+NM_CANDIDATES: tuple[tuple[int, int], ...] = ((1, 4), (2, 8), (2, 4), (4, 8))
+
+
+@dataclass(frozen=True)
+class BSR:
+    """Block-sparse rows: `values[j]` is the (r, c) block at block column `indices[j]`."""
+
+    shape: tuple[int, int]
+    block: tuple[int, int]
+    values: np.ndarray  # (nnzb, r, c)
+    indices: np.ndarray  # (nnzb,) int32 block-column index
+    indptr: np.ndarray  # (rows // r + 1,) int32
+
+    @property
+    def nnzb(self) -> int:
+        return int(self.indices.shape[0])
+
+    def to_dense(self) -> np.ndarray:
+        """Dense (rows, cols) matrix; the tests' independent check of the packing."""
+        r, c = self.block
+        out = np.zeros(self.shape, dtype=self.values.dtype)
+        for i in range(self.shape[0] // r):
+            for j in range(self.indptr[i], self.indptr[i + 1]):
+                k = self.indices[j]
+                out[i * r:(i + 1) * r, k * c:(k + 1) * c] = self.values[j]
+        return out
+
+
+@dataclass(frozen=True)
+class NM:
+    """N:M along the reduction axis: per row, `n` kept values in every group of `m`."""
+
+    shape: tuple[int, int]
+    n: int
+    m: int
+    values: np.ndarray  # (rows, groups*n)
+    offsets: np.ndarray  # (rows, groups*n) uint8, position inside the group
+
+    def to_dense(self) -> np.ndarray:
+        """Dense (rows, cols) matrix."""
+        rows, cols = self.shape
+        out = np.zeros(self.shape, dtype=self.values.dtype)
+        q = np.arange(self.values.shape[1])
+        col = (q // self.n) * self.m + self.offsets.astype(np.int64)
+        np.put_along_axis(out, col, self.values, axis=1)
+        return out
+
+
+def weight_view(kind: str, weight: np.ndarray) -> np.ndarray:
+    """The (out, reduction) 2-D view of a layer weight (`conv`, `gemm` = (N, K), `matmul` = B)."""
+    views = {
+        "conv": lambda w: w.reshape(w.shape[0], -1),
+        "gemm": lambda w: w,
+        "matmul": lambda w: w.T,
+    }
+    return np.ascontiguousarray(views[kind](weight))
+
+
+def _block_nonzero(w: np.ndarray, block: tuple[int, int]) -> np.ndarray:
+    r, c = block
+    rows, cols = w.shape
+    return (w.reshape(rows // r, r, cols // c, c) != 0).any(axis=(1, 3))
+
+
+def block_fits(shape: tuple[int, int], block: tuple[int, int]) -> bool:
+    """True when the block tiles the matrix exactly."""
+    return shape[0] % block[0] == 0 and shape[1] % block[1] == 0
+
+
+def block_sparsity(w: np.ndarray, block: tuple[int, int]) -> float:
+    """Fraction of (r, c) blocks that are entirely zero."""
+    if not block_fits(w.shape, block):
+        raise ValueError(f"block {block} does not tile a {w.shape} matrix")
+    return float(1.0 - _block_nonzero(w, block).mean())
+
+
+def choose_block(w: np.ndarray, min_sparsity: float,
+                 candidates: tuple[tuple[int, int], ...] = BLOCK_CANDIDATES
+                 ) -> tuple[tuple[int, int], float] | None:
+    """First candidate (preferred order) whose zero blocks reach `min_sparsity`, or None."""
+    for block in candidates:
+        if block_fits(w.shape, block):
+            s = block_sparsity(w, block)
+            if s >= min_sparsity:
+                return block, s
+    return None
+
+
+def to_bsr(w: np.ndarray, block: tuple[int, int]) -> BSR:
+    """Pack a dense 2-D matrix into BSR, keeping only blocks with a nonzero."""
+    r, c = block
+    rows, cols = w.shape
+    nz = _block_nonzero(w, block)
+    bi, bj = np.nonzero(nz)  # row-major order: grouped by block row, columns ascending
+    tiles = w.reshape(rows // r, r, cols // c, c).transpose(0, 2, 1, 3)
+    values = np.ascontiguousarray(tiles[bi, bj]).astype(w.dtype)
+    indptr = np.zeros(rows // r + 1, dtype=np.int32)
+    np.cumsum(nz.sum(axis=1), out=indptr[1:])
+    return BSR((rows, cols), block, values.reshape(-1, r, c), bj.astype(np.int32), indptr)
+
+
+def detect_nm(w: np.ndarray, candidates: tuple[tuple[int, int], ...] = NM_CANDIDATES
+              ) -> tuple[int, int] | None:
+    """The sparsest (n, m) such that every group of m reduction columns holds ≤ n nonzeros."""
+    rows, cols = w.shape
+    for n, m in candidates:
+        if cols % m == 0 and (w.reshape(rows, cols // m, m) != 0).sum(axis=2).max() <= n:
+            return n, m
+    return None
+
+
+def to_nm(w: np.ndarray, n: int, m: int) -> NM:
+    """Pack a matrix that satisfies n:m (see `detect_nm`); groups with fewer nonzeros pad zeros."""
+    rows, cols = w.shape
+    g = w.reshape(rows, cols // m, m)
+    # Stable order: nonzeros first (by position), then zeros, take n per group.
+    order = np.argsort(g == 0, axis=2, kind="stable")[:, :, :n]
+    vals = np.take_along_axis(g, order, axis=2)
+    if (g != 0).sum(axis=2).max() > n:
+        raise ValueError(f"matrix is not {n}:{m} sparse")
+    return NM((rows, cols), n, m, vals.reshape(rows, -1).astype(w.dtype),
+              order.reshape(rows, -1).astype(np.uint8))
