@@ -1,0 +1,61 @@
+"""One build: prepare, (tune), schedule, lower — recording what happened in BuildStats."""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.target import Target
+
+from compress_ir.backend.schedule.pipeline import (
+    BuildStats,
+    Timer,
+    is_gpu,
+    lower_and_build,
+    prepare,
+    schedule_cpu,
+    schedule_gpu,
+)
+from compress_ir.core.errors import UsageError
+
+
+def _as_target(target: Target | str | dict) -> Target:
+    return target if isinstance(target, Target) else Target(target)
+
+
+def build(mod: tvm.IRModule, target: Target | str | dict, *, tune_trials: int = 0,
+          tuning_db: str | None = None,
+          work_dir: str | None = None) -> tuple[relax.Executable, BuildStats]:
+    """Compile `mod`; see `compress_ir.backend.schedule.compile_relax` for the contract."""
+    target = _as_target(target)
+    if tune_trials < 0:
+        raise UsageError(f"tune_trials must be >= 0, got {tune_trials}")
+    stats = BuildStats(target_kind=target.kind.name)
+    if tune_trials > 0:
+        from compress_ir.backend.schedule.tuning import check_tunable
+
+        check_tunable(target)
+    with Timer(stats, "prepare"):
+        mod = prepare(mod, target)
+    if tuning_db is not None:
+        from compress_ir.backend.schedule.tuning import apply_database, tune_missing
+
+        if tune_trials > 0:
+            with Timer(stats, "tune"):
+                tune_missing(mod, target, tune_trials, tuning_db, work_dir, stats)
+        with Timer(stats, "apply_db"):
+            mod = apply_database(mod, target, tuning_db, stats)
+    elif tune_trials > 0:
+        import tempfile
+
+        from compress_ir.backend.schedule.tuning import apply_database, tune_missing
+
+        with tempfile.TemporaryDirectory(prefix="cir-tune-") as tmp:
+            with Timer(stats, "tune"):
+                tune_missing(mod, target, tune_trials, tmp, work_dir, stats)
+            with Timer(stats, "apply_db"):
+                mod = apply_database(mod, target, tmp, stats)
+    with Timer(stats, "schedule"):
+        mod = (schedule_gpu if is_gpu(target) else schedule_cpu)(mod, target, stats)
+    with Timer(stats, "codegen"):
+        executable = lower_and_build(mod, target)
+    return executable, stats

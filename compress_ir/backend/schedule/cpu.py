@@ -1,0 +1,331 @@
+"""Default CPU schedules: register-tiled, vectorised, parallel loops without any tuning.
+
+Why: TVM's default Relax pipeline leaves CPU loops as written (scalar, single-threaded),
+20-150x slower than onnxruntime. Conv and matmul become, after the NHWC layout conversion
+in `pipeline.py`, one reduction block whose innermost spatial axis (output channels) is
+contiguous in both the output and the weights, so one generic micro-kernel serves conv,
+grouped/depthwise conv, dense, matmul and pooling: tile (rows x channels) in registers,
+vectorise channels, accumulate over the reduce axes, write back through the fused
+epilogue (bias, residual add, relu) and parallelise the outer loops. Rows are output
+positions (y*W + x), the constant weights are packed at compile time as [C/tile, ..., tile]
+so the kernel streams them, and deep layers (more channels than positions) loop over
+channel blocks outermost. Few-row contractions (dense layers) use a weight-streaming GEMV
+kernel instead. Schedules are semantics-preserving TIR primitives, so a rule can only make
+code faster or fail (then the next rule, and finally TVM's default, is used).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from compress_ir.backend.schedule.analysis import BlockInfo, root_blocks
+
+
+@dataclass(frozen=True)
+class CpuParams:
+    """What a CPU offers the micro-kernel: fp32 lanes per vector and vector registers."""
+
+    lanes: int
+    registers: int
+
+
+def cpu_params(target: Target) -> CpuParams:
+    """Vector width / register count from the target (aarch64 NEON, AVX-512 or AVX2)."""
+    triple = str(target.attrs.get("mtriple", "") or "")
+    feats = " ".join(str(x) for x in (target.attrs.get("mattr", None) or []))
+    mcpu = str(target.attrs.get("mcpu", "") or "")
+    if triple.startswith(("aarch64", "arm64")):
+        return CpuParams(lanes=4, registers=32)
+    if "avx512" in feats or mcpu in _AVX512_CPUS:
+        return CpuParams(lanes=16, registers=32)
+    return CpuParams(lanes=8, registers=16)
+
+
+_AVX512_CPUS = frozenset({
+    "skylake-avx512", "cascadelake", "cooperlake", "icelake-server", "icelake-client",
+    "sapphirerapids", "tigerlake", "znver4", "znver5", "emeraldrapids", "graniterapids",
+})
+
+
+def _extent(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV) -> int | None:
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else None
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def choose_tile(channels: int, rows: int, cpu: CpuParams) -> tuple[int, int]:
+    """Pick (row tile, channel tile) for the register micro-kernel.
+
+    Channels: one or two vectors (measured on AVX2: tiles of 3-4 vectors are 3-10x slower,
+    LLVM splits such wide vector types badly). Rows: exact divisors only (no predicate in
+    the kernel). Per reduce step the kernel loads `vecs` weight vectors, broadcasts `rows`
+    inputs and issues `rows*vecs` FMAs into as many accumulators, which must fit in the
+    register file next to the operands (spills cost more than they save): maximise
+    FMAs per load under that budget, at most 8 rows.
+    """
+    lanes = cpu.lanes
+    ch_opts = [k * lanes for k in (2, 1) if channels % (k * lanes) == 0]
+    if not ch_opts:
+        ch_opts = [max(d for d in _divisors(channels) if d <= lanes)]
+    budget = cpu.registers - 4  # accumulators + weight vectors + broadcast: no spills
+    best, best_score = (1, ch_opts[0]), -1.0
+    for ch in ch_opts:
+        vecs = max(1, -(-ch // lanes))
+        for row in _divisors(rows):
+            if row > 8 or row * vecs > budget:
+                continue
+            score = row * vecs / (row + vecs)
+            if score > best_score + 1e-9:
+                best, best_score = (row, ch), score
+    return best
+
+
+def _vectorize_inner(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> None:
+    loops = sch.get_loops(block)
+    if loops:
+        sch.vectorize(loops[-1])
+
+
+def schedule_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
+                       cpu: CpuParams) -> None:
+    """Fuse all loops of a root spatial block, vectorise `lanes` and parallelise the rest."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    ext = _extent(sch, fused)
+    if ext is None or ext <= 1:
+        return
+    if ext % cpu.lanes == 0 and ext >= 2 * cpu.lanes:
+        outer, inner = sch.split(fused, [None, cpu.lanes])
+        sch.parallel(outer)
+        sch.vectorize(inner)
+    else:
+        sch.parallel(fused)
+
+
+def _inline_spatial(sch: s_tir.Schedule, infos: list[BlockInfo], keep: set[str]) -> None:
+    """Inline element-wise producers into their consumers where TIR allows it."""
+    for info in infos:
+        if info.name in keep or not info.is_spatial:
+            continue
+        try:
+            sch.compute_inline(info.rv)
+        except s_tir.ScheduleError:
+            continue
+
+
+def _schedule_remaining(sch: s_tir.Schedule, skip: set[str], cpu: CpuParams) -> None:
+    for info in root_blocks(sch):
+        if info.name in skip or not info.is_spatial:
+            continue
+        schedule_injective(sch, info.rv, cpu)
+
+
+def rule_reduction_tile(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
+    """Register-tiled micro-kernel for a function with exactly one reduction block."""
+    infos = root_blocks(sch)
+    reductions = [i for i in infos if i.is_reduction]
+    if len(reductions) != 1:
+        return None
+    main = reductions[0]
+    kinds = main.kinds
+    if "O" in kinds or "S" not in kinds or kinds.index("R") < kinds.rindex("S"):
+        return None  # only the canonical S...S R...R nests that legalization emits
+    loops = sch.get_loops(main.rv)
+    if len(loops) != len(kinds):
+        return None
+    extents = [_extent(sch, lp) for lp in loops]
+    if any(e is None for e in extents):
+        return None
+    n_sp = kinds.count("S")
+    spatial, reduce_ = loops[:n_sp], loops[n_sp:]
+
+    ch_ext = extents[n_sp - 1]
+    positions = 1
+    for e in extents[:n_sp - 1]:
+        positions *= e
+    gemv = positions <= GEMV_MAX_ROWS and ch_ext % cpu.lanes == 0
+    packed = None
+    if not gemv and main.contraction:
+        row_ext = extents[n_sp - 3] * extents[n_sp - 2] if n_sp >= 3 else extents[n_sp - 2]
+        packed = _pack_weight(sch, main, choose_tile(ch_ext, row_ext, cpu)[1])
+
+    # Epilogue: accumulate in a local tile, then fold element-wise consumers into the
+    # write-back; producers that are pure padding/reshape stay separate (scheduled below).
+    wb = sch.cache_write(main.rv, 0, "local")
+    for info in root_blocks(sch):
+        if info.name in (main.name, sch.get(wb).name_hint) or not info.is_spatial:
+            continue
+        if sch.get_producers(info.rv) and _reads_only_after(sch, info, main.name):
+            try:
+                sch.reverse_compute_inline(info.rv)
+            except s_tir.ScheduleError:
+                pass
+
+    row_ext = extents[n_sp - 2] if n_sp >= 2 else 1
+    if gemv:
+        return _gemv_tile(sch, main, wb, spatial, reduce_, ch_ext, cpu)
+    if n_sp >= 3:
+        # Rows = output positions y*W + x: more exact divisors to tile by (14 -> 2 rows,
+        # 196 -> 4), so tiles may span two image rows. Block iterators, accumulator and
+        # write-back are all re-indexed by position: with (y, x) indices a tile's region is
+        # a bounding box of whole rows, and its write-back would store other tiles' outputs.
+        row_ext = extents[n_sp - 3] * extents[n_sp - 2]
+        width = extents[n_sp - 2]
+        n_all = len(kinds)
+        sch.transform_block_layout(main.rv, tirx.IndexMap.from_func(
+            lambda *ax: (*ax[:n_sp - 3], ax[n_sp - 3] * width + ax[n_sp - 2], *ax[n_sp - 1:]),
+            ndim=n_all))
+        fuse_yx = tirx.IndexMap.from_func(
+            lambda *ax: (*ax[:-3], ax[-3] * width + ax[-2], ax[-1]), ndim=n_sp)
+        sch.transform_layout(main.rv, ("write", 0), fuse_yx)
+        sch.transform_block_layout(wb, fuse_yx)
+        loops = sch.get_loops(main.rv)
+        spatial, reduce_ = loops[:n_sp - 1], loops[n_sp - 1:]
+    row_t, ch_t = choose_tile(ch_ext, row_ext, cpu)
+    ch_o, ch_i = sch.split(spatial[-1], [None, ch_t])
+    if n_sp >= 2:
+        row_o, row_i = sch.split(spatial[-2], [None, row_t])
+        # More output channels than positions (deep layers): weights dominate the traffic,
+        # so keep one weight slice hot across all positions (channel blocks outermost).
+        weight_outer = ch_ext > positions
+        outer = [ch_o, *spatial[:-2], row_o] if weight_outer else [*spatial[:-2], row_o, ch_o]
+        sch.reorder(*outer, *reduce_, row_i, ch_i)
+    else:
+        row_i = None
+        outer = [ch_o]
+        sch.reorder(ch_o, *reduce_, ch_i)
+    par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.parallel(par)
+    sch.reverse_compute_at(wb, par, preserve_unit_loops=True)
+    if row_i is not None and row_t > 1:
+        sch.unroll(row_i)
+    sch.vectorize(ch_i)  # before decompose: only a block with its init is a reduction block
+    init = sch.decompose_reduction(main.rv, reduce_[0])
+    _vectorize_inner(sch, init)
+    _vectorize_inner(sch, wb)
+    skip = {main.name, sch.get(wb).name_hint, sch.get(init).name_hint}
+    if packed is not None:
+        skip.add(sch.get(packed).name_hint)
+    _schedule_remaining(sch, skip, cpu)
+    return "contraction-tile" if main.contraction else "reduction-tile"
+
+
+PACK_WEIGHTS = True
+LAYOUT_REWRITE_ATTR = "meta_schedule.layout_rewrite_preproc"
+
+
+def _pack_weight(sch: s_tir.Schedule, main: BlockInfo, ch_t: int
+                 ) -> s_tir.schedule.SBlockRV | None:
+    """Pack the constant weight as [C/ch_t, ..., ch_t] so the kernel streams it contiguously.
+
+    The copy is a layout-rewrite block that `pipeline.pack_weights` splits out of the
+    function and folds into the constant at compile time (no runtime cost). Only weights
+    the Relax side marked layout-free (constants) and whose last axis is the output-channel
+    axis of the block are packed.
+    """
+    func = sch.mod["main"]
+    free = func.attrs.get("layout_free_buffers") if func.attrs is not None else None
+    if not PACK_WEIGHTS or not free or ch_t <= 1:
+        return None
+    free_names = {func.params[int(i)].name for i in free}
+    block = sch.get(main.rv)
+    out_var = block.iter_vars[[k for k, c in enumerate(main.kinds) if c == "S"][-1]].var
+    for idx, region in enumerate(block.reads):
+        buf = region.source
+        last = region.region[-1].min if region.region else None
+        if buf.name not in free_names or not last.same_as(out_var):
+            continue
+        ext = int(buf.shape[-1])
+        if ext % ch_t != 0:
+            return None
+        copy = sch.cache_read(main.rv, idx, "global")
+        sch.annotate(copy, LAYOUT_REWRITE_ATTR, True)
+        pack = tirx.IndexMap.from_func(
+            lambda *ax: (ax[-1] // ch_t, *ax[:-1], ax[-1] % ch_t), ndim=len(buf.shape))
+        sch.transform_layout(main.rv, ("read", idx), pack)
+        return copy
+    return None
+
+
+GEMV_MAX_ROWS = 4
+GEMV_CHUNK = 256
+
+
+def _gemv_tile(sch: s_tir.Schedule, main: BlockInfo, wb: s_tir.schedule.SBlockRV,
+               spatial: list, reduce_: list, ch_ext: int, cpu: CpuParams) -> str:
+    """Few output rows (dense layer, batch 1): stream weight rows contiguously.
+
+    A row-tiled kernel would walk the [K, N] weight column-wise (a cache line per K step);
+    here each thread owns a chunk of N and, per K step, updates the whole chunk from one
+    contiguous weight row, the chunk's accumulators staying in L1.
+    """
+    lanes = cpu.lanes
+    chunk = max(d for d in _divisors(ch_ext)
+                if d % lanes == 0 and d <= max(lanes, min(GEMV_CHUNK, ch_ext // 2)))
+    ch_o, ch_m, ch_v = sch.split(spatial[-1], [None, chunk // lanes, lanes])
+    outer = [*spatial[:-1], ch_o]
+    sch.reorder(*outer, *reduce_, ch_m, ch_v)
+    par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.parallel(par)
+    sch.reverse_compute_at(wb, par, preserve_unit_loops=True)
+    sch.vectorize(ch_v)
+    init = sch.decompose_reduction(main.rv, reduce_[0])
+    _vectorize_split(sch, init, lanes)
+    _vectorize_split(sch, wb, lanes)
+    _schedule_remaining(sch, {main.name, sch.get(wb).name_hint, sch.get(init).name_hint}, cpu)
+    return "contraction-gemv" if main.contraction else "reduction-gemv"
+
+
+def _vectorize_split(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
+    """Vectorise a block's innermost loop in `lanes` pieces (wide vector types split badly)."""
+    loop = sch.get_loops(block)[-1]
+    ext = _extent(sch, loop)
+    if ext is not None and ext > lanes and ext % lanes == 0:
+        loop = sch.split(loop, [None, lanes])[-1]
+    sch.vectorize(loop)
+
+
+def _reads_only_after(sch: s_tir.Schedule, info: BlockInfo, main_name: str) -> bool:
+    """True for blocks downstream of the reduction (its epilogue), not its producers."""
+    names = [b.name for b in root_blocks(sch)]
+    return names.index(info.name) > names.index(main_name)
+
+
+def rule_injective(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
+    """Element-wise / layout-transform functions: inline chains, parallel + vector loops."""
+    infos = root_blocks(sch)
+    if not infos or not all(i.is_spatial for i in infos):
+        return None
+    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(
+        sch.get_sblock(sch.mod["main"].body.block.name_hint))}
+    _inline_spatial(sch, infos, outputs)
+    _schedule_remaining(sch, set(), cpu)
+    return "injective"
+
+
+CpuRule = Callable[[s_tir.Schedule, CpuParams], "str | None"]
+
+# Tried in order; the first rule that returns a name owns the function.
+CPU_RULES: tuple[CpuRule, ...] = (rule_reduction_tile, rule_injective)
+
+
+def schedule_cpu_func(func: tirx.PrimFunc, cpu: CpuParams) -> tuple[tirx.PrimFunc, str]:
+    """Apply the first CPU rule that fits; returns (function, rule name or 'fallback')."""
+    for rule in CPU_RULES:
+        sch = s_tir.Schedule(func)
+        try:
+            name = rule(sch, cpu)
+        except (RuntimeError, ValueError):  # ScheduleError, InternalError: try the next rule
+            name = None
+        if name is not None:
+            return sch.mod["main"].with_attr("tirx.is_scheduled", True), name
+    return func, "fallback"

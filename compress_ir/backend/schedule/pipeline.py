@@ -1,0 +1,168 @@
+"""Relax pipeline around the schedules: layout, legalize + fuse, schedule, lower.
+
+Why: `tvm.compile` on CPU runs a pipeline with no operator fusion and no schedules. Here
+convs are converted to NHWC/HWIO first (output channels contiguous: the axis the CPU
+kernel vectorises; weight transposes fold into the constants), ops are legalized and fused
+(conv+bias+relu is one PrimFunc), and every PrimFunc is scheduled — from a tuning database
+if it has a record, else by the default rules — before the usual lowering.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import tvm
+from tvm import relax, tirx
+from tvm.target import Target
+
+from compress_ir.backend.schedule.analysis import is_scheduled
+from compress_ir.backend.schedule.cpu import cpu_params, schedule_cpu_func
+
+# Desired layouts per op for CPU targets (ConvertLayout keeps what it cannot convert).
+CPU_LAYOUTS: dict[str, list[str]] = {
+    "relax.nn.conv2d": ["NHWC", "HWIO"],
+}
+
+
+@dataclass
+class BuildStats:
+    """What a build did: rule used per PrimFunc, counts, and the time of each phase."""
+
+    target_kind: str = ""
+    rules: dict[str, str] = field(default_factory=dict)
+    tuned_tasks: int = 0
+    reused_tasks: int = 0
+    measured_candidates: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many PrimFuncs each rule (or 'fallback', 'database', 'pre-scheduled') got."""
+        return dict(Counter(self.rules.values()))
+
+    def as_dict(self) -> dict:
+        """JSON-ready form for reports and benchmarks."""
+        return {"target_kind": self.target_kind, "rules": dict(self.rules),
+                "counts": self.counts, "tuned_tasks": self.tuned_tasks,
+                "reused_tasks": self.reused_tasks,
+                "measured_candidates": self.measured_candidates,
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+
+
+def is_gpu(target: Target) -> bool:
+    """GPU targets get dlight schedules; everything else the CPU rules."""
+    return "gpu" in target.keys
+
+
+def prepare(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+    """Layout conversion (CPU), then the target's dispatch + legalize + fuse passes."""
+    mod = _pin_prescheduled(mod)
+    seq: list[tvm.transform.Pass] = []
+    if not is_gpu(target):
+        seq += [relax.transform.ConvertLayout(CPU_LAYOUTS), relax.transform.FoldConstant()]
+    seq += [
+        relax.backend.DispatchSampling(),
+        relax.backend.DispatchSortScan(),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ]
+    if not is_gpu(target):  # weights that schedules may re-layout at compile time
+        seq += [relax.transform.AttachAttrLayoutFreeBuffers()]
+    with target:
+        return tvm.transform.Sequential(seq)(mod)
+
+
+OPAQUE_PATTERN = 8  # relax OpPatternKind.kOpaque: FuseOps never fuses such a call
+
+
+def _pin_prescheduled(mod: tvm.IRModule) -> tvm.IRModule:
+    """Hand-scheduled PrimFuncs must reach codegen as written: mark them opaque to fusion."""
+    pinned = {gv: f.with_attr("op_pattern", OPAQUE_PATTERN) for gv, f in mod.functions_items()
+              if isinstance(f, tirx.PrimFunc) and is_scheduled(f)}
+    if not pinned:
+        return mod
+    mod = mod.shallow_copy() if hasattr(mod, "shallow_copy") else tvm.IRModule(mod.functions)
+    for gv, func in pinned.items():
+        mod[gv] = func
+    return mod
+
+
+def schedule_cpu(mod: tvm.IRModule, target: Target, stats: BuildStats) -> tvm.IRModule:
+    """Default CPU rules on every PrimFunc that nothing scheduled before."""
+    cpu = cpu_params(target)
+    updates = {}
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        name = gv.name_hint
+        if is_scheduled(func):
+            stats.rules.setdefault(name, "pre-scheduled")
+            continue
+        new_func, rule = schedule_cpu_func(func, cpu)
+        stats.rules[name] = rule
+        if new_func is not func:
+            updates[gv] = new_func
+    for gv, func in updates.items():
+        mod[gv] = func
+    return pack_weights(mod, target)
+
+
+def pack_weights(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+    """Split weight layout-rewrite blocks into their own calls and fold them into constants."""
+    seq = [relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant(),
+           relax.transform.DeadCodeElimination()]
+    with target:
+        return tvm.transform.Sequential(seq)(mod)
+
+
+def schedule_gpu(mod: tvm.IRModule, target: Target, stats: BuildStats) -> tvm.IRModule:
+    """dlight's GPU rules (thread bindings are mandatory for GPU code to build)."""
+    from tvm.s_tir import dlight as dl
+
+    before = {gv.name_hint: is_scheduled(f) for gv, f in mod.functions_items()
+              if isinstance(f, tirx.PrimFunc)}
+    with target:
+        mod = dl.ApplyDefaultSchedule(
+            dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+            dl.gpu.GeneralReduction(), dl.gpu.Fallback(),
+        )(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            name = gv.name_hint
+            if before.get(name):
+                stats.rules.setdefault(name, "pre-scheduled")
+            else:
+                stats.rules[name] = "dlight" if is_scheduled(func) else "fallback"
+    return mod
+
+
+def lower_and_build(mod: tvm.IRModule, target: Target) -> relax.Executable:
+    """The target's dataflow-lowering and finalize passes, then codegen."""
+    import importlib
+
+    # the submodules directly: the package re-exports are incomplete in TVM 0.27
+    kind = target.kind.name
+    family = "cuda" if kind == "cuda" else ("gpu_generic" if is_gpu(target) else "cpu_generic")
+    backend = importlib.import_module(f"tvm.relax.backend.{family}.pipeline")
+    passes = backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
+    return tvm.compile(mod, target=target, relax_pipeline=tvm.transform.Sequential(passes))
+
+
+class Timer:
+    """Adds the wall time of a `with` block to `stats.seconds[name]`."""
+
+    def __init__(self, stats: BuildStats, name: str) -> None:
+        self.stats, self.name = stats, name
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stats.seconds[self.name] = (self.stats.seconds.get(self.name, 0.0)
+                                         + time.perf_counter() - self.t0)

@@ -1,0 +1,129 @@
+"""MetaSchedule tuning against a persistent JSON database, tuning only what it lacks.
+
+Why: tuning costs minutes per model on a small machine, and networks share layer shapes
+(ResNet's repeated blocks, a model and its re-built variants). Records are keyed by the
+structure of each fused PrimFunc, so a task already in the database is reused — from an
+earlier run or another model — and only new shapes are measured. Builder workers get a
+build function that skips importing `tvm.s_tir.tensor_intrin` (tens of seconds, longer
+than MetaSchedule's default 30 s builder timeout, so every build silently "failed").
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm import relax, tirx
+from tvm.s_tir import meta_schedule as ms
+from tvm.target import Target
+
+from compress_ir.backend.schedule.analysis import is_scheduled
+from compress_ir.backend.schedule.pipeline import BuildStats, is_gpu
+from compress_ir.core.errors import UsageError
+
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+BUILD_TIMEOUT_S = 600.0
+RUN_TIMEOUT_S = 60.0
+# Below this many trials per task an XGBoost cost model has too little data to beat
+# random choice and its training costs tens of seconds per round on a small machine.
+XGB_MIN_TRIALS = 64
+_HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def check_tunable(target: Target) -> None:
+    """Tuning measures on this machine: refuse targets it cannot run (no silent fallback)."""
+    if is_gpu(target):
+        raise UsageError(f"cannot tune for {target.kind.name}: tuning measures candidates on "
+                         "the device and no GPU runner is configured (use tune_trials=0)")
+    triple = str(target.attrs.get("mtriple", "") or "")
+    host = _HOST_ARCH.get(platform.machine().lower(), platform.machine().lower())
+    arch = triple.split("-")[0] if triple else host
+    arch = _HOST_ARCH.get(arch, arch)
+    if arch != host:
+        raise UsageError(f"cannot tune for {triple}: candidates must run on the target and "
+                         f"this host is {host}; tuning cross targets needs an RPC runner "
+                         "(use tune_trials=0, or a database tuned on the device)")
+
+
+def open_database(db_dir: str | os.PathLike, create: bool) -> ms.database.JSONDatabase:
+    """The JSON database in `db_dir` (two files); a missing one is a UsageError unless tuning."""
+    path = Path(db_dir)
+    if not create and not (path / WORKLOAD_FILE).exists():
+        raise UsageError(f"tuning database {path}: no {WORKLOAD_FILE} there (tune with "
+                         "tune_trials > 0 first, or drop tuning_db)")
+    path.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(str(path / WORKLOAD_FILE), str(path / RECORD_FILE),
+                                    module_equality="structural")
+
+
+def tuning_target(target: Target) -> Target:
+    """MetaSchedule needs `num-cores`; default it to this machine's CPU count."""
+    config = dict(target.export())
+    if config.get("num-cores") in (None, 0, -1):
+        config["num-cores"] = os.cpu_count() or 1
+        return Target(config)
+    return target
+
+
+def build_without_intrin(mod: tvm.IRModule, target: Target, _params: Any) -> Any:
+    """MetaSchedule build function minus the slow tensor-intrinsic import (none used here)."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def _has_record(db: ms.database.JSONDatabase, mod: tvm.IRModule) -> bool:
+    if not db.has_workload(mod):
+        return False
+    return bool(db.get_top_k(db.commit_workload(mod), 1))
+
+
+def tune_missing(mod: tvm.IRModule, target: Target, trials_per_task: int,
+                 db_dir: str | os.PathLike, work_dir: str | None, stats: BuildStats) -> None:
+    """Tune, with `trials_per_task` measurements each, the tasks `db_dir` has no record for."""
+    target = tuning_target(target)
+    db = open_database(db_dir, create=True)
+    before = len(db)
+    tasks = [t for t in ms.relax_integration.extract_tasks(mod, target)
+             if not is_scheduled(t.dispatched[0]["main"])]
+    todo = [t for t in tasks if not _has_record(db, t.dispatched[0])]
+    stats.reused_tasks += len(tasks) - len(todo)
+    stats.tuned_tasks += len(todo)
+    if not todo:
+        return
+    logs = work_dir or str(db_dir)
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        todo, work_dir=logs, seed=0)
+    ms.tune.tune_tasks(
+        tasks=contexts, task_weights=weights, work_dir=logs,
+        max_trials_global=trials_per_task * len(contexts),
+        max_trials_per_task=trials_per_task,
+        num_trials_per_iter=min(64, max(1, trials_per_task)),
+        builder=ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S,
+                                        f_build=build_without_intrin),
+        runner=ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S),
+        database=db,
+        cost_model="xgb" if trials_per_task >= XGB_MIN_TRIALS else "random",
+    )
+    stats.measured_candidates += len(db) - before
+
+
+def apply_database(mod: tvm.IRModule, target: Target, db_dir: str | os.PathLike,
+                   stats: BuildStats) -> tvm.IRModule:
+    """Replace every PrimFunc that has a record by its best tuned schedule."""
+    target = tuning_target(target)
+    db = open_database(db_dir, create=False)
+    before = {gv.name_hint for gv, f in mod.functions_items()
+              if isinstance(f, tirx.PrimFunc) and is_scheduled(f)}
+    with target, db:
+        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc) and is_scheduled(func) and gv.name_hint not in before:
+            stats.rules[gv.name_hint] = "database"
+    return mod

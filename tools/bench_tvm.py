@@ -1,0 +1,246 @@
+"""Benchmark (not a test): does pruning pay off once compiled with TVM, and is TVM fast?
+
+Why: issue 3 part 5. For each model and its 50 % channel-pruned version this measures,
+side by side in one process, onnxruntime dense / pruned and TVM dense / pruned (same
+tuning budget for both TVM builds: the default build unless `--tune-trials N`), and
+reports medians, the MACs ratio, the pruning efficiency `speed-up / (1 / MACs ratio)`
+(goal >= 0.9), the TVM-vs-onnxruntime ratio `ORT ms / TVM ms` (goal >= 1), compile and
+tune times, per thread count. Timed runs are interleaved (one run of each of the four
+engines per round) so that noise from a shared machine hits all four alike. Every TVM
+build is first checked against onnxruntime on the same input (rel error reported).
+
+Run::
+
+    python tools/bench_tvm.py                                   # 3 models, 1 and 2 threads
+    python tools/bench_tvm.py --models resnet18 --repeat 20 --threads 1
+    python tools/bench_tvm.py --tune-trials 16 --tuning-db /tmp/tvmdb --json out.json
+
+The topologies are `tests/fixtures/torchvision/<model>.onnx` (placeholder weights filled
+with `fill_placeholders`, seed 0). Writes a markdown table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Interleaved timing is only fair if an engine's idle worker threads do not spin on a core
+# while the next engine runs (on 2 cores that doubled TVM's 2-thread times): no spinning
+# for either engine unless --spin. TVM reads this when its thread pool starts.
+if "--spin" not in sys.argv:
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import tvm  # noqa: E402
+from tvm import relax  # noqa: E402
+from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
+
+import compress_ir.passes  # noqa: F401,E402 - registers the passes
+from compress_ir.api import compress  # noqa: E402
+from compress_ir.backend.schedule import compile_relax, last_build_stats  # noqa: E402
+from compress_ir.core.files import write_atomic  # noqa: E402
+from compress_ir.core.metrics import model_metrics  # noqa: E402
+from compress_ir.frontends.placeholders import fill_placeholders  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "torchvision"
+DEFAULT_MODELS = ("resnet18", "resnet50", "mobilenet_v2")
+DEFAULT_PIPELINE = "channel-prune{ratio=0.5}"
+ENGINES = ("ort_dense", "ort_pruned", "tvm_dense", "tvm_pruned")
+
+
+def load_fixture(name: str, seed: int) -> onnx.ModelProto:
+    """A torchvision topology with its placeholder weights filled deterministically."""
+    return fill_placeholders(onnx.load(str(FIXTURES / f"{name}.onnx")), seed)
+
+
+def input_spec(proto: onnx.ModelProto) -> tuple[str, list[int]]:
+    """Name and static shape (batch 1) of the single graph input."""
+    inits = {i.name for i in proto.graph.initializer}
+    inp = next(i for i in proto.graph.input if i.name not in inits)
+    dims = [d.dim_value if d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim]
+    return inp.name, dims
+
+
+def ort_session(proto: onnx.ModelProto, threads: int, spin: bool) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(proto.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def tvm_build(proto: onnx.ModelProto, target: tvm.target.Target, args: argparse.Namespace
+              ) -> tuple[Any, dict[str, Any]]:
+    """Import + compile_relax; returns the VM and the timings/stats of the build."""
+    name, shape = input_spec(proto)
+    t0 = time.perf_counter()
+    mod = from_onnx(proto, shape_dict={name: shape}, keep_params_in_input=False)
+    import_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    executable = compile_relax(mod, target, tune_trials=args.tune_trials,
+                               tuning_db=args.tuning_db)
+    build_s = time.perf_counter() - t0
+    stats = last_build_stats().as_dict()
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    info = {"import_s": round(import_s, 2), "build_s": round(build_s, 2),
+            "tune_s": round(stats["seconds"].get("tune", 0.0), 2), "schedule": stats}
+    return vm, info
+
+
+def _first(out: Any) -> np.ndarray:
+    return (out if hasattr(out, "numpy") else out[0]).numpy()
+
+
+def rel_error(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
+
+
+def set_tvm_threads(n: int) -> None:
+    """Resize TVM's runtime thread pool (same effect as TVM_NUM_THREADS at start-up)."""
+    tvm.get_global_func("runtime.config_threadpool")(0, n)
+
+
+def time_side_by_side(runners: dict[str, Any], repeat: int, warmup: int = 2
+                      ) -> dict[str, list[float]]:
+    """Round-robin timing: each round runs every engine once; returns ms per engine."""
+    for _ in range(warmup):
+        for fn in runners.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(repeat):
+        for key, fn in runners.items():
+            t0 = time.perf_counter()
+            fn()
+            times[key].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def bench_model(name: str, args: argparse.Namespace, target: tvm.target.Target
+                ) -> list[dict[str, Any]]:
+    dense = load_fixture(name, args.seed)
+    t0 = time.perf_counter()
+    pruned = compress(dense, args.pipeline, check=False).model
+    prune_s = time.perf_counter() - t0
+    macs_d, macs_p = model_metrics(dense)["macs"], model_metrics(pruned)["macs"]
+    in_name, shape = input_spec(dense)
+    x = np.random.default_rng(args.seed).standard_normal(shape).astype(np.float32)
+    xt = tvm.runtime.tensor(x)
+    builds = {}
+    vms = {}
+    for key, proto in (("dense", dense), ("pruned", pruned)):
+        vms[key], builds[key] = tvm_build(proto, target, args)
+        print(f"# {name} {key}: build {builds[key]['build_s']} s, rules "
+              f"{builds[key]['schedule']['counts']}", file=sys.stderr)
+    rows = []
+    for threads in args.threads:
+        set_tvm_threads(threads)
+        sessions = {k: ort_session(p, threads, args.spin)
+                    for k, p in (("dense", dense), ("pruned", pruned))}
+        errs = {k: rel_error(_first(vms[k]["main"](xt)), sessions[k].run(None, {in_name: x})[0])
+                for k in vms}
+        runners = {
+            "ort_dense": lambda s=sessions["dense"]: s.run(None, {in_name: x}),
+            "ort_pruned": lambda s=sessions["pruned"]: s.run(None, {in_name: x}),
+            "tvm_dense": lambda: vms["dense"]["main"](xt),
+            "tvm_pruned": lambda: vms["pruned"]["main"](xt),
+        }
+        times = time_side_by_side(runners, args.repeat)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        macs_ratio = macs_p / macs_d
+        rows.append({
+            "model": name, "threads": threads, "pipeline": args.pipeline,
+            "tune_trials": args.tune_trials, "median_ms": {k: round(v, 3) for k, v in med.items()},
+            "min_ms": {k: round(min(v), 3) for k, v in times.items()},
+            "macs": {"dense": macs_d, "pruned": macs_p}, "macs_ratio": round(macs_ratio, 4),
+            "tvm_time_ratio": round(med["tvm_pruned"] / med["tvm_dense"], 4),
+            "tvm_efficiency": round(macs_ratio / (med["tvm_pruned"] / med["tvm_dense"]), 3),
+            "ort_efficiency": round(macs_ratio / (med["ort_pruned"] / med["ort_dense"]), 3),
+            "tvm_vs_ort_dense": round(med["ort_dense"] / med["tvm_dense"], 3),
+            "tvm_vs_ort_pruned": round(med["ort_pruned"] / med["tvm_pruned"], 3),
+            "rel_error_vs_ort": {k: float(f"{v:.2e}") for k, v in errs.items()},
+            "prune_s": round(prune_s, 2), "builds": builds,
+        })
+        print(f"# {name} t={threads}: {rows[-1]['median_ms']}", file=sys.stderr)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    head = ("| model | thr | ORT dense ms | ORT pruned ms | TVM dense ms | TVM pruned ms "
+            "| MACs ratio | TVM time ratio | TVM eff. (goal ≥0.9) | ORT eff. "
+            "| ORT/TVM dense (goal ≥1) | ORT/TVM pruned | build s dense/pruned "
+            "| tune s | max rel err |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        m, b = r["median_ms"], r["builds"]
+        tune = b["dense"]["tune_s"] + b["pruned"]["tune_s"]
+        lines.append(
+            f"| {r['model']} | {r['threads']} | {m['ort_dense']:.1f} | {m['ort_pruned']:.1f} "
+            f"| {m['tvm_dense']:.1f} | {m['tvm_pruned']:.1f} | {r['macs_ratio']:.3f} "
+            f"| {r['tvm_time_ratio']:.3f} | {r['tvm_efficiency']:.2f} "
+            f"| {r['ort_efficiency']:.2f} | {r['tvm_vs_ort_dense']:.2f} "
+            f"| {r['tvm_vs_ort_pruned']:.2f} | {b['dense']['build_s']:.1f}/"
+            f"{b['pruned']['build_s']:.1f} | {tune:.0f} "
+            f"| {max(r['rel_error_vs_ort'].values()):.1e} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                    help="comma list of tests/fixtures/torchvision names")
+    ap.add_argument("--repeat", type=int, default=10, help="timed rounds per engine")
+    ap.add_argument("--threads", default="1,2", help="comma list of thread counts")
+    ap.add_argument("--tune-trials", type=int, default=0,
+                    help="MetaSchedule trials per task for both TVM builds (0: default build)")
+    ap.add_argument("--tuning-db", default=None, help="persistent tuning database directory")
+    ap.add_argument("--pipeline", default=DEFAULT_PIPELINE)
+    ap.add_argument("--target", default=None,
+                    help='TVM target as JSON (default {"kind": "llvm"} + host mcpu)')
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--spin", action="store_true",
+                    help="keep both engines' default spin-waiting worker threads")
+    ap.add_argument("--json", default=None, help="write all figures to this JSON file")
+    args = ap.parse_args(argv)
+    args.models = [m for m in args.models.split(",") if m]
+    args.threads = [int(t) for t in args.threads.split(",") if t]
+    return args
+
+
+def host_target() -> tvm.target.Target:
+    """LLVM for this CPU (its name from LLVM, so the vector ISA matches the host)."""
+    cpu = tvm.get_global_func("target.llvm_get_system_cpu", allow_missing=True)
+    name = cpu() if cpu is not None else ""
+    return tvm.target.Target({"kind": "llvm", **({"mcpu": name} if name else {})})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    target = tvm.target.Target(json.loads(args.target)) if args.target else host_target()
+    rows = []
+    for name in args.models:
+        rows.extend(bench_model(name, args, target))
+    print(f"target: `{json.dumps(target.export().get('kind'))} "
+          f"{target.attrs.get('mcpu', '')}`, tune trials/task: {args.tune_trials}, "
+          f"repeat: {args.repeat}, spinning threads: {args.spin}, "
+          f"host: {platform.node()} ({os.cpu_count()} CPUs)\n")
+    print(markdown(rows))
+    if args.json:
+        payload = {"target": str(target), "argv": sys.argv[1:], "rows": rows}
+        write_atomic(args.json, (json.dumps(payload, indent=1) + "\n").encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
