@@ -27,6 +27,10 @@ def target_section(spec: TargetSpec, art: Artifact, bench: dict[str, Any] | None
     return section
 
 
+def _block(block: Any) -> str:
+    return block if isinstance(block, str) else "x".join(map(str, block or ()))
+
+
 def _ms(entry: dict[str, Any]) -> str:
     if "median_ms" in entry:
         return f"{entry['median_ms']:.3f} ms (min {entry['min_ms']:.3f})"
@@ -48,6 +52,16 @@ def format_target(section: dict[str, Any]) -> list[str]:
                      f"(tolerance {v['tolerance']:.0e}) {'ok' if v['ok'] else 'FAILED'}")
     else:
         lines.append(f"  verify: not run ({v.get('reason', '?')})")
+    sched = section.get("schedule")
+    if sched and sched.get("counts"):
+        counts = ", ".join(f"{k} {n}" for k, n in sorted(sched["counts"].items()))
+        lines.append(f"  schedules: {counts}")
+    sparse = section.get("sparse")
+    if sparse is not None:
+        done = sparse.get("rewritten", [])
+        kinds = sorted({f"{r['format']} {_block(r.get('block'))}" for r in done})
+        lines.append(f"  sparse kernels: {len(done)} layers rewritten ({', '.join(kinds) or '-'}),"
+                     f" {len(sparse.get('skipped', []))} kept dense")
     bench = section.get("benchmark")
     if bench:
         lines.append(f"  latency (median of {bench['repeat']}):")
