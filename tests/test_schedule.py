@@ -3,7 +3,9 @@
 Every op family the default rules claim (conv k1/k3, strided, padded, grouped, depthwise,
 gemm, pooling, residual add + relu) is compiled, run in the TVM VM and compared with
 onnxruntime; the build stats must show the contraction kernels were scheduled by the rule
-(a silent fallback to TVM's unscheduled loops fails). Also: hand-scheduled PrimFuncs are
+(a silent fallback to TVM's unscheduled loops fails). Transformer epilogues (GELU reads
+`matmul + bias` twice), a BERT encoder block, and the lowering safety net (a schedule that
+does not lower falls back, with its reason) are covered too. Also: hand-scheduled PrimFuncs are
 left alone, tuning records persist and are reused, cross targets refuse to tune, CUDA
 builds.
 """
@@ -248,3 +250,181 @@ def test_cuda_default_build_compiles() -> None:
     assert executable is not None
     stats = last_build_stats()
     assert stats.counts.get("dlight", 0) == len(stats.rules) >= 2, stats.rules
+
+
+# --- transformer epilogues: intermediates read twice (GELU), multi-output, encoder block ---
+
+def _const(name: str, value: float) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(value, dtype=np.float32), name)
+
+
+def _gelu_nodes(src: str, out: str, kind: str) -> tuple[list, list]:
+    """GELU of `src` as ONNX exporters write it: Erf form or the Tanh approximation."""
+    p = f"{out}_"
+    if kind == "erf":  # 0.5 * x * (1 + erf(x / sqrt(2)))
+        nodes = [helper.make_node("Div", [src, p + "sqrt2"], [p + "d"]),
+                 helper.make_node("Erf", [p + "d"], [p + "e"]),
+                 helper.make_node("Add", [p + "e", p + "one"], [p + "e1"]),
+                 helper.make_node("Mul", [src, p + "e1"], [p + "m"]),
+                 helper.make_node("Mul", [p + "m", p + "half"], [out])]
+        consts = [_const(p + "sqrt2", np.sqrt(2.0)), _const(p + "one", 1.0),
+                  _const(p + "half", 0.5)]
+    else:  # 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
+        nodes = [helper.make_node("Mul", [src, src], [p + "x2"]),
+                 helper.make_node("Mul", [p + "x2", src], [p + "x3"]),
+                 helper.make_node("Mul", [p + "x3", p + "c"], [p + "cx3"]),
+                 helper.make_node("Add", [src, p + "cx3"], [p + "in"]),
+                 helper.make_node("Mul", [p + "in", p + "k"], [p + "kin"]),
+                 helper.make_node("Tanh", [p + "kin"], [p + "t"]),
+                 helper.make_node("Add", [p + "t", p + "one"], [p + "t1"]),
+                 helper.make_node("Mul", [src, p + "t1"], [p + "m"]),
+                 helper.make_node("Mul", [p + "m", p + "half"], [out])]
+        consts = [_const(p + "c", 0.044715), _const(p + "k", np.sqrt(2.0 / np.pi)),
+                  _const(p + "one", 1.0), _const(p + "half", 0.5)]
+    return nodes, consts
+
+
+def _dense_gelu(rng, kind: str, rows: int) -> onnx.ModelProto:
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]),
+             helper.make_node("Add", ["m", "B"], ["a"])]
+    gelu, consts = _gelu_nodes("a", "y", kind)
+    return _model(nodes + gelu, [_w(rng, "W", (16, 32)), _w(rng, "B", (32,)), *consts],
+                  [rows, 16])
+
+
+def _check(model: onnx.ModelProto, x: np.ndarray, target: dict = X86) -> BuildStats:
+    mod, _ = _import(model)
+    executable = compile_relax(mod, tvm.target.Target(target))
+    stats = last_build_stats()
+    got, want = _run_tvm(executable, x), _ort(model, x)
+    assert got.shape == want.shape
+    rel = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
+    assert rel <= RTOL, f"rel error {rel:.2e}; rules {stats.rules}"
+    for name, rule in stats.rules.items():  # a fallback always says why
+        if rule == "fallback":
+            assert stats.fallback_reasons.get(name), (name, stats.fallback_reasons)
+    return stats
+
+
+def _matmul_rules(stats: BuildStats) -> dict[str, str]:
+    return {n: r for n, r in stats.rules.items() if "matmul" in n}
+
+
+@pytest.mark.parametrize("kind,rows,kernel", [("erf", 8, "contraction-tile"),
+                                              ("tanh", 8, "contraction-tile"),
+                                              ("erf", 2, "contraction-gemv")])
+def test_dense_bias_gelu_scheduled_and_exact(kind: str, rows: int, kernel: str) -> None:
+    """GELU reads `x = matmul + bias` twice: the epilogue is a DAG, not a chain."""
+    rng = np.random.default_rng(5)
+    model = _dense_gelu(rng, kind, rows)
+    stats = _check(model, rng.standard_normal((rows, 16)).astype(np.float32))
+    matmuls = _matmul_rules(stats)
+    assert list(matmuls.values()) == [kernel], stats.as_dict()
+    assert stats.counts.get("fallback", 0) == 0, stats.fallback_reasons
+
+
+def test_epilogue_intermediate_is_also_an_output() -> None:
+    """`a = matmul + bias` is both returned and read twice by SiLU (a * sigmoid(a))."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]),
+             helper.make_node("Add", ["m", "B"], ["a"]),
+             helper.make_node("Sigmoid", ["a"], ["s"]),
+             helper.make_node("Mul", ["a", "s"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 32]),
+         helper.make_tensor_value_info("a", TensorProto.FLOAT, [8, 32])],
+        [_w(rng, "W", (16, 32)), _w(rng, "B", (32,))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    mod, _ = _import(model)
+    executable = compile_relax(mod, tvm.target.Target(X86))
+    stats = last_build_stats()
+    x = rng.standard_normal((8, 16)).astype(np.float32)
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    got = [t.numpy() for t in vm["main"](tvm.runtime.tensor(x))]
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    for g, w in zip(got, want, strict=True):
+        rel = float(np.abs(g - w).max() / np.abs(w).max())
+        assert rel <= RTOL, (rel, stats.rules)
+    assert all(r.startswith("contraction-") for r in _matmul_rules(stats).values()), stats.rules
+    assert _matmul_rules(stats), stats.rules
+
+
+def _encoder(rng, seq: int = 8, hidden: int = 16, heads: int = 2, ffn: int = 32
+             ) -> onnx.ModelProto:
+    """A BERT layer: attention (Q/K/V, heads, softmax), residual + LayerNorm, GELU FFN."""
+    dh = hidden // heads
+    n = helper.make_node
+    nodes, inits = [], []
+    for p in "qkv":
+        nodes += [n("MatMul", ["x", f"W{p}"], [f"{p}m"]), n("Add", [f"{p}m", f"B{p}"], [p]),
+                  n("Reshape", [p, "heads_shape"], [f"{p}r"])]
+        inits += [_w(rng, f"W{p}", (hidden, hidden)), _w(rng, f"B{p}", (hidden,))]
+    nodes += [n("Transpose", ["qr"], ["qh"], perm=[0, 2, 1, 3]),
+              n("Transpose", ["kr"], ["kt"], perm=[0, 2, 3, 1]),
+              n("Transpose", ["vr"], ["vh"], perm=[0, 2, 1, 3]),
+              n("MatMul", ["qh", "kt"], ["sc"]), n("Mul", ["sc", "scale"], ["scs"]),
+              n("Softmax", ["scs"], ["pr"], axis=-1), n("MatMul", ["pr", "vh"], ["ctx"]),
+              n("Transpose", ["ctx"], ["ctxt"], perm=[0, 2, 1, 3]),
+              n("Reshape", ["ctxt", "merge_shape"], ["ctxm"]),
+              n("MatMul", ["ctxm", "Wo"], ["om"]), n("Add", ["om", "Bo"], ["o"]),
+              n("Add", ["o", "x"], ["r1"]),
+              n("LayerNormalization", ["r1", "G1", "Z1"], ["h1"], axis=-1, epsilon=1e-5),
+              n("MatMul", ["h1", "W1"], ["f1m"]), n("Add", ["f1m", "B1"], ["f1"])]
+    gelu, consts = _gelu_nodes("f1", "g", "erf")
+    nodes += gelu + [n("MatMul", ["g", "W2"], ["f2m"]), n("Add", ["f2m", "B2"], ["f2"]),
+                     n("Add", ["f2", "h1"], ["r2"]),
+                     n("LayerNormalization", ["r2", "G2", "Z2"], ["y"], axis=-1, epsilon=1e-5)]
+    inits += [numpy_helper.from_array(np.array([1, seq, heads, dh], np.int64), "heads_shape"),
+              numpy_helper.from_array(np.array([1, seq, hidden], np.int64), "merge_shape"),
+              _const("scale", 1.0 / np.sqrt(dh)),
+              _w(rng, "Wo", (hidden, hidden)), _w(rng, "Bo", (hidden,)),
+              _w(rng, "G1", (hidden,)), _w(rng, "Z1", (hidden,)),
+              _w(rng, "W1", (hidden, ffn)), _w(rng, "B1", (ffn,)),
+              _w(rng, "W2", (ffn, hidden)), _w(rng, "B2", (hidden,)),
+              _w(rng, "G2", (hidden,)), _w(rng, "Z2", (hidden,)), *consts]
+    return _model(nodes, inits, [1, seq, hidden])
+
+
+def test_bert_encoder_block_matches_onnxruntime() -> None:
+    rng = np.random.default_rng(7)
+    model = _encoder(rng)
+    stats = _check(model, rng.standard_normal((1, 8, 16)).astype(np.float32))
+    matmuls = _matmul_rules(stats)
+    # Q/K/V, QK^T, PV, output projection, FFN up (+GELU) and down: all on the kernels
+    assert len(matmuls) >= 4, stats.rules
+    assert all(r.startswith("contraction-") for r in matmuls.values()), stats.as_dict()
+
+
+def _unguarded_epilogue_rule(sch, cpu):
+    """The pre-fix epilogue folding: reverse-inline every block after the matmul, even an
+    intermediate with two consumers. TVM accepts it and the function no longer lowers."""
+    from compress_ir.backend.schedule.analysis import root_blocks
+
+    blocks = root_blocks(sch)
+    mains = [b for b in blocks if b.contraction]
+    if len(mains) != 1:
+        return None
+    sch.cache_write(mains[0].rv, 0, "local")
+    for info in root_blocks(sch)[2:]:
+        try:
+            sch.reverse_compute_inline(info.rv)
+        except tvm.s_tir.ScheduleError:
+            pass
+    return "contraction-broken"
+
+
+def test_unlowerable_schedule_falls_back_with_reason(monkeypatch) -> None:
+    from compress_ir.backend.schedule import cpu
+
+    monkeypatch.setattr(cpu, "CPU_RULES", (_unguarded_epilogue_rule,))
+    rng = np.random.default_rng(8)
+    model = _dense_gelu(rng, "erf", 8)
+    stats = _check(model, rng.standard_normal((8, 16)).astype(np.float32))
+    assert "contraction-broken" not in stats.rules.values(), stats.rules
+    (name,) = _matmul_rules(stats)
+    assert stats.rules[name] == "fallback"
+    assert "used before its definition" in stats.fallback_reasons[name], stats.fallback_reasons
+    assert "contraction-broken schedule does not lower" in stats.fallback_reasons[name]

@@ -151,7 +151,8 @@ def test_pruned_and_shared_model_shrinks() -> None:
 
 
 def test_format_report_sizes_section() -> None:
-    result = compress(gemm_model(), "share-weights{bits=1}")
+    assert "sizes" in compress(gemm_model(), "share-weights{bits=1}").report  # automatic
+    result = compress(gemm_model(), "share-weights{bits=1}", sizes=False)
     plain = format_report(result.report)
     assert "weight sizes" not in plain
     result.report["sizes"] = size_report(result.model)

@@ -10,7 +10,9 @@
   with at most `tune_trials` measured candidates **per task** (x86 hosts only: cross
   targets cannot be measured without a device runner).
 
-`last_build_stats()` tells which rule scheduled each PrimFunc and how long phases took.
+`last_build_stats()` tells which rule scheduled each PrimFunc and how long phases took;
+every scheduled PrimFunc is lowered on its own first, and one that does not lower is left
+to TVM's default handling, counted as 'fallback' with the reason in `fallback_reasons`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ positions (y*W + x), the constant weights are packed at compile time as [C/tile,
 so the kernel streams them, and deep layers (more channels than positions) loop over
 channel blocks outermost. Few-row contractions (dense layers) use a weight-streaming GEMV
 kernel instead. Schedules are semantics-preserving TIR primitives, so a rule can only make
-code faster or fail (then the next rule, and finally TVM's default, is used).
+code faster or fail (then the next rule, and finally TVM's default, is used); a result
+that does not lower (a primitive TVM accepted but cannot handle) counts as a failure.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from compress_ir.backend.schedule.analysis import BlockInfo, root_blocks
+from compress_ir.backend.schedule.validate import first_line, lowering_error
 
 
 @dataclass(frozen=True)
@@ -161,14 +163,7 @@ def rule_reduction_tile(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
     # Epilogue: accumulate in a local tile, then fold element-wise consumers into the
     # write-back; producers that are pure padding/reshape stay separate (scheduled below).
     wb = sch.cache_write(main.rv, 0, "local")
-    for info in root_blocks(sch):
-        if info.name in (main.name, sch.get(wb).name_hint) or not info.is_spatial:
-            continue
-        if sch.get_producers(info.rv) and _reads_only_after(sch, info, main.name):
-            try:
-                sch.reverse_compute_inline(info.rv)
-            except s_tir.ScheduleError:
-                pass
+    _fold_epilogue(sch, main.name, sch.get(wb).name_hint)
 
     row_ext = extents[n_sp - 2] if n_sp >= 2 else 1
     if gemv:
@@ -294,10 +289,54 @@ def _vectorize_split(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes:
     sch.vectorize(loop)
 
 
-def _reads_only_after(sch: s_tir.Schedule, info: BlockInfo, main_name: str) -> bool:
-    """True for blocks downstream of the reduction (its epilogue), not its producers."""
-    names = [b.name for b in root_blocks(sch)]
-    return names.index(info.name) > names.index(main_name)
+def _epilogue(sch: s_tir.Schedule, main_name: str, skip: set[str]) -> list[BlockInfo]:
+    """Spatial root blocks after the reduction (its epilogue), in program order."""
+    infos = root_blocks(sch)
+    names = [b.name for b in infos]
+    after = infos[names.index(main_name) + 1:]
+    return [b for b in after if b.is_spatial and b.name not in skip]
+
+
+def _sole_consumer(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    """True when every in-function producer of `block` feeds `block` alone.
+
+    Why: reverse_compute_inline redirects the producer's store to the consumer's output
+    buffer, so an intermediate that another block also reads (GELU's `x` in
+    `x * (1 + erf(x / sqrt2))`) would lose its definition — TVM does not refuse this, and
+    the function then fails in FlattenBuffer ("used before its definition").
+    """
+    name = sch.get(block).name_hint
+    for producer in sch.get_producers(block):
+        consumers = [sch.get(c).name_hint for c in sch.get_consumers(producer)]
+        if consumers != [name]:
+            return False
+    return True
+
+
+def _fold_epilogue(sch: s_tir.Schedule, main_name: str, wb_name: str) -> None:
+    """Fold the element-wise epilogue of the reduction into its write-back block `wb_name`.
+
+    First every epilogue block that is not a function output is inlined into its consumers
+    (an intermediate read twice, as in GELU, is recomputed: a few flops per element), which
+    turns a DAG of element-wise blocks into one block per output; then each block whose
+    producers feed it alone is reverse-inlined into the write-back. Blocks that cannot be
+    folded stay at the root and are scheduled as injective loops afterwards (correct, just
+    one more pass over the output).
+    """
+    root = sch.get_sblock(sch.mod["main"].body.block.name_hint)
+    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
+    for info in _epilogue(sch, main_name, {wb_name} | outputs):
+        try:
+            sch.compute_inline(info.rv)
+        except s_tir.ScheduleError:
+            continue
+    for info in _epilogue(sch, main_name, {wb_name}):
+        if not sch.get_producers(info.rv) or not _sole_consumer(sch, info.rv):
+            continue
+        try:
+            sch.reverse_compute_inline(info.rv)
+        except s_tir.ScheduleError:
+            continue
 
 
 def rule_injective(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
@@ -318,14 +357,29 @@ CpuRule = Callable[[s_tir.Schedule, CpuParams], "str | None"]
 CPU_RULES: tuple[CpuRule, ...] = (rule_reduction_tile, rule_injective)
 
 
-def schedule_cpu_func(func: tirx.PrimFunc, cpu: CpuParams) -> tuple[tirx.PrimFunc, str]:
-    """Apply the first CPU rule that fits; returns (function, rule name or 'fallback')."""
+def schedule_cpu_func(func: tirx.PrimFunc, cpu: CpuParams, target: Target | None = None
+                      ) -> tuple[tirx.PrimFunc, str, str | None]:
+    """Apply the first CPU rule that fits and lowers; returns (function, rule, reason).
+
+    Each rule's result is lowered on its own (`validate.lowering_error`) before it is
+    accepted, so a schedule TVM cannot lower is never passed on: the next rule is tried
+    and, when none fits, the function is returned unchanged with rule 'fallback' (TVM's
+    default handling) and the reason why each rule was refused.
+    """
+    refused = []
     for rule in CPU_RULES:
         sch = s_tir.Schedule(func)
         try:
             name = rule(sch, cpu)
-        except (RuntimeError, ValueError):  # ScheduleError, InternalError: try the next rule
-            name = None
-        if name is not None:
-            return sch.mod["main"].with_attr("tirx.is_scheduled", True), name
-    return func, "fallback"
+        except (RuntimeError, ValueError) as exc:  # ScheduleError, InternalError
+            refused.append(f"{rule.__name__}: {first_line(exc)}")
+            continue
+        if name is None:
+            continue
+        scheduled = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+        error = lowering_error(scheduled, target)
+        if error is None:
+            return scheduled, name, None
+        refused.append(f"{name} schedule does not lower: {error}")
+    return func, "fallback", "; ".join(refused) or "no rule matches the block structure"
+

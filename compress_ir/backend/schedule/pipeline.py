@@ -32,6 +32,7 @@ class BuildStats:
 
     target_kind: str = ""
     rules: dict[str, str] = field(default_factory=dict)
+    fallback_reasons: dict[str, str] = field(default_factory=dict)
     tuned_tasks: int = 0
     reused_tasks: int = 0
     measured_candidates: int = 0
@@ -45,7 +46,8 @@ class BuildStats:
     def as_dict(self) -> dict:
         """JSON-ready form for reports and benchmarks."""
         return {"target_kind": self.target_kind, "rules": dict(self.rules),
-                "counts": self.counts, "tuned_tasks": self.tuned_tasks,
+                "counts": self.counts,
+                "fallback_reasons": dict(self.fallback_reasons), "tuned_tasks": self.tuned_tasks,
                 "reused_tasks": self.reused_tasks,
                 "measured_candidates": self.measured_candidates,
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
@@ -104,8 +106,10 @@ def schedule_cpu(mod: tvm.IRModule, target: Target, stats: BuildStats) -> tvm.IR
         if is_scheduled(func):
             stats.rules.setdefault(name, "pre-scheduled")
             continue
-        new_func, rule = schedule_cpu_func(func, cpu)
+        new_func, rule, reason = schedule_cpu_func(func, cpu, target)
         stats.rules[name] = rule
+        if reason is not None:
+            stats.fallback_reasons[name] = reason
         if new_func is not func:
             updates[gv] = new_func
     for gv, func in updates.items():
