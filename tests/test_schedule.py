@@ -6,12 +6,13 @@ onnxruntime; the build stats must show the contraction kernels were scheduled by
 (a silent fallback to TVM's unscheduled loops fails). Transformer epilogues (GELU reads
 `matmul + bias` twice), a BERT encoder block, and the lowering safety net (a schedule that
 does not lower falls back, with its reason) are covered too. Also: hand-scheduled PrimFuncs are
-left alone, tuning records persist and are reused, cross targets refuse to tune, CUDA
-builds.
+left alone, tuning keeps the faster of default and tuned schedule, records persist and are
+reused, cross targets refuse to tune, CUDA builds.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -207,38 +208,103 @@ def test_tuning_refused_for_cross_targets(tmp_path: Path) -> None:
         compile_relax(mod, tvm.target.Target(X86), tuning_db=str(tmp_path / "missing"))
 
 
-def test_tuning_database_is_reused(tmp_path: Path) -> None:
+def _dense_relu(rng: np.random.Generator) -> onnx.ModelProto:
+    # 8 rows x 256 -> 128 (> 4 rows: the register-tiled kernel, weights packed)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]), helper.make_node("Relu", ["m"], ["y"])]
+    return _model(nodes, [_w(rng, "W", (256, 128))], [8, 256])
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One tuning run (MetaSchedule's import alone takes most of a minute) for several tests."""
     pytest.importorskip("xgboost", reason="MetaSchedule needs xgboost-cpu installed")
     rng = np.random.default_rng(3)
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["y"])]
-    model = _model(nodes, [_w(rng, "W", (16, 8))], [4, 16])
+    model = _dense_relu(rng)
     mod, shape = _import(model)
-    target = tvm.target.Target(X86)
-    db = tmp_path / "db"
+    db = tmp_path_factory.mktemp("tune") / "db"
     t0 = time.perf_counter()
-    compile_relax(mod, target, tune_trials=2, tuning_db=str(db))
-    first_s = time.perf_counter() - t0
-    first = last_build_stats()
-    if first.measured_candidates == 0:
+    executable = compile_relax(mod, tvm.target.Target(X86), tune_trials=2, tuning_db=str(db))
+    seconds = time.perf_counter() - t0
+    stats = last_build_stats()
+    if stats.measured_candidates == 0:
         pytest.skip("MetaSchedule measured nothing on this machine (builder/runner failed)")
-    assert first.tuned_tasks == 1 and list(first.rules.values()) == ["database"], first.rules
+    return {"rng": rng, "model": model, "shape": shape, "db": db, "stats": stats,
+            "executable": executable, "seconds": seconds}
+
+
+def test_tuning_never_picks_a_slower_schedule_than_the_default(tuned: dict) -> None:
+    stats = tuned["stats"]
+    assert stats.tuned_tasks == 1 and stats.measured_defaults == 1, stats.as_dict()
+    assert not stats.default_errors, stats.default_errors
+    assert set(stats.choices) == set(stats.rules), (stats.choices, stats.rules)
+    for name, c in stats.choices.items():
+        assert c["default_us"] is not None and c["tuned_us"] is not None, c
+        assert c["chosen_us"] == min(c["default_us"], c["tuned_us"]), c
+        assert c["chosen_us"] <= c["default_us"], c
+        assert stats.rules[name] == c["winner"], (stats.rules, c)
+        assert c["winner"] == ("database" if c["tuned_us"] < c["default_us"]
+                               else "contraction-tile"), c
+
+
+def test_tuned_build_matches_onnxruntime(tuned: dict) -> None:
+    x = tuned["rng"].standard_normal(tuned["shape"]).astype(np.float32)
+    got, want = _run_tvm(tuned["executable"], x), _ort(tuned["model"], x)
+    assert np.abs(got - want).max() <= RTOL * np.abs(want).max()
+
+
+def _retimed_db(src: Path, dst: Path, default_s: float, slow: str) -> None:
+    """Copy a database, setting the default's record (slow='default') or every other record
+    (slow='tuned') to 1 s, so which one must win is known without relying on noisy timings."""
+    dst.mkdir()
+    shutil.copy(src / "database_workload.json", dst / "database_workload.json")
+    lines = []
+    for line in (src / "database_tuning_record.json").read_text().splitlines():
+        workload, (trace, secs, target, args) = json.loads(line)
+        is_default = secs is not None and np.isclose(np.mean(secs), default_s, rtol=1e-9)
+        if is_default == (slow == "default"):
+            secs = [1.0]
+        lines.append(json.dumps([workload, [trace, secs, target, args]]))
+    (dst / "database_tuning_record.json").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("slow", ["tuned", "default"])
+def test_faster_record_wins_and_keeps_its_name(tuned: dict, tmp_path: Path, slow: str) -> None:
+    (name, choice), = tuned["stats"].choices.items()
+    _retimed_db(tuned["db"], tmp_path / "db", choice["default_us"] * 1e-6, slow)
+    executable = compile_relax(_import(tuned["model"])[0], tvm.target.Target(X86),
+                               tuning_db=str(tmp_path / "db"))
+    stats = last_build_stats()
+    want = "contraction-tile" if slow == "tuned" else "database"
+    assert stats.rules[name] == stats.choices[name]["winner"] == want, stats.as_dict()
+    assert stats.choices[name]["chosen_us"] < 1e6, stats.choices  # not the slowed record
+    x = tuned["rng"].standard_normal(tuned["shape"]).astype(np.float32)
+    got, want_y = _run_tvm(executable, x), _ort(tuned["model"], x)
+    assert np.abs(got - want_y).max() <= RTOL * np.abs(want_y).max()
+
+
+def test_tuning_database_is_reused(tuned: dict) -> None:
+    db, first, rng = tuned["db"], tuned["stats"], tuned["rng"]
     assert (db / "database_workload.json").stat().st_size > 0
     assert (db / "database_tuning_record.json").stat().st_size > 0
-
-    # a second model with the same layer shape (different weights) tunes nothing
-    other, _ = _import(_model(nodes, [_w(rng, "W", (16, 8))], [4, 16]))
+    target = tvm.target.Target(X86)
+    # a second model with the same layer shape (different weights) tunes and measures nothing
+    other = _dense_relu(rng)
+    mod, shape = _import(other)
     t0 = time.perf_counter()
-    compile_relax(other, target, tune_trials=2, tuning_db=str(db))
+    compile_relax(mod, target, tune_trials=2, tuning_db=str(db))
     second_s = time.perf_counter() - t0
     second = last_build_stats()
-    assert (second.tuned_tasks, second.measured_candidates, second.reused_tasks) == (0, 0, 1)
-    assert second_s < first_s / 5, (first_s, second_s)
+    assert (second.tuned_tasks, second.measured_candidates, second.measured_defaults,
+            second.reused_tasks) == (0, 0, 0, 1), second.as_dict()
+    assert second_s < tuned["seconds"] / 5, (tuned["seconds"], second_s)
 
-    # no budget: the database's best record is still applied, and it computes correctly
+    # no budget: the database's best record (tuned or default) is applied without measuring
     executable = compile_relax(mod, target, tuning_db=str(db))
-    assert list(last_build_stats().rules.values()) == ["database"]
+    again = last_build_stats()
+    assert again.rules == first.rules and again.choices == first.choices, again.as_dict()
     x = rng.standard_normal(shape).astype(np.float32)
-    np.testing.assert_allclose(_run_tvm(executable, x), _ort(model, x), rtol=1e-4, atol=1e-5)
+    got, want = _run_tvm(executable, x), _ort(other, x)
+    assert np.abs(got - want).max() <= RTOL * np.abs(want).max()
 
 
 def test_cuda_default_build_compiles() -> None:

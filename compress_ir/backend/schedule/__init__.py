@@ -3,12 +3,16 @@
 `compile_relax` turns an imported Relax module (static shapes, weights as constants) into a
 `relax.Executable`:
 
-* CPU (x86, aarch64): NHWC layout, fusion, then per PrimFunc the best of: a tuning-database
-  record, the default rules of `cpu.py` (no measurement; deterministic), TVM's default.
+* CPU (x86, aarch64): NHWC layout, fusion, then per PrimFunc the first of: the best
+  tuning-database record, the default rules of `cpu.py` (deterministic), TVM's default.
 * GPU (cuda): fusion + dlight rules (unscheduled GPU code does not build).
 * `tune_trials > 0`: MetaSchedule tunes every task that the database has no record for,
   with at most `tune_trials` measured candidates **per task** (x86 hosts only: cross
-  targets cannot be measured without a device runner).
+  targets cannot be measured without a device runner). Each task's default-rule schedule
+  is measured the same way and stored as an ordinary record (`compete.py`), so the
+  database's best record is never slower than the default: a small budget cannot make a
+  model slower than no tuning. `last_build_stats().choices` shows the winner per function
+  (the default rule's name, or 'database') with both latencies.
 
 `last_build_stats()` tells which rule scheduled each PrimFunc and how long phases took;
 every scheduled PrimFunc is lowered on its own first, and one that does not lower is left

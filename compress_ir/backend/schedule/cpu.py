@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.target import Target
 
@@ -357,14 +358,15 @@ CpuRule = Callable[[s_tir.Schedule, CpuParams], "str | None"]
 CPU_RULES: tuple[CpuRule, ...] = (rule_reduction_tile, rule_injective)
 
 
-def schedule_cpu_func(func: tirx.PrimFunc, cpu: CpuParams, target: Target | None = None
-                      ) -> tuple[tirx.PrimFunc, str, str | None]:
-    """Apply the first CPU rule that fits and lowers; returns (function, rule, reason).
+def default_schedule(func: tirx.PrimFunc | tvm.IRModule, cpu: CpuParams,
+                     target: Target | None = None
+                     ) -> tuple[s_tir.Schedule | None, str, str | None]:
+    """The first CPU rule that fits and lowers, as a Schedule (its trace can be replayed).
 
-    Each rule's result is lowered on its own (`validate.lowering_error`) before it is
-    accepted, so a schedule TVM cannot lower is never passed on: the next rule is tried
-    and, when none fits, the function is returned unchanged with rule 'fallback' (TVM's
-    default handling) and the reason why each rule was refused.
+    Returns (schedule, rule, None), or (None, 'fallback', reason) when no rule fits or every
+    rule's result fails to lower (`validate.lowering_error`): a schedule TVM cannot lower is
+    never passed on. The trace is what `compete.py` stores in a tuning database so that the
+    default rules compete with tuned schedules.
     """
     refused = []
     for rule in CPU_RULES:
@@ -376,10 +378,21 @@ def schedule_cpu_func(func: tirx.PrimFunc, cpu: CpuParams, target: Target | None
             continue
         if name is None:
             continue
-        scheduled = sch.mod["main"].with_attr("tirx.is_scheduled", True)
-        error = lowering_error(scheduled, target)
+        error = lowering_error(sch.mod["main"].with_attr("tirx.is_scheduled", True), target)
         if error is None:
-            return scheduled, name, None
+            return sch, name, None
         refused.append(f"{name} schedule does not lower: {error}")
-    return func, "fallback", "; ".join(refused) or "no rule matches the block structure"
+    return None, "fallback", "; ".join(refused) or "no rule matches the block structure"
 
+
+def schedule_cpu_func(func: tirx.PrimFunc, cpu: CpuParams, target: Target | None = None
+                      ) -> tuple[tirx.PrimFunc, str, str | None]:
+    """Apply the first CPU rule that fits and lowers; returns (function, rule, reason).
+
+    When none fits, the function is returned unchanged with rule 'fallback' (TVM's
+    default handling) and the reason why each rule was refused.
+    """
+    sch, name, reason = default_schedule(func, cpu, target)
+    if sch is None:
+        return func, name, reason
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True), name, None

@@ -28,7 +28,12 @@ CPU_LAYOUTS: dict[str, list[str]] = {
 
 @dataclass
 class BuildStats:
-    """What a build did: rule used per PrimFunc, counts, and the time of each phase."""
+    """What a build did: rule used per PrimFunc, counts, and the time of each phase.
+
+    `choices` (functions that had a database record): the winner ('database' for a tuned
+    schedule, else the default rule's name) and the measured latencies of the chosen,
+    best default and best tuned schedule in microseconds.
+    """
 
     target_kind: str = ""
     rules: dict[str, str] = field(default_factory=dict)
@@ -36,6 +41,9 @@ class BuildStats:
     tuned_tasks: int = 0
     reused_tasks: int = 0
     measured_candidates: int = 0
+    measured_defaults: int = 0
+    default_errors: dict[str, str] = field(default_factory=dict)
+    choices: dict[str, dict] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -50,6 +58,9 @@ class BuildStats:
                 "fallback_reasons": dict(self.fallback_reasons), "tuned_tasks": self.tuned_tasks,
                 "reused_tasks": self.reused_tasks,
                 "measured_candidates": self.measured_candidates,
+                "measured_defaults": self.measured_defaults,
+                "default_errors": dict(self.default_errors),
+                "choices": {k: dict(v) for k, v in self.choices.items()},
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
 
 

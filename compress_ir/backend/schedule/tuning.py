@@ -20,6 +20,7 @@ from tvm import relax, tirx
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
+from compress_ir.backend.schedule import compete
 from compress_ir.backend.schedule.analysis import is_scheduled
 from compress_ir.backend.schedule.pipeline import BuildStats, is_gpu
 from compress_ir.core.errors import UsageError
@@ -86,18 +87,34 @@ def _has_record(db: ms.database.JSONDatabase, mod: tvm.IRModule) -> bool:
 
 def tune_missing(mod: tvm.IRModule, target: Target, trials_per_task: int,
                  db_dir: str | os.PathLike, work_dir: str | None, stats: BuildStats) -> None:
-    """Tune, with `trials_per_task` measurements each, the tasks `db_dir` has no record for."""
+    """Tune, with `trials_per_task` measurements each, the tasks `db_dir` has no record for.
+
+    Then every task whose default-rule schedule is not in the database yet (new tasks, or
+    a database from before defaults competed) gets it measured and committed.
+    """
     target = tuning_target(target)
     db = open_database(db_dir, create=True)
-    before = len(db)
     tasks = [t for t in ms.relax_integration.extract_tasks(mod, target)
              if not is_scheduled(t.dispatched[0]["main"])]
     todo = [t for t in tasks if not _has_record(db, t.dispatched[0])]
     stats.reused_tasks += len(tasks) - len(todo)
     stats.tuned_tasks += len(todo)
-    if not todo:
-        return
-    logs = work_dir or str(db_dir)
+    builder = ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S, f_build=build_without_intrin)
+    if todo:
+        _tune(todo, target, trials_per_task, db, builder, work_dir or str(db_dir), stats)
+    # the default rules compete: every task gets its default schedule measured once
+    missing = [t for t in tasks if not compete.has_default_record(db, t.dispatched[0], target)]
+    if missing:
+        failed = compete.measure_defaults([t.dispatched[0] for t in missing], target, db,
+                                          builder, RUN_TIMEOUT_S)
+        stats.measured_defaults += len(missing) - len(failed)
+        for idx, reason in failed.items():
+            stats.default_errors[missing[idx].task_name] = reason
+
+
+def _tune(todo: list, target: Target, trials_per_task: int, db: ms.database.Database,
+          builder: ms.builder.Builder, logs: str, stats: BuildStats) -> None:
+    before = len(db)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         todo, work_dir=logs, seed=0)
     ms.tune.tune_tasks(
@@ -105,8 +122,7 @@ def tune_missing(mod: tvm.IRModule, target: Target, trials_per_task: int,
         max_trials_global=trials_per_task * len(contexts),
         max_trials_per_task=trials_per_task,
         num_trials_per_iter=min(64, max(1, trials_per_task)),
-        builder=ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S,
-                                        f_build=build_without_intrin),
+        builder=builder,
         runner=ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S),
         database=db,
         cost_model="xgb" if trials_per_task >= XGB_MIN_TRIALS else "random",
@@ -116,14 +132,24 @@ def tune_missing(mod: tvm.IRModule, target: Target, trials_per_task: int,
 
 def apply_database(mod: tvm.IRModule, target: Target, db_dir: str | os.PathLike,
                    stats: BuildStats) -> tvm.IRModule:
-    """Replace every PrimFunc that has a record by its best tuned schedule."""
+    """Replace every PrimFunc that has a record by the database's best schedule.
+
+    The best may be the default rules' own record (see `compete.py`): the function then
+    reports that rule's name, and `stats.choices` holds both measured latencies.
+    """
     target = tuning_target(target)
     db = open_database(db_dir, create=False)
     before = {gv.name_hint for gv, f in mod.functions_items()
               if isinstance(f, tirx.PrimFunc) and is_scheduled(f)}
+    choices = {gv.name_hint: compete.choice(db, f, target) for gv, f in mod.functions_items()
+               if isinstance(f, tirx.PrimFunc) and gv.name_hint not in before}
     with target, db:
         mod = relax.transform.MetaScheduleApplyDatabase()(mod)
     for gv, func in mod.functions_items():
         if isinstance(func, tirx.PrimFunc) and is_scheduled(func) and gv.name_hint not in before:
-            stats.rules[gv.name_hint] = "database"
+            name = gv.name_hint
+            found = choices.get(name)
+            stats.rules[name] = found["winner"] if found else "database"
+            if found:
+                stats.choices[name] = found
     return mod
