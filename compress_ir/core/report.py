@@ -97,6 +97,11 @@ _SIZE_FORMATS = (
 )
 
 
+def _tail(name: str, width: int) -> str:
+    """Keep the informative end of a long node name, marked as cut."""
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
 def format_sizes(sizes: dict[str, Any], max_layers: int = 8) -> list[str]:
     """Weight storage per format (totals, factor vs dense fp32) and the largest layers."""
     total = sizes["total"]
@@ -117,7 +122,7 @@ def format_sizes(sizes: dict[str, Any], max_layers: int = 8) -> list[str]:
     for row in layers[:max_layers]:
         view = "x".join(str(d) for d in row["view"])
         b = row["bytes"]
-        lines.append(f"  {row['node'][-24:]:24}{view:>12}{row['sparsity']:>8.1%}"
+        lines.append(f"  {_tail(row['node'], 24):24}{view:>12}{row['sparsity']:>8.1%}"
                      f"{row['distinct']:>8}{_human(b['dense']):>9}{_human(b['csr']):>9}"
                      f"{_human(b['dc']):>9}")
     if len(layers) > max_layers:
