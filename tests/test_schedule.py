@@ -494,3 +494,76 @@ def test_unlowerable_schedule_falls_back_with_reason(monkeypatch) -> None:
     assert stats.rules[name] == "fallback"
     assert "used before its definition" in stats.fallback_reasons[name], stats.fallback_reasons
     assert "contraction-broken schedule does not lower" in stats.fallback_reasons[name]
+
+
+def _mobilenet_block(rng: np.random.Generator) -> onnx.ModelProto:
+    """MobileNetV2 inverted residual + head: ReLU6 is ONNX Clip(0, 6) with constant bounds."""
+    nodes = [
+        helper.make_node("Conv", ["x", "W1", "B1"], ["e"], kernel_shape=[1, 1]),
+        helper.make_node("Clip", ["e", "lo", "hi"], ["e6"]),
+        helper.make_node("Conv", ["e6", "W2", "B2"], ["d"], kernel_shape=[3, 3], pads=[1] * 4,
+                         group=24),
+        helper.make_node("Clip", ["d", "lo", "hi"], ["d6"]),
+        helper.make_node("Conv", ["d6", "W3", "B3"], ["p"], kernel_shape=[1, 1]),
+        helper.make_node("Add", ["p", "x"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "Wf", "Bf"], ["y"], transB=1),
+    ]
+    inits = [_w(rng, "W1", (24, 8, 1, 1)), _w(rng, "B1", (24,)), _w(rng, "W2", (24, 1, 3, 3)),
+             _w(rng, "B2", (24,)), _w(rng, "W3", (8, 24, 1, 1)), _w(rng, "B3", (8,)),
+             _w(rng, "Wf", (10, 8)), _w(rng, "Bf", (10,)), _const("lo", 0.0), _const("hi", 6.0)]
+    return _model(nodes, inits, [1, 8, 9, 9])
+
+
+def _count_ops(mod: tvm.IRModule, name: str) -> int:
+    found = []
+    relax.analysis.post_order_visit(mod["main"].body, lambda e: found.append(
+        isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name == name))
+    return sum(found)
+
+
+def test_relu6_block_stays_nhwc_and_matches_onnxruntime() -> None:
+    """Clip imports as TE call_tirs that ConvertLayout cannot see through: without lifting
+    them, every ReLU6 is wrapped in NHWC->NCHW->NHWC transposes and the pool stays NCHW."""
+    from compress_ir.backend.schedule.pipeline import CPU_LAYOUTS, layout_passes
+
+    rng = np.random.default_rng(11)
+    model = _mobilenet_block(rng)
+    mod, shape = _import(model)
+    plain = tvm.transform.Sequential([relax.transform.FoldConstant(),
+                                      relax.transform.ConvertLayout(CPU_LAYOUTS)])(mod)
+    lifted = tvm.transform.Sequential(layout_passes())(mod)
+    assert _count_ops(plain, "relax.permute_dims") >= 6  # the unfixed layout: 2 per clip + ...
+    # what is left: input NCHW->NHWC, and the (1, 1, 1, C) pooled tensor back before Flatten
+    assert _count_ops(lifted, "relax.permute_dims") <= 2, lifted["main"].script()
+    assert _count_ops(lifted, "relax.mean") == 1
+    assert _count_ops(lifted, "relax.maximum") == 2 and _count_ops(lifted, "relax.minimum") == 2
+    assert _count_ops(lifted, "relax.call_tir") == 0
+    executable = compile_relax(mod, tvm.target.Target(X86))
+    x = (3 * rng.standard_normal(shape)).astype(np.float32)  # both clip bounds are hit
+    got, want = _run_tvm(executable, x), _ort(model, x)
+    assert got.shape == want.shape
+    rel = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
+    assert rel <= RTOL, rel
+
+
+def test_lift_only_takes_provable_scalar_max_min() -> None:
+    """A TE kernel is lifted on what its TIR computes, never on its name."""
+    from tvm import te, topi
+
+    from compress_ir.backend.schedule.lift import scalar_binary_op
+
+    x = te.placeholder((1, 4, 3, 3), name="x")
+    s = te.placeholder((), name="s")
+    full = te.placeholder((1, 4, 3, 3), name="full")
+    cases = {
+        "maximum": (topi.maximum(x, s), [x, s], relax.op.maximum),
+        "minimum": (topi.minimum(x, s), [x, s], relax.op.minimum),
+        "add": (topi.add(x, s), [x, s], None),
+        "max_full": (topi.maximum(x, full), [x, full], None),
+        "max_swapped": (topi.maximum(s, x), [s, x], None),
+    }
+    for name, (out, ins, want) in cases.items():
+        func = te.create_prim_func([*ins, out]).with_attr("global_symbol", "maximum")
+        assert scalar_binary_op(func) is want, name

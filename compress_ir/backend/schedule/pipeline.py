@@ -19,6 +19,7 @@ from tvm.target import Target
 
 from compress_ir.backend.schedule.analysis import is_scheduled
 from compress_ir.backend.schedule.cpu import cpu_params, schedule_cpu_func
+from compress_ir.backend.schedule.lift import LiftScalarElementwise
 
 # Desired layouts per op for CPU targets (ConvertLayout keeps what it cannot convert).
 CPU_LAYOUTS: dict[str, list[str]] = {
@@ -69,12 +70,20 @@ def is_gpu(target: Target) -> bool:
     return "gpu" in target.keys
 
 
+def layout_passes() -> list[tvm.transform.Pass]:
+    """CPU layout conversion. FoldConstant first: the importer's NaN guards on Clip bounds
+    must fold to scalars before its TE clip kernels can be lifted into Relax max/min, which
+    ConvertLayout sees through (else two transposes surround every ReLU6). CSE last: an
+    input read twice (a residual from the model input) gets one transpose, not two."""
+    return [relax.transform.FoldConstant(), LiftScalarElementwise,
+            relax.transform.ConvertLayout(CPU_LAYOUTS), relax.transform.FoldConstant(),
+            relax.transform.EliminateCommonSubexpr()]
+
+
 def prepare(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     """Layout conversion (CPU), then the target's dispatch + legalize + fuse passes."""
     mod = _pin_prescheduled(mod)
-    seq: list[tvm.transform.Pass] = []
-    if not is_gpu(target):
-        seq += [relax.transform.ConvertLayout(CPU_LAYOUTS), relax.transform.FoldConstant()]
+    seq: list[tvm.transform.Pass] = [] if is_gpu(target) else layout_passes()
     seq += [
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
