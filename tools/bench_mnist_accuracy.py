@@ -30,6 +30,7 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mnist_data import load_mnist  # noqa: E402
+from plot_style import finish_accuracy_axes, save_figure  # noqa: E402
 
 import compress_ir.passes  # noqa: E402,F401
 from compress_ir.api import compress  # noqa: E402
@@ -282,15 +283,8 @@ def plot(points: list[Point], out: Path) -> None:
                 tag = " (best at -50%)" if method in (best, best_rec) else ""
                 ax.plot(*zip(*pts, strict=True), style, marker="o", color=color, lw=2,
                         label=method + tag, zorder=2)
-        ax.axhline(dense, color="0.4", lw=0.8, label=f"dense {dense:.4f}")
-        ax.set_title(name)
-        ax.set_xlabel("MACs reduction")
-        ax.set_ylabel("test accuracy (no fine-tuning)")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_macs.png", dpi=110)
+        finish_accuracy_axes(ax, name, dense, "MACs reduction")
+    save_figure(fig, out / "accuracy_vs_macs.png")
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ import onnx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mnist_data import load_mnist  # noqa: E402
+from plot_style import finish_accuracy_axes, save_figure  # noqa: E402
 
 from compress_ir.api import compress  # noqa: E402
 from compress_ir.core.calibration import CalibrationSet  # noqa: E402
@@ -176,15 +177,8 @@ def plot(points: list[Point], out: Path) -> None:
             for p in (q for q in rows if q.method == label and q.setting == "2:4"):
                 ax.scatter([p.sparsity_all], [p.accuracy], marker="s", color=color, s=40,
                            label=f"{label.split(' /')[0]} 2:4")
-        ax.axhline(dense, color="0.4", lw=0.8, label=f"dense {dense:.4f}")
-        ax.set_title(name)
-        ax.set_xlabel("sparsity of all Conv/Gemm/MatMul weights")
-        ax.set_ylabel("test accuracy (no fine-tuning)")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_sparsity.png", dpi=110)
+        finish_accuracy_axes(ax, name, dense, "sparsity of all Conv/Gemm/MatMul weights")
+    save_figure(fig, out / "accuracy_vs_sparsity.png")
 
 
 def main() -> None:
