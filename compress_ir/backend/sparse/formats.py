@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from compress_ir.passes.analysis.encoding import bsr_encode
+
 # Candidate block shapes, preferred first: larger area first, then taller blocks
 # (row blocks vectorise over output features, the CPU kernels' fast axis).
 BLOCK_CANDIDATES: tuple[tuple[int, int], ...] = (
@@ -107,16 +109,17 @@ def choose_block(w: np.ndarray, min_sparsity: float,
 
 
 def to_bsr(w: np.ndarray, block: tuple[int, int]) -> BSR:
-    """Pack a dense 2-D matrix into BSR, keeping only blocks with a nonzero."""
+    """Kernel-ready BSR of a 2-D matrix the block tiles exactly.
+
+    The packing is the project's encoder (`passes/analysis/encoding.bsr_encode`, the one
+    the size report measures); the kernels only add the int32 index contract.
+    """
+    if not block_fits(w.shape, block):
+        raise ValueError(f"block {block} does not tile a {w.shape} matrix")
+    enc = bsr_encode(w, block)
     r, c = block
-    rows, cols = w.shape
-    nz = _block_nonzero(w, block)
-    bi, bj = np.nonzero(nz)  # row-major order: grouped by block row, columns ascending
-    tiles = w.reshape(rows // r, r, cols // c, c).transpose(0, 2, 1, 3)
-    values = np.ascontiguousarray(tiles[bi, bj]).astype(w.dtype)
-    indptr = np.zeros(rows // r + 1, dtype=np.int32)
-    np.cumsum(nz.sum(axis=1), out=indptr[1:])
-    return BSR((rows, cols), block, values.reshape(-1, r, c), bj.astype(np.int32), indptr)
+    return BSR(enc.shape, enc.block, enc.data.astype(w.dtype).reshape(-1, r, c),
+               enc.indices.astype(np.int32), enc.indptr.astype(np.int32))
 
 
 def detect_nm(w: np.ndarray, candidates: tuple[tuple[int, int], ...] = NM_CANDIDATES
