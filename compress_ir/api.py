@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from compress_ir.backend import Artifact, BuildOptions
 
 DEFAULT_TOLERANCE = 1e-4
-_SIZE_PASSES = frozenset({"sparsify", "share-weights"})  # passes whose effect is on storage
 
 
 @dataclass
@@ -122,7 +121,7 @@ def compress(
                  "stats": r.stats, "details": r.details} for p, r in result.results],
         checks=result.checks,
     )
-    if sizes or (sizes is None and any(p.name in _SIZE_PASSES for p in passes)):
+    if sizes or (sizes is None and any(p.changes_storage for p in passes)):
         from compress_ir.passes.analysis.size_report import size_report
 
         report["sizes"] = size_report(proto)

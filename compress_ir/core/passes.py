@@ -74,6 +74,9 @@ class Pass:
     summary: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     transforms: ClassVar[bool] = True
+    # True when the pass's gain is in storage (zeros, shared values), not in shapes: the
+    # report then adds the per-format size table.
+    changes_storage: ClassVar[bool] = False
 
     def __init__(self, options: Any | None = None) -> None:
         self.options = options if options is not None else self.Options()

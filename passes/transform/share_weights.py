@@ -162,6 +162,7 @@ def _weights(model: Model) -> dict[str, tuple[gs.Constant, list[gs.Node]]]:
 @register_pass("share-weights")
 class ShareWeights(Pass):
     summary = "k-means weight sharing per layer: at most 2^bits values, zeros kept (lossy)"
+    changes_storage = True
     Options = ShareWeightsOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:

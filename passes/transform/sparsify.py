@@ -472,6 +472,7 @@ def _fidelity(before: onnx.ModelProto, after: onnx.ModelProto, calib: Calibratio
 class Sparsify(Pass):
     summary = ("zero Conv/Gemm/MatMul weights: unstructured, N:M or block; magnitude or"
                " OBS (SparseGPT) criterion")
+    changes_storage = True
     Options = SparsifyOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
