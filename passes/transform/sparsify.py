@@ -59,6 +59,7 @@ from compress_ir.core.errors import UsageError
 from compress_ir.core.model import Model, infer_proto_shapes
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
 from compress_ir.passes.analysis.calibration_stats import ConvSampler
+from compress_ir.passes.analysis.encoding import unview, weight_view
 from compress_ir.passes.analysis.sparsegpt import (
     HessianAccumulator,
     dense_target,
@@ -198,31 +199,24 @@ class Layer:
         return weight_matrix_shape(self.node, tuple(self.weight.values.shape))
 
 
-def _transposed(node: gs.Node) -> bool:
-    """True when the stored weight is [reduction, out] (Gemm transB=0, MatMul)."""
-    if node.op == "Gemm":
-        return not int(node.attrs.get("transB", 0))
-    return node.op == "MatMul"
+def _trans_b(node: gs.Node) -> bool:
+    return bool(int(node.attrs.get("transB", 0))) if node.op == "Gemm" else False
 
 
 def to_matrix(node: gs.Node, weight: np.ndarray) -> np.ndarray:
-    """The stored weight as the `[out, reduction]` matrix."""
-    if node.op == "Conv":
-        return weight.reshape(weight.shape[0], -1)
-    return weight.T if _transposed(node) else weight
+    """The stored weight as the `[out, reduction]` matrix (the size report's view)."""
+    return weight_view(node.op, weight, _trans_b(node))
 
 
 def from_matrix(node: gs.Node, matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Inverse of `to_matrix`: back to the stored layout."""
-    if node.op == "Conv":
-        return matrix.reshape(shape)
-    return matrix.T if _transposed(node) else matrix
+    return unview(node.op, matrix, shape, _trans_b(node))
 
 
 def weight_matrix_shape(node: gs.Node, shape: tuple[int, ...]) -> tuple[int, int]:
     if node.op == "Conv":
         return shape[0], int(np.prod(shape[1:]))
-    return (shape[1], shape[0]) if _transposed(node) else (shape[0], shape[1])
+    return (shape[0], shape[1]) if _trans_b(node) else (shape[1], shape[0])
 
 
 def _weighted(node: gs.Node) -> gs.Constant | None:
