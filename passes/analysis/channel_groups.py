@@ -145,6 +145,7 @@ class ChannelAnalysis:
         self.fixups: list[Fixup] = []
         self.nodes: dict[str, gs.Node] = {}
         self.groups: list[ChannelGroup] = []
+        self.head_splits: list[Any] = []  # shape_rules.HeadSplit: channels split into heads
 
     # -- helpers used by op rules -------------------------------------------------
     def layout(self, tensor: gs.Tensor) -> Layout | None:
@@ -219,24 +220,82 @@ class ChannelAnalysis:
     def fixup(self, kind: str, node: gs.Node, **data: Any) -> None:
         self.fixups.append(Fixup(kind, node.name, data))
 
+    def block_symbols(self, symbols: Any, reason: str) -> None:
+        """Block the channels whose counts the given shape-value symbols stand for."""
+        for sym in symbols:
+            self.block(self.sym.channel_ids[sym], reason)
+
     # -- driver -----------------------------------------------------------------
     def run(self) -> ChannelAnalysis:
-        from compress_ir.passes.analysis.channel_rules import RULES, unknown_op
+        from compress_ir.passes.analysis.shape_values import ShapeValues
 
         graph = self.model.graph
         graph.toposort()
         self.nodes = {n.name: n for n in graph.nodes}
+        self.sym = ShapeValues(self)
         for node in graph.nodes:
-            if not any(self.layout(t) is not None for t in node.inputs) and node.op not in RULES:
-                continue  # an unknown op fed only by untracked tensors blocks nothing
-            rule = RULES.get(node.op, unknown_op)
-            rule(self, node)
+            self._visit(node)
         for out in graph.outputs:
             lay = self.layout(out)
             if lay is not None:
                 self.block(lay.ids, f"graph output {out.name!r} must keep its shape")
         self._build_groups()
         return self
+
+    def _visit(self, node: gs.Node) -> None:
+        """Run one node's channel rule and shape-value rule; never let missing info crash.
+
+        Whatever a rule cannot handle (unknown rank, unknown shape, a subgraph, an
+        exception from missing information) blocks the channels that reach the node,
+        with a reason naming it: never a guess, never an internal error.
+        """
+        from compress_ir.passes.analysis.channel_rules import RANK_FREE, RULES, unknown_op
+
+        where = f"{node.op} node {node.name!r}"
+        tracked = [t for t in node.inputs if self.layout(t) is not None]
+        if any(isinstance(v, gs.Graph) or (isinstance(v, list) and v
+                                           and isinstance(v[0], gs.Graph))
+               for v in node.attrs.values()):
+            outer = _subgraph_inputs(node)
+            for name in sorted(outer):
+                lay = self.layouts.get(name)
+                if lay is not None:
+                    self.block(lay.ids, f"{where} uses {name!r} inside a subgraph")
+            deps = set().union(set(), *(self.sym.deps_name(n) for n in outer))
+            self.block_symbols(deps, f"{where} uses a channel count inside a subgraph")
+            self.block_inputs(node, "subgraphs (If/Loop/Scan) are not analysed")
+        elif tracked or node.op in RULES:
+            unknown = [t.name for t in tracked
+                       if node.op not in RANK_FREE and self.rank(t) is None]
+            if unknown:
+                self.block_inputs(node, f"input {unknown[0]!r} has unknown rank")
+            else:
+                self._run_rule(RULES.get(node.op, unknown_op), node, where)
+        self.sym.visit(node)
+        if self.sym.propagates(node):
+            return
+        for idx, t in enumerate(node.inputs):
+            deps = self.sym.deps(t)
+            if deps and (node.name, idx) not in self.sym.accepted:
+                names = ", ".join(sorted(self.sym.channel_tensor[d] for d in deps))
+                self.block_symbols(
+                    deps, f"{where} uses a value computed from the channel count of {names}")
+
+    def _run_rule(self, rule: Any, node: gs.Node, where: str) -> None:
+        """Run `rule`; on an exception undo its recorded actions and block instead."""
+        n_slices, n_fixups, n_roots = len(self.slices), len(self.fixups), len(self.roots)
+        before = set(self.layouts)
+        try:
+            rule(self, node)
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError,
+                ArithmeticError) as exc:
+            del self.slices[n_slices:], self.fixups[n_fixups:]
+            for root in self.roots[n_roots:]:
+                self.block(np.arange(root.first, root.first + root.size),
+                           f"{where}: shape information is missing")
+            for name in set(self.layouts) - before:
+                self.block(self.layouts[name].ids, f"{where}: shape information is missing")
+            self.block_inputs(node, f"shape information is missing ({type(exc).__name__})")
 
     def _build_groups(self) -> None:
         n = len(self.elem_root)
@@ -300,6 +359,24 @@ class ChannelAnalysis:
         return {
             name: ~np.isin(self.unit_of[lay.ids], removed) for name, lay in self.layouts.items()
         }
+
+
+def _subgraph_inputs(node: gs.Node) -> set[str]:
+    """Names of outer-scope tensors a node's subgraphs read (recursively)."""
+    names: set[str] = set()
+    for value in node.attrs.values():
+        graphs = value if isinstance(value, list) else [value]
+        for g in graphs:
+            if not isinstance(g, gs.Graph):
+                continue
+            local = {t.name for t in g.inputs}
+            for n in g.nodes:
+                local.update(t.name for t in n.outputs)
+            for n in g.nodes:
+                names.update(t.name for t in n.inputs
+                             if t.name and t.name not in local and not isinstance(t, gs.Constant))
+                names.update(_subgraph_inputs(n) - local)
+    return names
 
 
 def analyse_channels(model: Model) -> ChannelAnalysis:

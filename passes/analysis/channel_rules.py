@@ -14,6 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, Layout
+from compress_ir.passes.analysis.shape_rules import constant_of_shape, expand, reshape, tile
 
 Rule = Callable[[ChannelAnalysis, gs.Node], None]
 
@@ -374,81 +375,6 @@ def resize(a: ChannelAnalysis, node: gs.Node) -> None:
     a.set_layout(node.outputs[0], lay.axis, lay.ids)
 
 
-def _reshape_groups(src: list[int], dst: list[int]) -> list[tuple[range, range]] | None:
-    """Pair runs of input and output dims with equal products (None if impossible)."""
-    groups, i, j = [], 0, 0
-    while i < len(src) or j < len(dst):
-        si, sj, pi, pj = i, j, 1, 1
-        if i < len(src):
-            pi, i = src[i], i + 1
-        if j < len(dst):
-            pj, j = dst[j], j + 1
-        while pi != pj:
-            if pi < pj and i < len(src):
-                pi, i = pi * src[i], i + 1
-            elif pj < pi and j < len(dst):
-                pj, j = pj * dst[j], j + 1
-            else:
-                return None
-        groups.append((range(si, i), range(sj, j)))
-    return groups
-
-
-def reshape(a: ChannelAnalysis, node: gs.Node) -> None:
-    """Reshape/Flatten: map the channel axis through merged or split dims."""
-    x, y = node.inputs[0], node.outputs[0]
-    lay = a.layout(x)
-    if lay is None:
-        return
-    src, dst = a.shape(x), a.shape(y)
-    if node.op == "Reshape" and a.const(node.inputs[1]) is None:
-        a.block(lay.ids, f"Reshape node {node.name!r}: target shape is computed at run time")
-        return
-    if not src or not dst:
-        a.block(lay.ids, f"{node.op} node {node.name!r}: shapes are unknown")
-        return
-    # a shared leading prefix (typically a symbolic batch dim) is left alone
-    lead = 0
-    while lead < min(len(src), len(dst), lay.axis) and src[lead] == dst[lead]:
-        lead += 1
-    if not all(isinstance(d, int) for d in (*src[lead:], *dst[lead:])):
-        a.block(lay.ids, f"{node.op} node {node.name!r}: shapes are not static")
-        return
-    groups = [
-        (range(s.start + lead, s.stop + lead), range(d.start + lead, d.stop + lead))
-        for s, d in _reshape_groups(list(src[lead:]), list(dst[lead:])) or []
-    ]
-    group = next((g for g in groups if lay.axis in g[0]), None)
-    if group is None or not len(group[1]):
-        a.block(lay.ids, f"{node.op} node {node.name!r}: cannot map the channel axis")
-        return
-    src_dims, dst_axes = group
-    in_dims = [src[d] for d in src_dims]
-    bshape = [1] * len(in_dims)
-    bshape[lay.axis - src_dims.start] = -1
-    full = np.broadcast_to(lay.ids.reshape(bshape), in_dims).reshape([dst[d] for d in dst_axes])
-    axis = _choose_axis(full)
-    slices = np.moveaxis(full, axis, 0).reshape(full.shape[axis], -1)
-    for row in slices:
-        a.unite(np.full(row.size, row[0]), row)
-    new_axis = dst_axes.start + axis
-    a.set_layout(y, new_axis, slices[:, 0])
-    if node.op == "Reshape":
-        a.fixup("reshape-shape", node, axis=new_axis, shape=list(dst), by=y.name)
-
-
-def _choose_axis(full: np.ndarray) -> int:
-    """The output axis to carry channels after a split: disjoint slices, most units."""
-    best, best_key = full.ndim - 1, None
-    for axis in range(full.ndim):
-        rows = np.moveaxis(full, axis, 0).reshape(full.shape[axis], -1)
-        disjoint = sum(np.unique(r).size for r in rows) == np.unique(full).size
-        key = (disjoint, full.shape[axis], axis)
-        if best_key is None or key > best_key:
-            best, best_key = axis, key
-    return best
-
-
 def squeeze(a: ChannelAnalysis, node: gs.Node) -> None:
     x = node.inputs[0]
     lay = a.layout(x)
@@ -524,6 +450,9 @@ def matmul(a: ChannelAnalysis, node: gs.Node) -> None:
     if weight is None or a.const(x) is not None or weight.ndim < 2:
         a.block_inputs(node, "MatMul without a constant right-hand weight matrix")
         return
+    if a.rank(y) is None:
+        a.block_inputs(node, "output rank unknown")
+        return
     lay = a.layout(x)
     if lay is not None:
         if lay.axis == a.rank(x) - 1:
@@ -583,16 +512,8 @@ def gather(a: ChannelAnalysis, node: gs.Node) -> None:
     a.set_layout(node.outputs[0], new_axis, lay.ids)
 
 
-def shape_op(a: ChannelAnalysis, node: gs.Node) -> None:
-    lay = a.layout(node.inputs[0])
-    if lay is None:
-        return
-    rank = a.rank(node.inputs[0])
-    start = _norm(int(node.attrs.get("start", 0)), rank)
-    end = node.attrs.get("end")
-    end = rank if end is None else _norm(int(end), rank)
-    if start <= lay.axis < end:
-        a.block(lay.ids, f"Shape node {node.name!r} exposes the channel count to computed values")
+def shape_only(a: ChannelAnalysis, node: gs.Node) -> None:
+    """Shape/Size read dims, not values: `shape_values` tracks what they expose."""
 
 
 UNARY = (
@@ -606,6 +527,10 @@ REDUCE = (
     "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum "
     "ReduceLogSumExp ReduceSumSquare ArgMax ArgMin"
 ).split()
+
+# rules that never read a tracked input's rank (the driver blocks the others when it is unknown)
+RANK_FREE = {*UNARY, *POOL, "Conv", "ConvTranspose", "BatchNormalization",
+             "InstanceNormalization", "GroupNormalization", "Gemm", "Shape", "Size"}
 
 RULES: dict[str, Rule] = {
     **{op: passthrough for op in UNARY},
@@ -627,6 +552,9 @@ RULES: dict[str, Rule] = {
     "Upsample": resize,
     "Reshape": reshape,
     "Flatten": reshape,
+    "Expand": expand,
+    "Tile": tile,
+    "ConstantOfShape": constant_of_shape,
     "Squeeze": squeeze,
     "Unsqueeze": unsqueeze,
     "Transpose": transpose,
@@ -636,7 +564,8 @@ RULES: dict[str, Rule] = {
     "LogSoftmax": softmax,
     "Hardmax": softmax,
     "Gather": gather,
-    "Shape": shape_op,
+    "Shape": shape_only,
+    "Size": shape_only,
     "LRN": barrier("LRN normalises each channel by its neighbouring channels", True),
     "LpNormalization": barrier("LpNormalization normalises across an axis", True),
     "DepthToSpace": barrier("DepthToSpace moves channels into spatial positions"),

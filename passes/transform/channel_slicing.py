@@ -80,16 +80,39 @@ def _fix_slice(model: Model, node: gs.Node, f: Fixup, keep: dict) -> None:
             _ints_input(node, index, values)
 
 
-def _fix_reshape(model: Model, node: gs.Node, f: Fixup, keep: dict) -> None:
-    old = [int(v) for v in np.atleast_1d(node.inputs[1].values)]
-    new_shape = list(f.data["shape"])
-    new_shape[f.data["axis"]] = int(keep[f.data["by"]].sum())
-    fixed = [
-        v if v in (0, -1) or not isinstance(new_shape[i], int) else new_shape[i]
-        for i, v in enumerate(old)
-    ]
-    if fixed != old:
-        _ints_input(node, 1, fixed)
+def _fix_shape_element(model: Model, node: gs.Node, f: Fixup, keep: dict) -> None:
+    """Set one literal element of a shape input to the kept channel count.
+
+    `how`: the input is a constant (`const`), or the literal comes from a constant
+    input of the Concat that builds it (`concat`, copied if shared), or else an
+    `Add` of a one-hot delta is inserted before the op (`delta`): constants other
+    nodes read are never changed under them.
+    """
+    index, pos, old = f.data["index"], f.data["position"], f.data["old"]
+    new = int(keep[f.data["by"]].sum())
+    if new == old:
+        return
+    shape_t = node.inputs[index]
+    if f.data["how"] == "const":
+        values = np.array(shape_t.values).copy()
+        values.flat[pos] = new
+        node.inputs[index] = gs.Constant(f"{node.name}__{index}_pruned", values)
+    elif f.data["how"] == "concat":
+        cname, cindex, cpos = f.data["origin"]
+        concat = next(n for n in model.graph.nodes if n.name == cname)
+        values = np.array(concat.inputs[cindex].values).copy()
+        values.flat[cpos] = new
+        _set_const(concat, cindex, values)
+    else:
+        delta = np.zeros(shape_t.shape[0] if shape_t.shape else pos + 1, dtype=np.int64)
+        delta[pos] = new - old
+        out = gs.Variable(f"{shape_t.name}__{node.name}_pruned", dtype=np.int64,
+                          shape=list(delta.shape))
+        add = gs.Node("Add", name=f"{node.name}__shape_delta",
+                      inputs=[shape_t, gs.Constant(f"{node.name}__shape_delta", delta)],
+                      outputs=[out])
+        model.graph.nodes.append(add)
+        node.inputs[index] = out
 
 
 def _fix_resize(model: Model, node: gs.Node, f: Fixup, keep: dict) -> None:
@@ -112,7 +135,7 @@ FIXUPS: dict[str, Callable[[Model, gs.Node, Fixup, dict], None]] = {
     "conv-group": _fix_conv_group,
     "split-sizes": _fix_split,
     "slice-range": _fix_slice,
-    "reshape-shape": _fix_reshape,
+    "shape-element": _fix_shape_element,
     "resize-sizes": _fix_resize,
     "groupnorm-groups": _fix_groupnorm,
     "groupnorm-param": _fix_groupnorm_param,

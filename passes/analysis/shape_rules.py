@@ -1,0 +1,347 @@
+"""Channel rules for ops whose behaviour is set by a shape tensor.
+
+Reshape, Flatten, Expand, Tile and ConstantOfShape read a shape (or repeats)
+that exporters often compute at run time from `Shape`. Their symbolic value
+(`shape_values`) says which elements are literals, symbolic dims (batch,
+sequence) or channel counts. A rule accepts a shape input only after checking
+that, for several pruned channel counts, the shape the op will compute equals the
+shape the pruned model needs; literals that hold a channel-derived size are
+rewritten (`shape-element` fixups). Anything else blocks with the node's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import sympy
+
+from compress_ir.passes.analysis.channel_groups import ChannelAnalysis
+from compress_ir.passes.analysis.shape_values import SymValue, concrete, prime_env
+
+SAMPLES = 3  # pruned channel counts tried when checking that a shape follows
+
+
+@dataclass
+class HeadSplit:
+    """A reshape that splits one channel axis into several (attention heads).
+
+    `table[i0, i1, ...]` is the element id at each position of the split dims
+    (`axes` of `tensor`); channel `c` of the input sits at `table.flat[c]`, i.e.
+    (head, position) = divmod(c, head_dim) for a `[heads, head_dim]` split.
+    `carried` is the output axis the channels are tracked on; the other split
+    axes are kept whole (every unit spans all of them).
+    """
+
+    node: str
+    tensor: str
+    axes: list[int]
+    table: np.ndarray
+    carried: int
+
+
+def _block(a: ChannelAnalysis, node: gs.Node, ids: np.ndarray, reason: str) -> None:
+    a.block(ids, f"{node.op} node {node.name!r}: {reason}")
+
+
+def _reshape_groups(src: list[int], dst: list[int]) -> list[tuple[range, range]] | None:
+    """Pair runs of input and output dims with equal products (None if impossible)."""
+    groups, i, j = [], 0, 0
+    while i < len(src) or j < len(dst):
+        si, sj, pi, pj = i, j, 1, 1
+        if i < len(src):
+            pi, i = src[i], i + 1
+        if j < len(dst):
+            pj, j = dst[j], j + 1
+        while pi != pj:
+            if pi < pj and i < len(src):
+                pi, i = pi * src[i], i + 1
+            elif pj < pi and j < len(dst):
+                pj, j = pj * dst[j], j + 1
+            else:
+                return None
+        groups.append((range(si, i), range(sj, j)))
+    return groups
+
+
+def _resolve(src: list[sympy.Expr], target: list[sympy.Expr], allowzero: bool
+             ) -> list[sympy.Expr] | None:
+    """The output shape a Reshape computes from `target` (0 copies, -1 infers)."""
+    dst: list[sympy.Expr | None] = []
+    for j, e in enumerate(target):
+        if e == 0 and not allowzero:
+            if j >= len(src):
+                return None
+            dst.append(src[j])
+        elif e == -1:
+            dst.append(None)
+        else:
+            dst.append(e)
+    holes = [j for j, d in enumerate(dst) if d is None]
+    if len(holes) > 1:
+        return None
+    if holes:
+        known = sympy.Mul(*[d for d in dst if d is not None])
+        dst[holes[0]] = sympy.cancel(sympy.Mul(*src) / known)
+    return dst
+
+
+def _samples(count: int, positions: int) -> list[int]:
+    """Channel counts below `count` that leave a whole number of `positions`."""
+    valid = [k for k in range(1, count) if (k * positions) % count == 0]
+    if len(valid) <= SAMPLES:
+        return valid
+    return [valid[0], valid[len(valid) // 2], valid[-1]]
+
+
+def _target_mismatch(
+    src: list[sympy.Expr], target: list[sympy.Expr], dst: list[sympy.Expr], chan: sympy.Symbol,
+    count: int, axis: int, rewrite: set[int], allowzero: bool,
+) -> int | None:
+    """First target element that does not follow a pruned channel count (None: all do).
+
+    The pruned input has `k` channels; the output must then have
+    `dst[axis] * k / count` positions on `axis` and every other dim unchanged.
+    Checked for a few `k` with symbolic dims set to two assignments of large
+    primes; `rewrite` elements are literals the transform will set to the count.
+    """
+    size = None
+    for shift in (0, 3):
+        env = prime_env([*src, *target, *dst], skip={chan}, shift=shift)
+        full = {**env, chan: sympy.Integer(count)}
+        size = concrete(dst[axis], full)
+        if size is None:
+            return axis
+        for k in _samples(count, size):
+            pruned = {**env, chan: sympy.Integer(k)}
+            src_k = [concrete(e, pruned) for e in src]
+            want = [concrete(d, full) for d in dst]
+            want[axis] = size * k // count
+            got: list[int | None] = []
+            for j, e in enumerate(target):
+                if j in rewrite:
+                    got.append(want[j])
+                elif e == 0 and not allowzero:
+                    got.append(src_k[j])
+                elif e == -1:
+                    got.append(-1)
+                else:
+                    got.append(concrete(e, pruned))
+            if any(v is None for v in (*src_k, *got)):
+                return next(j for j, v in enumerate(got) if v is None) if None in got else 0
+            if -1 in got:
+                hole = got.index(-1)
+                rest = int(np.prod([v for j, v in enumerate(got) if j != hole], dtype=object))
+                total = int(np.prod(src_k, dtype=object))
+                got[hole] = total // rest if rest and total % rest == 0 else None
+            for j, (g, w) in enumerate(zip(got, want, strict=True)):
+                if g != w:
+                    return j
+    return None
+
+
+def _literal(e: sympy.Expr) -> bool:
+    return e.is_Integer and int(e) not in (0, -1)
+
+
+def _rewrite_fixup(a: ChannelAnalysis, node: gs.Node, index: int, value: SymValue,
+                   position: int, by: gs.Tensor) -> None:
+    """Record how the transform rewrites literal `position` of shape input `index`."""
+    shape_t = node.inputs[index]
+    origin = value.origin(position)
+    if isinstance(shape_t, gs.Constant):
+        how, data = "const", {}
+    elif origin is not None and len(shape_t.outputs) == 1:
+        how, data = "concat", {"origin": list(origin)}
+    else:
+        how, data = "delta", {}
+    a.fixup("shape-element", node, index=index, position=position, by=by.name,
+            old=int(value.elems[position]), how=how, **data)
+
+
+def _choose_axes(full: np.ndarray) -> list[int]:
+    """Output axes that could carry the channels after a split, best first.
+
+    Disjoint slices first (a unit stays one slice), then the most units.
+    """
+    keys = []
+    for axis in range(full.ndim):
+        rows = np.moveaxis(full, axis, 0).reshape(full.shape[axis], -1)
+        disjoint = sum(np.unique(r).size for r in rows) == np.unique(full).size
+        keys.append(((disjoint, full.shape[axis], axis), axis))
+    return [axis for _, axis in sorted(keys, reverse=True)]
+
+
+def reshape(a: ChannelAnalysis, node: gs.Node) -> None:
+    """Reshape/Flatten: map the channel axis through merged or split dims.
+
+    Dims may be symbolic (a batch named `N` or `unk__0`, a sequence): only the
+    dims merged with or split from the channel axis must be static. A target
+    computed at run time is accepted when it follows the pruned channel count.
+    """
+    x, y = node.inputs[0], node.outputs[0]
+    lay = a.layout(x)
+    if lay is None:
+        return
+    src = a.sym.dims(x)
+    if src is None:
+        _block(a, node, lay.ids, "input shape is unknown")
+        return
+    chan = a.sym.channel_symbol(x)
+    count = int(lay.ids.size)
+    target: SymValue | None = None
+    allowzero = bool(node.attrs.get("allowzero", 0))
+    if node.op == "Flatten":
+        ax = int(node.attrs.get("axis", 1))
+        ax = ax + len(src) if ax < 0 else ax
+        dst = [sympy.Mul(*src[:ax]), sympy.Mul(*src[ax:])]
+    else:
+        target = a.sym.value(node.inputs[1])
+        if target is None or target.scalar:
+            _block(a, node, lay.ids, "target shape is computed at run time by ops the "
+                   "channel analysis does not follow")
+            return
+        if a.sym.deps(node.inputs[1]) - {chan}:
+            _block(a, node, lay.ids, "target shape depends on another tensor's channel count")
+            return
+        dst = _resolve(src, target.elems, allowzero)
+        if dst is None:
+            _block(a, node, lay.ids, "cannot resolve the target shape")
+            return
+    env = {**prime_env([*src, *dst], skip={chan}), chan: sympy.Integer(count)}
+    src_c = [concrete(e, env) for e in src]
+    dst_c = [concrete(e, env) for e in dst]
+    if None in src_c or None in dst_c:
+        _block(a, node, lay.ids, "target shape is not a whole number of elements")
+        return
+    group = next((g for g in _reshape_groups(src_c, dst_c) or [] if lay.axis in g[0]), None)
+    if group is None or not len(group[1]):
+        _block(a, node, lay.ids, "cannot map the channel axis")
+        return
+    src_dims, dst_axes = group
+    if any(src[d].free_symbols - {chan} for d in src_dims) or any(
+            dst[d].free_symbols - {chan} for d in dst_axes):
+        _block(a, node, lay.ids, "the channel axis is merged with a symbolic dim")
+        return
+    in_dims = [src_c[d] for d in src_dims]
+    bshape = [1] * len(in_dims)
+    bshape[lay.axis - src_dims.start] = -1
+    full = np.broadcast_to(lay.ids.reshape(bshape), in_dims).reshape(
+        [dst_c[d] for d in dst_axes])
+    failure = None
+    for axis in _choose_axes(full):
+        new_axis = dst_axes.start + axis
+        rewrite = set()
+        if target is not None:
+            if _literal(target.elems[new_axis]):
+                rewrite.add(new_axis)
+            bad = _target_mismatch(src, target.elems, dst, chan, count, new_axis, rewrite,
+                                   allowzero)
+            if bad is not None:
+                failure = failure or bad
+                continue
+        break
+    else:
+        _block(a, node, lay.ids, f"target shape element {failure} ({target.elems[failure]}) "
+               "does not follow the pruned channel count")
+        return
+    slices = np.moveaxis(full, axis, 0).reshape(full.shape[axis], -1)
+    for row in slices:
+        a.unite(np.full(row.size, row[0]), row)
+    a.set_layout(y, new_axis, slices[:, 0])
+    if len(dst_axes) > 1 and len(src_dims) == 1:
+        a.head_splits.append(HeadSplit(node.name, y.name, list(dst_axes), full, new_axis))
+    if target is not None:
+        a.sym.accept(node, 1)
+        for j in rewrite:
+            _rewrite_fixup(a, node, 1, target, j, y)
+
+
+def expand(a: ChannelAnalysis, node: gs.Node) -> None:
+    """Expand: channels stay on their axis; the shape element there is 1, C or follows C."""
+    x, y = node.inputs[0], node.outputs[0]
+    lay = a.layout(x)
+    value = a.sym.value(node.inputs[1])
+    if lay is None:
+        _follow_shape(a, node, 1, a.sym.dims(x))
+        return
+    rank = a.rank(x)
+    if value is None or value.scalar:
+        _block(a, node, lay.ids, "shape is computed at run time by ops the channel analysis "
+               "does not follow")
+        return
+    chan = a.sym.channel_symbol(x)
+    if a.sym.deps(node.inputs[1]) - {chan}:
+        _block(a, node, lay.ids, "shape depends on another tensor's channel count")
+        return
+    out_rank = max(rank, len(value.elems))
+    axis = lay.axis + out_rank - rank
+    pos = axis - (out_rank - len(value.elems))
+    others = [e for j, e in enumerate(value.elems) if j != pos]
+    if any(chan in e.free_symbols for e in others):
+        _block(a, node, lay.ids, "shape uses the channel count on another axis")
+        return
+    rewrite = False
+    if pos >= 0:
+        e = value.elems[pos]
+        if e == lay.ids.size and e != 1:
+            rewrite = True
+        elif e not in (1, chan):
+            _block(a, node, lay.ids, f"shape element {pos} ({e}) does not follow the channels")
+            return
+    a.set_layout(y, axis, lay.ids)
+    a.sym.accept(node, 1)
+    if rewrite:
+        _rewrite_fixup(a, node, 1, value, pos, y)
+
+
+def tile(a: ChannelAnalysis, node: gs.Node) -> None:
+    """Tile: allowed when the channel axis is repeated once."""
+    x, y = node.inputs[0], node.outputs[0]
+    lay = a.layout(x)
+    if lay is None:
+        return
+    value = a.sym.value(node.inputs[1])
+    if value is None or len(value.elems) <= lay.axis or value.elems[lay.axis] != 1:
+        _block(a, node, lay.ids, "repeats the channel axis (or its repeats are unknown)")
+        return
+    if a.sym.deps(node.inputs[1]):
+        _block(a, node, lay.ids, "repeats depend on a channel count")
+        return
+    a.set_layout(y, lay.axis, lay.ids)
+    a.sym.accept(node, 1)
+
+
+def constant_of_shape(a: ChannelAnalysis, node: gs.Node) -> None:
+    """ConstantOfShape: a dim equal to a channel count makes the output carry those channels."""
+    _follow_shape(a, node, 0, None)
+
+
+def _follow_shape(a: ChannelAnalysis, node: gs.Node, index: int,
+                  base: list[sympy.Expr] | None) -> None:
+    """An untracked op whose shape input may hold a channel count (Expand, ConstantOfShape).
+
+    The output takes the layout of the channels whose count sits, as is, at one
+    position of the shape (and the op's data input is 1 there); its values are
+    the same at every channel, so removing channels there matches the masked model.
+    Any other use of a channel count is left to the caller's leak check (blocked).
+    """
+    t = node.inputs[index]
+    value = a.sym.value(t)
+    deps = a.sym.deps(t)
+    if value is None or not deps:
+        return
+    hits = [(j, e) for j, e in enumerate(value.elems) if e in deps]
+    rest = [e for j, e in enumerate(value.elems) if e not in deps]
+    if len(hits) != 1 or any(a.sym.channels_of(e) for e in rest):
+        return
+    pos, sym = hits[0]
+    out_rank = len(value.elems) if base is None else max(len(base), len(value.elems))
+    axis = pos + out_rank - len(value.elems)
+    if base is not None:
+        local = axis - (out_rank - len(base))
+        if local >= 0 and base[local] != 1:
+            return
+    a.set_layout(node.outputs[0], axis, a.sym.channel_ids[sym])
+    a.sym.accept(node, index)

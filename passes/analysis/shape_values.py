@@ -1,0 +1,375 @@
+"""Symbolic values of shape tensors, with the channel counts they depend on.
+
+Exporters build reshape targets at run time: `Shape -> Gather -> Unsqueeze ->
+Concat -> Reshape` (torch's `x.view(x.size(0), -1)`), `Shape -> Slice -> Concat`
+(attention's `[B, S, heads, head_dim]`). To prune through them the channel
+analysis must know, for every element of such a tensor, whether it is a literal
+(and which constant holds it), a symbolic dim (batch, sequence, H, W), or a value
+derived from a channel count that pruning changes.
+
+Why not `onnxruntime.tools.symbolic_shape_infer` or onnx's `data_prop`: both
+compute shapes and values (the frontend already uses `data_prop`), but a channel
+count reaches them as a plain integer read off a weight, so neither can say which
+element *is* a channel count. Here every tracked channel axis is a sympy symbol
+(one per distinct layout), symbolic dims are symbols named after their
+`dim_param`, and literals are integers: a small value propagation over the ops
+exporters use for shape arithmetic (`RULES` below). Any op it does not follow
+leaves its output *tainted* by the channel symbols of its inputs, so the channel
+analysis can block, never guess.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import sympy
+
+if TYPE_CHECKING:
+    from compress_ir.passes.analysis.channel_groups import ChannelAnalysis
+
+MAX_ELEMENTS = 64  # longer integer tensors are data, not shapes
+
+Origin = tuple[str, int, int]  # (node, input index, flat position) of a literal element
+
+
+@dataclass
+class SymValue:
+    """Value of a 0-D or 1-D integer tensor: one sympy expression per element."""
+
+    elems: list[sympy.Expr]
+    scalar: bool = False
+    origins: list[Origin | None] | None = None  # literals read directly off a constant
+
+    def origin(self, i: int) -> Origin | None:
+        return self.origins[i] if self.origins else None
+
+
+class ShapeValues:
+    """Symbolic values and channel dependence of the integer tensors of one graph."""
+
+    def __init__(self, analysis: ChannelAnalysis) -> None:
+        self.a = analysis
+        self.values: dict[str, SymValue] = {}
+        self.taint: dict[str, set[sympy.Symbol]] = {}
+        self.channel_ids: dict[sympy.Symbol, np.ndarray] = {}  # symbol -> layout ids
+        self.channel_tensor: dict[sympy.Symbol, str] = {}  # symbol -> a tensor it counts
+        self._by_ids: dict[bytes, sympy.Symbol] = {}
+        self._unknown: dict[tuple[str, int], sympy.Symbol] = {}
+        self.accepted: set[tuple[str, int]] = set()  # (node, input) checked by a rule
+
+    # -- symbols ------------------------------------------------------------------
+    def channel_symbol(self, tensor: gs.Tensor) -> sympy.Symbol:
+        """The symbol counting `tensor`'s tracked channels (shared by equal layouts)."""
+        lay = self.a.layout(tensor)
+        key = lay.ids.tobytes()
+        sym = self._by_ids.get(key)
+        if sym is None:
+            sym = sympy.Symbol(f"C{len(self._by_ids)}", integer=True, positive=True)
+            self._by_ids[key] = sym
+            self.channel_ids[sym] = lay.ids
+            self.channel_tensor[sym] = tensor.name
+        return sym
+
+    def dims(self, tensor: gs.Tensor) -> list[sympy.Expr] | None:
+        """Symbolic shape: ints, named dims, and the channel symbol on the tracked axis."""
+        shape = self.a.shape(tensor)
+        if shape is None:
+            return None
+        lay = self.a.layout(tensor)
+        out: list[sympy.Expr] = []
+        for axis, d in enumerate(shape):
+            if lay is not None and axis == lay.axis:
+                out.append(self.channel_symbol(tensor))
+            elif isinstance(d, (int, np.integer)) and d >= 0:
+                out.append(sympy.Integer(int(d)))
+            elif isinstance(d, str) and d:
+                out.append(sympy.Symbol(d, integer=True, positive=True))
+            else:  # unknown and unnamed: a symbol of its own
+                key = (tensor.name, axis)
+                if key not in self._unknown:
+                    self._unknown[key] = sympy.Symbol(
+                        f"?{tensor.name}[{axis}]", integer=True, positive=True)
+                out.append(self._unknown[key])
+        return out
+
+    def is_channel(self, sym: sympy.Basic) -> bool:
+        return sym in self.channel_ids
+
+    def channels_of(self, expr: sympy.Expr) -> set[sympy.Symbol]:
+        return {s for s in expr.free_symbols if s in self.channel_ids}
+
+    # -- values -------------------------------------------------------------------
+    def value(self, tensor: gs.Tensor) -> SymValue | None:
+        """The symbolic value of a small integer tensor (constant or propagated)."""
+        if tensor.name in self.values:
+            return self.values[tensor.name]
+        const = self.a.const(tensor)
+        if const is None or const.ndim > 1 or const.size > MAX_ELEMENTS:
+            return None
+        if not np.issubdtype(const.dtype, np.integer):
+            return None
+        return SymValue([sympy.Integer(int(v)) for v in const.ravel()], scalar=const.ndim == 0)
+
+    def deps(self, tensor: gs.Tensor) -> set[sympy.Symbol]:
+        """Channel symbols a tensor's value depends on (known value or taint)."""
+        return self.deps_name(tensor.name)
+
+    def deps_name(self, name: str) -> set[sympy.Symbol]:
+        out = set(self.taint.get(name, ()))
+        val = self.values.get(name)
+        if val is not None:
+            for e in val.elems:
+                out |= self.channels_of(e)
+        return out
+
+    def accept(self, node: gs.Node, index: int) -> None:
+        """A rule has checked that input `index` of `node` follows the channel counts."""
+        self.accepted.add((node.name, index))
+
+    def visit(self, node: gs.Node) -> None:
+        """Propagate values through `node`; taint what cannot be followed."""
+        rule = RULES.get(node.op)
+        if rule is None:
+            return
+        involved = any(t.name in self.values or self.deps(t) for t in node.inputs)
+        if not involved and node.op not in ("Shape", "Size"):
+            return
+        try:
+            outs = rule(self, node)
+        except (ArithmeticError, ValueError, TypeError, IndexError, KeyError):
+            outs = None
+        if outs is None:
+            deps = set().union(*(self.deps(t) for t in node.inputs)) if node.inputs else set()
+            if deps:
+                for out in node.outputs:
+                    self.taint[out.name] = deps
+            return
+        for out, val in zip(node.outputs, outs, strict=False):
+            if val is not None:
+                self.values[out.name] = val
+
+    def propagates(self, node: gs.Node) -> bool:
+        return node.op in RULES
+
+
+# -- helpers ------------------------------------------------------------------------
+def _int_attr(node: gs.Node, name: str, default: int) -> int:
+    value = node.attrs.get(name)
+    return default if value is None else int(value)
+
+
+def _ints(sv: ShapeValues, node: gs.Node, attr: str, index: int) -> list[int] | None:
+    if node.attrs.get(attr) is not None:
+        return [int(v) for v in np.atleast_1d(node.attrs[attr])]
+    if index >= len(node.inputs) or not node.inputs[index].name:
+        return None
+    val = sv.value(node.inputs[index])
+    if val is None or not all(e.is_Integer for e in val.elems):
+        raise ValueError("non-literal indices")
+    return [int(e) for e in val.elems]
+
+
+def _vec(sv: ShapeValues, t: gs.Tensor) -> SymValue:
+    val = sv.value(t)
+    if val is None:
+        raise ValueError(f"no symbolic value for {t.name!r}")
+    return val
+
+
+def _same(vals: list[SymValue], scalar: bool) -> list[SymValue | None]:
+    return [SymValue(v.elems, scalar) if v else None for v in vals]
+
+
+# -- rules: each returns one SymValue (or None) per output, or None if not followed ---
+SymRule = Callable[[ShapeValues, gs.Node], "list[SymValue | None] | None"]
+
+
+def _shape(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
+    dims = sv.dims(node.inputs[0])
+    if dims is None:
+        return None
+    rank = len(dims)
+    start = _int_attr(node, "start", 0)
+    end = node.attrs.get("end")
+    end = rank if end is None else int(end)
+    return [SymValue(dims[slice(start, end)])]
+
+
+def _size(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
+    dims = sv.dims(node.inputs[0])
+    return None if dims is None else [SymValue([sympy.Mul(*dims)], scalar=True)]
+
+
+def _identity(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
+    val = _vec(sv, node.inputs[0])
+    return [SymValue(list(val.elems), val.scalar)]
+
+
+def _cast(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
+    import onnx
+
+    to = int(node.attrs["to"])
+    if to not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16,
+                  onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
+                  onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.FLOAT,
+                  onnx.TensorProto.DOUBLE):
+        return None
+    return _identity(sv, node)
+
+
+def _unsqueeze(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
+    val = _vec(sv, node.inputs[0])
+    axes = _ints(sv, node, "axes", 1)
+    if not val.scalar or axes is None or len(axes) != 1:
+        return None
+    return [SymValue(list(val.elems), scalar=False)]
+
+
+def _squeeze(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
+    val = _vec(sv, node.inputs[0])
+    if val.scalar or len(val.elems) != 1:
+        return None
+    return [SymValue(list(val.elems), scalar=True)]
+
+
+def _gather(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
+    data = _vec(sv, node.inputs[0])
+    idx = sv.value(node.inputs[1])
+    if data.scalar or idx is None or not all(e.is_Integer for e in idx.elems):
+        return None
+    n = len(data.elems)
+    picks = [int(e) + n if int(e) < 0 else int(e) for e in idx.elems]
+    return [SymValue([data.elems[p] for p in picks], scalar=idx.scalar)]
+
+
+def _slice(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
+    data = _vec(sv, node.inputs[0])
+    starts, ends = _ints(sv, node, "starts", 1), _ints(sv, node, "ends", 2)
+    axes, steps = _ints(sv, node, "axes", 3), _ints(sv, node, "steps", 4)
+    if data.scalar or starts is None or ends is None or len(starts) != 1:
+        return None
+    if axes is not None and axes[0] not in (0, -1):
+        return None
+    step = 1 if steps is None else steps[0]
+    n = len(data.elems)
+    start, stop, step = slice(starts[0], ends[0], step).indices(n)
+    return [SymValue(data.elems[start:stop:step])]
+
+
+def _concat(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
+    elems: list[sympy.Expr] = []
+    origins: list[Origin | None] = []
+    for idx, t in enumerate(node.inputs):
+        val = _vec(sv, t)
+        if val.scalar:
+            return None
+        elems.extend(val.elems)
+        literal = sv.a.const(t) is not None
+        origins.extend((node.name, idx, i) if literal else None for i in range(len(val.elems)))
+    return [SymValue(elems, origins=origins)]
+
+
+def _broadcast(vals: list[SymValue]) -> tuple[list[list[sympy.Expr]], bool]:
+    n = max(len(v.elems) for v in vals)
+    out = []
+    for v in vals:
+        if len(v.elems) not in (1, n):
+            raise ValueError("shapes do not broadcast")
+        out.append(v.elems * n if len(v.elems) == 1 else v.elems)
+    return out, all(v.scalar for v in vals)
+
+
+def _int_div(x: sympy.Expr, y: sympy.Expr) -> sympy.Expr:
+    return sympy.floor(x / y)
+
+
+_BINARY: dict[str, Callable[[sympy.Expr, sympy.Expr], sympy.Expr]] = {
+    "Add": lambda x, y: x + y,
+    "Sub": lambda x, y: x - y,
+    "Mul": lambda x, y: x * y,
+    "Div": _int_div,
+    "Max": sympy.Max,
+    "Min": sympy.Min,
+}
+
+
+def _binary(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
+    vals = [_vec(sv, t) for t in node.inputs]
+    if len(vals) != 2:
+        return None
+    (xs, ys), scalar = _broadcast(vals)
+    fn = _BINARY[node.op]
+    return [SymValue([fn(x, y) for x, y in zip(xs, ys, strict=True)], scalar)]
+
+
+def _equal(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
+    vals = [_vec(sv, t) for t in node.inputs]
+    (xs, ys), scalar = _broadcast(vals)
+    out = []
+    for x, y in zip(xs, ys, strict=True):
+        diff = sympy.simplify(x - y)
+        if not diff.is_number:
+            return None
+        out.append(sympy.Integer(int(diff == 0)))
+    return [SymValue(out, scalar)]
+
+
+def _where(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
+    vals = [_vec(sv, t) for t in node.inputs]
+    (cs, xs, ys), scalar = _broadcast(vals)
+    if not all(c.is_Integer for c in cs):
+        return None
+    return [SymValue([x if int(c) else y for c, x, y in zip(cs, xs, ys, strict=True)], scalar)]
+
+
+def _reduce_prod(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
+    val = _vec(sv, node.inputs[0])
+    axes = _ints(sv, node, "axes", 1)
+    if axes not in (None, [0], [-1]):
+        return None
+    keep = _int_attr(node, "keepdims", 1)
+    return [SymValue([sympy.Mul(*val.elems)], scalar=not keep and not val.scalar)]
+
+
+RULES: dict[str, SymRule] = {
+    "Shape": _shape,
+    "Size": _size,
+    "Identity": _identity,
+    "Cast": _cast,
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Gather": _gather,
+    "Slice": _slice,
+    "Concat": _concat,
+    **{op: _binary for op in _BINARY},
+    "Equal": _equal,
+    "Where": _where,
+    "ReduceProd": _reduce_prod,
+}
+
+
+# -- evaluation -----------------------------------------------------------------------
+_PRIMES = (10007, 10009, 10037, 10039, 10061, 10067, 10069, 10079, 10091, 10093)
+
+
+def prime_env(exprs: list[sympy.Expr], skip: set[sympy.Symbol], shift: int = 0) -> dict:
+    """Distinct large primes for the free symbols (but `skip`): products stay unique."""
+    names = sorted({s for e in exprs for s in e.free_symbols} - skip, key=str)
+    primes = itertools.cycle(_PRIMES[shift:] + _PRIMES[:shift])
+    if len(names) > len(_PRIMES):
+        raise ValueError("too many symbolic dims")
+    return {s: sympy.Integer(next(primes)) for s in names}
+
+
+def concrete(expr: sympy.Expr, env: dict) -> int | None:
+    """Integer value of `expr` under `env` (None if it is not an integer)."""
+    value = expr.subs(env) if expr.free_symbols else expr
+    if not value.is_number:
+        return None
+    value = sympy.nsimplify(value)
+    return int(value) if value.is_Integer else None
