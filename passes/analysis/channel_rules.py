@@ -450,8 +450,10 @@ def matmul(a: ChannelAnalysis, node: gs.Node) -> None:
     if weight is None or a.const(x) is not None or weight.ndim < 2:
         a.block_inputs(node, "MatMul without a constant right-hand weight matrix")
         return
-    if a.rank(y) is None:
+    if a.rank(y) is None:  # e.g. after an op shape inference does not know
         a.block_inputs(node, "output rank unknown")
+        ids = a.new_root(node, y, weight.shape[-1], weight=w, weight_axis=weight.ndim - 1)
+        a.block(ids, f"MatMul node {node.name!r}: output rank unknown")
         return
     lay = a.layout(x)
     if lay is not None:

@@ -160,6 +160,32 @@ def _rewrite_fixup(a: ChannelAnalysis, node: gs.Node, index: int, value: SymValu
             old=int(value.elems[position]), how=how, **data)
 
 
+def _couple(a: ChannelAnalysis, node: gs.Node, value: SymValue, ids: np.ndarray,
+            chan: sympy.Symbol) -> SymValue | None:
+    """Let a shape use another tensor's channel count by coupling it to `ids`.
+
+    `Expand(x, Shape(y))` (torch's `expand_as`) or a reshape target read off a
+    sibling tensor: the element equals the other tensor's channel count, so the
+    two must keep the same number of channels -- uniting their elements position
+    by position guarantees it. The value is returned with the other symbol
+    replaced by `chan`. A count of a different size blocks (None).
+    """
+    others = {s for e in value.elems for s in a.sym.channels_of(e)} - {chan}
+    if a.sym.deps(node.inputs[1]) - {chan} - others:
+        _block(a, node, ids, "shape is computed from a channel count the analysis cannot follow")
+        return None
+    for sym in others:
+        if a.sym.channel_ids[sym].size != ids.size:
+            _block(a, node, ids, f"shape uses the channel count of "
+                   f"{a.sym.channel_tensor[sym]!r}, which has a different size")
+            return None
+    for sym in others:
+        a.unite(a.sym.channel_ids[sym], ids)
+    subs = {sym: chan for sym in others}
+    elems = [e.subs(subs) if subs else e for e in value.elems]
+    return SymValue(elems, value.scalar, value.origins)
+
+
 def _choose_axes(full: np.ndarray) -> list[int]:
     """Output axes that could carry the channels after a split, best first.
 
@@ -202,13 +228,15 @@ def reshape(a: ChannelAnalysis, node: gs.Node) -> None:
             _block(a, node, lay.ids, "target shape is computed at run time by ops the "
                    "channel analysis does not follow")
             return
-        if a.sym.deps(node.inputs[1]) - {chan}:
-            _block(a, node, lay.ids, "target shape depends on another tensor's channel count")
+        target = _couple(a, node, target, lay.ids, chan)
+        if target is None:
             return
         dst = _resolve(src, target.elems, allowzero)
         if dst is None:
             _block(a, node, lay.ids, "cannot resolve the target shape")
             return
+    if target is not None:  # its channel counts are now this input's: blocks below cover them
+        a.sym.accept(node, 1)
     env = {**prime_env([*src, *dst], skip={chan}), chan: sympy.Integer(count)}
     src_c = [concrete(e, env) for e in src]
     dst_c = [concrete(e, env) for e in dst]
@@ -253,7 +281,6 @@ def reshape(a: ChannelAnalysis, node: gs.Node) -> None:
     if len(dst_axes) > 1 and len(src_dims) == 1:
         a.head_splits.append(HeadSplit(node.name, y.name, list(dst_axes), full, new_axis))
     if target is not None:
-        a.sym.accept(node, 1)
         for j in rewrite:
             _rewrite_fixup(a, node, 1, target, j, y)
 
@@ -272,8 +299,8 @@ def expand(a: ChannelAnalysis, node: gs.Node) -> None:
                "does not follow")
         return
     chan = a.sym.channel_symbol(x)
-    if a.sym.deps(node.inputs[1]) - {chan}:
-        _block(a, node, lay.ids, "shape depends on another tensor's channel count")
+    value = _couple(a, node, value, lay.ids, chan)
+    if value is None:
         return
     out_rank = max(rank, len(value.elems))
     axis = lay.axis + out_rank - rank
