@@ -162,6 +162,7 @@ def run(model: str | os.PathLike | onnx.ModelProto | Model | None, options: Comp
 
 def start_report(model: Any, options: CompressOptions) -> dict[str, Any]:
     """The report's head, known before anything runs (so a failure still has it)."""
+    from compress_ir.recipe import resolved_recipe
     from compress_ir.runinfo import sha256_bytes, sha256_file, versions
 
     if isinstance(model, str | os.PathLike):
@@ -170,7 +171,7 @@ def start_report(model: Any, options: CompressOptions) -> dict[str, Any]:
         source, digest = "<model>", sha256_bytes(model.SerializeToString())
     else:
         source, digest = getattr(model, "source", None) or "<model>", None
-    recipe = options.to_recipe()
+    recipe = resolved_recipe(options)
     if isinstance(model, str | os.PathLike):
         recipe = {"model": str(model), **{k: v for k, v in recipe.items() if k != "model"}}
     return {

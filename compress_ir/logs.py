@@ -8,11 +8,14 @@ and turns progress on. Library users get nothing unless they configure logging.
 
 Progress: `progress(iterable, ...)` shows a tqdm bar when stderr is a terminal and a
 one-line message every few seconds otherwise; it is silent unless the
-`compress_ir.progress` logger is enabled for INFO (the CLI enables it unless -q).
+`compress_ir.progress` logger is enabled for INFO (the CLI enables it on stderr unless
+-q, and in the log file).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import sys
 import time
@@ -69,7 +72,7 @@ def setup_logging(verbosity: int = 0, log_file: str | None = None) -> None:
     _reset(progress_logger)
     # progress lines have their own stderr handler (shown unless -q); they also reach
     # the log file through the parent logger
-    progress_logger.setLevel(logging.DEBUG if verbosity >= 0 else logging.ERROR)
+    progress_logger.setLevel(logging.DEBUG if verbosity >= 0 or log_file else logging.ERROR)
     if verbosity >= 0:
         line = _own(logging.StreamHandler(sys.stderr))
         line.setLevel(logging.INFO)
@@ -88,6 +91,45 @@ def _quiet_onnxruntime(verbosity: int) -> None:
     ort.set_default_logger_severity(1 if verbosity >= 2 else 3)
 
 
+class _LogWriter(io.TextIOBase):
+    """A text stream that turns what is written to it into log records, line by line."""
+
+    def __init__(self, logger: logging.Logger, level: int = logging.INFO) -> None:
+        self.logger, self.level, self.buffer_ = logger, level, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.buffer_ += text
+        *lines, self.buffer_ = self.buffer_.split("\n")
+        for line in lines:
+            if line.strip():
+                self.logger.log(self.level, "%s", line.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        if self.buffer_.strip():
+            self.logger.log(self.level, "%s", self.buffer_.rstrip())
+        self.buffer_ = ""
+
+
+@contextlib.contextmanager
+def stdout_to_log(name: str) -> Iterator[None]:
+    """Within the block, what Python code prints to stdout becomes log records of `name`.
+
+    For third-party code that prints (MetaSchedule binds its console handler to
+    whatever `sys.stdout` is when it configures logging, and XGBoost prints).
+    """
+    writer = _LogWriter(logging.getLogger(name))
+    try:
+        with contextlib.redirect_stdout(writer):
+            yield
+    finally:
+        writer.flush()
+        route_tvm_logs()
+
+
 def route_tvm_logs() -> None:
     """Send TVM loggers that write to stdout (MetaSchedule's console handler) to ours.
 
@@ -100,8 +142,8 @@ def route_tvm_logs() -> None:
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             stream = getattr(handler, "stream", None)
-            if not isinstance(handler, logging.FileHandler) and stream in (
-                    sys.stdout, sys.__stdout__):
+            if not isinstance(handler, logging.FileHandler) and (
+                    stream in (sys.stdout, sys.__stdout__) or isinstance(stream, _LogWriter)):
                 logger.removeHandler(handler)
                 logger.propagate = True
 
@@ -115,7 +157,8 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "",
         return
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
-    if sys.stderr.isatty():
+    on_screen = bool(logger.handlers)  # setup_logging adds the stderr handler unless -q
+    if on_screen and sys.stderr.isatty():
         from tqdm import tqdm
 
         with tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr,

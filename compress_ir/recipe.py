@@ -85,13 +85,25 @@ def options_from_recipe(data: dict[str, Any], **overrides: Any) -> CompressOptio
     return CompressOptions(**values)
 
 
-def dump_recipe(options: CompressOptions, fmt: str = "yaml") -> str:
-    """The recipe text of `options` (pipelines written as typed {name: {options}} steps)."""
-    import yaml
+def resolved_recipe(options: CompressOptions) -> dict[str, Any]:
+    """`options` as a recipe mapping, pipelines as typed {name: {options}} steps.
 
+    A pipeline that does not parse is kept as given (the run reports that error).
+    """
     data = options.to_recipe()
     if options.passes:
-        data["passes"] = canonical_steps(options.passes)
+        try:
+            data["passes"] = canonical_steps(options.passes)
+        except UsageError:
+            pass
+    return data
+
+
+def dump_recipe(options: CompressOptions, fmt: str = "yaml") -> str:
+    """The recipe text of `options` (see `resolved_recipe`), YAML or JSON."""
+    import yaml
+
+    data = resolved_recipe(options)
     if fmt == "json":
         return json.dumps(data, indent=2) + "\n"
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)

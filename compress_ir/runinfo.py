@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import sys
@@ -127,12 +128,11 @@ def run_eval(spec: str, model_path: str) -> dict[str, float]:
     module_name, colon, func_name = spec.partition(":")
     if not colon or not module_name or not func_name:
         raise UsageError(f"--eval {spec!r}: expected module:function")
-    if os.getcwd() not in sys.path:
+    added = os.getcwd() not in sys.path
+    if added:
         sys.path.insert(0, os.getcwd())
     try:
         if module_name.endswith(".py"):
-            import importlib.util
-
             loader_spec = importlib.util.spec_from_file_location(Path(module_name).stem,
                                                                  module_name)
             if loader_spec is None or loader_spec.loader is None:
@@ -143,6 +143,9 @@ def run_eval(spec: str, model_path: str) -> dict[str, float]:
             module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"--eval {spec!r}: cannot import {module_name} ({exc})") from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
     func = getattr(module, func_name, None)
     if not callable(func):
         raise UsageError(f"--eval {spec!r}: {module_name} has no function {func_name!r}")
