@@ -142,6 +142,76 @@ def bars_svg(title: str, labels: list[str], series: list[tuple[str, str, list[fl
     return "".join(out)
 
 
+_PALETTE = ("#0969da", "#cf222e", "#1a7f37", "#8250df", "#bf8700", "#1b7c83", "#bc4c00",
+            "#6e7781", "#a475f9", "#e16f24")
+
+
+def curves_svg(title: str, curves: dict[str, tuple[list[float], list[float]]],
+               threshold: float | None = None, max_curves: int = 10) -> str:
+    """Loss vs fraction removed per curve, log y axis (sensitivity scans)."""
+    import math
+
+    curves = {k: v for k, v in list(curves.items())[:max_curves] if v[0]}
+    if not curves:
+        return ""
+    left, top, w, h, legend_w = 60, 30, 520, 260, 240
+    positive = [y for _, ys in curves.values() for y in ys if y > 0]
+    if threshold and threshold > 0:
+        positive.append(threshold)
+    lo = math.floor(math.log10(min(positive))) if positive else -6
+    hi = math.ceil(math.log10(max(positive))) if positive else 0
+    hi = max(hi, lo + 1)
+    lo = max(lo, hi - 8)  # eight decades at most; smaller losses (and 0) sit on the axis
+    floor = 10.0 ** lo
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        ly = (math.log10(max(y, floor)) - lo) / (hi - lo)
+        return left + x * w, top + h - ly * h
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + w + legend_w}" '
+           f'height="{top + h + 40}" role="img" aria-label="{_esc(title)}" class="chart">',
+           f'<text x="0" y="16" class="ct">{_esc(title)}</text>',
+           f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#d0d7de"/>']
+    for e in range(lo, hi + 1):
+        _, y = px(0, 10.0 ** e)
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="cv">'
+                   f'1e{e}</text>')
+    for tick in (0, 0.25, 0.5, 0.75, 1.0):
+        x, _ = px(tick, 1)
+        out.append(f'<text x="{x:.1f}" y="{top + h + 14}" text-anchor="middle" class="cv">'
+                   f'{tick:g}</text>')
+    out.append(f'<text x="{left + w / 2}" y="{top + h + 32}" text-anchor="middle" class="cl">'
+               "fraction of the group's units removed</text>")
+    if threshold:
+        _, y = px(0, threshold)
+        out.append(f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" '
+                   'stroke="#1f2328" stroke-dasharray="4 3"/>')
+    for i, (name, (xs, ys)) in enumerate(curves.items()):
+        color = _PALETTE[i % len(_PALETTE)]
+        points = " ".join(f"{px(x, y)[0]:.1f},{px(x, y)[1]:.1f}" for x, y in zip(xs, ys,
+                                                                                  strict=True))
+        out.append(f'<polyline points="{points}" fill="none" stroke="{color}" '
+                   f'stroke-width="1.5"><title>{_esc(name)}</title></polyline>')
+        ly = top + 6 + 16 * i
+        out.append(f'<rect x="{left + w + 12}" y="{ly}" width="12" height="3" fill="{color}"/>'
+                   f'<text x="{left + w + 28}" y="{ly + 5}" class="cl">{_esc(_short(name, 34))}'
+                   "</text>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _sensitivity(report: dict[str, Any]) -> list[str]:
+    charts = []
+    for entry in report.get("passes", []):
+        alloc = (entry.get("details") or {}).get("allocation") or {}
+        if alloc.get("mode") != "sensitivity" or not alloc.get("curves"):
+            continue
+        curves = {f"group {g}": (c["ratios"], c["loss"]) for g, c in alloc["curves"].items()}
+        charts.append(curves_svg(f"{entry['spec']}: output loss ({alloc.get('loss', '')})",
+                                 curves, alloc.get("tolerance")))
+    return [c for c in charts if c]
+
+
 # -- HTML ---------------------------------------------------------------------------------
 
 _CSS = """
@@ -262,6 +332,9 @@ def render_html(report: dict[str, Any]) -> str:
         if total > len(layers):
             parts.append(f'<p class="meta">{total - len(layers)} smaller layers in the JSON '
                          "report.</p>")
+    sensitivity = _sensitivity(report)
+    if sensitivity:
+        parts.append('<h2 id="sensitivity">Sensitivity</h2>' + "".join(sensitivity))
     blocked = _blocked(report)
     if blocked:
         parts.append('<h2 id="blocked">Blocked channel groups</h2>' + _table(
