@@ -11,6 +11,7 @@ against onnxruntime where it can run, and described in `report["target"]`.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,19 +22,21 @@ import onnx
 import compress_ir.passes  # noqa: F401 - registers the passes
 from compress_ir.core import numeric
 from compress_ir.core.calibration import CalibrationSet, ImageOptions, load_calibration
-from compress_ir.core.errors import UsageError
+from compress_ir.core.errors import EXIT_NUMERIC, CompressIRError, UsageError
 from compress_ir.core.model import Model
 from compress_ir.core.passes import Pass, PassContext, PassResult
-from compress_ir.core.pipeline import build_passes, format_pipeline, run_pipeline
-from compress_ir.core.report import build_report
+from compress_ir.core.pipeline import format_pipeline, run_pipeline
+from compress_ir.core.report import SCHEMA_VERSION, build_report
 from compress_ir.core.verify import output_shapes, verify_model
 from compress_ir.frontends.onnx import load_onnx, save_onnx
+from compress_ir.options import DEFAULT_TOLERANCE, CompressOptions, from_legacy
 from compress_ir.targets import TargetSpec, resolve_target
 
 if TYPE_CHECKING:
     from compress_ir.backend import Artifact, BuildOptions
 
-DEFAULT_TOLERANCE = 1e-4
+log = logging.getLogger("compress_ir.api")
+__all__ = ["DEFAULT_TOLERANCE", "CompressOptions", "CompressResult", "compress", "run"]
 
 
 @dataclass
@@ -49,9 +52,17 @@ def _metrics(proto: onnx.ModelProto) -> dict[str, int]:
     return model_metrics(proto)
 
 
+_LEGACY_DEFAULTS: dict[str, Any] = {
+    "output": None, "check": True, "tolerance": DEFAULT_TOLERANCE, "seed": 0,
+    "calibration": None, "calib_samples": None, "image_options": None, "target": None,
+    "artifact": None, "build_options": None, "benchmark": False, "benchmark_repeat": 20,
+    "sizes": None, "sparse_storage": False,
+}
+
+
 def compress(
-    model: str | os.PathLike | onnx.ModelProto | Model,
-    pipeline: str | list[str] | None,
+    model: str | os.PathLike | onnx.ModelProto | Model | None,
+    pipeline: str | list[Any] | CompressOptions | None = None,
     output: str | os.PathLike | None = None,
     check: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
@@ -66,12 +77,20 @@ def compress(
     benchmark_repeat: int = 20,
     sizes: bool | None = None,
     sparse_storage: bool = False,
+    *,
+    options: CompressOptions | None = None,
 ) -> CompressResult:
     """Load, run the pipeline (verifying each transform), optionally write the result.
 
+    Preferred form: `compress(model, CompressOptions(...))` (or `options=`), the same
+    object the CLI and recipe files build; `model=None` takes `options.model`. The
+    keyword form below is kept as a thin wrapper. `pipeline` is text, a list of texts,
+    or a list of `{pass-name: {option: value}}` steps.
+
     With `check`, every pass that declares a numeric reference is compared against
     it in onnxruntime on seeded random inputs; a mismatch raises
-    NumericMismatchError (CLI exit code 1) and nothing is written. `calibration` is
+    NumericMismatchError (CLI exit code 1) and the model is not written (the reports
+    in `options.report` are, with `status: check-failed`). `calibration` is
     a `--calib` spec (`random[:N]`, .npy/.npz, image folder) or a CalibrationSet.
 
     `target` compiles the result into `artifact` (default `<output or input stem>.
@@ -84,14 +103,100 @@ def compress(
     layer, measured by encoding); None means "when the pipeline sparsifies or shares
     weights" since encoding costs ~1 s per million weights. `sparse_storage` writes
     sparse weights as ONNX `sparse_initializer`s (smaller files; runtimes densify them).
+
+    Gates (`options.gates`, `require_verified`) that fail raise GateFailedError (exit 4)
+    after the model and the reports are written; it carries `.result`.
     """
-    no_passes = pipeline is None or (isinstance(pipeline, list | tuple) and not pipeline)
-    if no_passes and target is None:
+    legacy = {"output": output, "check": check, "tolerance": tolerance, "seed": seed,
+              "calibration": calibration, "calib_samples": calib_samples,
+              "image_options": image_options, "target": target, "artifact": artifact,
+              "build_options": build_options, "benchmark": benchmark,
+              "benchmark_repeat": benchmark_repeat, "sizes": sizes,
+              "sparse_storage": sparse_storage}
+    if isinstance(pipeline, CompressOptions):
+        if options is not None:
+            raise UsageError("compress(): give the options once")
+        options, pipeline = pipeline, None
+    if options is not None:
+        mixed = [k for k, v in legacy.items() if v is not _LEGACY_DEFAULTS[k]
+                 and v != _LEGACY_DEFAULTS[k]]
+        if pipeline is not None or mixed:
+            raise UsageError("compress(): pass either a CompressOptions or keyword options, "
+                             f"not both (got {', '.join(mixed or ['pipeline'])})")
+    else:
+        options = from_legacy(pipeline, **legacy)
+    return run(model, options)
+
+
+def run(model: str | os.PathLike | onnx.ModelProto | Model | None, options: CompressOptions
+        ) -> CompressResult:
+    """Run `options` on `model`; the reports in `options.report` are written in any case.
+
+    On failure the exception carries `.report` (its `status` says check-failed or
+    error, `error` the message) after the report files are written.
+    """
+    from compress_ir.gates import GateFailedError
+
+    model = options.model if model is None else model
+    if model is None:
+        raise UsageError("no model: give one (or options.model / 'model:' in the recipe)")
+    report = start_report(model, options)
+    try:
+        result = _execute(model, options, report)
+    except BaseException as exc:
+        if isinstance(exc, GateFailedError):
+            report["status"] = "gate-failed"
+        elif isinstance(exc, CompressIRError) and exc.exit_code == EXIT_NUMERIC:
+            report["status"] = "check-failed"
+        else:
+            report["status"] = "error"
+        report["error"] = (str(exc) if isinstance(exc, CompressIRError)
+                           else f"internal error {type(exc).__name__}: {exc}")
+        exc.report = report  # type: ignore[attr-defined]
+        _write_reports(report, options, failing=True)
+        raise
+    report["status"] = "ok"
+    _write_reports(report, options)
+    return result
+
+
+def start_report(model: Any, options: CompressOptions) -> dict[str, Any]:
+    """The report's head, known before anything runs (so a failure still has it)."""
+    from compress_ir.recipe import resolved_recipe
+    from compress_ir.runinfo import sha256_bytes, sha256_file, versions
+
+    if isinstance(model, str | os.PathLike):
+        source, digest = str(model), sha256_file(model)
+    elif isinstance(model, onnx.ModelProto):
+        source, digest = "<model>", sha256_bytes(model.SerializeToString())
+    else:
+        source, digest = getattr(model, "source", None) or "<model>", None
+    recipe = resolved_recipe(options)
+    if isinstance(model, str | os.PathLike):
+        recipe = {"model": str(model), **{k: v for k, v in recipe.items() if k != "model"}}
+    return {
+        "schema": SCHEMA_VERSION, "status": "error", "error": None,
+        "input": source, "output": None if options.output is None else str(options.output),
+        "sha256": {"input": digest, "output": None},
+        "versions": versions(), "recipe": recipe,
+    }
+
+
+def _execute(model: Any, options: CompressOptions, report: dict[str, Any]) -> CompressResult:
+    from compress_ir.gates import GateFailedError, evaluate_gates, failure_message, parse_gate
+    from compress_ir.recipe import build_steps
+
+    for gate in options.gates:  # syntax errors before minutes of work
+        parse_gate(gate)
+    output, check, seed = options.output, options.check, options.seed
+    passes: list[Pass] = build_steps(options.passes) if options.passes else []
+    target = options.target
+    if not passes and target is None:
         raise UsageError("give a pipeline (--pass) or a target (--target)")
-    passes: list[Pass] = [] if no_passes else build_passes(pipeline)
     spec = resolve_target(target) if target is not None else None
-    if benchmark and spec is None:
+    if options.benchmark and spec is None:
         raise UsageError("--benchmark needs --target")
+    report["pipeline"] = format_pipeline(passes)
     ir = model if isinstance(model, Model) else load_onnx(model)
     source = ir.source or "<model>"
     before_proto = ir.to_proto()
@@ -103,46 +208,110 @@ def compress(
     def numeric_check(p: Pass, result: PassResult) -> dict[str, Any]:
         err = numeric.compare(result.model.to_proto(), result.reference, seed=seed)
         return {"pass": p.name, "against": "reference", "rel_error": err,
-                "tolerance": tolerance, "ok": bool(err <= tolerance)}
+                "tolerance": options.tolerance, "ok": bool(err <= options.tolerance)}
 
-    calib = calibration
-    if isinstance(calibration, str):
-        calib = load_calibration(calibration, before_proto, calib_samples, seed, image_options)
+    calib = options.calib
+    if isinstance(calib, str):
+        calib = load_calibration(calib, before_proto, options.calib_samples, seed,
+                                 options.image())
     ctx = PassContext(seed=seed, calibration=calib, original=before_proto, target=spec)
+    log.info("running %s on %s", report["pipeline"] or "no passes", source)
     result = run_pipeline(ir, passes, ctx, verify, numeric_check if check else None)
     proto = result.model.to_proto()
-    report = build_report(
+    profile = {id(p): entry for (p, _), entry in zip(result.results, result.profile,
+                                                       strict=False)}
+    report.update(build_report(
         source=source,
         output=None if output is None else str(output),
         pipeline=format_pipeline(passes),
         before=_metrics(before_proto),
         after=_metrics(proto),
         passes=[{"name": p.name, "spec": p.spec(), "modified": r.modified,
-                 "stats": r.stats, "details": r.details} for p, r in result.results],
+                 "stats": r.stats, "details": r.details,
+                 **{k: v for k, v in profile.get(id(p), {}).items() if k != "pass"}}
+                for p, r in result.results],
         checks=result.checks,
-    )
-    if sizes or (sizes is None and any(p.changes_storage for p in passes)):
+    ))
+    report["layers"] = _layer_rows(before_proto, proto)
+    from compress_ir.runinfo import fidelity
+
+    report["fidelity"] = fidelity(before_proto, proto, calib, seed, options.input_shapes)
+    if options.sizes or (options.sizes is None and any(p.changes_storage for p in passes)):
         from compress_ir.passes.analysis.size_report import size_report
 
         report["sizes"] = size_report(proto)
     art = None
     if spec is not None:
         base = output if output is not None else ir.source
-        if artifact is None and not base:
+        if options.artifact is None and not base:
             raise UsageError("give an artifact directory (--artifact) for a model without a path")
-        options = build_options or _default_build_options(check, tolerance, seed)
-        art, section = _build_target(before_proto, proto, spec, artifact, base, options,
-                                     benchmark, benchmark_repeat)
+        build_options = options.build()
+        log.info("building for %s", spec.name)
+        art, section = _build_target(before_proto, proto, spec, options.artifact, base,
+                                     build_options, options.benchmark, options.repeat)
         report["target"] = section
     if output is not None:  # after the build: a failed compile check writes nothing
-        save_onnx(proto, output, sparse=sparse_storage)
-    return CompressResult(model=proto, report=report, artifact=art)
+        save_onnx(proto, output, sparse=options.sparse_storage)
+        from compress_ir.runinfo import sha256_file
+
+        report["sha256"]["output"] = sha256_file(output)
+    out = CompressResult(model=proto, report=report, artifact=art)
+    if options.eval:
+        report["eval"] = _evaluate(options.eval, proto, output)
+    if options.gates or options.require_verified:
+        report["gates"] = evaluate_gates(options.gates, report, options.require_verified)
+        message = failure_message(report["gates"])
+        if message:
+            exc = GateFailedError(message)
+            exc.result = out  # type: ignore[attr-defined]
+            raise exc
+    return out
 
 
-def _default_build_options(check: bool, tolerance: float, seed: int) -> BuildOptions:
-    from compress_ir.backend import BuildOptions
+def _evaluate(spec: str, proto: onnx.ModelProto, output: str | os.PathLike | None
+              ) -> dict[str, float]:
+    """Run the user's --eval hook on the written output (a temporary file without -o)."""
+    import tempfile
 
-    return BuildOptions(verify=check, tolerance=tolerance, seed=seed)
+    from compress_ir.runinfo import run_eval
+
+    if output is not None:
+        return run_eval(spec, str(output))
+    with tempfile.TemporaryDirectory(prefix="compress-ir-eval-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        save_onnx(proto, path)
+        return run_eval(spec, str(path))
+
+
+def _layer_rows(before: onnx.ModelProto, after: onnx.ModelProto) -> list[dict[str, Any]]:
+    """Per weighted layer: MACs and params before and after (joined by node name)."""
+    from compress_ir.core.metrics import layer_metrics
+
+    old, new = layer_metrics(before), layer_metrics(after)
+    rows = []
+    for name, b in old.items():
+        a = new.get(name, {"macs": 0, "params": 0})
+        rows.append({"node": name, "op": b["op"], "macs_before": b["macs"],
+                     "macs_after": a["macs"], "params_before": b["params"],
+                     "params_after": a["params"]})
+    rows += [{"node": name, "op": a["op"], "macs_before": 0, "macs_after": a["macs"],
+              "params_before": 0, "params_after": a["params"]}
+             for name, a in new.items() if name not in old]
+    return rows
+
+
+def _write_reports(report: dict[str, Any], options: CompressOptions, failing: bool = False
+                   ) -> None:
+    """Write every requested report; while failing, a report error must not hide the cause."""
+    from compress_ir.report_html import write_report
+
+    for path in options.report:
+        try:
+            write_report(report, path)
+        except OSError as exc:
+            if not failing:
+                raise
+            log.error("cannot write report %s: %s", path, exc)
 
 
 def _build_target(

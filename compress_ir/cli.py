@@ -3,9 +3,11 @@
 Exit codes: 0 ok, 1 numeric check failed, 2 usage error, 3 unsupported/invalid model.
 User errors print one line on stderr, never a traceback (`--debug` shows it).
 
-Two commands: `compress-ir MODEL [--pass P] [--target T]` (compress, optionally
-compile) and `compress-ir run ARTIFACT` (run a compiled artifact), told apart by
-the first argument being `run`.
+Two argparse subcommands: `compress-ir [compress] MODEL [--pass P] [--target T]`
+(compress, optionally compile; `compress` is implied when the first argument is not
+a command) and `compress-ir run ARTIFACT` (run a compiled artifact). Options of a
+compress run may come from a recipe (`--config`, see recipe.py); flags override it.
+Exit 4: a CI gate failed (see gates.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import compress_ir.passes  # noqa: F401 - registers the passes
 from compress_ir import __version__
 from compress_ir.core.errors import EXIT_OK, EXIT_USAGE, CompressIRError
 from compress_ir.core.passes import PASSES, describe_options
+from compress_ir.options import CompressOptions
 from compress_ir.passes.analysis.importance import CRITERIA
 from compress_ir.targets import list_targets
 
@@ -75,8 +78,8 @@ def _pair(text: str) -> tuple[int, int]:
     return h, w
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+def _compress_parser_settings() -> dict:
+    return dict(
         prog="compress-ir",
         description="Compress an ONNX model with a pipeline of passes.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -86,14 +89,31 @@ def build_parser() -> argparse.ArgumentParser:
               compress-ir model.onnx --pass 'channel-prune{ratio=0.5}' -o small.onnx
               compress-ir model.onnx --pass 'channel-prune{ratio=0.3,scope=global}' --report r.json
               compress-ir model.onnx --pass 'channel-prune{ratio=0.5}' -o small.onnx --target x86
-              compress-ir run small.x86 --input x.npy --output y.npz
-            exit codes: 0 ok, 1 numeric check failed, 2 usage, 3 unsupported/invalid model"""),
+              compress-ir --config recipe.yaml --gate 'fidelity >= 0.98' --report r.html
+              compress-ir run small.x86 --input x.npy --output y.npz   (compress-ir run --help)
+            exit codes: 0 ok, 1 numeric check failed, 2 usage, 3 unsupported/invalid model,
+            4 a gate failed"""),
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `compress` command's parser (also what `compress-ir --help` shows)."""
+    parser = _Parser(**_compress_parser_settings())
+    _add_compress_arguments(parser)
+    return parser
+
+
+def _add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", help="input ONNX file (never modified)")
     parser.add_argument("--pass", dest="passes", action="append", default=[],
                         metavar="PIPELINE", help="pass or comma list of passes (repeatable)")
     parser.add_argument("-o", "--output", help="write the compressed model here (atomically)")
-    parser.add_argument("--report", help="write the JSON report here")
+    parser.add_argument("--report", action="append", metavar="FILE",
+                        help="write the report here: .json, .html (self-contained page), .md "
+                        "(PR comment); '-' prints the JSON to stdout and nothing else "
+                        "(repeatable; written also when the run fails)")
+    parser.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
+                        help="concrete shape of an input (fills symbolic dims; repeatable)")
     parser.add_argument("--no-check", action="store_true",
                         help="skip the onnxruntime comparison against each pass's reference")
     parser.add_argument("--tolerance", type=float, default=1e-4,
@@ -135,88 +155,135 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--rpc", metavar="HOST:PORT[:KEY]",
                        help="verify/benchmark on a TVM RPC server or a tracker's device KEY")
     build.add_argument("--list-targets", action="store_true", help="list targets and exit")
+    recipe = parser.add_argument_group("recipes and CI gates")
+    recipe.add_argument("--config", metavar="RECIPE", help="read options from a YAML/JSON "
+                        "recipe (schema: compress_ir/recipe.schema.json); flags override it")
+    recipe.add_argument("--print-config", action="store_true",
+                        help="print this call as a YAML recipe and exit")
+    recipe.add_argument("--gate", action="append", metavar="EXPR",
+                        help="fail with exit 4 unless EXPR holds, e.g. 'macs <= 0.6', "
+                        "'fidelity >= 0.98', 'latency <= 0.8', 'accuracy >= 0.97' (repeatable)")
+    recipe.add_argument("--require-verified", action="store_true",
+                        help="fail with exit 4 when the --target build was not verified")
+    recipe.add_argument("--eval", metavar="MODULE:FUNCTION",
+                        help="call FUNCTION(output model path) -> {metric: number}; "
+                        "the metrics go to the report and feed --gate")
     parser.add_argument("--list-passes", action="store_true", help="list passes and exit")
-    parser.add_argument("--quiet", action="store_true", help="no table on stdout")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no table on stdout, no progress, errors only on stderr")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more on stderr (-v info, -vv debug)")
+    parser.add_argument("--log-file", metavar="FILE",
+                        help="append a DEBUG log (TVM and onnxruntime included) to FILE")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"compress-ir {__version__}")
-    return parser
+
+
+def _add_run_command_arguments(parser: argparse.ArgumentParser) -> None:
+    from compress_ir.cli_run import add_run_arguments
+
+    add_run_arguments(parser)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no summary on stdout")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+COMMANDS = ("compress", "run")
+
+
+def build_root_parser() -> argparse.ArgumentParser:
+    """`compress-ir {compress,run} ...` as argparse subcommands."""
+    root = _Parser(prog="compress-ir", description="A model compression compiler.")
+    sub = root.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    compress = sub.add_parser("compress", help="compress (and compile) a model (default)",
+                              **_compress_parser_settings())
+    _add_compress_arguments(compress)
+    run = sub.add_parser("run", prog="compress-ir run",
+                         help="run a compiled artifact",
+                         description="Run a compiled artifact (local TVM runtime or TVM RPC).",
+                         epilog="exit codes: 0 ok, 2 usage (bad input name/shape/dtype), "
+                                "3 unreadable artifact")
+    _add_run_command_arguments(run)
+    return root
 
 
 def build_run_parser() -> argparse.ArgumentParser:
-    from compress_ir.backend.run_cli import add_run_arguments
-
-    parser = _Parser(prog="compress-ir run",
-                     description="Run a compiled artifact (local TVM runtime or TVM RPC).",
-                     epilog="exit codes: 0 ok, 2 usage (bad input name/shape/dtype), "
-                            "3 unreadable artifact")
-    add_run_arguments(parser)
-    parser.add_argument("--quiet", action="store_true", help="no summary on stdout")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    return parser
+    """The `run` subcommand's parser."""
+    root = build_root_parser()
+    action = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices["run"]
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "run":
-        args = build_run_parser().parse_args(argv[1:])
-        from compress_ir.backend.run_cli import run_main
+    if not argv or argv[0] not in COMMANDS:
+        argv = ["compress", *argv]  # `compress-ir MODEL ...` is the compress command
+    args = build_root_parser().parse_args(argv)
+    if args.command == "run":
+        from compress_ir.cli_run import run_main
 
         return _guarded(args, lambda: run_main(args))
     parser = build_parser()
-    args = parser.parse_args(argv)
     if args.list_passes:
         print(passes_help())
         return EXIT_OK
     if args.list_targets:
         print(targets_help())
         return EXIT_OK
-    if not args.model:
+    return _guarded(args, lambda: _compress_command(parser, args, argv[1:]))
+
+
+def _compress_command(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                      argv: list[str]) -> int:
+    """Resolve the options (recipe + flags), check them, set up logging, run."""
+    from compress_ir.cli_options import options_from_cli
+    from compress_ir.logs import setup_logging
+
+    options = options_from_cli(build_parser, args, argv)
+    if args.print_config:
+        from compress_ir.recipe import dump_recipe
+
+        sys.stdout.write(dump_recipe(options))
+        return EXIT_OK
+    if not options.model:
         parser.error("the input model is required")
-    if not args.passes and not args.target:
+    if not options.passes and not options.target:
         parser.error("give at least one --pass (or a --target to compile the model as is)")
-    if not args.tolerance >= 0:  # also rejects nan
-        parser.error(f"--tolerance must be >= 0, got {args.tolerance}")
-    if args.sparse_storage and not args.output:
+    if not options.tolerance >= 0:  # also rejects nan
+        parser.error(f"--tolerance must be >= 0, got {options.tolerance}")
+    if options.sparse_storage and not options.output:
         parser.error("--sparse-storage needs -o")
     target_only = ("artifact", "tuning_db", "sparse_kernels", "rpc")
     for name in target_only + ("benchmark",):
-        if getattr(args, name) and not args.target:
+        if getattr(options, name) and not options.target:
             parser.error(f"--{name.replace('_', '-')} needs --target")
-    return _guarded(args, lambda: _compress_main(args))
+    setup_logging(-1 if args.quiet else min(args.verbose, 2), options.log_file)
+    return _compress_main(args, options)
 
 
-def _compress_main(args: argparse.Namespace) -> int:
-    from compress_ir.api import compress
-    from compress_ir.core.calibration import ImageOptions
-    from compress_ir.core.report import format_report, write_json_atomic
+def _compress_main(args: argparse.Namespace, options: CompressOptions) -> int:
+    from compress_ir.api import run
+    from compress_ir.gates import GateFailedError
 
-    image = ImageOptions(size=args.calib_size, mean=args.calib_mean, std=args.calib_std,
-                         layout=args.calib_layout, channel_order=args.calib_color)
-    build_options = None
-    if args.target:
-        from compress_ir.backend import BuildOptions
-
-        build_options = BuildOptions(
-            batch=args.batch, tune_trials=args.tune_trials, tuning_db=args.tuning_db,
-            sparse_kernels=args.sparse_kernels, verify=not args.no_check,
-            tolerance=args.tolerance, seed=args.seed, rpc=args.rpc)
-    result = compress(args.model, args.passes, output=args.output,
-                      check=not args.no_check, tolerance=args.tolerance, seed=args.seed,
-                      calibration=args.calib, calib_samples=args.calib_samples,
-                      image_options=image, target=args.target, artifact=args.artifact,
-                      build_options=build_options, benchmark=args.benchmark,
-                      benchmark_repeat=args.repeat, sizes=args.sizes,
-                      sparse_storage=args.sparse_storage)
-    if args.report:
-        write_json_atomic(result.report, args.report)
-    if not args.quiet:
-        text = format_report(result.report)
-        if "target" in result.report:
-            from compress_ir.backend.report import format_target
-
-            text = "\n".join([text, *format_target(result.report["target"])])
-        print(text)
+    try:
+        result = run(None, options)
+    except GateFailedError as exc:  # the run itself completed: show it, then fail
+        _print_table(args, options, exc.result.report)
+        raise
+    _print_table(args, options, result.report)
     return EXIT_OK
+
+
+def _print_table(args: argparse.Namespace, options: CompressOptions, report: dict) -> None:
+    from compress_ir.core.report import format_report
+
+    if args.quiet or "-" in options.report:  # `--report -`: stdout holds the JSON only
+        return
+    text = format_report(report)
+    if "target" in report:
+        from compress_ir.backend.report import format_target
+
+        text = "\n".join([text, *format_target(report["target"])])
+    print(text)
 
 
 def _guarded(args: argparse.Namespace, fn: Callable[[], int]) -> int:

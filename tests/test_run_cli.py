@@ -192,7 +192,9 @@ def test_mismatch_exits_1_and_leaves_no_artifact(
     code, out, err = cli(capsys, model, "--target", "x86", "--artifact", tmp_path / "art",
                          "-o", tmp_path / "small.onnx", "--report", tmp_path / "r.json")
     assert code == EXIT_NUMERIC and "differs from onnxruntime" in one_line(err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx"]
+    # no model, no artifact; the report (status check-failed) is written for CI
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx", "r.json"]
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == "check-failed"
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ bounded by one batch plus whatever statistics the caller keeps.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,20 +179,17 @@ class ActivationCapture:
         self.proto = proto
 
     def stream(
-        self, calib: CalibrationSet, batch_size: int = 32, progress: bool = False
+        self, calib: CalibrationSet, batch_size: int = 32, desc: str = "calibration"
     ) -> Iterator[dict[str, np.ndarray]]:
-        """Yield the requested tensors per batch (a static model batch size wins)."""
-        total = calib.size
-        done = 0
-        for feeds in calib.batches(batch_size_for(self.proto, batch_size)):
+        """Yield the requested tensors per batch (a static model batch size wins).
+
+        Progress (batches) shows when the CLI enables it (see compress_ir/logs.py).
+        """
+        from compress_ir.logs import progress
+
+        size = batch_size_for(self.proto, batch_size)
+        total = -(-calib.size // size)
+        for feeds in progress(calib.batches(size), total=total, desc=desc, unit="batch"):
             # run([]) would return every output, so nothing requested means nothing run
             values = self.session.run(self.tensors, feeds) if self.tensors else []
-            done += next(iter(feeds.values())).shape[0]
-            if progress and sys.stderr.isatty():
-                width = 30
-                filled = int(width * done / total)
-                bar = "#" * filled + "." * (width - filled)
-                print(f"\rcalibration [{bar}] {done}/{total}", end="", file=sys.stderr)
             yield dict(zip(self.tensors, values, strict=True))
-        if progress and sys.stderr.isatty():
-            print(file=sys.stderr)

@@ -77,3 +77,22 @@ def model_metrics(proto: onnx.ModelProto) -> dict[str, int]:
                if n.op_type in MAC_COUNTERS)
     params = sum(int(np.prod(i.dims)) for i in work.graph.initializer)
     return {"params": int(params), "macs": int(macs), "bytes": proto.ByteSize()}
+
+
+def layer_metrics(proto: onnx.ModelProto) -> dict[str, dict[str, int | str]]:
+    """Per weighted node (Conv, Gemm, MatMul, ...): op, MACs and parameters, by node name.
+
+    For the report's before/after table: pruning keeps node names, so the two maps join.
+    """
+    work = onnx.ModelProto()
+    work.CopyFrom(proto)
+    shapes = _shapes(infer_proto_shapes(work))
+    inits = {i.name: int(np.prod(i.dims)) for i in work.graph.initializer}
+    out: dict[str, dict[str, int | str]] = {}
+    for i, node in enumerate(work.graph.node):
+        if node.op_type not in MAC_COUNTERS:
+            continue
+        name = node.name or f"{node.op_type}_{i}"
+        out[name] = {"op": node.op_type, "macs": int(MAC_COUNTERS[node.op_type](node, shapes)),
+                     "params": sum(inits.get(t, 0) for t in node.input[1:])}
+    return out

@@ -130,9 +130,13 @@ def format_sizes(sizes: dict[str, Any], max_layers: int = 8) -> list[str]:
     return lines
 
 
+def to_json(data: dict[str, Any]) -> str:
+    """The report as JSON text (numpy values as lists/numbers, anything else as text)."""
+    return json.dumps(data, indent=2, default=_json_default) + "\n"
+
+
 def write_json_atomic(data: dict[str, Any], path: str | os.PathLike) -> None:
-    text = json.dumps(data, indent=2, default=_json_default) + "\n"
-    write_atomic(path, text.encode())
+    write_atomic(path, to_json(data).encode())
 
 
 def _json_default(value: Any) -> Any:

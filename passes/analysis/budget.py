@@ -44,6 +44,7 @@ from compress_ir.core.calibration import CalibrationSet, batch_size_for, load_ca
 from compress_ir.core.errors import UsageError
 from compress_ir.core.metrics import MAC_COUNTERS, _shapes
 from compress_ir.core.numeric import session
+from compress_ir.logs import progress
 from compress_ir.passes.analysis.allocation import ALLOCATIONS, _keep_count, _top
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, ChannelGroup
 from compress_ir.passes.transform.channel_slicing import masked_reference
@@ -166,7 +167,8 @@ def sensitivity_allocation(
     keep: dict[int, np.ndarray] = {}
     curves: dict[int, dict] = {}
     evaluations = 0
-    for g, s in scores.items():
+    for g, s in progress(scores.items(), total=len(scores), desc="sensitivity scan",
+                         unit="group"):
         group = actx.groups[g]
         curve: dict[str, Any] = {"ratios": [], "loss": [], "chosen": 0.0}
         chosen_keep, cache = s.size, {}

@@ -49,6 +49,7 @@ from compress_ir.core.calibration import ActivationCapture, CalibrationSet, batc
 from compress_ir.core.errors import UsageError
 from compress_ir.core.model import Model, infer_proto_shapes
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
+from compress_ir.logs import progress
 from compress_ir.passes.analysis.calibration_stats import ConvSampler
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, analyse_channels
 
@@ -458,7 +459,7 @@ class Reconstruct(Pass):
         by_level: dict[int, list[Target]] = defaultdict(list)
         for t in targets:
             by_level[t.level].append(t)
-        for lvl in sorted(by_level):
+        for lvl in progress(sorted(by_level), desc="reconstruct", unit="level"):
             level_targets = by_level[lvl]
             _capture_level(level_targets, _proto(model), orig_proto, original,
                            ctx.calibration, opts.samples, ctx.seed)

@@ -24,6 +24,7 @@ from compress_ir.backend.schedule import compete
 from compress_ir.backend.schedule.analysis import is_scheduled
 from compress_ir.backend.schedule.pipeline import BuildStats, is_gpu
 from compress_ir.core.errors import UsageError
+from compress_ir.logs import stdout_to_log
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -100,13 +101,16 @@ def tune_missing(mod: tvm.IRModule, target: Target, trials_per_task: int,
     stats.reused_tasks += len(tasks) - len(todo)
     stats.tuned_tasks += len(todo)
     builder = ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S, f_build=build_without_intrin)
-    if todo:
-        _tune(todo, target, trials_per_task, db, builder, work_dir or str(db_dir), stats)
-    # the default rules compete: every task gets its default schedule measured once
-    missing = [t for t in tasks if not compete.has_default_record(db, t.dispatched[0], target)]
-    if missing:
+    # MetaSchedule logs to stdout by default: keep stdout for results, send it to the log
+    with stdout_to_log("tvm.meta_schedule.stdout"):
+        if todo:
+            _tune(todo, target, trials_per_task, db, builder, work_dir or str(db_dir), stats)
+        # the default rules compete: every task gets its default schedule measured once
+        missing = [t for t in tasks
+                   if not compete.has_default_record(db, t.dispatched[0], target)]
         failed = compete.measure_defaults([t.dispatched[0] for t in missing], target, db,
-                                          builder, RUN_TIMEOUT_S)
+                                          builder, RUN_TIMEOUT_S) if missing else {}
+    if missing:
         stats.measured_defaults += len(missing) - len(failed)
         for idx, reason in failed.items():
             stats.default_errors[missing[idx].task_name] = reason

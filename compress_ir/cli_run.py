@@ -1,4 +1,7 @@
-"""`compress-ir run ARTIFACT`: feed an artifact inputs, print or save its outputs, time it."""
+"""`compress-ir run ARTIFACT`: feed an artifact inputs, print or save its outputs, time it.
+
+The `run` subcommand of the CLI (see cli.py); the runtime itself is in backend/.
+"""
 
 from __future__ import annotations
 
