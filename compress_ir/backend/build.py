@@ -51,6 +51,8 @@ class BuildOptions:
     tolerance: float = DEFAULT_BUILD_TOLERANCE
     seed: int = 0
     rpc: str | None = None
+    # input name -> dims (`--input-shape`): fixes symbolic dims, shared by name across inputs
+    input_shapes: dict[str, tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
         if self.batch < 1:
@@ -78,28 +80,45 @@ def _load(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, 
         raise ModelLoadError(f"{model}: cannot read ONNX: {exc}") from None
 
 
-def fixed_input_specs(proto: onnx.ModelProto, batch: int) -> list[TensorSpec]:
-    """Real graph inputs with a concrete shape: a dynamic first dim becomes `batch`."""
+def fixed_input_specs(proto: onnx.ModelProto, batch: int,
+                      input_shapes: dict[str, tuple[int, ...]] | None = None
+                      ) -> list[TensorSpec]:
+    """Real graph inputs with a concrete shape.
+
+    A symbolic dim takes its value from `input_shapes` (by dim name, so one given
+    input fixes `sequence` for all inputs that share it); a remaining dynamic first
+    dim becomes `batch`; any other dynamic dim is an error naming `--input-shape`.
+    """
+    from compress_ir.core.shapes import declared_dims, resolve_shapes
+
+    plan = resolve_shapes(proto, input_shapes or {})
+    given = {k: d.value for k, d in plan.dims.items() if d.source == "input-shape"}
     inits = {i.name for i in proto.graph.initializer}
     specs = []
     for inp in proto.graph.input:
         if inp.name in inits:
             continue
         t = inp.type.tensor_type
-        if not t.HasField("shape"):
-            raise UnsupportedModelError(f"input {inp.name!r} has no shape; TVM needs static "
-                                        "shapes")
+        dims = declared_dims(proto)[inp.name]
+        if input_shapes and inp.name in input_shapes:
+            dims = [int(v) for v in input_shapes[inp.name]]
+        if dims is None:
+            raise UnsupportedModelError(
+                f"input {inp.name!r} has no shape; TVM needs static shapes: give them with "
+                f"--input-shape {inp.name}=d0,d1,...")
         shape = []
-        for axis, d in enumerate(t.shape.dim):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                shape.append(int(d.dim_value))
+        for axis, d in enumerate(dims):
+            if isinstance(d, int):
+                shape.append(d)
+            elif d in given:
+                shape.append(given[d])
             elif axis == 0:
                 shape.append(batch)
             else:
-                name = d.dim_param or "?"
+                example = ",".join(str(v) for v in plan.inputs[inp.name])
                 raise UnsupportedModelError(
-                    f"input {inp.name!r}: dim {axis} ({name}) is dynamic; only the batch dim "
-                    "may be (fix the others in the model)")
+                    f"input {inp.name!r}: dim {axis} ({d}) is dynamic; fix it with "
+                    f"--input-shape {inp.name}={example} (Python: input_shapes=)")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
         specs.append(TensorSpec(inp.name, tuple(shape), np.dtype(dtype).name))
     return specs
@@ -253,7 +272,7 @@ def build(model: onnx.ModelProto | str | os.PathLike, target: str | dict | Targe
     _check_tools(spec)
     _check_destination(Path(out_dir))
     proto, source = _load(model)
-    inputs = fixed_input_specs(proto, options.batch)
+    inputs = fixed_input_specs(proto, options.batch, options.input_shapes)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     mod = _import(proto, inputs, source)

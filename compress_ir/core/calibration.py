@@ -18,6 +18,8 @@ import onnx
 
 from compress_ir.core import numeric
 from compress_ir.core.errors import UsageError
+from compress_ir.core.feeds import realistic_inputs
+from compress_ir.core.shapes import Shapes, resolve_shapes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp"}
 
@@ -70,16 +72,15 @@ def _check_arrays(arrays: dict[str, np.ndarray], proto: onnx.ModelProto, source:
         arrays[name] = arr.astype(dtype, copy=False)
 
 
-def _random(proto: onnx.ModelProto, count: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for name, (dims, dtype) in numeric.graph_inputs(proto).items():
-        shape = [count] + [d if isinstance(d, int) and d > 0 else 1 for d in dims[1:]]
-        arrays[name] = rng.standard_normal(shape).astype(dtype)
-    return arrays
+def _random(proto: onnx.ModelProto, count: int, seed: int,
+            shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """`count` realistic samples (feeds.py: ids in range, 0/1 masks) at the resolved shapes."""
+    wanted = {name: (count, *shape[1:]) for name, shape in shapes.items()}
+    return realistic_inputs(proto, wanted, seed)
 
 
-def _images(folder: Path, proto: onnx.ModelProto, opts: ImageOptions) -> dict[str, np.ndarray]:
+def _images(folder: Path, proto: onnx.ModelProto, opts: ImageOptions,
+            shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     try:
         from PIL import Image
     except ImportError:
@@ -89,7 +90,11 @@ def _images(folder: Path, proto: onnx.ModelProto, opts: ImageOptions) -> dict[st
     specs = numeric.graph_inputs(proto)
     if len(specs) != 1:
         raise UsageError(f"{folder}: an image folder can feed a single-input model only")
-    name, (dims, dtype) = next(iter(specs.items()))
+    name, (_, dtype) = next(iter(specs.items()))
+    dims = shapes[name]
+    if len(dims) != 4:
+        raise UsageError(f"{folder}: an image folder feeds a 4-D input; {name!r} has dims "
+                         f"{list(specs[name][0])}")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise UsageError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -120,14 +125,27 @@ def load_calibration(
     samples: int | None = None,
     seed: int = 0,
     image: ImageOptions | None = None,
+    input_shapes: Shapes | None = None,
 ) -> CalibrationSet:
-    """Load calibration data described by `spec` for the inputs of `proto`."""
+    """Load calibration data described by `spec` for the inputs of `proto`.
+
+    `random[:N]` and image folders need concrete shapes: `input_shapes` where
+    given, else the resolved assumption for each symbolic dim (see shapes.py).
+    """
     if spec == "random" or spec.startswith("random:"):
-        count = int(spec.partition(":")[2] or samples or 64)
-        return CalibrationSet(_random(proto, count, seed), spec)
+        count_text = spec.partition(":")[2]
+        try:
+            count = int(count_text or samples or 64)
+        except ValueError:
+            raise UsageError(f"--calib {spec!r}: expected random:N with an integer N") from None
+        if count < 1:
+            raise UsageError(f"--calib {spec!r}: the sample count must be >= 1")
+        shapes = resolve_shapes(proto, input_shapes).inputs
+        return CalibrationSet(_random(proto, count, seed, shapes), spec)
     path = Path(spec)
     if path.is_dir():
-        arrays = _images(path, proto, image or ImageOptions())
+        shapes = resolve_shapes(proto, input_shapes).inputs
+        arrays = _images(path, proto, image or ImageOptions(), shapes)
     elif path.suffix == ".npy" and path.is_file():
         specs = numeric.graph_inputs(proto)
         if len(specs) != 1:
@@ -147,6 +165,17 @@ def load_calibration(
     if samples is not None:
         arrays = {k: v[:samples] for k, v in arrays.items()}
     return CalibrationSet(arrays, spec)
+
+
+CHECK_SAMPLES = 4  # calibration samples the numeric check runs on
+
+
+def check_batches(
+    calib: CalibrationSet, proto: onnx.ModelProto, samples: int = CHECK_SAMPLES
+) -> list[dict[str, np.ndarray]]:
+    """The first `samples` calibration samples as feed dicts (the model's static batch wins)."""
+    head = CalibrationSet({k: v[:samples] for k, v in calib.arrays.items()}, calib.source)
+    return list(head.batches(batch_size_for(proto, samples)))
 
 
 def batch_size_for(proto: onnx.ModelProto, wanted: int) -> int:

@@ -50,6 +50,12 @@ class PassError(CompressIRError):
         self.exit_code = exit_code
 
 
+class ModelRunError(CompressIRError):
+    """onnxruntime cannot run the model on the inputs it was given (shapes, values)."""
+
+    exit_code = EXIT_MODEL
+
+
 class NumericMismatchError(CompressIRError):
     """A transformed model does not compute what its reference computes."""
 

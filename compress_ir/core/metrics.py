@@ -1,8 +1,16 @@
 """Size and cost of a model: parameters, multiply-accumulates, serialized bytes.
 
 MACs are counted for the ops that dominate CNN and transformer cost (Conv,
-ConvTranspose, Gemm, MatMul) from inferred static shapes; element-wise ops are
-not counted, as is customary in the pruning literature.
+ConvTranspose, Gemm, MatMul) from static shapes; element-wise ops are not
+counted, as is customary in the pruning literature.
+
+MACs depend on the input shapes. A model with symbolic dims is counted at
+concrete input shapes (given, or `shapes.resolve_shapes`' assumption: batch 1,
+sequence 128, spatial 224): the inputs are fixed, then shape computations
+(Shape -> Gather -> Concat -> Reshape, ...) are folded to constants and shapes
+re-inferred until nothing more folds, so reshapes with computed targets get
+static shapes too. A MAC op whose shapes stay unknown is counted with its
+unknown dims as 1 and listed by `mac_count`.
 """
 
 from __future__ import annotations
@@ -13,18 +21,84 @@ import numpy as np
 import onnx
 
 from compress_ir.core.model import infer_proto_shapes
+from compress_ir.core.shapes import Shapes as InputShapes
+from compress_ir.core.shapes import declared_dims, resolve_shapes, with_input_shapes
 
 Shapes = dict[str, tuple[int, ...]]
+MAX_FOLD_ROUNDS = 8  # each round makes at least one more Shape static; real models need 2-4
 
 
-def _shapes(proto: onnx.ModelProto) -> Shapes:
-    shapes: Shapes = {}
-    for vi in (*proto.graph.input, *proto.graph.value_info, *proto.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in dims)
-    for init in proto.graph.initializer:
+def _has_symbolic_dims(proto: onnx.ModelProto) -> bool:
+    return any(dims is None or any(isinstance(d, str) for d in dims)
+               for dims in declared_dims(proto).values())
+
+
+SMALL_CONSTANT = 64  # ConstantOfShape outputs up to this size are shape values, not weights
+
+
+def _fold_small_constant_of_shape(proto: onnx.ModelProto) -> None:
+    """Evaluate ConstantOfShape nodes with a small constant shape (shape arithmetic).
+
+    The loader never folds ConstantOfShape (in placeholder models it stands for a
+    whole weight), but exporters build broadcast shapes with it (`ConstantOfShape
+    -> Mul -> Equal -> Where -> Expand` in torch's attention masks).
+    """
+    consts = {i.name: i for i in proto.graph.initializer}
+    kept = []
+    for node in proto.graph.node:
+        shape = consts.get(node.input[0]) if node.op_type == "ConstantOfShape" else None
+        dims = onnx.numpy_helper.to_array(shape) if shape is not None else None
+        if dims is None or int(np.prod(dims)) > SMALL_CONSTANT:
+            kept.append(node)
+            continue
+        value = next((onnx.numpy_helper.to_array(a.t) for a in node.attribute
+                      if a.name == "value"), np.zeros(1, np.float32))
+        array = np.full([int(d) for d in np.atleast_1d(dims)], value.reshape(-1)[0],
+                        dtype=value.dtype)
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(array, node.output[0]))
+        consts[node.output[0]] = proto.graph.initializer[-1]
+    del proto.graph.node[:]
+    proto.graph.node.extend(kept)
+
+
+def value_shapes(
+    proto: onnx.ModelProto, input_shapes: InputShapes | None = None
+) -> dict[str, tuple[int | None, ...]]:
+    """Shape of every tensor at concrete input shapes (None where still unknown).
+
+    `input_shapes` fixes some or all inputs; the other symbolic dims take the
+    resolved assumption. A model without symbolic input dims is inferred as is.
+    """
+    from compress_ir.frontends.onnx import _fold_constants  # the loader's folding
+
+    if input_shapes is None and not _has_symbolic_dims(proto):
+        work = onnx.ModelProto()
+        work.CopyFrom(proto)
+        work = infer_proto_shapes(work)
+    else:
+        work = with_input_shapes(proto, resolve_shapes(proto, input_shapes).inputs)
+        for _ in range(MAX_FOLD_ROUNDS):
+            count = len(work.graph.node)
+            _fold_small_constant_of_shape(work)
+            _fold_constants(work, "<metrics>")
+            if len(work.graph.node) == count:
+                break
+        work = infer_proto_shapes(work)
+    shapes: dict[str, tuple[int | None, ...]] = {}
+    for vi in (*work.graph.input, *work.graph.value_info, *work.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+                                    else None for d in t.shape.dim)
+    for init in work.graph.initializer:
         shapes[init.name] = tuple(init.dims)
     return shapes
+
+
+def _shapes(proto: onnx.ModelProto, input_shapes: InputShapes | None = None) -> Shapes:
+    """Static shapes for cost models; a dim still unknown counts as 1."""
+    return {k: tuple(d if d is not None else 1 for d in v)
+            for k, v in value_shapes(proto, input_shapes).items()}
 
 
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -68,14 +142,37 @@ MAC_COUNTERS: dict[str, Callable[[onnx.NodeProto, Shapes], int]] = {
 }
 
 
-def model_metrics(proto: onnx.ModelProto) -> dict[str, int]:
-    """params (initializer elements), macs, and bytes of the serialized model."""
-    work = onnx.ModelProto()
-    work.CopyFrom(proto)
-    shapes = _shapes(infer_proto_shapes(work))
-    macs = sum(MAC_COUNTERS[n.op_type](n, shapes) for n in work.graph.node
-               if n.op_type in MAC_COUNTERS)
-    params = sum(int(np.prod(i.dims)) for i in work.graph.initializer)
+# operands each counter reads (-1: the output), to tell which counts rest on unknown dims
+_READS = {"Conv": (1, -1), "ConvTranspose": (0, 1), "Gemm": (0, -1), "MatMul": (0, -1)}
+
+
+def mac_count(
+    proto: onnx.ModelProto, input_shapes: InputShapes | None = None
+) -> tuple[int, list[str]]:
+    """MACs at the given (or assumed) input shapes, and the MAC ops with unknown shapes."""
+    full = value_shapes(proto, input_shapes)
+    shapes = {k: tuple(d if d is not None else 1 for d in v) for k, v in full.items()}
+    macs, unresolved = 0, []
+    for node in proto.graph.node:
+        if node.op_type not in MAC_COUNTERS:
+            continue
+        macs += MAC_COUNTERS[node.op_type](node, shapes)
+        names = [node.output[0] if i < 0 else node.input[i] for i in _READS[node.op_type]]
+        if any(n not in full or None in full[n] for n in names):
+            unresolved.append(node.name or node.output[0])
+    return int(macs), unresolved
+
+
+def model_metrics(
+    proto: onnx.ModelProto, input_shapes: InputShapes | None = None
+) -> dict[str, int]:
+    """params (initializer elements), macs at `input_shapes`, bytes of the serialized model.
+
+    `input_shapes` (input name -> dims) fixes symbolic dims; without it they take
+    the resolved assumption (batch 1, sequence 128, spatial 224; see shapes.py).
+    """
+    macs, _ = mac_count(proto, input_shapes)
+    params = sum(int(np.prod(i.dims)) for i in proto.graph.initializer)
     return {"params": int(params), "macs": int(macs), "bytes": proto.ByteSize()}
 
 

@@ -49,6 +49,8 @@ class PassContext:
     calibration: CalibrationSet | None = None
     original: onnx.ModelProto | None = None  # the pipeline's input, for reconstruction
     target: TargetSpec | None = None  # the build target; passes read e.g. its round_to
+    # concrete shape per graph input (given or assumed, see shapes.py): cost models read it
+    input_shapes: dict[str, tuple[int, ...]] | None = None
 
 
 @dataclass

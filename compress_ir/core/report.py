@@ -59,6 +59,7 @@ def format_report(report: dict[str, Any], max_groups: int = 25) -> str:
         lines.append(
             f"{key:8}{_human(b):>12}{_human(a):>12}{ratio if ratio is not None else '-':>8}"
         )
+    lines += format_shapes(report.get("shapes"))
     for entry in report["passes"]:
         stats = ", ".join(f"{k}={v}" for k, v in entry["stats"].items())
         lines += ["", f"pass {entry['spec']}: {stats}"]
@@ -82,13 +83,30 @@ def format_report(report: dict[str, Any], max_groups: int = 25) -> str:
                 lines.append(f"  blocked ({count} group{'s' if count > 1 else ''}): {reason}")
     for check in report["checks"]:
         state = "ok" if check["ok"] else "FAILED"
+        on = f" on {check['inputs']}" if check.get("inputs") else ""
         lines.append(
             f"check {check['pass']}: {check['against']} rel. error "
-            f"{check['rel_error']:.2e} (tolerance {check['tolerance']:.0e}) {state}"
+            f"{check['rel_error']:.2e} (tolerance {check['tolerance']:.0e}){on} {state}"
         )
     if report.get("sizes"):
         lines += ["", *format_sizes(report["sizes"])]
     return "\n".join(lines)
+
+
+def format_shapes(shapes: dict[str, Any] | None) -> list[str]:
+    """Input shapes the MACs and checks used; assumed symbolic dims are called out."""
+    if not shapes:
+        return []
+    given = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in shapes["inputs"].items())
+    lines = [f"shapes: {given}"]
+    if shapes.get("assumed"):
+        items = ", ".join(f"{k}={v}" for k, v in shapes["assumed"].items())
+        lines.append(f"  assumed symbolic dims: {items} (set them with --input-shape)")
+    lines += [f"  note: {n}" for n in shapes.get("notes", [])]
+    if shapes.get("macs_unresolved"):
+        n = len(shapes["macs_unresolved"])
+        lines.append(f"  MACs: {n} op(s) with unknown shapes counted as 1 (see --report)")
+    return lines
 
 
 _SIZE_FORMATS = (
