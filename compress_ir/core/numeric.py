@@ -8,6 +8,7 @@ scaled by the output's spread.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,7 +43,7 @@ def session(proto: onnx.ModelProto, optimize: bool = False) -> ort.InferenceSess
         if optimize
         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     )
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # run failures become one-line errors; no log on stderr
     return ort.InferenceSession(
         proto.SerializeToString(), opts, providers=["CPUExecutionProvider"]
     )
@@ -99,8 +100,10 @@ _RUN_ERRORS = (ort.capi.onnxruntime_pybind11_state.Fail,
 
 
 def _last_line(exc: BaseException) -> str:
+    """The message of an onnxruntime error without its `[ONNXRuntimeError] : 2 : X :` prefix."""
     text = str(exc).strip().splitlines()
-    return text[-1].strip() if text else type(exc).__name__
+    line = text[-1].strip() if text else type(exc).__name__
+    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)
 
 
 # Scale floor of the error metric. fp32 kernels carry absolute errors of a few ulps
