@@ -181,3 +181,13 @@ def test_tvm_input_specs_take_input_shapes() -> None:
                                                 "token_type_ids": (1, 24)}
     with pytest.raises(UnsupportedModelError, match="--input-shape input_ids=1,40"):
         fixed_input_specs(bert, 1)
+
+
+def test_macs_budget_counts_at_the_given_shape(dbnet: Path) -> None:
+    result = compress(str(dbnet), "channel-prune{target-macs=0.5}",
+                      input_shapes={"x": (1, 3, 128, 96)})
+    alloc = result.report["passes"][0]["details"]["allocation"]
+    assert alloc["original"] == result.report["before"]["macs"]  # the same shapes
+    assert alloc["estimated"] == alloc["achieved"] == result.report["after"]["macs"]
+    assert alloc["reached"] and alloc["achieved_fraction"] <= 0.5
+    assert result.report["checks"][0]["ok"]

@@ -77,6 +77,8 @@ def value_shapes(
         work = infer_proto_shapes(work)
     else:
         work = with_input_shapes(proto, resolve_shapes(proto, input_shapes).inputs)
+        # outputs become plain tensors: their inferred shapes then land in value_info
+        del work.graph.output[:]
         for _ in range(MAX_FOLD_ROUNDS):
             count = len(work.graph.node)
             _fold_small_constant_of_shape(work)

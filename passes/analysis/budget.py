@@ -65,6 +65,7 @@ class AllocationContext:
     min_keep: int = 1
     calibration: CalibrationSet | None = None
     seed: int = 0
+    input_shapes: dict[str, tuple[int, ...]] | None = None  # MACs at these (else assumed)
 
 
 @ALLOCATIONS.register("sensitivity")
@@ -85,7 +86,8 @@ def _eval_set(actx: AllocationContext) -> tuple[CalibrationSet, str]:
         arrays = {k: v[:SENSITIVITY_SAMPLES] for k, v in calib.arrays.items()}
         return CalibrationSet(arrays, calib.source), "calibration"
     spec = f"random:{SENSITIVITY_SAMPLES}"
-    return load_calibration(spec, actx.proto, seed=actx.seed), "random"
+    return load_calibration(spec, actx.proto, seed=actx.seed,
+                            input_shapes=actx.input_shapes), "random"
 
 
 def _outputs(proto: onnx.ModelProto, data: CalibrationSet) -> np.ndarray:
@@ -215,11 +217,12 @@ class CostModel:
     cost = sum over terms of base * prod over the term's tensors of kept / size.
     """
 
-    def __init__(self, proto: onnx.ModelProto, analysis: ChannelAnalysis, metric: str) -> None:
+    def __init__(self, proto: onnx.ModelProto, analysis: ChannelAnalysis, metric: str,
+                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> None:
         self.analysis = analysis
         self._index: dict[str, int] = {}
         self.terms: list[tuple[float, tuple[int, ...]]] = []
-        shapes = _shapes(proto)
+        shapes = _shapes(proto, input_shapes)
         layouts = analysis.layouts
         nodes = {n.name: n for n in proto.graph.node}
         weight_slices: dict[tuple[str, int], list] = defaultdict(list)
@@ -332,7 +335,7 @@ def budget_allocation(
 ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
     """Greedy: remove the least harmful slice per unit of cost saved until the budget holds."""
     start = time.perf_counter()
-    model = CostModel(actx.proto, actx.analysis, metric)
+    model = CostModel(actx.proto, actx.analysis, metric, actx.input_shapes)
     target = fraction * model.total
     cost = model.cost()
     # removal order per group: the reverse of `_top`'s keep order (same tie-breaking)

@@ -98,6 +98,7 @@ def plan_removal(
     analysis: ChannelAnalysis, criterion: Criterion, score_ctx: ScoreContext,
     opts: ChannelPruneOptions, *, proto: Any = None, calibration: CalibrationSet | None = None,
     seed: int = 0, info: dict | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> tuple[set[int], list[dict]]:
     """Choose the units to remove; return them and the per-group plan for the report.
 
@@ -132,7 +133,7 @@ def plan_removal(
             proto = infer_proto_shapes(score_ctx.model.to_proto())
         actx = AllocationContext(
             proto, analysis, {g.index: g for g in candidates}, opts.round_to,
-            opts.min_channels, calibration, seed)
+            opts.min_channels, calibration, seed, input_shapes)
         if opts.budget:
             keep, extra = budget_allocation(scores, actx, *opts.budget)
         else:
@@ -198,7 +199,8 @@ class ChannelPrune(Pass):
         allocation: dict[str, Any] = {}
         removed, rows = plan_removal(
             analysis, criterion, score_ctx, options, proto=before,
-            calibration=ctx.calibration, seed=ctx.seed, info=allocation)
+            calibration=ctx.calibration, seed=ctx.seed, info=allocation,
+            input_shapes=ctx.input_shapes)
         removed_list = np.array(sorted(removed), dtype=np.int64)
         channels_removed = sum(
             int(np.isin(analysis.unit_of[r.first : r.first + r.size], removed_list).sum())
@@ -226,7 +228,7 @@ class ChannelPrune(Pass):
             from compress_ir.core.metrics import model_metrics
 
             metric, _ = self.options.budget
-            achieved = model_metrics(work.to_proto())[metric]
+            achieved = model_metrics(work.to_proto(), ctx.input_shapes)[metric]
             allocation["achieved"] = achieved
             allocation["achieved_fraction"] = round(achieved / max(allocation["original"], 1), 6)
         return PassResult(work, modified=True, stats=stats, details=details, reference=reference)
