@@ -117,7 +117,8 @@ def _add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-check", action="store_true",
                         help="skip the onnxruntime comparison against each pass's reference")
     parser.add_argument("--tolerance", type=float, default=1e-4,
-                        help="max relative error of the numeric check (default 1e-4)")
+                        help="max error of the numeric check (default 1e-4): max |got-want| / "
+                        "(|want| + max(std(want), 0.01)), i.e. allclose with rtol=atol/spread")
     parser.add_argument("--seed", type=int, default=0, help="seed for random check inputs")
     parser.add_argument("--sizes", action=argparse.BooleanOptionalAction, default=None,
                         help="report dense/CSR/BSR/Deep-Compression bytes per layer (default: "

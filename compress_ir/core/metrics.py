@@ -28,11 +28,6 @@ Shapes = dict[str, tuple[int, ...]]
 MAX_FOLD_ROUNDS = 8  # each round makes at least one more Shape static; real models need 2-4
 
 
-def _has_symbolic_dims(proto: onnx.ModelProto) -> bool:
-    return any(dims is None or any(isinstance(d, str) for d in dims)
-               for dims in declared_dims(proto).values())
-
-
 SMALL_CONSTANT = 64  # ConstantOfShape outputs up to this size are shape values, not weights
 
 
@@ -67,16 +62,18 @@ def value_shapes(
     """Shape of every tensor at concrete input shapes (None where still unknown).
 
     `input_shapes` fixes some or all inputs; the other symbolic dims take the
-    resolved assumption. A model without symbolic input dims is inferred as is.
+    resolved assumption. A model used at its declared static shapes is inferred as is.
     """
     from compress_ir.frontends.onnx import _fold_constants  # the loader's folding
 
-    if input_shapes is None and not _has_symbolic_dims(proto):
+    concrete = resolve_shapes(proto, input_shapes).inputs
+    declared = declared_dims(proto)
+    if all(list(concrete[k]) == declared[k] for k in declared):  # static as declared
         work = onnx.ModelProto()
         work.CopyFrom(proto)
         work = infer_proto_shapes(work)
     else:
-        work = with_input_shapes(proto, resolve_shapes(proto, input_shapes).inputs)
+        work = with_input_shapes(proto, concrete)
         # outputs become plain tensors: their inferred shapes then land in value_info
         del work.graph.output[:]
         for _ in range(MAX_FOLD_ROUNDS):
@@ -165,6 +162,15 @@ def mac_count(
     return int(macs), unresolved
 
 
+def measure(
+    proto: onnx.ModelProto, input_shapes: InputShapes | None = None
+) -> tuple[dict[str, int], list[str]]:
+    """`model_metrics` and the MAC ops whose shapes stayed unknown (counted with 1s)."""
+    macs, unresolved = mac_count(proto, input_shapes)
+    params = sum(int(np.prod(i.dims)) for i in proto.graph.initializer)
+    return {"params": int(params), "macs": int(macs), "bytes": proto.ByteSize()}, unresolved
+
+
 def model_metrics(
     proto: onnx.ModelProto, input_shapes: InputShapes | None = None
 ) -> dict[str, int]:
@@ -173,22 +179,21 @@ def model_metrics(
     `input_shapes` (input name -> dims) fixes symbolic dims; without it they take
     the resolved assumption (batch 1, sequence 128, spatial 224; see shapes.py).
     """
-    macs, _ = mac_count(proto, input_shapes)
-    params = sum(int(np.prod(i.dims)) for i in proto.graph.initializer)
-    return {"params": int(params), "macs": int(macs), "bytes": proto.ByteSize()}
+    return measure(proto, input_shapes)[0]
 
 
-def layer_metrics(proto: onnx.ModelProto) -> dict[str, dict[str, int | str]]:
+def layer_metrics(
+    proto: onnx.ModelProto, input_shapes: InputShapes | None = None
+) -> dict[str, dict[str, int | str]]:
     """Per weighted node (Conv, Gemm, MatMul, ...): op, MACs and parameters, by node name.
 
     For the report's before/after table: pruning keeps node names, so the two maps join.
+    MACs are at `input_shapes` (else the resolved assumption), like `model_metrics`.
     """
-    work = onnx.ModelProto()
-    work.CopyFrom(proto)
-    shapes = _shapes(infer_proto_shapes(work))
-    inits = {i.name: int(np.prod(i.dims)) for i in work.graph.initializer}
+    shapes = _shapes(proto, input_shapes)
+    inits = {i.name: int(np.prod(i.dims)) for i in proto.graph.initializer}
     out: dict[str, dict[str, int | str]] = {}
-    for i, node in enumerate(work.graph.node):
+    for i, node in enumerate(proto.graph.node):
         if node.op_type not in MAC_COUNTERS:
             continue
         name = node.name or f"{node.op_type}_{i}"
