@@ -11,22 +11,32 @@ against onnxruntime where it can run, and described in `report["target"]`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import onnx
 
 import compress_ir.passes  # noqa: F401 - registers the passes
 from compress_ir.core import numeric
-from compress_ir.core.calibration import CalibrationSet, ImageOptions, load_calibration
-from compress_ir.core.errors import EXIT_NUMERIC, CompressIRError, UsageError
+from compress_ir.core.calibration import (
+    CalibrationSet,
+    ImageOptions,
+    check_batches,
+    load_calibration,
+)
+from compress_ir.core.errors import EXIT_NUMERIC, CompressIRError, ModelRunError, UsageError
+from compress_ir.core.feeds import input_kinds
 from compress_ir.core.model import Model
 from compress_ir.core.passes import Pass, PassContext, PassResult
 from compress_ir.core.pipeline import format_pipeline, run_pipeline
 from compress_ir.core.report import SCHEMA_VERSION, build_report
+from compress_ir.core.shapes import ShapePlan, resolve_shapes
 from compress_ir.core.verify import output_shapes, verify_model
 from compress_ir.frontends.onnx import load_onnx, save_onnx
 from compress_ir.options import DEFAULT_TOLERANCE, CompressOptions, from_legacy
@@ -46,17 +56,52 @@ class CompressResult:
     artifact: Artifact | None = None
 
 
-def _metrics(proto: onnx.ModelProto) -> dict[str, int]:
-    from compress_ir.core.metrics import model_metrics
+def _metrics(proto: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]
+             ) -> tuple[dict[str, int], list[str]]:
+    from compress_ir.core.metrics import measure
 
-    return model_metrics(proto)
+    return measure(proto, shapes)
+
+
+def _check_feeds(
+    proto: onnx.ModelProto, plan: ShapePlan, calib: CalibrationSet | None, seed: int
+) -> tuple[list[dict[str, np.ndarray]], str]:
+    """What the numeric check runs on: a few calibration samples, else realistic random data."""
+    if calib is not None:
+        feeds = check_batches(calib, proto)
+        count = sum(next(iter(f.values())).shape[0] for f in feeds)
+        return feeds, f"calibration {calib.source} ({count} sample{'s' * (count != 1)})"
+    return [numeric.random_inputs(proto, seed, plan.inputs)], f"random (seed {seed})"
+
+
+def _shapes_section(proto: onnx.ModelProto, plan: ShapePlan, check_inputs: str,
+                    unresolved: list[str]) -> dict[str, Any]:
+    return {**plan.to_dict(), "check_inputs": check_inputs,
+            "values": {k: v.describe() for k, v in input_kinds(proto).items()},
+            "macs_unresolved": unresolved}
+
+
+def _probe(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], plan: ShapePlan,
+           source: str) -> None:
+    """Run the input model once on the check inputs: a misfit is the inputs' fault, said so."""
+    try:
+        numeric.run(proto, feeds[0])
+    except ModelRunError as exc:
+        hint = ""
+        if plan.assumed:
+            example = ", ".join(f"--input-shape {k}={','.join(map(str, v))}"
+                                for k, v in plan.inputs.items())
+            hint = (f"; symbolic dims were assumed ({plan.describe_assumed()}): give the real "
+                    f"shapes, e.g. {example}, or --calib data")
+        raise UsageError(f"{source}: the numeric check cannot run the input model: {exc}"
+                         f"{hint}") from None
 
 
 _LEGACY_DEFAULTS: dict[str, Any] = {
     "output": None, "check": True, "tolerance": DEFAULT_TOLERANCE, "seed": 0,
     "calibration": None, "calib_samples": None, "image_options": None, "target": None,
     "artifact": None, "build_options": None, "benchmark": False, "benchmark_repeat": 20,
-    "sizes": None, "sparse_storage": False,
+    "sizes": None, "sparse_storage": False, "input_shapes": None,
 }
 
 
@@ -77,6 +122,7 @@ def compress(
     benchmark_repeat: int = 20,
     sizes: bool | None = None,
     sparse_storage: bool = False,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
     *,
     options: CompressOptions | None = None,
 ) -> CompressResult:
@@ -88,7 +134,8 @@ def compress(
     or a list of `{pass-name: {option: value}}` steps.
 
     With `check`, every pass that declares a numeric reference is compared against
-    it in onnxruntime on seeded random inputs; a mismatch raises
+    it in onnxruntime on the first few calibration samples when `calibration` is
+    given, else on seeded realistic random inputs (`feeds.py`); a mismatch raises
     NumericMismatchError (CLI exit code 1) and the model is not written (the reports
     in `options.report` are, with `status: check-failed`). `calibration` is
     a `--calib` spec (`random[:N]`, .npy/.npz, image folder) or a CalibrationSet.
@@ -104,6 +151,11 @@ def compress(
     weights" since encoding costs ~1 s per million weights. `sparse_storage` writes
     sparse weights as ONNX `sparse_initializer`s (smaller files; runtimes densify them).
 
+    `input_shapes` (input name -> dims, `--input-shape`) fixes symbolic dims for the
+    check, the MACs, random calibration data and the TVM build. Without it, the
+    calibration data's shapes are used, and any other symbolic dim is assumed (batch
+    1, sequence 128, spatial 224); `report["shapes"]` says which and where from.
+
     Gates (`options.gates`, `require_verified`) that fail raise GateFailedError (exit 4)
     after the model and the reports are written; it carries `.result`.
     """
@@ -112,7 +164,7 @@ def compress(
               "image_options": image_options, "target": target, "artifact": artifact,
               "build_options": build_options, "benchmark": benchmark,
               "benchmark_repeat": benchmark_repeat, "sizes": sizes,
-              "sparse_storage": sparse_storage}
+              "sparse_storage": sparse_storage, "input_shapes": input_shapes}
     if isinstance(pipeline, CompressOptions):
         if options is not None:
             raise UsageError("compress(): give the options once")
@@ -205,37 +257,50 @@ def _execute(model: Any, options: CompressOptions, report: dict[str, Any]) -> Co
     def verify(m: Model) -> None:
         verify_model(m, expected)
 
-    def numeric_check(p: Pass, result: PassResult) -> dict[str, Any]:
-        err = numeric.compare(result.model.to_proto(), result.reference, seed=seed)
-        return {"pass": p.name, "against": "reference", "rel_error": err,
-                "tolerance": options.tolerance, "ok": bool(err <= options.tolerance)}
-
+    given = options.input_shapes or None
+    plan = resolve_shapes(before_proto, given)  # validates the user's shapes early
     calib = options.calib
     if isinstance(calib, str):
         calib = load_calibration(calib, before_proto, options.calib_samples, seed,
-                                 options.image())
-    ctx = PassContext(seed=seed, calibration=calib, original=before_proto, target=spec)
+                                 options.image(), input_shapes=given)
+    if calib is not None and not calib.source.startswith("random"):
+        plan = resolve_shapes(before_proto, given, calib.arrays)
+    check_feeds, check_inputs = _check_feeds(before_proto, plan, calib, seed)
+    if check:
+        _probe(before_proto, check_feeds, plan, source)
+
+    def numeric_check(p: Pass, result: PassResult) -> dict[str, Any]:
+        errors = numeric.output_errors(result.model.to_proto(), result.reference, check_feeds)
+        err = max(errors.values(), default=0.0)
+        return {"pass": p.name, "against": "reference", "rel_error": err,
+                "tolerance": options.tolerance, "ok": bool(err <= options.tolerance),
+                "inputs": check_inputs, "per_output": errors}
+
+    ctx = PassContext(seed=seed, calibration=calib, original=before_proto, target=spec,
+                      input_shapes=dict(plan.inputs))
     log.info("running %s on %s", report["pipeline"] or "no passes", source)
     result = run_pipeline(ir, passes, ctx, verify, numeric_check if check else None)
     proto = result.model.to_proto()
     profile = {id(p): entry for (p, _), entry in zip(result.results, result.profile,
                                                        strict=False)}
+    before, unresolved = _metrics(before_proto, plan.inputs)
     report.update(build_report(
         source=source,
         output=None if output is None else str(output),
         pipeline=format_pipeline(passes),
-        before=_metrics(before_proto),
-        after=_metrics(proto),
+        before=before,
+        after=_metrics(proto, plan.inputs)[0],
         passes=[{"name": p.name, "spec": p.spec(), "modified": r.modified,
                  "stats": r.stats, "details": r.details,
                  **{k: v for k, v in profile.get(id(p), {}).items() if k != "pass"}}
                 for p, r in result.results],
         checks=result.checks,
     ))
-    report["layers"] = _layer_rows(before_proto, proto)
+    report["shapes"] = _shapes_section(before_proto, plan, check_inputs, unresolved)
+    report["layers"] = _layer_rows(before_proto, proto, plan.inputs)
     from compress_ir.runinfo import fidelity
 
-    report["fidelity"] = fidelity(before_proto, proto, calib, seed, options.input_shapes)
+    report["fidelity"] = fidelity(before_proto, proto, calib, seed, dict(plan.inputs))
     if options.sizes or (options.sizes is None and any(p.changes_storage for p in passes)):
         from compress_ir.passes.analysis.size_report import size_report
 
@@ -246,6 +311,8 @@ def _execute(model: Any, options: CompressOptions, report: dict[str, Any]) -> Co
         if options.artifact is None and not base:
             raise UsageError("give an artifact directory (--artifact) for a model without a path")
         build_options = options.build()
+        if given and getattr(build_options, "input_shapes", None) is None:
+            build_options = dataclasses.replace(build_options, input_shapes=dict(given))
         log.info("building for %s", spec.name)
         art, section = _build_target(before_proto, proto, spec, options.artifact, base,
                                      build_options, options.benchmark, options.repeat)
@@ -283,11 +350,12 @@ def _evaluate(spec: str, proto: onnx.ModelProto, output: str | os.PathLike | Non
         return run_eval(spec, str(path))
 
 
-def _layer_rows(before: onnx.ModelProto, after: onnx.ModelProto) -> list[dict[str, Any]]:
+def _layer_rows(before: onnx.ModelProto, after: onnx.ModelProto,
+                shapes: Mapping[str, Sequence[int]]) -> list[dict[str, Any]]:
     """Per weighted layer: MACs and params before and after (joined by node name)."""
     from compress_ir.core.metrics import layer_metrics
 
-    old, new = layer_metrics(before), layer_metrics(after)
+    old, new = layer_metrics(before, shapes), layer_metrics(after, shapes)
     rows = []
     for name, b in old.items():
         a = new.get(name, {"macs": 0, "params": 0})

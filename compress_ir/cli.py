@@ -113,7 +113,11 @@ def _add_compress_arguments(parser: argparse.ArgumentParser) -> None:
                         "(PR comment); '-' prints the JSON to stdout and nothing else "
                         "(repeatable; written also when the run fails)")
     parser.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
-                        help="concrete shape of an input (fills symbolic dims; repeatable)")
+                        help="fix an input's shape, e.g. x=1,3,640,640 (repeatable): symbolic "
+                        "dims for the check, MACs, --calib random and --target; dims shared "
+                        "by name (batch, sequence) follow. Default: the calibration data's "
+                        "shapes, else batch 1, sequence 128, spatial 224 (the report says "
+                        "which were assumed)")
     parser.add_argument("--no-check", action="store_true",
                         help="skip the onnxruntime comparison against each pass's reference")
     parser.add_argument("--tolerance", type=float, default=1e-4,

@@ -17,18 +17,18 @@ from compress_ir.options import CompressOptions, recipe_fields
 
 
 def parse_input_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
-    """`NAME=d0,d1,...` items -> {NAME: (d0, d1, ...)} (one-line errors)."""
+    """`NAME=d0,d1,...` items -> {NAME: (d0, d1, ...)} (one-line errors; see shapes.py)."""
+    from compress_ir.core.shapes import parse_input_shape
+
     shapes: dict[str, tuple[int, ...]] = {}
     for item in items:
-        name, eq, dims = item.partition("=")
-        try:
-            shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
-        except ValueError:
-            shape = ()
-        if not eq or not name.strip() or not shape or min(shape) < 1:
-            raise UsageError(f"--input-shape {item!r}: expected NAME=D0,D1,... with positive "
-                             "integers, e.g. x=1,3,224,224")
-        shapes[name.strip()] = shape
+        name, shape = parse_input_shape(item)
+        if min(shape) < 1:
+            raise UsageError(f"--input-shape {item!r}: dims must be positive integers, "
+                             f"e.g. {name}=1,3,224,224")
+        if name in shapes:
+            raise UsageError(f"--input-shape {name}: given twice")
+        shapes[name] = shape
     return shapes
 
 

@@ -53,7 +53,10 @@ class CompressOptions:
              "additionalProperties": {"type": ["object", "null"]}}]}},
         flag="--pass")
     input_shapes: dict[str, tuple[int, ...]] = opt(
-        {}, "concrete shape per input name (fills symbolic dims), e.g. {x: [1, 3, 224, 224]}",
+        {}, "concrete shape per input name, e.g. {x: [1, 3, 640, 640]}: fixes symbolic dims "
+        "(shared by name across inputs) for the check, MACs, --calib random and --target; "
+        "default: the calibration data's shapes, else assumed (batch 1, sequence 128, "
+        "spatial 224; the report lists them)",
         {"type": "object", "additionalProperties": {
             "type": "array", "items": {"type": "integer", "minimum": 1}}},
         flag="--input-shape")
@@ -63,7 +66,8 @@ class CompressOptions:
         {"anyOf": [{"type": "string"}, {"type": "array", "items": _STR}]})
     check: bool = opt(True, "compare each pass with its numeric reference in onnxruntime",
                       {"type": "boolean"}, flag="--no-check")
-    tolerance: float = opt(DEFAULT_TOLERANCE, "max relative error of the numeric check",
+    tolerance: float = opt(DEFAULT_TOLERANCE, "max error of the numeric check: max |got-want|"
+                           " / (|want| + max(std(want), 0.01))",
                            {"type": "number", "minimum": 0})
     seed: int = opt(0, "seed for random check inputs", {"type": "integer"})
     sizes: bool | None = opt(None, "report dense/CSR/BSR/Deep-Compression bytes per layer",
@@ -149,7 +153,7 @@ class CompressOptions:
         return BuildOptions(batch=self.batch, tune_trials=self.tune_trials,
                             tuning_db=self.tuning_db, sparse_kernels=self.sparse_kernels,
                             verify=self.check, tolerance=self.tolerance, seed=self.seed,
-                            rpc=self.rpc)
+                            rpc=self.rpc, input_shapes=dict(self.input_shapes) or None)
 
     def to_recipe(self, full: bool = False) -> dict[str, Any]:
         """The recipe mapping (JSON/YAML-ready); defaults left out unless `full`."""

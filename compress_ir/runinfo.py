@@ -81,12 +81,7 @@ def _feeds(original: onnx.ModelProto, calibration: Any, seed: int,
         arrays = {k: v[:size] for k, v in calibration.arrays.items()}
         batches = [{k: v[i:i + batch] for k, v in arrays.items()} for i in range(0, size, batch)]
         return batches, f"calibration ({calibration.source}, {size} samples)"
-    dim_values: dict[str, int] = {}
-    for name, (dims, _) in numeric.graph_inputs(original).items():
-        for dim, value in zip(dims, input_shapes.get(name, ()), strict=False):
-            if isinstance(dim, str) and dim:
-                dim_values[dim] = int(value)
-    return [numeric.random_inputs(original, seed, dim_values)], f"random (seed {seed})"
+    return [numeric.random_inputs(original, seed, input_shapes)], f"random (seed {seed})"
 
 
 def fidelity(original: onnx.ModelProto, compressed: onnx.ModelProto, calibration: Any = None,
@@ -109,7 +104,7 @@ def fidelity(original: onnx.ModelProto, compressed: onnx.ModelProto, calibration
                 entry.update(cosine=0.0, rel_error=float("inf"))
                 continue
             entry["cosine"] = min(entry["cosine"], _cosine(value, ref))
-            entry["rel_error"] = max(entry["rel_error"], numeric.rel_error(value, ref))
+            entry["rel_error"] = max(entry["rel_error"], numeric.max_relative_error(value, ref))
     return {
         "against": "original",
         "inputs": source,
