@@ -146,3 +146,23 @@ def test_run_and_compress_are_subcommands(capsys: pytest.CaptureFixture[str],
     code_a, out_a, _ = cli(capsys, "compress", model, "--pass", "channel-prune")
     code_b, out_b, _ = cli(capsys, model, "--pass", "channel-prune")
     assert code_a == code_b == EXIT_OK and out_a == out_b
+
+
+def test_metaschedule_loggers_do_not_reach_stdout(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """MetaSchedule's own logger setup (a console handler on sys.stdout), as tuning calls it."""
+    pytest.importorskip("tvm")
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+
+    log = tmp_path / "l.log"
+    logs.setup_logging(0, str(log))
+    with logs.stdout_to_log("tvm.meta_schedule.stdout"):
+        (task,) = get_loggers_from_work_dir(str(tmp_path / "work"), ["dense"])
+        logging.getLogger("tvm.s_tir.meta_schedule").info("TaskScheduler picks Task #0")
+    logging.getLogger("tvm.s_tir.meta_schedule").info("tuning summary table")
+    out, _ = capsys.readouterr()
+    assert out == ""
+    text = log.read_text()
+    for line in ("Logging directory", "TaskScheduler picks Task #0", "tuning summary table"):
+        assert line in text

@@ -225,3 +225,14 @@ def test_pipeline_text_with_comments_and_at_file(
         "channel-prune{ratio=0.25,scope=global},fold-bn")
     code, _, err = cli(capsys, model, "--pass", f"@{tmp_path / 'missing.txt'}")
     assert code == EXIT_USAGE and "cannot read pipeline file" in err
+
+
+def test_readme_recipe_is_valid() -> None:
+    text = (ROOT / "README.md").read_text().split("### Recipes, CI gates and reports", 1)[1]
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    recipe = yaml.safe_load(block)
+    validate_recipe(recipe, "README")
+    assert set(recipe) >= {"model", "input_shapes", "calib", "passes", "target", "output",
+                           "report", "gates"}
+    assert step_specs(recipe["passes"])[0] == (
+        "channel-prune", {"criterion": "thinet", "target-macs": "0.5"})
