@@ -111,16 +111,16 @@ def bars_svg(title: str, labels: list[str], series: list[tuple[str, str, list[fl
     """Horizontal grouped bars, one group per label, one bar per series (name, color, values)."""
     if not labels:
         return ""
-    bar_h, gap, label_w, plot_w, right = 12, 8, 210, 560, 90
+    bar_h, gap, label_w, plot_w, right = 12, 8, 250, 540, 90
     group_h = bar_h * len(series) + gap
-    top, legend_h = 28, 22
+    top, legend_h = 28, 22 if len(series) > 1 else 4
     height = top + legend_h + group_h * len(labels) + 10
     peak = max((v for _, _, vals in series for v in vals), default=0) or 1
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + plot_w + right}" '
            f'height="{height}" role="img" aria-label="{_esc(title)}" class="chart">',
            f'<text x="0" y="16" class="ct">{_esc(title)}</text>']
     x = label_w
-    for name, color, _ in series:
+    for name, color, _ in series if len(series) > 1 else ():
         out.append(f'<rect x="{x}" y="{top}" width="12" height="10" fill="{color}"/>'
                    f'<text x="{x + 16}" y="{top + 9}" class="cl">{_esc(name)}</text>')
         x += 24 + 7 * len(name)
@@ -129,7 +129,7 @@ def bars_svg(title: str, labels: list[str], series: list[tuple[str, str, list[fl
         gy = y + i * group_h
         out.append(f'<text x="{label_w - 6}" y="{gy + bar_h * len(series) / 2 + 4}" '
                    f'text-anchor="end" class="cl"><title>{_esc(label)}</title>'
-                   f'{_esc(_short(label))}</text>')
+                   f'{_esc(_short(label, 36))}</text>')
         for j, (_, color, values) in enumerate(series):
             value = values[i]
             w = max(plot_w * value / peak, 0.5 if value else 0)
@@ -236,16 +236,20 @@ pre{background:#f6f8fa;padding:10px;border-radius:6px;overflow:auto;font-size:12
 """
 
 
-def _table(head: list[str], rows: list[list[Any]], left: int = 1,
+def _table(head: list[str] | None, rows: list[list[Any]], left: int | set[int] = 1,
            classes: list[str] | None = None) -> str:
+    """A table; `left`: the first N columns (or these column indexes) are left-aligned."""
+    lefts = set(range(left)) if isinstance(left, int) else left
+
     def cells(row: list[Any], tag: str) -> str:
-        return "".join(f'<{tag}{" class=l" if i < left else ""}>{_esc(c)}</{tag}>'
+        return "".join(f'<{tag}{" class=l" if i in lefts else ""}>{_esc(c)}</{tag}>'
                        for i, c in enumerate(row))
 
     body = "".join(
         f"<tr{f' class={classes[i]}' if classes and classes[i] else ''}>{cells(r, 'td')}</tr>"
         for i, r in enumerate(rows))
-    return f"<table><thead><tr>{cells(head, 'th')}</tr></thead><tbody>{body}</tbody></table>"
+    thead = f"<thead><tr>{cells(head, 'th')}</tr></thead>" if head else ""
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
 
 
 def _cards(report: dict[str, Any]) -> str:
@@ -259,7 +263,7 @@ def _cards(report: dict[str, Any]) -> str:
     if "cosine" in fid:
         cards.append((f"{fid['cosine']:.4f}", "output cosine vs original"))
     for label, ms in _latency(report)[-1:]:
-        cards.append((f"{ms:.3f} ms", label))
+        cards.append((f"{ms:.3f} ms", f"latency, {label}"))
     return ('<div class="cards">' + "".join(
         f'<div class="card"><b>{_esc(v)}</b><span>{_esc(t)}</span></div>' for v, t in cards)
         + "</div>") if cards else ""
@@ -307,11 +311,11 @@ def render_html(report: dict[str, Any]) -> str:
     if passes:
         checks = {c["pass"]: c for c in report.get("checks", [])}
         parts.append('<h2 id="passes">Passes</h2>' + _table(
-            ["pass", "wall s", "peak RSS MB", "check rel. error", "stats"],
+            ["pass", "seconds", "process peak RSS MB", "check rel. error", "stats"],
             [[p["spec"], f"{p.get('seconds', 0):.3f}", p.get("peak_rss_mb", "-"),
               f"{checks[p['name']]['rel_error']:.2e}" if p["name"] in checks else "-",
               ", ".join(f"{k}={v}" for k, v in list(p.get("stats", {}).items())[:6])]
-             for p in passes], left=1))
+             for p in passes], left={0, 4}))
     layers = _top_layers(report)
     if layers:
         labels = [r["node"] for r in layers]
@@ -357,7 +361,7 @@ def render_html(report: dict[str, Any]) -> str:
     provenance = [["input sha256", (report.get("sha256") or {}).get("input") or "-"],
                   ["output sha256", (report.get("sha256") or {}).get("output") or "-"]]
     provenance += [[k, v or "-"] for k, v in (report.get("versions") or {}).items()]
-    parts.append('<h2 id="provenance">Provenance</h2>' + _table(["", ""], provenance, left=2))
+    parts.append('<h2 id="provenance">Provenance</h2>' + _table(None, provenance, left=2))
     if report.get("recipe"):
         import yaml
 

@@ -236,3 +236,14 @@ def test_readme_recipe_is_valid() -> None:
                            "report", "gates"}
     assert step_specs(recipe["passes"])[0] == (
         "channel-prune", {"criterion": "thinet", "target-macs": "0.5"})
+
+
+def test_shipped_recipes_are_valid() -> None:
+    recipes = sorted((ROOT / "tools" / "recipes").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        from compress_ir.recipe import read_recipe
+
+        data = read_recipe(path)
+        assert (ROOT / data["model"]).is_file(), path
+        step_specs(data["passes"])
