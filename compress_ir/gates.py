@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from compress_ir.core.errors import CompressIRError, UsageError
+from compress_ir.core.errors import EXIT_GATE, CompressIRError, UsageError
 
-EXIT_GATE = 4
+__all__ = ["EXIT_GATE", "GateFailedError", "evaluate_gates", "gate_metrics", "parse_gate"]
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt,

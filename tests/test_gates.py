@@ -210,3 +210,24 @@ def test_report_dash_prints_only_the_json(capsys: pytest.CaptureFixture[str], mo
     data = json.loads(stdout)  # the whole of stdout is one JSON document
     assert data["status"] == "ok" and data["pipeline"] == "channel-prune"
     assert stderr == ""
+
+
+def test_report_dash_on_failure_is_still_json(capsys: pytest.CaptureFixture[str],
+                                              tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00")
+    code, stdout, stderr = cli(capsys, bad, "--pass", "channel-prune", "--report", "-")
+    assert code == EXIT_MODEL and stderr.startswith("compress-ir: error: ")
+    assert json.loads(stdout)["status"] == "error"
+
+
+def test_api_gate_failure_carries_the_result(model: Path) -> None:
+    from compress_ir.api import CompressOptions, compress
+    from compress_ir.gates import GateFailedError
+
+    with pytest.raises(GateFailedError, match="'macs <= 0.1'") as info:
+        compress(str(model), CompressOptions(passes=["channel-prune"], gates=["macs <= 0.1"]))
+    result = info.value.result
+    assert result.report["status"] == "gate-failed"
+    assert result.model.graph.node  # the compressed model is there for the caller
+    assert info.value.exit_code == EXIT_GATE == 4

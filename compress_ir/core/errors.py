@@ -10,6 +10,7 @@ EXIT_OK = 0
 EXIT_NUMERIC = 1
 EXIT_USAGE = 2
 EXIT_MODEL = 3
+EXIT_GATE = 4  # a CI gate failed (compress_ir/gates.py)
 
 
 class CompressIRError(Exception):
