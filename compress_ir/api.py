@@ -313,9 +313,12 @@ def _execute(model: Any, options: CompressOptions, report: dict[str, Any]) -> Co
         build_options = options.build()
         if given and getattr(build_options, "input_shapes", None) is None:
             build_options = dataclasses.replace(build_options, input_shapes=dict(given))
+        from compress_ir.logs import phase
+
         log.info("building for %s", spec.name)
-        art, section = _build_target(before_proto, proto, spec, options.artifact, base,
-                                     build_options, options.benchmark, options.repeat)
+        with phase(f"TVM build for {spec.name}" + (" (tuning)" if options.tune_trials else "")):
+            art, section = _build_target(before_proto, proto, spec, options.artifact, base,
+                                         build_options, options.benchmark, options.repeat)
         report["target"] = section
     if output is not None:  # after the build: a failed compile check writes nothing
         save_onnx(proto, output, sparse=options.sparse_storage)

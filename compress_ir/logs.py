@@ -177,3 +177,44 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "",
             of = f"/{total}" if total else ""
             logger.info("%s: %d%s %s (%.0f s)", desc, done, of, unit, now - start)
     logger.debug("%s: done, %d %s in %.1f s", desc, done, unit, time.monotonic() - start)
+
+
+@contextlib.contextmanager
+def phase(desc: str) -> Iterator[None]:
+    """Progress for one long step without sub-steps (a TVM build, tuning): elapsed time.
+
+    A ticking tqdm bar on a terminal, a line every PROGRESS_INTERVAL_S otherwise, from a
+    background thread; nothing when progress is off.
+    """
+    import threading
+
+    logger = logging.getLogger(PROGRESS_LOGGER)
+    if not logger.isEnabledFor(logging.INFO):
+        yield
+        return
+    start = time.monotonic()
+    stop = threading.Event()
+    bar = None
+    if logger.handlers and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(desc=desc, file=sys.stderr, leave=False, bar_format="{desc}: {elapsed}")
+
+    def tick() -> None:
+        interval = 1.0 if bar is not None else max(PROGRESS_INTERVAL_S, 0.05)
+        while not stop.wait(interval):
+            if bar is not None:
+                bar.refresh()
+            else:
+                logger.info("%s: running (%.0f s)", desc, time.monotonic() - start)
+
+    thread = threading.Thread(target=tick, name="compress-ir-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        if bar is not None:
+            bar.close()
+        logger.debug("%s: done in %.1f s", desc, time.monotonic() - start)

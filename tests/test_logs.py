@@ -166,3 +166,19 @@ def test_metaschedule_loggers_do_not_reach_stdout(
     text = log.read_text()
     for line in ("Logging directory", "TaskScheduler picks Task #0", "tuning summary table"):
         assert line in text
+
+
+def test_phase_reports_a_long_step(capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setattr(logs, "PROGRESS_INTERVAL_S", 0.05)
+    logs.setup_logging(0)
+    with logs.phase("TVM build for x86"):
+        time.sleep(0.3)
+    _, err = capsys.readouterr()
+    assert "compress-ir: TVM build for x86: running (0 s)" in err
+    logs.setup_logging(-1)
+    with logs.phase("quiet"):
+        time.sleep(0.2)
+    assert capsys.readouterr() == ("", "")
