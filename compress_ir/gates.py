@@ -112,6 +112,9 @@ def evaluate_gates(gates: list[str], report: dict[str, Any], require_verified: b
                              f"{', '.join(sorted(metrics)) or 'none'})")
         else:
             row["ok"] = gate.holds(value)
+        bench = ((report.get("target") or {}).get("benchmark") or {})
+        if gate.metric.startswith("latency") and bench.get("warnings"):
+            row["warning"] = "; ".join(bench["warnings"])
         rows.append(row)
     if require_verified:
         verify = ((report.get("target") or {}).get("verify")) or {}

@@ -295,7 +295,8 @@ def render_html(report: dict[str, Any]) -> str:
         parts.append('<h2 id="gates">Gates</h2>' + _table(
             ["gate", "value", "result"],
             [[g["gate"], "-" if g.get("value") is None else f"{g['value']:.6g}",
-              "pass" if g["ok"] else f"FAIL {g.get('reason', '')}".strip()] for g in gates],
+              ("pass" if g["ok"] else f"FAIL {g.get('reason', '')}".strip())
+              + (f" (warning: {g['warning']})" if g.get("warning") else "")] for g in gates],
             classes=["pass" if g["ok"] else "fail" for g in gates]))
     fid = report.get("fidelity")
     if fid:
@@ -346,9 +347,25 @@ def render_html(report: dict[str, Any]) -> str:
             [[r, c, ", ".join(e)] for r, c, e in blocked], left=1))
     latency = _latency(report)
     if latency:
+        bench = report["target"]["benchmark"]
         parts.append('<h2 id="latency">Latency</h2>' + bars_svg(
             "median latency", [lbl for lbl, _ in latency],
             [("median", _AFTER, [ms for _, ms in latency])], unit=" ms"))
+        rows = [[label, *(f"{e[k]:.4f}" if k in e else "-" for k in
+                          ("median_ms", "p90_ms", "min_ms")),
+                 f"{e['cv']:.1%}" if "cv" in e else "-"]
+                for key, label in (("onnxruntime_original", "onnxruntime, original"),
+                                   ("onnxruntime_compressed", "onnxruntime, compressed"),
+                                   ("tvm", "TVM artifact"))
+                if "median_ms" in (e := bench.get(key) or {})]
+        parts.append(_table(["runtime", "median ms", "p90 ms", "min ms", "CV"], rows))
+        env = bench.get("environment") or {}
+        if env:
+            parts.append(f'<p class="meta">{_esc(bench.get("method", ""))}, '
+                         f'{bench.get("repeat")} rounds after {bench.get("warmup", "?")} '
+                         f'warm-up; {_esc(env.get("cpu"))}, {env.get("cpu_count")} cores</p>')
+        for warning in bench.get("warnings", []):
+            parts.append(f'<div class="err">warning: {_esc(warning)}</div>')
     target = report.get("target")
     if target:
         verify = target.get("verify") or {}
@@ -405,7 +422,8 @@ def render_markdown(report: dict[str, Any], max_layers: int = 15) -> str:
     if gates:
         lines += _md_table(["gate", "value", "result"], [
             [f"`{g['gate']}`", "-" if g.get("value") is None else f"{g['value']:.6g}",
-             "✅ pass" if g["ok"] else f"❌ {g.get('reason', 'fail')}"] for g in gates]) + [""]
+             ("✅ pass" if g["ok"] else f"❌ {g.get('reason', 'fail')}")
+             + (f" ⚠️ {g['warning']}" if g.get("warning") else "")] for g in gates]) + [""]
     if report.get("eval"):
         lines += _md_table(["metric", "value"],
                            [[k, f"{v:.6g}"] for k, v in report["eval"].items()]) + [""]

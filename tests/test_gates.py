@@ -231,3 +231,26 @@ def test_api_gate_failure_carries_the_result(model: Path) -> None:
     assert result.report["status"] == "gate-failed"
     assert result.model.graph.node  # the compressed model is there for the caller
     assert info.value.exit_code == EXIT_GATE == 4
+
+
+def test_benchmark_statistics_and_interleaving() -> None:
+    from compress_ir.backend.benchmark import interleaved, summarize
+
+    stats = summarize([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
+    assert (stats["median_ms"], stats["p90_ms"], stats["min_ms"], stats["mean_ms"]) == (
+        5.5, 9.0, 1.0, 5.5)
+    assert stats["cv"] == pytest.approx(3.02765 / 5.5, abs=1e-4)
+    calls: list[str] = []
+    timers = {k: (lambda k=k: calls.append(k) or 1.0) for k in ("a", "b", "c")}
+    samples = interleaved(timers, repeat=3, warmup=1)
+    assert calls == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_latency_gates_carry_benchmark_warnings() -> None:
+    report = {"ratios": {}, "before": {}, "after": {},
+              "target": {"verify": {"ran": True, "ok": True},
+                         "benchmark": {"ratios": {"tvm_vs_ort_original": 0.5},
+                                       "warnings": ["tvm: CV 30% > 10%"]}}}
+    (row,) = evaluate_gates(["latency <= 0.6"], report)
+    assert row["ok"] and "CV 30%" in row["warning"]

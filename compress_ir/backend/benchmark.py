@@ -1,30 +1,98 @@
 """`--benchmark`: onnxruntime on the original and compressed models vs the TVM artifact.
 
-All three see the same seeded inputs in the same process, one after another.
+Gate-grade: a latency gate (`--gate 'latency <= 0.8'`) must not pass or fail on noise.
+All three see the same seeded inputs in the same process; after a warm-up they are
+timed in interleaved rounds (each round times each runtime once, in a rotating order),
+so a slow phase of the machine hits all of them alike instead of whichever ran then.
+Each entry reports median, p90, min, mean and the coefficient of variation (CV); the
+thread settings and CPU model are recorded, and a warning is added when an entry's CV
+is above `MAX_CV` (too wide a spread to trust a ratio).
+
 onnxruntime runs with its graph optimisations on (its production setting) and is
 timed by wall clock around `session.run`; the artifact is timed by TVM's VM
-`time_evaluator` (inputs already on the device). Ratios are time ratios: < 1 means
-the numerator is faster.
+`time_evaluator` on the device (inputs already there). Ratios are time ratios: < 1
+means the numerator is faster. Ratios between TVM and onnxruntime are only given when
+both ran on the same machine (not for --rpc, where TVM runs on the remote device).
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
 from typing import Any
 
 import onnx
 
 from compress_ir.backend.artifact import Artifact, random_inputs
-from compress_ir.backend.runner import Session, local_run_blocker, wall_clock_ms
+from compress_ir.backend.runner import Session, local_run_blocker
 from compress_ir.core import numeric
 
 DEFAULT_REPEAT = 20
+WARMUP = 3
+MAX_CV = 0.10
+log = logging.getLogger("compress_ir.benchmark")
 
 
-def _ort_ms(proto: onnx.ModelProto, feeds: dict[str, Any], repeat: int) -> dict[str, Any]:
+def summarize(samples: list[float]) -> dict[str, Any]:
+    """median/p90/min/mean (ms) and CV of timing samples."""
+    ordered = sorted(samples)
+    mean = statistics.fmean(ordered)
+    stdev = statistics.stdev(ordered) if len(ordered) > 1 else 0.0
+    p90 = ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)]
+    return {"median_ms": statistics.median(ordered), "p90_ms": p90, "min_ms": ordered[0],
+            "mean_ms": mean, "cv": round(stdev / mean, 4) if mean > 0 else 0.0,
+            "repeat": len(ordered)}
+
+
+def _ort_timer(proto: onnx.ModelProto, feeds: dict[str, Any]) -> Callable[[], float]:
     sess = numeric.session(proto, optimize=True)
     names = [o.name for o in sess.get_outputs()]
-    return {**wall_clock_ms(lambda: sess.run(names, feeds), repeat), "method": "wall clock",
-            "where": "local"}
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        sess.run(names, feeds)
+        return (time.perf_counter() - t0) * 1e3
+
+    return once
+
+
+def interleaved(timers: dict[str, Callable[[], float]], repeat: int, warmup: int = WARMUP
+                ) -> dict[str, list[float]]:
+    """`repeat` rounds; each round calls every timer once, starting one further each round."""
+    names = list(timers)
+    for _ in range(warmup):
+        for name in names:
+            timers[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeat):
+        for i in range(len(names)):
+            name = names[(r + i) % len(names)]
+            samples[name].append(timers[name]())
+    return samples
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    """Where the timings were taken: CPU, cores, thread settings."""
+    return {"cpu": _cpu_model(), "cpu_count": os.cpu_count(),
+            "onnxruntime_threads": "default (all cores)",
+            "TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS"),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
 
 
 def _ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
@@ -36,23 +104,45 @@ def _ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
 def benchmark(original: onnx.ModelProto, compressed: onnx.ModelProto, art: Artifact,
               repeat: int = DEFAULT_REPEAT, seed: int = 0, rpc: str | None = None
               ) -> dict[str, Any]:
-    """Median latencies (ms) of the three, and their ratios."""
+    """Latency statistics of the three, their ratios, the environment and warnings."""
     feeds = random_inputs(art.inputs, seed)
-    result: dict[str, Any] = {"repeat": repeat, "seed": seed,
-                              "inputs": {s.name: list(s.shape) for s in art.inputs}}
-    result["onnxruntime_original"] = _ort_ms(original, feeds, repeat)
-    result["onnxruntime_compressed"] = _ort_ms(compressed, feeds, repeat)
+    result: dict[str, Any] = {"repeat": repeat, "warmup": WARMUP, "seed": seed,
+                              "method": "interleaved rounds",
+                              "inputs": {s.name: list(s.shape) for s in art.inputs},
+                              "environment": environment()}
+    timers = {"onnxruntime_original": _ort_timer(original, feeds),
+              "onnxruntime_compressed": _ort_timer(compressed, feeds)}
     blocker = None if rpc else local_run_blocker(art.meta)
+    session = None if blocker else Session(art, rpc)
+    try:
+        if session is not None:
+            timers["tvm"] = session.timer(feeds)
+        samples = interleaved(timers, repeat)
+    finally:
+        if session is not None:
+            session.close()
+    for name, values in samples.items():
+        entry = summarize(values)
+        entry["method"] = "vm.time_evaluator" if name == "tvm" else "wall clock"
+        entry["where"] = session.where if name == "tvm" else "local"
+        result[name] = entry
     if blocker:
         result["tvm"] = {"ran": False, "reason": blocker}
-    else:
-        with Session(art, rpc) as session:
-            result["tvm"] = session.time(feeds, repeat)
     ort_o, ort_c, tvm = (result[k] for k in ("onnxruntime_original", "onnxruntime_compressed",
                                              "tvm"))
+    same_device = not rpc
     result["ratios"] = {
         "ort_compressed_vs_original": _ratio(ort_c, ort_o),
-        "tvm_vs_ort_compressed": _ratio(tvm, ort_c),
-        "tvm_vs_ort_original": _ratio(tvm, ort_o),
+        "tvm_vs_ort_compressed": _ratio(tvm, ort_c) if same_device else None,
+        "tvm_vs_ort_original": _ratio(tvm, ort_o) if same_device else None,
     }
+    warnings = [f"{name}: CV {entry['cv']:.0%} > {MAX_CV:.0%}, the spread is too wide to "
+                "trust a ratio (an idle machine, more --repeat)"
+                for name, entry in result.items()
+                if isinstance(entry, dict) and entry.get("cv", 0) > MAX_CV]
+    if not same_device:
+        warnings.append("TVM ran on the RPC device, onnxruntime here: no TVM/onnxruntime ratio")
+    for line in warnings:
+        log.warning("benchmark: %s", line)
+    result["warnings"] = warnings
     return result

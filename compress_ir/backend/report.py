@@ -33,7 +33,9 @@ def _block(block: Any) -> str:
 
 def _ms(entry: dict[str, Any]) -> str:
     if "median_ms" in entry:
-        return f"{entry['median_ms']:.3f} ms (min {entry['min_ms']:.3f})"
+        extra = (f", p90 {entry['p90_ms']:.3f}, CV {entry['cv']:.0%}" if "p90_ms" in entry
+                 else "")
+        return f"{entry['median_ms']:.3f} ms (min {entry['min_ms']:.3f}{extra})"
     return f"not run: {entry.get('reason', '?')}"
 
 
@@ -72,4 +74,10 @@ def format_target(section: dict[str, Any]) -> list[str]:
         ratios = ", ".join(f"{k}={v}" for k, v in bench["ratios"].items() if v is not None)
         if ratios:
             lines.append(f"    ratios: {ratios}")
+        env = bench.get("environment")
+        if env:
+            lines.append(f"    on {env['cpu']} ({env['cpu_count']} cores), "
+                         f"{bench.get('method', '')}")
+        for warning in bench.get("warnings", []):
+            lines.append(f"    warning: {warning}")
     return lines

@@ -123,6 +123,16 @@ class Session:
                              f" meta.json lists {len(names)}")
         return {n: v.numpy() for n, v in zip(names, values, strict=True)}
 
+    def timer(self, inputs: dict[str, np.ndarray], number: int = 1) -> Any:
+        """A callable timing `number` VM calls on the device per call (ms per call).
+
+        For interleaved benchmarks: one sample per call, timed by TVM on the device.
+        """
+        args = self.tensors(inputs)
+        self.vm["main"](*args)  # warm-up (first call allocates)
+        evaluator = self.vm.time_evaluator("main", self.device, number=number, repeat=1)
+        return lambda: float(evaluator(*args).results[0]) * 1e3
+
     def time(self, inputs: dict[str, np.ndarray], repeat: int, number: int = 1
              ) -> dict[str, Any]:
         """VM `time_evaluator` on the device: `repeat` samples of `number` calls each."""
