@@ -27,6 +27,7 @@ T = TypeVar("T")
 LOGGER = "compress_ir"
 PROGRESS_LOGGER = "compress_ir.progress"
 PROGRESS_INTERVAL_S = 5.0
+PHASE_MAX_INTERVAL_S = 60.0
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _LEVELS = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}
 _OWNED = "_compress_ir_handler"  # marks handlers this module installed
@@ -201,12 +202,14 @@ def phase(desc: str) -> Iterator[None]:
         bar = tqdm(desc=desc, file=sys.stderr, leave=False, bar_format="{desc}: {elapsed}")
 
     def tick() -> None:
+        # a terminal redraws every second; a log gets lines 5, 10, 20, 40, 60, 60 ... s apart
         interval = 1.0 if bar is not None else max(PROGRESS_INTERVAL_S, 0.05)
         while not stop.wait(interval):
             if bar is not None:
                 bar.refresh()
-            else:
-                logger.info("%s: running (%.0f s)", desc, time.monotonic() - start)
+                continue
+            logger.info("%s: running (%.0f s)", desc, time.monotonic() - start)
+            interval = min(interval * 2, max(PHASE_MAX_INTERVAL_S, interval))
 
     thread = threading.Thread(target=tick, name="compress-ir-progress", daemon=True)
     thread.start()
