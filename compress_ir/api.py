@@ -1,8 +1,12 @@
 """Python API: the same job as the CLI, returning the model and the report.
 
-    from compress_ir.api import compress
+    from compress_ir.api import CompressOptions, compress
     result = compress("model.onnx", "channel-prune{ratio=0.5}", output="small.onnx")
     print(result.report["ratios"]["macs"])
+    # the options object the CLI and recipe files build:
+    opts = CompressOptions(passes=[{"channel-prune": {"target-macs": 0.5}}],
+                           gates=["fidelity >= 0.98"], report=["r.json", "r.html"])
+    result = compress("model.onnx", opts)
 
 With `target=` ("x86", "arm:rpi4", "cuda:sm_80", or a TVM target dict) the
 compressed model is also compiled with TVM into an artifact directory, verified
