@@ -20,7 +20,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -31,6 +31,25 @@ PHASE_MAX_INTERVAL_S = 60.0
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _LEVELS = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}
 _OWNED = "_compress_ir_handler"  # marks handlers this module installed
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler on whatever `sys.stderr` is at the time of each record.
+
+    Bound at emit time, not creation, so a redirected or replaced stderr (tests,
+    notebooks) never leaves a handler writing to a closed stream.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it
+        pass
 
 
 def _own(handler: logging.Handler) -> logging.Handler:
@@ -52,7 +71,7 @@ def setup_logging(verbosity: int = 0, log_file: str | None = None) -> None:
     """
     level = _LEVELS.get(verbosity, logging.DEBUG)
     handlers: list[logging.Handler] = []
-    console = _own(logging.StreamHandler(sys.stderr))
+    console = _own(_Stderr())
     console.setLevel(level)
     console.setFormatter(logging.Formatter("compress-ir: %(levelname)s: %(message)s"))
     handlers.append(console)
@@ -75,7 +94,7 @@ def setup_logging(verbosity: int = 0, log_file: str | None = None) -> None:
     # the log file through the parent logger
     progress_logger.setLevel(logging.DEBUG if verbosity >= 0 or log_file else logging.ERROR)
     if verbosity >= 0:
-        line = _own(logging.StreamHandler(sys.stderr))
+        line = _own(_Stderr())
         line.setLevel(logging.INFO)
         line.setFormatter(logging.Formatter("compress-ir: %(message)s"))
         progress_logger.addHandler(line)

@@ -182,3 +182,13 @@ def test_phase_reports_a_long_step(capsys: pytest.CaptureFixture[str],
     with logs.phase("quiet"):
         time.sleep(0.2)
     assert capsys.readouterr() == ("", "")
+
+
+def test_console_handler_follows_the_current_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    logs.setup_logging(0)
+    first.close()  # e.g. a test's captured stream, gone after that test
+    monkeypatch.setattr("sys.stderr", second)
+    logging.getLogger("compress_ir.test").warning("still shown")
+    assert "WARNING: still shown" in second.getvalue()
