@@ -3,9 +3,10 @@
 Exit codes: 0 ok, 1 numeric check failed, 2 usage error, 3 unsupported/invalid model.
 User errors print one line on stderr, never a traceback (`--debug` shows it).
 
-Two argparse subcommands: `compress-ir [compress] MODEL [--pass P] [--target T]`
+Argparse subcommands: `compress-ir [compress] MODEL [--pass P] [--target T]`
 (compress, optionally compile; `compress` is implied when the first argument is not
-a command) and `compress-ir run ARTIFACT` (run a compiled artifact). Options of a
+a command), `compress-ir run ARTIFACT` (run a compiled artifact) and `compress-ir
+report R1.json R2.json -o compare.html` (compare runs). Options of a
 compress run may come from a recipe (`--config`, see recipe.py); flags override it.
 Exit 4: a CI gate failed (see gates.py).
 """
@@ -91,6 +92,7 @@ def _compress_parser_settings() -> dict:
               compress-ir model.onnx --pass 'channel-prune{ratio=0.5}' -o small.onnx --target x86
               compress-ir --config recipe.yaml --gate 'fidelity >= 0.98' --report r.html
               compress-ir run small.x86 --input x.npy --output y.npz   (compress-ir run --help)
+              compress-ir report r25.json r50.json r75.json -o compare.html
             exit codes: 0 ok, 1 numeric check failed, 2 usage, 3 unsupported/invalid model,
             4 a gate failed"""),
     )
@@ -192,11 +194,18 @@ def _add_run_command_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-COMMANDS = ("compress", "run")
+def _report_main(args: argparse.Namespace) -> int:
+    from compress_ir.report_compare import write_comparison
+
+    write_comparison(args.reports, args.output)
+    return EXIT_OK
+
+
+COMMANDS = ("compress", "run", "report")
 
 
 def build_root_parser() -> argparse.ArgumentParser:
-    """`compress-ir {compress,run} ...` as argparse subcommands."""
+    """`compress-ir {compress,run,report} ...` as argparse subcommands."""
     root = _Parser(prog="compress-ir", description="A model compression compiler.")
     sub = root.add_subparsers(dest="command", required=True, parser_class=_Parser)
     compress = sub.add_parser("compress", help="compress (and compile) a model (default)",
@@ -208,6 +217,13 @@ def build_root_parser() -> argparse.ArgumentParser:
                          epilog="exit codes: 0 ok, 2 usage (bad input name/shape/dtype), "
                                 "3 unreadable artifact")
     _add_run_command_arguments(run)
+    report = sub.add_parser("report", prog="compress-ir report",
+                            help="compare the JSON reports of several runs",
+                            description="Compare runs: a table and fidelity (and --eval "
+                            "metrics) vs MACs kept, as one HTML page or Markdown.")
+    report.add_argument("reports", nargs="+", metavar="REPORT.json")
+    report.add_argument("-o", "--output", required=True, metavar="FILE.html|FILE.md")
+    report.add_argument("--debug", action="store_true", help="show tracebacks")
     return root
 
 
@@ -227,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         from compress_ir.cli_run import run_main
 
         return _guarded(args, lambda: run_main(args))
+    if args.command == "report":
+        return _guarded(args, lambda: _report_main(args))
     parser = build_parser()
     if args.list_passes:
         print(passes_help())

@@ -66,10 +66,11 @@ def gate_metrics(report: dict[str, Any]) -> dict[str, float]:
     """Every number a gate may name, from the report (see README: CI gates).
 
     `macs`/`params`/`bytes` are after/before ratios (`*_before`, `*_after` absolute);
-    `fidelity` is the worst output cosine vs the original, `rel_error` the worst relative
-    error; `latency` is TVM / onnxruntime-original, `latency_ort` compressed / original
-    in onnxruntime (only with --benchmark); user metrics from --eval under their own
-    names and as `eval.NAME`.
+    `fidelity` is the mean per-sample output cosine vs the original (worst output),
+    `fidelity_min` the worst sample's, `rel_error` the worst relative error; `latency`
+    is TVM / onnxruntime-original, `latency_ort` compressed / original in onnxruntime
+    (only with --benchmark); user metrics from --eval under their own names and as
+    `eval.NAME`.
     """
     out: dict[str, float] = {}
     for key, ratio in report.get("ratios", {}).items():
@@ -78,7 +79,8 @@ def gate_metrics(report: dict[str, Any]) -> dict[str, float]:
             if _num(value) is not None:
                 out[name] = _num(value)
     fid = report.get("fidelity") or {}
-    for name, key in (("fidelity", "cosine"), ("rel_error", "rel_error")):
+    for name, key in (("fidelity", "cosine"), ("fidelity_min", "cosine_min"),
+                      ("rel_error", "rel_error")):
         if _num(fid.get(key)) is not None:
             out[name] = _num(fid[key])
     target = report.get("target") or {}

@@ -98,7 +98,7 @@ def _latency(report: dict[str, Any]) -> list[tuple[str, float]]:
 # -- SVG charts ---------------------------------------------------------------------------
 
 
-def _esc(value: Any) -> str:
+def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
@@ -117,32 +117,32 @@ def bars_svg(title: str, labels: list[str], series: list[tuple[str, str, list[fl
     height = top + legend_h + group_h * len(labels) + 10
     peak = max((v for _, _, vals in series for v in vals), default=0) or 1
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + plot_w + right}" '
-           f'height="{height}" role="img" aria-label="{_esc(title)}" class="chart">',
-           f'<text x="0" y="16" class="ct">{_esc(title)}</text>']
+           f'height="{height}" role="img" aria-label="{esc(title)}" class="chart">',
+           f'<text x="0" y="16" class="ct">{esc(title)}</text>']
     x = label_w
     for name, color, _ in series if len(series) > 1 else ():
         out.append(f'<rect x="{x}" y="{top}" width="12" height="10" fill="{color}"/>'
-                   f'<text x="{x + 16}" y="{top + 9}" class="cl">{_esc(name)}</text>')
+                   f'<text x="{x + 16}" y="{top + 9}" class="cl">{esc(name)}</text>')
         x += 24 + 7 * len(name)
     y = top + legend_h
     for i, label in enumerate(labels):
         gy = y + i * group_h
         out.append(f'<text x="{label_w - 6}" y="{gy + bar_h * len(series) / 2 + 4}" '
-                   f'text-anchor="end" class="cl"><title>{_esc(label)}</title>'
-                   f'{_esc(_short(label, 36))}</text>')
+                   f'text-anchor="end" class="cl"><title>{esc(label)}</title>'
+                   f'{esc(_short(label, 36))}</text>')
         for j, (_, color, values) in enumerate(series):
             value = values[i]
             w = max(plot_w * value / peak, 0.5 if value else 0)
             by = gy + j * bar_h
             out.append(f'<rect x="{label_w}" y="{by}" width="{w:.1f}" height="{bar_h - 1}" '
-                       f'fill="{color}"><title>{_esc(label)}: {_human(value)}{unit}</title></rect>')
+                       f'fill="{color}"><title>{esc(label)}: {_human(value)}{unit}</title></rect>')
             out.append(f'<text x="{label_w + w + 4:.1f}" y="{by + bar_h - 2}" class="cv">'
                        f'{_human(value)}{unit}</text>')
     out.append("</svg>")
     return "".join(out)
 
 
-_PALETTE = ("#0969da", "#cf222e", "#1a7f37", "#8250df", "#bf8700", "#1b7c83", "#bc4c00",
+PALETTE = ("#0969da", "#cf222e", "#1a7f37", "#8250df", "#bf8700", "#1b7c83", "#bc4c00",
             "#6e7781", "#a475f9", "#e16f24")
 
 
@@ -169,8 +169,8 @@ def curves_svg(title: str, curves: dict[str, tuple[list[float], list[float]]],
         return left + x * w, top + h - ly * h
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + w + legend_w}" '
-           f'height="{top + h + 40}" role="img" aria-label="{_esc(title)}" class="chart">',
-           f'<text x="0" y="16" class="ct">{_esc(title)}</text>',
+           f'height="{top + h + 40}" role="img" aria-label="{esc(title)}" class="chart">',
+           f'<text x="0" y="16" class="ct">{esc(title)}</text>',
            f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#d0d7de"/>']
     for e in range(lo, hi + 1):
         _, y = px(0, 10.0 ** e)
@@ -187,14 +187,14 @@ def curves_svg(title: str, curves: dict[str, tuple[list[float], list[float]]],
         out.append(f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" '
                    'stroke="#1f2328" stroke-dasharray="4 3"/>')
     for i, (name, (xs, ys)) in enumerate(curves.items()):
-        color = _PALETTE[i % len(_PALETTE)]
+        color = PALETTE[i % len(PALETTE)]
         points = " ".join(f"{px(x, y)[0]:.1f},{px(x, y)[1]:.1f}" for x, y in zip(xs, ys,
                                                                                   strict=True))
         out.append(f'<polyline points="{points}" fill="none" stroke="{color}" '
-                   f'stroke-width="1.5"><title>{_esc(name)}</title></polyline>')
+                   f'stroke-width="1.5"><title>{esc(name)}</title></polyline>')
         ly = top + 6 + 16 * i
         out.append(f'<rect x="{left + w + 12}" y="{ly}" width="12" height="3" fill="{color}"/>'
-                   f'<text x="{left + w + 28}" y="{ly + 5}" class="cl">{_esc(_short(name, 34))}'
+                   f'<text x="{left + w + 28}" y="{ly + 5}" class="cl">{esc(_short(name, 34))}'
                    "</text>")
     out.append("</svg>")
     return "".join(out)
@@ -214,7 +214,7 @@ def _sensitivity(report: dict[str, Any]) -> list[str]:
 
 # -- HTML ---------------------------------------------------------------------------------
 
-_CSS = """
+PAGE_CSS = """
 body{font:14px/1.45 -apple-system,'Segoe UI',Helvetica,Arial,sans-serif;color:#1f2328;
 margin:24px auto;max-width:1060px;padding:0 16px}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid
@@ -236,13 +236,13 @@ pre{background:#f6f8fa;padding:10px;border-radius:6px;overflow:auto;font-size:12
 """
 
 
-def _table(head: list[str] | None, rows: list[list[Any]], left: int | set[int] = 1,
+def html_table(head: list[str] | None, rows: list[list[Any]], left: int | set[int] = 1,
            classes: list[str] | None = None) -> str:
     """A table; `left`: the first N columns (or these column indexes) are left-aligned."""
     lefts = set(range(left)) if isinstance(left, int) else left
 
     def cells(row: list[Any], tag: str) -> str:
-        return "".join(f'<{tag}{" class=l" if i in lefts else ""}>{_esc(c)}</{tag}>'
+        return "".join(f'<{tag}{" class=l" if i in lefts else ""}>{esc(c)}</{tag}>'
                        for i, c in enumerate(row))
 
     body = "".join(
@@ -265,7 +265,7 @@ def _cards(report: dict[str, Any]) -> str:
     for label, ms in _latency(report)[-1:]:
         cards.append((f"{ms:.3f} ms", f"latency, {label}"))
     return ('<div class="cards">' + "".join(
-        f'<div class="card"><b>{_esc(v)}</b><span>{_esc(t)}</span></div>' for v, t in cards)
+        f'<div class="card"><b>{esc(v)}</b><span>{esc(t)}</span></div>' for v, t in cards)
         + "</div>") if cards else ""
 
 
@@ -275,24 +275,24 @@ def render_html(report: dict[str, Any]) -> str:
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         '<meta name="viewport" content="width=device-width,initial-scale=1">',
-        f"<title>compress-ir report: {_esc(os.path.basename(str(report.get('input', ''))))}"
-        "</title>", f"<style>{_CSS}</style></head><body>",
+        f"<title>compress-ir report: {esc(os.path.basename(str(report.get('input', ''))))}"
+        "</title>", f"<style>{PAGE_CSS}</style></head><body>",
         f'<h1>compress-ir report <span class="status" id="status" style="background:'
-        f'{_STATUS_COLOR.get(status, "#59636e")}">{_esc(status)}</span></h1>',
-        f'<div class="meta">{_esc(report.get("input"))} &rarr; '
-        f'{_esc(report.get("output") or "(not written)")}<br>pipeline: '
-        f'<code>{_esc(report.get("pipeline") or "-")}</code></div>',
+        f'{_STATUS_COLOR.get(status, "#59636e")}">{esc(status)}</span></h1>',
+        f'<div class="meta">{esc(report.get("input"))} &rarr; '
+        f'{esc(report.get("output") or "(not written)")}<br>pipeline: '
+        f'<code>{esc(report.get("pipeline") or "-")}</code></div>',
     ]
     if report.get("error"):
-        parts.append(f'<h2>Error</h2><div class="err" id="error">{_esc(report["error"])}</div>')
+        parts.append(f'<h2>Error</h2><div class="err" id="error">{esc(report["error"])}</div>')
     parts.append(_cards(report))
     rows = _summary_rows(report)
     if rows:
-        parts.append('<h2 id="summary">Summary</h2>' + _table(
+        parts.append('<h2 id="summary">Summary</h2>' + html_table(
             ["", "before", "after", "after / before"], [list(r) for r in rows]))
     gates = report.get("gates") or []
     if gates:
-        parts.append('<h2 id="gates">Gates</h2>' + _table(
+        parts.append('<h2 id="gates">Gates</h2>' + html_table(
             ["gate", "value", "result"],
             [[g["gate"], "-" if g.get("value") is None else f"{g['value']:.6g}",
               ("pass" if g["ok"] else f"FAIL {g.get('reason', '')}".strip())
@@ -301,17 +301,17 @@ def render_html(report: dict[str, Any]) -> str:
     fid = report.get("fidelity")
     if fid:
         parts.append(f'<h2 id="fidelity">Fidelity to the original</h2><p class="meta">'
-                     f'on {_esc(fid.get("inputs"))}</p>' + _table(
+                     f'on {esc(fid.get("inputs"))}</p>' + html_table(
                          ["output", "cosine", "relative error"],
                          [[k, f"{v['cosine']:.6f}", f"{v['rel_error']:.3e}"]
                           for k, v in (fid.get("outputs") or {}).items()]))
     if report.get("eval"):
-        parts.append('<h2 id="eval">Evaluation (--eval)</h2>' + _table(
+        parts.append('<h2 id="eval">Evaluation (--eval)</h2>' + html_table(
             ["metric", "value"], [[k, f"{v:.6g}"] for k, v in report["eval"].items()]))
     passes = report.get("passes") or []
     if passes:
         checks = {c["pass"]: c for c in report.get("checks", [])}
-        parts.append('<h2 id="passes">Passes</h2>' + _table(
+        parts.append('<h2 id="passes">Passes</h2>' + html_table(
             ["pass", "seconds", "process peak RSS MB", "check rel. error", "stats"],
             [[p["spec"], f"{p.get('seconds', 0):.3f}", p.get("peak_rss_mb", "-"),
               f"{checks[p['name']]['rel_error']:.2e}" if p["name"] in checks else "-",
@@ -328,7 +328,7 @@ def render_html(report: dict[str, Any]) -> str:
             ("before", _BEFORE, [r["params_before"] for r in layers]),
             ("after", _AFTER, [r["params_after"] for r in layers])]))
         total = len(report.get("layers") or [])
-        parts.append(_table(
+        parts.append(html_table(
             ["layer", "op", "MACs before", "MACs after", "ratio", "params before",
              "params after"],
             [[r["node"], r["op"], _human(r["macs_before"]), _human(r["macs_after"]),
@@ -342,7 +342,7 @@ def render_html(report: dict[str, Any]) -> str:
         parts.append('<h2 id="sensitivity">Sensitivity</h2>' + "".join(sensitivity))
     blocked = _blocked(report)
     if blocked:
-        parts.append('<h2 id="blocked">Blocked channel groups</h2>' + _table(
+        parts.append('<h2 id="blocked">Blocked channel groups</h2>' + html_table(
             ["reason", "groups", "e.g. producers"],
             [[r, c, ", ".join(e)] for r, c, e in blocked], left=1))
     latency = _latency(report)
@@ -358,32 +358,32 @@ def render_html(report: dict[str, Any]) -> str:
                                    ("onnxruntime_compressed", "onnxruntime, compressed"),
                                    ("tvm", "TVM artifact"))
                 if "median_ms" in (e := bench.get(key) or {})]
-        parts.append(_table(["runtime", "median ms", "p90 ms", "min ms", "CV"], rows))
+        parts.append(html_table(["runtime", "median ms", "p90 ms", "min ms", "CV"], rows))
         env = bench.get("environment") or {}
         if env:
-            parts.append(f'<p class="meta">{_esc(bench.get("method", ""))}, '
+            parts.append(f'<p class="meta">{esc(bench.get("method", ""))}, '
                          f'{bench.get("repeat")} rounds after {bench.get("warmup", "?")} '
-                         f'warm-up; {_esc(env.get("cpu"))}, {env.get("cpu_count")} cores</p>')
+                         f'warm-up; {esc(env.get("cpu"))}, {env.get("cpu_count")} cores</p>')
         for warning in bench.get("warnings", []):
-            parts.append(f'<div class="err">warning: {_esc(warning)}</div>')
+            parts.append(f'<div class="err">warning: {esc(warning)}</div>')
     target = report.get("target")
     if target:
         verify = target.get("verify") or {}
         state = (f"rel. error {verify.get('rel_error', 0):.2e} "
                  f"({'ok' if verify.get('ok') else 'FAILED'})" if verify.get("ran")
                  else f"not run: {verify.get('reason', '?')}")
-        parts.append(f'<h2 id="target">Target</h2><p>{_esc(target["spec"]["name"])}: '
-                     f'{_esc(target["spec"].get("description", ""))}<br>artifact '
-                     f'{_esc(target.get("artifact"))}<br>verify: {_esc(state)}</p>')
+        parts.append(f'<h2 id="target">Target</h2><p>{esc(target["spec"]["name"])}: '
+                     f'{esc(target["spec"].get("description", ""))}<br>artifact '
+                     f'{esc(target.get("artifact"))}<br>verify: {esc(state)}</p>')
     provenance = [["input sha256", (report.get("sha256") or {}).get("input") or "-"],
                   ["output sha256", (report.get("sha256") or {}).get("output") or "-"]]
     provenance += [[k, v or "-"] for k, v in (report.get("versions") or {}).items()]
-    parts.append('<h2 id="provenance">Provenance</h2>' + _table(None, provenance, left=2))
+    parts.append('<h2 id="provenance">Provenance</h2>' + html_table(None, provenance, left=2))
     if report.get("recipe"):
         import yaml
 
         parts.append('<h2 id="recipe">Recipe</h2><pre>'
-                     + _esc(yaml.safe_dump(report["recipe"], sort_keys=False)) + "</pre>")
+                     + esc(yaml.safe_dump(report["recipe"], sort_keys=False)) + "</pre>")
     parts.append("</body></html>\n")
     return "\n".join(p for p in parts if p)
 

@@ -30,13 +30,14 @@ class _Outline(HTMLParser):
         self.tags: list[str] = []
         self.external: list[str] = []
         self.rects: list[dict[str, str]] = []
+        self.points: list[dict[str, str]] = []
         self.text: list[str] = []
         self.stack: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
         self.tags.append(tag)
-        if tag not in ("br", "meta", "rect"):
+        if tag not in ("br", "meta", "rect", "circle"):
             self.stack.append(tag)
         if "id" in a:
             self.ids.add(a["id"])
@@ -45,11 +46,13 @@ class _Outline(HTMLParser):
                 self.external.append(a[key])
         if tag == "rect":
             self.rects.append(a)
+        if tag == "circle" and a.get("class") == "point":
+            self.points.append(a)
         if tag in ("script", "link", "iframe", "img"):
             self.external.append(tag)
 
     def handle_endtag(self, tag: str) -> None:
-        if tag in ("rect",):
+        if tag in ("rect", "circle"):
             return
         assert self.stack and self.stack[-1] == tag, (self.stack[-5:], tag)
         self.stack.pop()
@@ -147,3 +150,40 @@ def test_html_renders_in_headless_chromium(tmp_path: Path) -> None:
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", html.as_uri()],
         capture_output=True, text=True, timeout=120)
     assert 'id="layers"' in dom.stdout and "<svg" in dom.stdout
+
+
+def test_compare_runs(tmp_path: Path) -> None:
+    reports = []
+    for ratio in (0.25, 0.5, 0.75):
+        path = tmp_path / f"r{int(ratio * 100)}.json"
+        code = main([str(EXAMPLE), "--pass", f"channel-prune{{ratio={ratio}}}", "--report",
+                     str(path), "--quiet"])
+        assert code == EXIT_OK
+        reports.append(path)
+    html, md = tmp_path / "cmp.html", tmp_path / "cmp.md"
+    assert main(["report", *map(str, reports), "-o", str(html)]) == EXIT_OK
+    assert main(["report", *map(str, reports), "-o", str(md)]) == EXIT_OK
+    page = _Outline()
+    page.feed(html.read_text())
+    assert page.external == [] and {"runs", "tradeoff"} <= page.ids
+    data = [json.loads(p.read_text()) for p in reports]
+    text = " ".join(page.text)
+    for d in data:
+        assert f"{d['ratios']['macs']:.3f}" in text and f"{d['fidelity']['cosine']:.5g}" in text
+    rows = [line for line in md.read_text().splitlines() if line.startswith("| r")
+            and not line.startswith("| run")]
+    assert [row.split(" | ")[0] for row in rows] == ["| r25", "| r50", "| r75"]
+    # one point per run in the fidelity plot, at x = MACs kept on a 460 px wide [0, 1] axis
+    xs = [float(c["cx"]) for c in page.points]
+    assert len(xs) == 3
+    for x, d in zip(xs, data, strict=True):
+        assert (x - 60) / 460 == pytest.approx(d["ratios"]["macs"], abs=1e-3)
+
+
+def test_compare_rejects_what_is_not_a_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    assert main(["report", str(bad), "-o", str(tmp_path / "x.html")]) == 2
+    assert "not a compress-ir report" in capsys.readouterr().err
