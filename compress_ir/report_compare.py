@@ -119,8 +119,8 @@ def render_comparison_html(runs: list[tuple[str, dict[str, Any]]]) -> str:
              f"<title>compress-ir: {len(runs)} runs compared</title>",
              f"<style>{PAGE_CSS}</style></head><body>",
              f"<h1>compress-ir: {len(runs)} runs compared</h1>",
-             '<p class="meta">ratios are after / before; fidelity is the worst output cosine '
-             "against the original model; latency is TVM / onnxruntime on the original</p>",
+             '<p class="meta">ratios are after / before; fidelity is the mean per-sample output '
+             "cosine against the original model; latency is TVM / onnxruntime on the original</p>",
              '<h2 id="runs">Runs</h2>', html_table(head, _rows(runs, metrics), left={0, 1, 2})]
     parts.append('<h2 id="tradeoff">Trade-off</h2>')
     for metric in metrics:

@@ -261,7 +261,7 @@ def _cards(report: dict[str, Any]) -> str:
             cards.append((f"{ratios[key]:.1%}", label))
     fid = report.get("fidelity") or {}
     if "cosine" in fid:
-        cards.append((f"{fid['cosine']:.4f}", "output cosine vs original"))
+        cards.append((f"{fid['cosine']:.4f}", "mean output cosine vs original"))
     for label, ms in _latency(report)[-1:]:
         cards.append((f"{ms:.3f} ms", f"latency, {label}"))
     return ('<div class="cards">' + "".join(
@@ -302,8 +302,10 @@ def render_html(report: dict[str, Any]) -> str:
     if fid:
         parts.append(f'<h2 id="fidelity">Fidelity to the original</h2><p class="meta">'
                      f'on {esc(fid.get("inputs"))}</p>' + html_table(
-                         ["output", "cosine", "relative error"],
-                         [[k, f"{v['cosine']:.6f}", f"{v['rel_error']:.3e}"]
+                         ["output", "mean cosine", "worst-sample cosine", "relative error"],
+                         [[k, f"{v['cosine']:.6f}",
+                           f"{v['cosine_min']:.6f}" if "cosine_min" in v else "-",
+                           f"{v['rel_error']:.3e}"]
                           for k, v in (fid.get("outputs") or {}).items()]))
     if report.get("eval"):
         parts.append('<h2 id="eval">Evaluation (--eval)</h2>' + html_table(
