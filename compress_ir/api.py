@@ -15,6 +15,7 @@ against onnxruntime where it can run, and described in `report["target"]`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -206,9 +207,14 @@ def run(model: str | os.PathLike | onnx.ModelProto | Model | None, options: Comp
             report["status"] = "check-failed"
         else:
             report["status"] = "error"
-        report["error"] = (str(exc) if isinstance(exc, CompressIRError)
-                           else f"internal error {type(exc).__name__}: {exc}")
-        exc.report = report  # type: ignore[attr-defined]
+        if isinstance(exc, CompressIRError):
+            report["error"] = str(exc)
+        elif isinstance(exc, KeyboardInterrupt):
+            report["error"] = "interrupted"
+        else:
+            report["error"] = f"internal error {type(exc).__name__}: {exc}"
+        with contextlib.suppress(AttributeError):
+            exc.report = report  # type: ignore[attr-defined]
         _write_reports(report, options, failing=True)
         raise
     report["status"] = "ok"
