@@ -28,18 +28,28 @@ LIBRARY_FILE = "model.so"
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One graph input/output of the compiled module (shape None where unknown)."""
+    """One graph input/output of the compiled module (shape None where unknown).
+
+    `fixed_dims`: (axis, dim name) of dims the ONNX model leaves symbolic (batch,
+    sequence, height...) that the build fixed to `shape[axis]`; meta.json lists them so a
+    user knows which `--input-shape` rebuilds the artifact for other sizes.
+    """
 
     name: str
     shape: tuple[int | None, ...]
     dtype: str
+    fixed_dims: tuple[tuple[int, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        d: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.fixed_dims:
+            d["fixed_dims"] = {str(axis): name for axis, name in self.fixed_dims}
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
-        return cls(str(d["name"]), tuple(d["shape"]), str(d["dtype"]))
+        fixed = tuple((int(k), str(v)) for k, v in (d.get("fixed_dims") or {}).items())
+        return cls(str(d["name"]), tuple(d["shape"]), str(d["dtype"]), fixed)
 
 
 @dataclass(frozen=True)
@@ -136,8 +146,14 @@ def check_inputs(specs: list[TensorSpec], inputs: dict[str, np.ndarray]) -> list
             raise UsageError(f"input {s.name!r} is missing (shape {list(s.shape)}, {s.dtype})")
         arr = np.asarray(inputs[s.name])
         if tuple(arr.shape) != tuple(s.shape):
+            hint = ""
+            if s.fixed_dims:
+                dims = ", ".join(f"{axis} ({name})" for axis, name in s.fixed_dims)
+                wanted = ",".join(str(d) for d in arr.shape)
+                hint = (f"; dims {dims} were fixed when building: rebuild with "
+                        f"--input-shape {s.name}={wanted}")
             raise UsageError(f"input {s.name!r}: shape {list(arr.shape)} != expected "
-                             f"{list(s.shape)}")
+                             f"{list(s.shape)}{hint}")
         if arr.dtype != np.dtype(s.dtype):
             raise UsageError(f"input {s.name!r}: dtype {arr.dtype} != expected {s.dtype}")
         ordered.append(np.ascontiguousarray(arr))

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -103,7 +104,7 @@ def fixed_input_specs(proto: onnx.ModelProto, batch: int,
         if inp.name in inits:
             continue
         t = inp.type.tensor_type
-        dims = declared_dims(proto)[inp.name]
+        dims = declared = declared_dims(proto)[inp.name]
         if input_shapes and inp.name in input_shapes:
             dims = [int(v) for v in input_shapes[inp.name]]
         if dims is None:
@@ -124,8 +125,13 @@ def fixed_input_specs(proto: onnx.ModelProto, batch: int,
                     f"input {inp.name!r}: dim {axis} ({d}) is dynamic; fix it with "
                     f"--input-shape {inp.name}={example} (Python: input_shapes=)")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
-        specs.append(TensorSpec(inp.name, tuple(shape), np.dtype(dtype).name))
+        specs.append(TensorSpec(inp.name, tuple(shape), np.dtype(dtype).name,
+                                _symbolic(declared or [])))
     return specs
+
+
+def _symbolic(declared: list[int | str]) -> tuple[tuple[int, str], ...]:
+    return tuple((axis, d) for axis, d in enumerate(declared) if not isinstance(d, int))
 
 
 def _output_specs(proto: onnx.ModelProto, mod: Any) -> list[TensorSpec]:
@@ -148,9 +154,20 @@ def _output_specs(proto: onnx.ModelProto, mod: Any) -> list[TensorSpec]:
     return specs
 
 
+_RELAX_CALL = re.compile(r"^(R\.[\w.]+)\(")
+
+
 def _first_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    """The message line of a TVM error: the last line after a traceback, else the first;
+    a dumped offending Relax call is named by its op (the dump itself is dropped)."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines()
+             if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        return type(exc).__name__
+    if any(ln.startswith("Traceback") for ln in lines):
+        return lines[-1]
+    ops = [m.group(1) for ln in lines[1:] if (m := _RELAX_CALL.match(ln))]
+    return lines[0] + (f" (offending call: {ops[0]})" if ops else "")
 
 
 def _node_label(node: onnx.NodeProto) -> str:

@@ -34,6 +34,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compress_ir.backend.artifact import TensorSpec
+from compress_ir.core.errors import UnsupportedModelError
 
 MIN_OPSET = 13  # the importer's converters are complete from here (Squeeze/Split axes inputs)
 UPGRADE_TO = 17
@@ -169,25 +170,38 @@ def split_variadic(proto: onnx.ModelProto, stats: Counter) -> None:
 
 
 def _elem_dtype(proto: onnx.ModelProto, name: str) -> np.dtype:
-    """The element type of `name` from inputs, initializers or value_info (float32 default)."""
-    for vi in (*proto.graph.input, *proto.graph.value_info, *proto.graph.output):
+    """The element type of `name` from inputs, initializers or inferred value_info."""
+    from compress_ir.core.model import infer_proto_shapes
+
+    work = onnx.ModelProto()
+    work.CopyFrom(proto)
+    try:
+        infer_proto_shapes(work)
+    except Exception:  # noqa: BLE001 - the folding step reports invalid models
+        pass
+    for vi in (*work.graph.input, *work.graph.value_info, *work.graph.output):
         if vi.name == name and vi.type.tensor_type.elem_type:
             return np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
     for init in proto.graph.initializer:
         if init.name == name:
             return np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type))
-    return np.dtype(np.float32)
+    raise UnsupportedModelError(f"cannot tell the element type of {name!r} (Mean input)")
+
+
+def _shape_nodes(proto: onnx.ModelProto) -> int:
+    return sum(n.op_type == "Shape" for n in proto.graph.node)
 
 
 def fold_to_fixed_point(proto: onnx.ModelProto, source: str) -> onnx.ModelProto:
-    """The frontend's normaliser, repeated while it still removes nodes (a folded Shape
+    """The frontend's normaliser, repeated while it folds `Shape` nodes (a folded Shape
     makes a Reshape static, whose consumers' Shape folds in the next round)."""
     from compress_ir.frontends.onnx import normalise
 
     for _ in range(MAX_FOLD_ROUNDS):
-        before = len(proto.graph.node)
+        before = _shape_nodes(proto)
         proto = normalise(proto, source)
-        if len(proto.graph.node) == before:
+        after = _shape_nodes(proto)
+        if after == 0 or after == before:
             break
     return proto
 
@@ -212,8 +226,7 @@ def normalize_for_tvm(proto: onnx.ModelProto, source: str, inputs: list[TensorSp
     stats: dict[str, Any] = {"nodes_before": len(work.graph.node)}
     set_input_shapes(work, inputs)
     work = upgrade_opset(work, stats)
-    work = fold_to_fixed_point(work, source)
-    for key, rewrite in REWRITES:
+    for key, rewrite in REWRITES:  # structural: exporters write graphs in topological order
         counts: Counter = Counter()
         rewrite(work, counts)
         if counts:

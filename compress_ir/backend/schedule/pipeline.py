@@ -23,8 +23,12 @@ from compress_ir.backend.schedule.cpu import cpu_params, schedule_cpu_func
 from compress_ir.backend.schedule.lift import LiftScalarElementwise
 
 # Desired layouts per op for CPU targets (ConvertLayout keeps what it cannot convert).
+# conv2d_transpose stays NCHW explicitly: without an entry the pass hands it the NHWC
+# data of its producer, and TVM 0.27 legalizes conv2d_transpose only for NCHW/IOHW (the
+# call then reaches VM codegen unlowered: "CodeGenVM cannot emit this Relax operator").
 CPU_LAYOUTS: dict[str, list[str]] = {
     "relax.nn.conv2d": ["NHWC", "HWIO"],
+    "relax.nn.conv2d_transpose": ["NCHW", "IOHW"],
 }
 
 
