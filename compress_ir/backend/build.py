@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,21 @@ def fixed_input_specs(proto: onnx.ModelProto, batch: int,
         specs.append(TensorSpec(inp.name, tuple(shape), np.dtype(dtype).name,
                                 _symbolic(declared or [])))
     return specs
+
+
+def _with_value_kinds(proto: onnx.ModelProto, specs: list[TensorSpec]) -> list[TensorSpec]:
+    """Record how integer inputs are used (ids into a table, masks) for realistic inputs."""
+    from compress_ir.core.feeds import input_kinds
+
+    kinds = input_kinds(proto)
+    out = []
+    for s in specs:
+        kind = kinds.get(s.name)
+        if kind is not None and kind.kind not in ("float", "int") and \
+                not np.issubdtype(np.dtype(s.dtype), np.floating):
+            s = replace(s, values=(kind.kind, kind.high))
+        out.append(s)
+    return out
 
 
 def _symbolic(declared: list[int | str]) -> tuple[tuple[int, str], ...]:
@@ -343,7 +358,8 @@ def build(model: onnx.ModelProto | str | os.PathLike, target: str | dict | Targe
     _check_tools(spec)
     _check_destination(Path(out_dir))
     proto, source = _load(model, source)
-    inputs = fixed_input_specs(proto, options.batch, options.input_shapes)
+    inputs = _with_value_kinds(proto, fixed_input_specs(proto, options.batch,
+                                                         options.input_shapes))
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     prepared, normalized = normalize_for_tvm(proto, source, inputs)
