@@ -328,7 +328,7 @@ def _execute(model: Any, options: CompressOptions, report: dict[str, Any]) -> Co
         log.info("building for %s", spec.name)
         with phase(f"TVM build for {spec.name}" + (" (tuning)" if options.tune_trials else "")):
             art, section = _build_target(before_proto, proto, spec, options.artifact, base,
-                                         build_options, options.benchmark, options.repeat)
+                                         build_options, options.benchmark, options.repeat, source)
         report["target"] = section
     if output is not None:  # after the build: a failed compile check writes nothing
         save_onnx(proto, output, sparse=options.sparse_storage)
@@ -398,7 +398,7 @@ def _write_reports(report: dict[str, Any], options: CompressOptions, failing: bo
 def _build_target(
     original: onnx.ModelProto, proto: onnx.ModelProto, spec: TargetSpec,
     artifact: str | os.PathLike | None, base: str | os.PathLike | None,
-    options: BuildOptions, benchmark: bool, repeat: int,
+    options: BuildOptions, benchmark: bool, repeat: int, source: str,
 ) -> tuple[Artifact, dict[str, Any]]:
     """Build, verify and optionally benchmark the compressed model for `spec`."""
     from compress_ir.backend import build, default_artifact_dir
@@ -406,7 +406,7 @@ def _build_target(
     from compress_ir.backend.report import target_section
 
     out = Path(artifact) if artifact is not None else default_artifact_dir(base, spec)
-    art = build(proto, spec, out, options)
+    art = build(proto, spec, out, options, source=source)
     bench = None
     if benchmark:
         bench = run_benchmark(original, proto, art, repeat=repeat, seed=options.seed,

@@ -81,7 +81,8 @@ def test_x86_meta_and_library(x86_artifact: Path) -> None:
     assert META_KEYS <= set(meta)
     assert (meta["format"], meta["schema"], meta["target"], meta["device"], meta["library"]) == (
         "compress-ir-artifact", 1, "x86", "cpu", "model.so")
-    assert meta["inputs"] == [{"name": "x", "shape": [2, 3, 8, 8], "dtype": "float32"}]
+    assert meta["inputs"] == [{"name": "x", "shape": [2, 3, 8, 8], "dtype": "float32",
+                               "fixed_dims": {"0": "N"}}]
     assert meta["outputs"] == [{"name": "y", "shape": [2, 5], "dtype": "float32"},
                                {"name": "feat", "shape": [2, 8, 1, 1], "dtype": "float32"}]
     assert meta["tvm_version"] == tvm.__version__
@@ -163,7 +164,8 @@ def test_rpc_tracker_key(x86_artifact: Path) -> None:
 def test_dynamic_non_batch_dim_is_refused(tmp_path: Path) -> None:
     model = tiny_model()
     model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
-    with pytest.raises(UnsupportedModelError, match=r"input 'x': dim 2 \(H\) is dynamic"):
+    with pytest.raises(UnsupportedModelError, match=r"input 'x': dim 2 \(H\) is dynamic; "
+                       r"fix it with --input-shape x=1,3,\d+,8"):
         build(model, "x86", tmp_path / "a")
     assert not (tmp_path / "a").exists()
     with pytest.raises(UsageError, match="batch"):

@@ -28,18 +28,36 @@ LIBRARY_FILE = "model.so"
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One graph input/output of the compiled module (shape None where unknown)."""
+    """One graph input/output of the compiled module (shape None where unknown).
+
+    `fixed_dims`: (axis, dim name) of dims the ONNX model leaves symbolic (batch,
+    sequence, height...) that the build fixed to `shape[axis]`; meta.json lists them so a
+    user knows which `--input-shape` rebuilds the artifact for other sizes.
+    `values`: (kind, exclusive high) of an integer input the model indexes with or
+    masks by (`core/feeds.py`: token ids within their table, 0/1 masks), so the random
+    inputs of `compress-ir run` and of the build's check stay inside the model's domain.
+    """
 
     name: str
     shape: tuple[int | None, ...]
     dtype: str
+    fixed_dims: tuple[tuple[int, str], ...] = ()
+    values: tuple[str, int | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        d: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.fixed_dims:
+            d["fixed_dims"] = {str(axis): name for axis, name in self.fixed_dims}
+        if self.values is not None:
+            d["values"] = {"kind": self.values[0], "high": self.values[1]}
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
-        return cls(str(d["name"]), tuple(d["shape"]), str(d["dtype"]))
+        fixed = tuple((int(k), str(v)) for k, v in (d.get("fixed_dims") or {}).items())
+        values = d.get("values")
+        kind = None if not values else (str(values["kind"]), values.get("high"))
+        return cls(str(d["name"]), tuple(d["shape"]), str(d["dtype"]), fixed, kind)
 
 
 @dataclass(frozen=True)
@@ -108,13 +126,18 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
 
 
 def random_inputs(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded inputs of the artifact's shapes (normal floats, small ints, like numeric)."""
+    """Seeded inputs of the artifact's shapes: normal floats, and integers drawn by the kind
+    the build recorded (`core/feeds.py`), else small ints 0..3 like `numeric`."""
+    from compress_ir.core.feeds import InputKind, draw
+
     rng = np.random.default_rng(seed)
     feeds = {}
     for s in specs:
         shape = tuple(int(d) for d in s.shape)
         dtype = np.dtype(s.dtype)
-        if np.issubdtype(dtype, np.floating):
+        if s.values is not None:
+            feeds[s.name] = draw(InputKind(s.values[0], s.values[1]), shape, dtype, rng)
+        elif np.issubdtype(dtype, np.floating):
             feeds[s.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.bool_:
             feeds[s.name] = rng.integers(0, 2, shape).astype(dtype)
@@ -136,8 +159,14 @@ def check_inputs(specs: list[TensorSpec], inputs: dict[str, np.ndarray]) -> list
             raise UsageError(f"input {s.name!r} is missing (shape {list(s.shape)}, {s.dtype})")
         arr = np.asarray(inputs[s.name])
         if tuple(arr.shape) != tuple(s.shape):
+            hint = ""
+            if s.fixed_dims:
+                dims = ", ".join(f"{axis} ({name})" for axis, name in s.fixed_dims)
+                wanted = ",".join(str(d) for d in arr.shape)
+                hint = (f"; dims {dims} were fixed when building: rebuild with "
+                        f"--input-shape {s.name}={wanted}")
             raise UsageError(f"input {s.name!r}: shape {list(arr.shape)} != expected "
-                             f"{list(s.shape)}")
+                             f"{list(s.shape)}{hint}")
         if arr.dtype != np.dtype(s.dtype):
             raise UsageError(f"input {s.name!r}: dtype {arr.dtype} != expected {s.dtype}")
         ordered.append(np.ascontiguousarray(arr))

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from compress_ir.backend.artifact import (
     is_artifact_dir,
     load_artifact,
 )
+from compress_ir.backend.normalize import normalize_for_tvm
 from compress_ir.core.errors import ModelLoadError, UnsupportedModelError, UsageError
 from compress_ir.core.files import write_atomic
 from compress_ir.targets import TargetSpec, resolve_target
@@ -41,7 +44,8 @@ DEFAULT_BUILD_TOLERANCE = 1e-4  # fp32 compiled code reassociates sums: ~1e-6 ty
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """How to build: batch for dynamic dims, tuning, sparse kernels, verification."""
+    """How to build: batch / input shapes for dynamic dims, tuning, sparse kernels,
+    verification."""
 
     batch: int = 1
     tune_trials: int = 0
@@ -69,9 +73,10 @@ class BuildOptions:
         return asdict(self)
 
 
-def _load(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, str]:
+def _load(model: onnx.ModelProto | str | os.PathLike, source: str | None
+          ) -> tuple[onnx.ModelProto, str]:
     if isinstance(model, onnx.ModelProto):
-        return model, "<model>"
+        return model, source or "<model>"
     try:
         return onnx.load(os.fspath(model)), os.fspath(model)
     except FileNotFoundError:
@@ -99,7 +104,7 @@ def fixed_input_specs(proto: onnx.ModelProto, batch: int,
         if inp.name in inits:
             continue
         t = inp.type.tensor_type
-        dims = declared_dims(proto)[inp.name]
+        dims = declared = declared_dims(proto)[inp.name]
         if input_shapes and inp.name in input_shapes:
             dims = [int(v) for v in input_shapes[inp.name]]
         if dims is None:
@@ -120,8 +125,28 @@ def fixed_input_specs(proto: onnx.ModelProto, batch: int,
                     f"input {inp.name!r}: dim {axis} ({d}) is dynamic; fix it with "
                     f"--input-shape {inp.name}={example} (Python: input_shapes=)")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
-        specs.append(TensorSpec(inp.name, tuple(shape), np.dtype(dtype).name))
+        specs.append(TensorSpec(inp.name, tuple(shape), np.dtype(dtype).name,
+                                _symbolic(declared or [])))
     return specs
+
+
+def _with_value_kinds(proto: onnx.ModelProto, specs: list[TensorSpec]) -> list[TensorSpec]:
+    """Record how integer inputs are used (ids into a table, masks) for realistic inputs."""
+    from compress_ir.core.feeds import input_kinds
+
+    kinds = input_kinds(proto)
+    out = []
+    for s in specs:
+        kind = kinds.get(s.name)
+        if kind is not None and kind.kind not in ("float", "int") and \
+                not np.issubdtype(np.dtype(s.dtype), np.floating):
+            s = replace(s, values=(kind.kind, kind.high))
+        out.append(s)
+    return out
+
+
+def _symbolic(declared: list[int | str]) -> tuple[tuple[int, str], ...]:
+    return tuple((axis, d) for axis, d in enumerate(declared) if not isinstance(d, int))
 
 
 def _output_specs(proto: onnx.ModelProto, mod: Any) -> list[TensorSpec]:
@@ -144,21 +169,79 @@ def _output_specs(proto: onnx.ModelProto, mod: Any) -> list[TensorSpec]:
     return specs
 
 
+_RELAX_CALL = re.compile(r"^(R\.[\w.]+)\(")
+
+
 def _first_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    """The message line of a TVM error: the last line after a traceback, else the first;
+    a dumped offending Relax call is named by its op (the dump itself is dropped)."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines()
+             if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        return type(exc).__name__
+    if any(ln.startswith("Traceback") for ln in lines):
+        return lines[-1]
+    ops = [m.group(1) for ln in lines[1:] if (m := _RELAX_CALL.match(ln))]
+    return lines[0] + (f" (offending call: {ops[0]})" if ops else "")
+
+
+def _node_label(node: onnx.NodeProto) -> str:
+    return f"node {node.name!r} ({node.op_type})" if node.name else f"a {node.op_type} node"
+
+
+def _unsupported_node(proto: onnx.ModelProto) -> onnx.NodeProto | None:
+    """The first node whose op the Relax importer has no converter for."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    known = set(onnx_frontend._get_convert_map()) | {"If", "Constant"}  # noqa: SLF001
+    return next((n for n in proto.graph.node if n.op_type not in known), None)
+
+
+@contextlib.contextmanager
+def _track_nodes(seen: list[onnx.NodeProto]):  # noqa: ANN202 - context manager
+    """Record each node the importer starts converting (it parses the node's name first).
+
+    Why: the importer's errors name neither the node nor its op; the last node it started
+    is the one that failed. Only observes; restores the importer's method on exit.
+    """
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    cls = getattr(onnx_frontend, "ONNXGraphImporter", None)
+    original = None if cls is None else cls.__dict__.get("_parse_value_proto")
+    if original is None:  # another TVM: import without naming the node
+        yield
+        return
+
+    def parse(self: Any, value_proto: Any) -> Any:
+        if isinstance(value_proto, onnx.NodeProto):
+            seen.append(value_proto)
+        return original(self, value_proto)
+
+    cls._parse_value_proto = parse  # noqa: SLF001
+    try:
+        yield
+    finally:
+        cls._parse_value_proto = original  # noqa: SLF001
 
 
 def _import(proto: onnx.ModelProto, inputs: list[TensorSpec], source: str) -> Any:
+    """Relax module of `proto` at the fixed `inputs` shapes; errors name file and node."""
     try:
         from tvm.relax.frontend.onnx import from_onnx
     except ImportError:
         raise UsageError("--target needs TVM: pip install apache-tvm") from None
+    bad = _unsupported_node(proto)
+    if bad is not None:
+        raise UnsupportedModelError(f"{source}: TVM cannot import the model: {_node_label(bad)}: "
+                                    f"op {bad.op_type} has no TVM Relax converter")
+    seen: list[onnx.NodeProto] = []
     try:
-        return from_onnx(proto, shape_dict={s.name: list(s.shape) for s in inputs},
-                         keep_params_in_input=False)
+        with _track_nodes(seen), contextlib.redirect_stdout(io.StringIO()):
+            return from_onnx(proto, shape_dict={s.name: list(s.shape) for s in inputs},
+                             keep_params_in_input=False)
     except Exception as exc:  # noqa: BLE001 - the importer raises many kinds
-        raise UnsupportedModelError(f"{source}: TVM cannot import the model: "
+        where = f"{_node_label(seen[-1])}: " if seen else ""
+        raise UnsupportedModelError(f"{source}: TVM cannot import the model: {where}"
                                     f"{_first_line(exc)}") from None
 
 
@@ -257,12 +340,15 @@ def _umask() -> int:
 
 
 def build(model: onnx.ModelProto | str | os.PathLike, target: str | dict | TargetSpec,
-          out_dir: str | os.PathLike, options: BuildOptions | None = None) -> Artifact:
+          out_dir: str | os.PathLike, options: BuildOptions | None = None, *,
+          source: str | None = None) -> Artifact:
     """Compile `model` for `target` into the artifact directory `out_dir` (atomically).
 
     With `options.verify`, the compiled module is compared with onnxruntime on the
     same model wherever it can run (this host, or `options.rpc`); a mismatch raises
-    NumericMismatchError and nothing is written.
+    NumericMismatchError and nothing is written. `source` names a proto in errors (a
+    path is named by itself). The model is first rewritten for the importer
+    (`normalize.py`); the check compares with the model as given.
     """
     from compress_ir.backend.schedule import compile_relax
     from compress_ir.backend.verify import verify_artifact
@@ -271,15 +357,18 @@ def build(model: onnx.ModelProto | str | os.PathLike, target: str | dict | Targe
     spec = resolve_target(target)
     _check_tools(spec)
     _check_destination(Path(out_dir))
-    proto, source = _load(model)
-    inputs = fixed_input_specs(proto, options.batch, options.input_shapes)
+    proto, source = _load(model, source)
+    inputs = _with_value_kinds(proto, fixed_input_specs(proto, options.batch,
+                                                         options.input_shapes))
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    mod = _import(proto, inputs, source)
-    outputs = _output_specs(proto, mod)
-    seconds["import"] = time.perf_counter() - t0
+    prepared, normalized = normalize_for_tvm(proto, source, inputs)
+    seconds["normalize"] = time.perf_counter() - t0
+    mod = _import(prepared, inputs, source)
+    outputs = _output_specs(prepared, mod)
+    seconds["import"] = time.perf_counter() - t0 - seconds["normalize"]
     tvm_target = spec.tvm_target()
-    meta: dict[str, Any] = {}
+    meta: dict[str, Any] = {"normalize": normalized}
     if options.sparse_kernels is not None:
         mod, meta["sparse"] = _sparse(mod, tvm_target, options.sparse_kernels)
     out = Path(out_dir)

@@ -1,6 +1,7 @@
 """Check a compiled artifact against onnxruntime on the same ONNX model.
 
-Seeded random inputs of the artifact's shapes go to both; the worst relative max
+Seeded random inputs of the artifact's shapes (integer ids and masks drawn within the
+model's domain, as recorded in meta.json) go to both; the worst relative max
 error (`numeric.rel_error`) over the outputs must stay within the tolerance.
 Where the artifact cannot run (arm or cuda without `--rpc`, x86 code for a CPU
 feature this host lacks) the result says so and is never claimed verified.
@@ -25,9 +26,9 @@ def verify_artifact(art: Artifact, proto: onnx.ModelProto, options: Any) -> dict
         if blocker:
             return {"ran": False, "reason": f"{blocker}; not verified"}
     feeds = random_inputs(art.inputs, options.seed)
+    want = numeric.run(proto, feeds)  # first: inputs the model cannot take are named here
     with Session(art, options.rpc) as session:
         got = session.run(feeds)
-    want = numeric.run(proto, feeds)
     errors = {name: numeric.rel_error(got[name], want[name]) for name in want}
     worst = max(errors.values(), default=0.0)
     result = {"ran": True, "where": session.where, "against": "onnxruntime",

@@ -18,12 +18,17 @@ from tvm import relax, tirx
 from tvm.target import Target
 
 from compress_ir.backend.schedule.analysis import is_scheduled
+from compress_ir.backend.schedule.canonical import CanonicalizeAxes
 from compress_ir.backend.schedule.cpu import cpu_params, schedule_cpu_func
 from compress_ir.backend.schedule.lift import LiftScalarElementwise
 
 # Desired layouts per op for CPU targets (ConvertLayout keeps what it cannot convert).
+# conv2d_transpose stays NCHW explicitly: without an entry the pass hands it the NHWC
+# data of its producer, and TVM 0.27 legalizes conv2d_transpose only for NCHW/IOHW (the
+# call then reaches VM codegen unlowered: "CodeGenVM cannot emit this Relax operator").
 CPU_LAYOUTS: dict[str, list[str]] = {
     "relax.nn.conv2d": ["NHWC", "HWIO"],
+    "relax.nn.conv2d_transpose": ["NCHW", "IOHW"],
 }
 
 
@@ -74,8 +79,9 @@ def layout_passes() -> list[tvm.transform.Pass]:
     """CPU layout conversion. FoldConstant first: the importer's NaN guards on Clip bounds
     must fold to scalars before its TE clip kernels can be lifted into Relax max/min, which
     ConvertLayout sees through (else two transposes surround every ReLU6). CSE last: an
-    input read twice (a residual from the model input) gets one transpose, not two."""
-    return [relax.transform.FoldConstant(), LiftScalarElementwise,
+    input read twice (a residual from the model input) gets one transpose, not two.
+    CanonicalizeAxes: op forms ConvertLayout aborts on (`canonical.py`)."""
+    return [relax.transform.FoldConstant(), LiftScalarElementwise, CanonicalizeAxes,
             relax.transform.ConvertLayout(CPU_LAYOUTS), relax.transform.FoldConstant(),
             relax.transform.EliminateCommonSubexpr()]
 
