@@ -227,6 +227,8 @@ th{background:#f6f8fa}td.l,th.l{text-align:left}
 tr.fail td{background:#ffebe9}tr.pass td{background:#dafbe1}
 .err{background:#ffebe9;border:1px solid #ff8182;padding:8px 12px;border-radius:6px;
 white-space:pre-wrap;word-break:break-word}
+.warn{background:#fff8c5;border:1px solid #d4a72c;padding:6px 12px;border-radius:6px;
+margin:4px 0}
 pre{background:#f6f8fa;padding:10px;border-radius:6px;overflow:auto;font-size:12px}
 .chart{display:block;margin:8px 0}.ct{font-weight:600;font-size:13px}
 .cl{font-size:11px;fill:#1f2328}.cv{font-size:10px;fill:#59636e}
@@ -367,7 +369,7 @@ def render_html(report: dict[str, Any]) -> str:
                          f'{bench.get("repeat")} rounds after {bench.get("warmup", "?")} '
                          f'warm-up; {esc(env.get("cpu"))}, {env.get("cpu_count")} cores</p>')
         for warning in bench.get("warnings", []):
-            parts.append(f'<div class="err">warning: {esc(warning)}</div>')
+            parts.append(f'<div class="warn">warning: {esc(warning)}</div>')
     target = report.get("target")
     if target:
         verify = target.get("verify") or {}

@@ -241,6 +241,7 @@ def test_benchmark_statistics_and_interleaving() -> None:
     assert (stats["median_ms"], stats["p90_ms"], stats["min_ms"], stats["mean_ms"]) == (
         5.5, 9.0, 1.0, 5.5)
     assert stats["cv"] == pytest.approx(3.02765 / 5.5, abs=1e-4)
+    assert stats["tail"] == pytest.approx(9.0 / 5.5 - 1, abs=1e-4)
     calls: list[str] = []
     timers = {k: (lambda k=k: calls.append(k) or 1.0) for k in ("a", "b", "c")}
     samples = interleaved(timers, repeat=3, warmup=1)
