@@ -223,7 +223,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bott
 .meta{color:#59636e;font-size:13px;word-break:break-all}
 table{border-collapse:collapse;margin:6px 0 10px;font-size:13px}
 th,td{border:1px solid #d0d7de;padding:4px 9px;text-align:right}
-th{background:#f6f8fa}td.l,th.l{text-align:left}
+th{background:#f6f8fa}td.l,th.l{text-align:left}td:first-child{white-space:nowrap}
 tr.fail td{background:#ffebe9}tr.pass td{background:#dafbe1}
 .err{background:#ffebe9;border:1px solid #ff8182;padding:8px 12px;border-radius:6px;
 white-space:pre-wrap;word-break:break-word}
@@ -298,8 +298,9 @@ def render_html(report: dict[str, Any]) -> str:
             ["gate", "value", "result"],
             [[g["gate"], "-" if g.get("value") is None else f"{g['value']:.6g}",
               ("pass" if g["ok"] else f"FAIL {g.get('reason', '')}".strip())
-              + (f" (warning: {g['warning']})" if g.get("warning") else "")] for g in gates],
-            classes=["pass" if g["ok"] else "fail" for g in gates]))
+              + (" (warning: the benchmark spread is too wide to trust, see Latency)"
+                 if g.get("warning") else "")] for g in gates],
+            left={0, 2}, classes=["pass" if g["ok"] else "fail" for g in gates]))
     fid = report.get("fidelity")
     if fid:
         parts.append(f'<h2 id="fidelity">Fidelity to the original</h2><p class="meta">'
@@ -427,7 +428,8 @@ def render_markdown(report: dict[str, Any], max_layers: int = 15) -> str:
         lines += _md_table(["gate", "value", "result"], [
             [f"`{g['gate']}`", "-" if g.get("value") is None else f"{g['value']:.6g}",
              ("✅ pass" if g["ok"] else f"❌ {g.get('reason', 'fail')}")
-             + (f" ⚠️ {g['warning']}" if g.get("warning") else "")] for g in gates]) + [""]
+             + (" ⚠️ benchmark too noisy to trust" if g.get("warning") else "")]
+            for g in gates]) + [""]
     if report.get("eval"):
         lines += _md_table(["metric", "value"],
                            [[k, f"{v:.6g}"] for k, v in report["eval"].items()]) + [""]
