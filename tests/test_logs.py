@@ -137,7 +137,7 @@ def test_run_and_compress_are_subcommands(capsys: pytest.CaptureFixture[str],
                                           model: Path) -> None:
     root = build_root_parser()
     sub = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(sub.choices) == {"compress", "run"}
+    assert set(sub.choices) == {"compress", "run", "report"}
     code, out, _ = cli(capsys, "run", "--help")
     assert code == EXIT_OK and out.startswith("usage: compress-ir run")
     code, out, _ = cli(capsys, "--help")
