@@ -9,7 +9,7 @@ and turns progress on. Library users get nothing unless they configure logging.
 Progress: `progress(iterable, ...)` shows a tqdm bar when stderr is a terminal and a
 one-line message every few seconds otherwise; it is silent unless the
 `compress_ir.progress` logger is enabled for INFO (the CLI enables it on stderr unless
--q, and in the log file).
+-q or COMPRESS_IR_PROGRESS=off, and in the log file).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -27,6 +28,7 @@ T = TypeVar("T")
 LOGGER = "compress_ir"
 PROGRESS_LOGGER = "compress_ir.progress"
 PROGRESS_INTERVAL_S = 5.0
+PROGRESS_ENV = "COMPRESS_IR_PROGRESS"  # "off": no progress on stderr (still in --log-file)
 PHASE_MAX_INTERVAL_S = 60.0
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _LEVELS = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}
@@ -93,7 +95,7 @@ def setup_logging(verbosity: int = 0, log_file: str | None = None) -> None:
     # progress lines have their own stderr handler (shown unless -q); they also reach
     # the log file through the parent logger
     progress_logger.setLevel(logging.DEBUG if verbosity >= 0 or log_file else logging.ERROR)
-    if verbosity >= 0:
+    if verbosity >= 0 and os.environ.get(PROGRESS_ENV, "").lower() not in ("0", "off", "no"):
         line = _own(_Stderr())
         line.setLevel(logging.INFO)
         line.setFormatter(logging.Formatter("compress-ir: %(message)s"))

@@ -33,7 +33,8 @@ def calib(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _reset_logging() -> None:
+def _reset_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(logs.PROGRESS_ENV, raising=False)  # conftest turns progress off
     yield
     for name in (logs.LOGGER, "tvm", logs.PROGRESS_LOGGER):
         logger = logging.getLogger(name)
@@ -192,3 +193,11 @@ def test_console_handler_follows_the_current_stderr(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr("sys.stderr", second)
     logging.getLogger("compress_ir.test").warning("still shown")
     assert "WARNING: still shown" in second.getvalue()
+
+
+def test_progress_can_be_turned_off(capsys: pytest.CaptureFixture[str], model: Path,
+                                    calib: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "PROGRESS_INTERVAL_S", 0.0)
+    monkeypatch.setenv(logs.PROGRESS_ENV, "off")
+    code, _, err = cli(capsys, model, "--pass", PRUNE, "--calib", calib)
+    assert code == EXIT_OK and err == ""
