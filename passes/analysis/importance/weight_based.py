@@ -31,6 +31,7 @@ from compress_ir.passes.analysis.importance.base import (
     per_producer,
     sum_members,
 )
+from compress_ir.passes.weight_layers import output_scales
 
 _BLOCK = 1 << 22  # entries of one (rows x C) block of a pairwise matrix
 
@@ -441,13 +442,14 @@ def _augmented(ctx: ScoreContext, root: Root, need_bias: bool) -> np.ndarray | N
     node = ctx.analysis.nodes.get(root.node)
     if node is None or node.op not in ("Conv", "ConvTranspose", "Gemm"):
         return rows
-    if node.op == "Gemm":
-        rows = rows * float(node.attrs.get("alpha", 1.0))
+    weight_scale, bias_scale = output_scales(node)
+    if weight_scale != 1.0:
+        rows = rows * weight_scale
     if len(node.inputs) < 3 or not node.inputs[2].name:
         return rows
     bias = ctx.model.constant(node.inputs[2])
-    if bias is not None and node.op == "Gemm":
-        bias = bias * float(node.attrs.get("beta", 1.0))
+    if bias is not None and bias_scale != 1.0:
+        bias = bias * bias_scale
     if bias is not None and bias.size in (1, root.size):
         column = np.broadcast_to(bias.astype(np.float64).ravel(), (root.size,))
         return np.concatenate([rows, column[:, None]], axis=1)
