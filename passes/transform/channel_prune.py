@@ -184,6 +184,7 @@ def effective_round_to(round_to: int, ctx: PassContext) -> int:
 @register_pass("channel-prune")
 class ChannelPrune(Pass):
     summary = "remove whole channels (filters) and slice every coupled layer"
+    in_place = False
     Options = ChannelPruneOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:

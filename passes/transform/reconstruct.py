@@ -389,6 +389,7 @@ def _recalibrate(t: Target) -> dict:
 @register_pass("reconstruct")
 class Reconstruct(Pass):
     summary = "refit pruned layers by least squares to the original outputs (needs --calib)"
+    in_place = True
     Options = ReconstructOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:

@@ -159,6 +159,7 @@ def _weights(model: Model) -> dict[str, tuple[gs.Constant, list[gs.Node]]]:
 class ShareWeights(Pass):
     summary = "k-means weight sharing per layer: at most 2^bits values, zeros kept (lossy)"
     changes_storage = True
+    in_place = True
     Options = ShareWeightsOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:

@@ -407,6 +407,7 @@ class Sparsify(Pass):
     summary = ("zero Conv/Gemm/MatMul weights: unstructured, N:M or block; magnitude or"
                " OBS (SparseGPT) criterion")
     changes_storage = True
+    in_place = True
     Options = SparsifyOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
