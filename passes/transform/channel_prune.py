@@ -21,11 +21,11 @@ from compress_ir.core.calibration import CalibrationSet
 from compress_ir.core.errors import UsageError
 from compress_ir.core.model import Model, infer_proto_shapes
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
-from compress_ir.passes.analysis.allocation import ALLOCATIONS
-from compress_ir.passes.analysis.budget import (
+from compress_ir.passes.analysis import budget  # noqa: F401 - registers sensitivity, budget
+from compress_ir.passes.analysis.allocation import (
+    ALLOCATIONS,
     AllocationContext,
-    budget_allocation,
-    sensitivity_allocation,
+    AllocationRequest,
 )
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, analyse_channels
 from compress_ir.passes.analysis.importance import CRITERIA, Criterion, ScoreContext
@@ -57,7 +57,8 @@ class ChannelPruneOptions:
         if self.round_to < 0 or self.min_channels < 1:
             raise ValueError("round-to must be >= 0 and min-channels >= 1")
         CRITERIA.get(self.criterion)
-        ALLOCATIONS.get(self.scope)
+        if not ALLOCATIONS.get(self.scope).by_scope:
+            raise ValueError(f"scope={self.scope} is chosen by target-macs/target-params")
         for name in ("target_macs", "target_params"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:  # also rejects nan
@@ -126,20 +127,18 @@ def plan_removal(
     if candidates and not scores:
         raise UsageError(next(iter(unscored.values())))
     candidates = [g for g in candidates if g.index in scores]
-    allocate = ALLOCATIONS.get(opts.scope)
-    extra: dict[str, Any] = {}
-    if opts.budget or getattr(allocate, "needs_model", False):
+    allocation = ALLOCATIONS.get("budget" if opts.budget else opts.scope)()
+    request = AllocationRequest(opts.ratio, opts.round_to, opts.min_channels, opts.tolerance,
+                                opts.plot, opts.budget)
+    if allocation.needs_model:
         if proto is None:
             proto = infer_proto_shapes(score_ctx.model.to_proto())
-        actx = AllocationContext(
-            proto, analysis, {g.index: g for g in candidates}, opts.round_to,
-            opts.min_channels, calibration, seed, input_shapes)
-        if opts.budget:
-            keep, extra = budget_allocation(scores, actx, *opts.budget)
-        else:
-            keep, extra = sensitivity_allocation(scores, actx, opts.tolerance, opts.plot)
-    else:
-        keep = allocate(scores, opts.ratio, opts.round_to, opts.min_channels)
+        model_proto = proto
+        request.model = AllocationContext(
+            model_proto, analysis, {g.index: g for g in candidates},
+            lambda removed: masked_reference(model_proto, analysis, removed), calibration, seed,
+            input_shapes)
+    keep, extra = allocation.allocate(scores, request)
     if info is not None:
         info.update(extra)
     planned: set[int] = set()
