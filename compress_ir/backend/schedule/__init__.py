@@ -42,7 +42,7 @@ def compile_relax(mod: Any, target: Any, spec: Any = None, *, tune_trials: int =
     without tuning its best records are still applied. `work_dir` holds tuning logs
     (defaults to `tuning_db`, else a temporary directory).
     """
-    from compress_ir.backend.schedule.build import build
+    from compress_ir.backend.schedule.build import build_executable
 
-    return build(mod, target, spec, tune_trials=tune_trials, tuning_db=tuning_db,
+    return build_executable(mod, target, spec, tune_trials=tune_trials, tuning_db=tuning_db,
                  work_dir=work_dir)

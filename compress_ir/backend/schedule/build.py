@@ -25,9 +25,10 @@ def _as_target(target: Target | str | dict) -> Target:
     return target if isinstance(target, Target) else Target(target)
 
 
-def build(mod: tvm.IRModule, target: Target | str | dict, spec: TargetSpec | None = None, *,
-          tune_trials: int = 0, tuning_db: str | None = None,
-          work_dir: str | None = None) -> tuple[relax.Executable, BuildStats]:
+def build_executable(mod: tvm.IRModule, target: Target | str | dict,
+                     spec: TargetSpec | None = None, *, tune_trials: int = 0,
+                     tuning_db: str | None = None, work_dir: str | None = None
+                     ) -> tuple[relax.Executable, BuildStats]:
     """Compile `mod`; see `compress_ir.backend.schedule.compile_relax` for the contract."""
     target = _as_target(target)
     spec = spec or spec_of_tvm_target(target)
