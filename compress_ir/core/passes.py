@@ -103,6 +103,12 @@ class Pass:
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         raise NotImplementedError
 
+    @classmethod
+    def format_details(cls, details: dict[str, Any], max_rows: int = 25) -> list[str]:
+        """Lines for the terminal report from this pass's `details` (the pass owns their
+        format; the core report knows none). None by default: the stats line says it."""
+        return []
+
     def spec(self) -> str:
         """This pass as pipeline text, e.g. `channel-prune{ratio=0.5}` (defaults omitted)."""
         items = []

@@ -32,6 +32,7 @@ from onnx import numpy_helper
 
 from compress_ir import formats as enc
 from compress_ir.core.errors import UsageError
+from compress_ir.core.report import SECTIONS, human
 from compress_ir.passes.weight_layers import initializer_layers, trans_b
 
 DEFAULT_INDEX_BITS = {"conv": 8, "fc": 5}  # Han et al. 2016, §2
@@ -158,3 +159,46 @@ def size_report(
             },
         },
     }
+
+
+# -- the table for people (the core report prints it through `report.SECTIONS`) ------
+_SIZE_FORMATS = (
+    ("dense", "dense fp32"), ("csr", "CSR"), ("bsr", "BSR {r}x{c}"),
+    ("dc_pq", "DC prune+quant"), ("dc", "DC +Huffman"),
+)
+
+
+def _tail(name: str, width: int) -> str:
+    """Keep the informative end of a long node name, marked as cut."""
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def format_sizes(sizes: dict[str, Any], max_layers: int = 8) -> list[str]:
+    """Weight storage per format (totals, factor vs dense fp32) and the largest layers."""
+    total = sizes["total"]
+    r, c = sizes["block"]
+    lines = [
+        f"weight sizes: {total['layers']} layers, {human(total['params'])} params, "
+        f"sparsity {total['sparsity']:.1%}",
+        f"  {'format':16}{'bytes':>10}{'factor':>9}",
+    ]
+    for key, label in _SIZE_FORMATS:
+        factor = total["factors"][key]
+        lines.append(f"  {label.format(r=r, c=c):16}{human(total['bytes'][key]):>10}"
+                     f"{f'{factor:.2f}x' if factor else '-':>9}")
+    layers = sorted(sizes["layers"], key=lambda row: -row["bytes"]["dense"])
+    if layers:
+        lines.append(f"  {'layer':24}{'view':>12}{'sparse':>8}{'values':>8}"
+                     f"{'dense':>9}{'CSR':>9}{'DC':>9}")
+    for row in layers[:max_layers]:
+        view = "x".join(str(d) for d in row["view"])
+        b = row["bytes"]
+        lines.append(f"  {_tail(row['node'], 24):24}{view:>12}{row['sparsity']:>8.1%}"
+                     f"{row['distinct']:>8}{human(b['dense']):>9}{human(b['csr']):>9}"
+                     f"{human(b['dc']):>9}")
+    if len(layers) > max_layers:
+        lines.append(f"  ... {len(layers) - max_layers} more layers (see --report)")
+    return lines
+
+
+SECTIONS["sizes"] = format_sizes

@@ -186,6 +186,28 @@ class ChannelPrune(Pass):
     in_place = False
     Options = ChannelPruneOptions
 
+    @classmethod
+    def format_details(cls, details: dict[str, Any], max_rows: int = 25) -> list[str]:
+        """The pruned groups (size, kept, producers) and why the others stayed whole."""
+        groups = details.get("groups", [])
+        if not groups:
+            return []
+        lines = [f"  {'group':>5} {'size':>6} {'kept':>6}  status    producers"]
+        pruned = [g for g in groups if g["status"] == "pruned"]
+        for g in pruned[:max_rows]:
+            prods = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
+            lines.append(f"  {g['group']:>5} {g['size']:>6} {g['kept']:>6}  "
+                         f"{g['status']:9} {prods}")
+        if len(pruned) > max_rows:
+            lines.append(f"  ... {len(pruned) - max_rows} more pruned groups (see --report)")
+        reasons: dict[str, int] = {}
+        for g in groups:
+            for r in g["blocked_by"]:
+                reasons[r] = reasons.get(r, 0) + 1
+        for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])[:10]:
+            lines.append(f"  blocked ({count} group{'s' if count > 1 else ''}): {reason}")
+        return lines
+
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         round_to = effective_round_to(self.options.round_to, ctx)
         options = dataclasses.replace(self.options, round_to=round_to)
