@@ -259,7 +259,8 @@ def _execute(model: Any, options: CompressOptions, report: dict[str, Any]) -> Co
     if options.benchmark and spec is None:
         raise UsageError("--benchmark needs --target")
     report["pipeline"] = format_pipeline(passes)
-    ir = model if isinstance(model, Model) else load_onnx(model)
+    # a Model the caller passed stays theirs: in-place passes edit a copy
+    ir = model.copy() if isinstance(model, Model) else load_onnx(model)
     source = ir.source or "<model>"
     before_proto = ir.to_proto()
     expected = output_shapes(before_proto)

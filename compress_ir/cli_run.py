@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from compress_ir.backend.artifact import Artifact, load_artifact, random_inputs
+from compress_ir.backend.artifact import Artifact, artifact_inputs, load_artifact
 from compress_ir.core.errors import EXIT_OK, UsageError
 from compress_ir.core.files import write_atomic
 
@@ -63,7 +63,7 @@ def collect_inputs(art: Artifact, items: list[str], npz: str | None, seed: int
                              f"(inputs: {', '.join(names)}); use NAME=FILE")
         feeds[free[0]] = _load_array(item, f"input {free[0]!r}")
     if not items and not npz:
-        return random_inputs(art.inputs, seed)
+        return artifact_inputs(art.inputs, seed)
     return feeds
 
 

@@ -1,9 +1,10 @@
 """Analysis and transform passes (installed as `compress_ir.passes`).
 
-Importing this package registers every pass, criterion and allocation.
+Importing this package registers every pass, criterion and allocation, and the
+size table's report section.
 """
 
-from compress_ir.passes.analysis import allocation, importance  # noqa: F401
+from compress_ir.passes.analysis import allocation, importance, size_report  # noqa: F401
 from compress_ir.passes.transform import (  # noqa: F401
     channel_prune,
     fold_bn,

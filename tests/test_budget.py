@@ -140,3 +140,39 @@ def test_output_loss() -> None:
     assert output_loss(a, a) == 0.0
     assert output_loss(-a, a) == pytest.approx(2.0)
     assert output_loss(np.array([[0.0, 1.0], [0.0, 2.0]]), a) == pytest.approx(0.5)
+
+
+# --- allocations are registered classes, like criteria ----------------------------------
+
+
+def test_every_allocation_is_a_registered_class() -> None:
+    from compress_ir.passes.analysis.allocation import ALLOCATIONS, Allocation, AllocationRequest
+
+    assert {"uniform", "global", "sensitivity", "budget"} <= set(ALLOCATIONS.names())
+    assert all(issubclass(ALLOCATIONS.get(n), Allocation) for n in ALLOCATIONS.names())
+    with pytest.raises(UsageError, match="needs the model"):  # model-aware, given no model
+        ALLOCATIONS.get("sensitivity")().allocate({0: np.ones(4)}, AllocationRequest())
+    with pytest.raises(UsageError, match="target-macs"):  # the budget is not a scope
+        compress(_cnn(), "channel-prune{scope=budget}")
+
+
+def test_a_new_allocation_is_one_registered_class() -> None:
+    """Registered under a name, it is usable as `scope=NAME` with no other edit."""
+    from compress_ir.passes.analysis.allocation import ALLOCATIONS, Allocation
+
+    class KeepTwo(Allocation):
+        summary = "test only: every group keeps its two best units"
+
+        def allocate(self, scores, req):  # noqa: ANN001, ANN202
+            return {g: np.argsort(-s, kind="stable").argsort() < 2 for g, s in scores.items()}, {
+                "mode": "keep-two"}
+
+    ALLOCATIONS.register("test-keep-two")(KeepTwo)
+    try:
+        result = compress(_cnn(), "channel-prune{scope=test-keep-two}")
+    finally:
+        ALLOCATIONS._items.pop("test-keep-two", None)
+    p = result.report["passes"][0]
+    pruned = [g for g in p["details"]["groups"] if g["status"] == "pruned"]
+    assert pruned and all(g["kept"] == 2 for g in pruned)
+    assert p["details"]["allocation"] == {"mode": "keep-two"}

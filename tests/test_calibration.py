@@ -13,8 +13,9 @@ from compress_ir.core import numeric
 from compress_ir.core.calibration import ActivationCapture, load_calibration
 from compress_ir.core.errors import UsageError
 from compress_ir.frontends.onnx import load_onnx
-from compress_ir.passes.analysis.calibration_stats import CalibrationStats, ConvSampler
+from compress_ir.passes.analysis.calibration_stats import CalibrationStats
 from compress_ir.passes.analysis.channel_groups import analyse_channels
+from compress_ir.passes.weight_layers import RowSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +69,7 @@ def test_conv_rows_reproduce_the_conv_output() -> None:
     weight = onnx.numpy_helper.to_array(
         next(i for i in proto.graph.initializer if i.name == conv2.input[1])
     )
-    rows, (n, i, j) = ConvSampler(conv2, weight).rows(batch["r"], 50, np.random.default_rng(0))
+    rows, (n, i, j) = RowSampler(conv2, weight.shape).rows(batch["r"], 50, np.random.default_rng(0))
     predicted = rows @ weight.reshape(weight.shape[0], -1).T
     np.testing.assert_allclose(predicted, batch["y"][n, :, i, j], rtol=1e-4, atol=1e-5)
 

@@ -243,6 +243,7 @@ class _WrongReference(Pass):
     """Claims to be exact but hands the checker a reference that computes something else."""
 
     summary = "test only: returns the model with a reference that differs"
+    in_place = False
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         reference = model.to_proto()

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from compress_ir import formats as enc
 from compress_ir.core.errors import UsageError
-from compress_ir.passes.analysis import encoding as enc
+from compress_ir.formats import encoding
 
 DTYPES = (np.float32, np.float64, np.float16, np.int8, np.int32)
 
@@ -204,7 +205,7 @@ def test_chunked_bit_writer(monkeypatch: pytest.MonkeyPatch) -> None:
     symbols = rng.geometric(0.3, 1000)
     whole = enc.huffman_encode(symbols)
     packed = enc.pack_bits(symbols % 32, 5)
-    monkeypatch.setattr(enc, "_CHUNK", 7)
+    monkeypatch.setattr(encoding, "_CHUNK", 7)
     chunked = enc.huffman_encode(symbols)
     assert chunked.payload == whole.payload and chunked.nbits == whole.nbits
     assert enc.pack_bits(symbols % 32, 5) == packed

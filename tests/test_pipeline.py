@@ -203,7 +203,7 @@ def test_malformed_pipeline_text(text: str, fragment: str) -> None:
 
 def test_registering_a_name_twice_fails() -> None:
     with pytest.raises(ValueError, match="registered twice"):
-        register_pass("channel-prune")(type("Dup", (Pass,), {}))
+        register_pass("channel-prune")(type("Dup", (Pass,), {"in_place": False}))
 
 
 # --- the runner ----------------------------------------------------------------------
@@ -243,6 +243,7 @@ BREAKAGES = {
 
 class _Broken(Pass):
     summary = "test only: returns a broken model"
+    in_place = False
     breakage = staticmethod(_wrong_weight)
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
@@ -253,6 +254,7 @@ class _Broken(Pass):
 
 class _Crashing(Pass):
     summary = "test only: raises"
+    in_place = False
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         raise RuntimeError("boom")
@@ -260,6 +262,7 @@ class _Crashing(Pass):
 
 class _Identity(Pass):
     summary = "test only: returns the model unchanged"
+    in_place = False
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         return PassResult(model, modified=False)

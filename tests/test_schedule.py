@@ -27,7 +27,7 @@ tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 
-from compress_ir.backend.schedule import compile_relax, last_build_stats  # noqa: E402
+from compress_ir.backend.schedule import compile_relax  # noqa: E402
 from compress_ir.backend.schedule.pipeline import BuildStats, prepare, schedule_cpu  # noqa: E402
 from compress_ir.core.errors import UsageError  # noqa: E402
 
@@ -127,8 +127,7 @@ def test_default_build_matches_onnxruntime(case: str) -> None:
     rng = np.random.default_rng(0)
     model = CASES[case](rng)
     mod, shape = _import(model)
-    executable = compile_relax(mod, tvm.target.Target(X86))
-    stats = last_build_stats()
+    executable, stats = compile_relax(mod, tvm.target.Target(X86))
     x = rng.standard_normal(shape).astype(np.float32)
     got, want = _run_tvm(executable, x), _ort(model, x)
     assert got.shape == want.shape
@@ -146,8 +145,7 @@ def test_default_build_matches_onnxruntime(case: str) -> None:
 
 def test_cross_aarch64_default_build_compiles_scheduled() -> None:
     mod, _ = _import(_conv(np.random.default_rng(1), 8, 16, 3, pad=1))
-    compile_relax(mod, tvm.target.Target(AARCH64))
-    counts = last_build_stats().counts
+    counts = compile_relax(mod, tvm.target.Target(AARCH64))[1].counts
     assert counts.get("contraction-tile", 0) == 1 and counts.get("fallback", 0) == 0, counts
 
 
@@ -194,8 +192,8 @@ def test_prescheduled_functions_are_left_alone() -> None:
         func = func.without_attr(key)
     tvm.ir.assert_structural_equal(func, original)
     assert stats.rules[kept[0]] == "pre-scheduled"
-    executable = compile_relax(mod, target)
-    assert list(last_build_stats().rules.values()).count("pre-scheduled") == 1
+    executable, stats = compile_relax(mod, target)
+    assert list(stats.rules.values()).count("pre-scheduled") == 1
     x = np.arange(-4, 4, dtype=np.float32).reshape(1, 8)
     np.testing.assert_allclose(_run_tvm(executable, x), np.maximum(x + 1, 0) ** 2, rtol=1e-6)
 
@@ -223,9 +221,9 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> dict:
     mod, shape = _import(model)
     db = tmp_path_factory.mktemp("tune") / "db"
     t0 = time.perf_counter()
-    executable = compile_relax(mod, tvm.target.Target(X86), tune_trials=2, tuning_db=str(db))
+    executable, stats = compile_relax(mod, tvm.target.Target(X86), tune_trials=2,
+                                      tuning_db=str(db))
     seconds = time.perf_counter() - t0
-    stats = last_build_stats()
     if stats.measured_candidates == 0:
         pytest.skip("MetaSchedule measured nothing on this machine (builder/runner failed)")
     return {"rng": rng, "model": model, "shape": shape, "db": db, "stats": stats,
@@ -271,9 +269,8 @@ def _retimed_db(src: Path, dst: Path, default_s: float, slow: str) -> None:
 def test_faster_record_wins_and_keeps_its_name(tuned: dict, tmp_path: Path, slow: str) -> None:
     (name, choice), = tuned["stats"].choices.items()
     _retimed_db(tuned["db"], tmp_path / "db", choice["default_us"] * 1e-6, slow)
-    executable = compile_relax(_import(tuned["model"])[0], tvm.target.Target(X86),
-                               tuning_db=str(tmp_path / "db"))
-    stats = last_build_stats()
+    executable, stats = compile_relax(_import(tuned["model"])[0], tvm.target.Target(X86),
+                                      tuning_db=str(tmp_path / "db"))
     want = "contraction-tile" if slow == "tuned" else "database"
     assert stats.rules[name] == stats.choices[name]["winner"] == want, stats.as_dict()
     assert stats.choices[name]["chosen_us"] < 1e6, stats.choices  # not the slowed record
@@ -291,16 +288,14 @@ def test_tuning_database_is_reused(tuned: dict) -> None:
     other = _dense_relu(rng)
     mod, shape = _import(other)
     t0 = time.perf_counter()
-    compile_relax(mod, target, tune_trials=2, tuning_db=str(db))
+    second = compile_relax(mod, target, tune_trials=2, tuning_db=str(db))[1]
     second_s = time.perf_counter() - t0
-    second = last_build_stats()
     assert (second.tuned_tasks, second.measured_candidates, second.measured_defaults,
             second.reused_tasks) == (0, 0, 0, 1), second.as_dict()
     assert second_s < tuned["seconds"] / 5, (tuned["seconds"], second_s)
 
     # no budget: the database's best record (tuned or default) is applied without measuring
-    executable = compile_relax(mod, target, tuning_db=str(db))
-    again = last_build_stats()
+    executable, again = compile_relax(mod, target, tuning_db=str(db))
     assert again.rules == first.rules and again.choices == first.choices, again.as_dict()
     x = rng.standard_normal(shape).astype(np.float32)
     got, want = _run_tvm(executable, x), _ort(other, x)
@@ -312,9 +307,8 @@ def test_cuda_default_build_compiles() -> None:
         pytest.skip("nvcc not found: CUDA builds need the CUDA toolkit")
     mod, _ = _import(_residual(np.random.default_rng(4)))
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_80"}, host={"kind": "llvm"})
-    executable = compile_relax(mod, target)
+    executable, stats = compile_relax(mod, target)
     assert executable is not None
-    stats = last_build_stats()
     assert stats.counts.get("dlight", 0) == len(stats.rules) >= 2, stats.rules
 
 
@@ -360,8 +354,7 @@ def _dense_gelu(rng, kind: str, rows: int) -> onnx.ModelProto:
 
 def _check(model: onnx.ModelProto, x: np.ndarray, target: dict = X86) -> BuildStats:
     mod, _ = _import(model)
-    executable = compile_relax(mod, tvm.target.Target(target))
-    stats = last_build_stats()
+    executable, stats = compile_relax(mod, tvm.target.Target(target))
     got, want = _run_tvm(executable, x), _ort(model, x)
     assert got.shape == want.shape
     rel = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
@@ -404,8 +397,7 @@ def test_epilogue_intermediate_is_also_an_output() -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model, full_check=True)
     mod, _ = _import(model)
-    executable = compile_relax(mod, tvm.target.Target(X86))
-    stats = last_build_stats()
+    executable, stats = compile_relax(mod, tvm.target.Target(X86))
     x = rng.standard_normal((8, 16)).astype(np.float32)
     vm = relax.VirtualMachine(executable, tvm.cpu())
     got = [t.numpy() for t in vm["main"](tvm.runtime.tensor(x))]
@@ -540,7 +532,7 @@ def test_relu6_block_stays_nhwc_and_matches_onnxruntime() -> None:
     assert _count_ops(lifted, "relax.mean") == 1
     assert _count_ops(lifted, "relax.maximum") == 2 and _count_ops(lifted, "relax.minimum") == 2
     assert _count_ops(lifted, "relax.call_tir") == 0
-    executable = compile_relax(mod, tvm.target.Target(X86))
+    executable, _ = compile_relax(mod, tvm.target.Target(X86))
     x = (3 * rng.standard_normal(shape)).astype(np.float32)  # both clip bounds are hit
     got, want = _run_tvm(executable, x), _ort(model, x)
     assert got.shape == want.shape

@@ -178,3 +178,28 @@ def test_round_to_default_follows_the_target(target: str | None, options: dict,
     assert result.stats["round_to"] == (options.get("round_to") or
                                         (spec.round_to if spec else 1))
     assert numeric.compare(pruned, result.reference) < 1e-5
+
+
+@pytest.mark.parametrize("value", [
+    *[name for name in EXPECTED if not name.startswith("cuda")],
+    {"kind": "llvm", "mcpu": "icelake-server"},  # AVX-512 by LLVM's own feature table
+    {"kind": "llvm", "mcpu": "alderlake"},  # AVX2, no AVX-512
+    {"kind": "llvm", "mcpu": "nehalem"},  # SSE only
+    {"kind": "llvm"},
+    {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a55"},
+])
+def test_schedules_and_round_to_read_the_same_lanes(value: str | dict) -> None:
+    """One source for the vector width: the spec. round-to, the CPU schedule's lanes and
+    the spec rebuilt from the bare TVM target (callers without a spec) all agree."""
+    pytest.importorskip("tvm")
+    from compress_ir.backend.schedule.cpu import cpu_params
+    from compress_ir.targets.registry import spec_of_tvm_target
+
+    spec = resolve_target(value)
+    assert spec.lanes in (4, 8, 16) and spec.round_to == spec.lanes
+    assert cpu_params(spec).lanes == spec.lanes
+    if value != "x86":  # the host spec reads /proc/cpuinfo, a bare target cannot
+        assert spec_of_tvm_target(spec.tvm_target()).lanes == spec.lanes
+    want = {"icelake-server": 16, "alderlake": 8, "nehalem": 4}
+    if isinstance(value, dict) and value.get("mcpu") in want:
+        assert spec.lanes == want[value["mcpu"]]

@@ -42,7 +42,7 @@ from onnx import helper as oh
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
-from compress_ir.backend.schedule import compile_relax, last_build_stats
+from compress_ir.backend.schedule import compile_relax
 from compress_ir.backend.sparse import rewrite_sparse
 from compress_ir.core.files import write_atomic
 
@@ -114,11 +114,10 @@ def tvm_build(model: onnx.ModelProto, feeds: dict[str, np.ndarray], sparse: dict
         info["rewritten"] = [{k: e[k] for k in ("op", "block", "sparsity", "nnz_blocks",
                                                 "kernel")} for e in stats["rewritten"]]
         info["skipped"] = stats["skipped"]
-    ex = compile_relax(mod, tvm.target.Target(TARGET), tune_trials=0 if sparse else tune_trials)
+    ex, bstats = compile_relax(mod, tvm.target.Target(TARGET),
+                               tune_trials=0 if sparse else tune_trials)
     info["compile_s"] = round(time.perf_counter() - t0, 2)
-    bstats = last_build_stats()
-    if bstats is not None:
-        info["rules"] = bstats.counts
+    info["rules"] = bstats.counts
     vm = relax.VirtualMachine(ex, tvm.cpu())
     fn = vm["main"]
     args = [tvm.runtime.tensor(v) for v in feeds.values()]

@@ -46,7 +46,7 @@ from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 
 import compress_ir.passes  # noqa: F401,E402 - registers the passes
 from compress_ir.api import compress  # noqa: E402
-from compress_ir.backend.schedule import compile_relax, last_build_stats  # noqa: E402
+from compress_ir.backend.schedule import compile_relax  # noqa: E402
 from compress_ir.core.files import write_atomic  # noqa: E402
 from compress_ir.core.metrics import model_metrics  # noqa: E402
 from compress_ir.frontends.placeholders import fill_placeholders  # noqa: E402
@@ -89,10 +89,10 @@ def tvm_build(proto: onnx.ModelProto, target: tvm.target.Target, args: argparse.
     mod = from_onnx(proto, shape_dict={name: shape}, keep_params_in_input=False)
     import_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    executable = compile_relax(mod, target, tune_trials=args.tune_trials,
-                               tuning_db=args.tuning_db)
+    executable, build_stats = compile_relax(mod, target, tune_trials=args.tune_trials,
+                                            tuning_db=args.tuning_db)
     build_s = time.perf_counter() - t0
-    stats = last_build_stats().as_dict()
+    stats = build_stats.as_dict()
     vm = relax.VirtualMachine(executable, tvm.cpu())
     info = {"import_s": round(import_s, 2), "build_s": round(build_s, 2),
             "tune_s": round(stats["seconds"].get("tune", 0.0), 2), "schedule": stats}

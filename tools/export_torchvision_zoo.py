@@ -185,7 +185,7 @@ def strip_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np
     return stripped, weights
 
 
-def fill_placeholders(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+def restore_weights(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     """Turn ``ConstantOfShape(W__SHAPE) -> W`` placeholders back into initializers.
 
     This is the reference loader for the convention; a weight missing from
@@ -270,7 +270,7 @@ def process(name: str, arch: Arch, out_dir: Path, verify: bool) -> list[str]:
     if verify:
         with torch.no_grad():
             expected = model(x).numpy()
-        actual = run_onnx(fill_placeholders(onnx.load(str(path)), weights), x.numpy())
+        actual = run_onnx(restore_weights(onnx.load(str(path)), weights), x.numpy())
         rel = relative_error(actual, expected)
         if not rel <= MAX_REL_ERR:  # also catches NaN
             raise AssertionError(f"{name}: relative error {rel:.3g} > {MAX_REL_ERR}")

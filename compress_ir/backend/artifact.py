@@ -125,7 +125,7 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     return art
 
 
-def random_inputs(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
+def artifact_inputs(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded inputs of the artifact's shapes: normal floats, and integers drawn by the kind
     the build recorded (`core/feeds.py`), else small ints 0..3 like `numeric`."""
     from compress_ir.core.feeds import InputKind, draw

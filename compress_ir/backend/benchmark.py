@@ -30,7 +30,7 @@ from typing import Any
 
 import onnx
 
-from compress_ir.backend.artifact import Artifact, random_inputs
+from compress_ir.backend.artifact import Artifact, artifact_inputs
 from compress_ir.backend.runner import Session, local_run_blocker
 from compress_ir.core import numeric
 
@@ -109,7 +109,7 @@ def benchmark(original: onnx.ModelProto, compressed: onnx.ModelProto, art: Artif
               repeat: int = DEFAULT_REPEAT, seed: int = 0, rpc: str | None = None
               ) -> dict[str, Any]:
     """Latency statistics of the three, their ratios, the environment and warnings."""
-    feeds = random_inputs(art.inputs, seed)
+    feeds = artifact_inputs(art.inputs, seed)
     result: dict[str, Any] = {"repeat": repeat, "warmup": WARMUP, "seed": seed,
                               "method": "interleaved rounds",
                               "inputs": {s.name: list(s.shape) for s in art.inputs},

@@ -253,15 +253,6 @@ def _sparse(mod: Any, target: Any, min_sparsity: float) -> tuple[Any, dict[str, 
     return rewrite_sparse(mod, target, min_sparsity=min_sparsity)
 
 
-def _schedule_stats() -> dict[str, Any] | None:
-    """What the schedule helper reports about the last compile (rules, tuning), if anything."""
-    from compress_ir.backend import schedule
-
-    stats = getattr(schedule, "last_build_stats", lambda: None)()
-    as_dict = getattr(stats, "as_dict", None)
-    return as_dict() if callable(as_dict) else None
-
-
 def _check_tools(spec: TargetSpec) -> None:
     if spec.family == "arm" and shutil.which(spec.cross_compiler or "") is None:
         raise UsageError(f"target {spec.name} needs the cross linker {spec.cross_compiler}: "
@@ -375,17 +366,16 @@ def build(model: onnx.ModelProto | str | os.PathLike, target: str | dict | Targe
     with _staging(out) as tmp, tempfile.TemporaryDirectory(prefix="compress-ir-tvm-") as work:
         t1 = time.perf_counter()
         try:
-            ex = compile_relax(mod, tvm_target, spec, tune_trials=options.tune_trials,
-                               tuning_db=options.tuning_db, work_dir=work)
+            ex, build_stats = compile_relax(mod, tvm_target, spec,
+                                            tune_trials=options.tune_trials,
+                                            tuning_db=options.tuning_db, work_dir=work)
         except (UsageError, UnsupportedModelError):
             raise
         except Exception as exc:  # noqa: BLE001 - TVM lowering errors
             raise UnsupportedModelError(f"{source}: TVM cannot compile for {spec.name}: "
                                         f"{_first_line(exc)}") from exc
         seconds["compile"] = time.perf_counter() - t1
-        schedule = _schedule_stats()
-        if schedule is not None:
-            meta["schedule"] = schedule
+        meta["schedule"] = build_stats.as_dict()
         t2 = time.perf_counter()
         _export(ex, spec, tvm_target, tmp / LIBRARY_FILE, meta)
         seconds["export"] = time.perf_counter() - t2

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from compress_ir.backend.artifact import Artifact, check_inputs, load_artifact, random_inputs
+from compress_ir.backend.artifact import Artifact, artifact_inputs, check_inputs, load_artifact
 from compress_ir.core.errors import UsageError
 from compress_ir.targets import host
 
@@ -165,7 +165,7 @@ def run_artifact(artifact: str | Artifact, inputs: dict[str, np.ndarray] | None 
                  rpc: str | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """Outputs by name; seeded random inputs (meta.json shapes) when `inputs` is None."""
     art = _as_artifact(artifact)
-    feeds = random_inputs(art.inputs, seed) if inputs is None else inputs
+    feeds = artifact_inputs(art.inputs, seed) if inputs is None else inputs
     with Session(art, rpc) as session:
         return session.run(feeds)
 
@@ -181,7 +181,7 @@ def time_artifact(artifact: str | Artifact, inputs: dict[str, np.ndarray] | None
     if repeat < 1 or number < 1:
         raise UsageError("repeat and number must be >= 1")
     art = _as_artifact(artifact)
-    feeds = random_inputs(art.inputs, seed) if inputs is None else inputs
+    feeds = artifact_inputs(art.inputs, seed) if inputs is None else inputs
     with Session(art, rpc) as session:
         return session.time(feeds, repeat, number)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import onnx
 
-from compress_ir.backend.artifact import Artifact, random_inputs
+from compress_ir.backend.artifact import Artifact, artifact_inputs
 from compress_ir.backend.runner import Session, local_run_blocker
 from compress_ir.core import numeric
 from compress_ir.core.errors import NumericMismatchError
@@ -25,7 +25,7 @@ def verify_artifact(art: Artifact, proto: onnx.ModelProto, options: Any) -> dict
         blocker = local_run_blocker(art.meta)
         if blocker:
             return {"ran": False, "reason": f"{blocker}; not verified"}
-    feeds = random_inputs(art.inputs, options.seed)
+    feeds = artifact_inputs(art.inputs, options.seed)
     want = numeric.run(proto, feeds)  # first: inputs the model cannot take are named here
     with Session(art, options.rpc) as session:
         got = session.run(feeds)

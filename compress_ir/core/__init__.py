@@ -1,4 +1,4 @@
 """The ground floor of compress-ir: IR, pass infrastructure, verification, metrics.
 
-Nothing here imports from `compress_ir.passes`, `compress_ir.frontends` or the CLI.
+Nothing here imports the passes package, the frontends or the CLI.
 """

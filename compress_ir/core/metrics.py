@@ -94,7 +94,7 @@ def value_shapes(
     return shapes
 
 
-def _shapes(proto: onnx.ModelProto, input_shapes: InputShapes | None = None) -> Shapes:
+def tensor_shapes(proto: onnx.ModelProto, input_shapes: InputShapes | None = None) -> Shapes:
     """Static shapes for cost models; a dim still unknown counts as 1."""
     return {k: tuple(d if d is not None else 1 for d in v)
             for k, v in value_shapes(proto, input_shapes).items()}
@@ -190,7 +190,7 @@ def layer_metrics(
     For the report's before/after table: pruning keeps node names, so the two maps join.
     MACs are at `input_shapes` (else the resolved assumption), like `model_metrics`.
     """
-    shapes = _shapes(proto, input_shapes)
+    shapes = tensor_shapes(proto, input_shapes)
     inits = {i.name: int(np.prod(i.dims)) for i in proto.graph.initializer}
     out: dict[str, dict[str, int | str]] = {}
     for i, node in enumerate(proto.graph.node):

@@ -43,9 +43,14 @@ class Model:
         )
 
     def to_proto(self) -> onnx.ModelProto:
-        """Export to a ModelProto (topologically sorted, dead nodes removed)."""
-        self.graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        proto = gs.export_onnx(self.graph, do_type_check=False)
+        """Export to a ModelProto (topologically sorted, dead nodes removed).
+
+        The live graph is left as it is: cleanup and sorting happen on a shallow copy
+        (weights are shared, not copied), so exporting has no side effects.
+        """
+        graph = self.graph.copy()
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        proto = gs.export_onnx(graph, do_type_check=False)
         proto.ir_version = max(self.ir_version, _MIN_IR_VERSION)
         proto.producer_name = self.producer_name
         del proto.opset_import[:]

@@ -25,8 +25,20 @@ PASSES: Registry[type[Pass]] = Registry("pass")
 
 
 def register_pass(name: str):  # noqa: ANN201 - decorator
-    """Register a Pass subclass under its pipeline name."""
-    return PASSES.register(name)
+    """Register a Pass subclass under its pipeline name.
+
+    A pass must say whether it edits its input (`in_place`): the pipeline's checks
+    and the caller's copies depend on it, so an undeclared pass is refused here.
+    """
+    record = PASSES.register(name)
+
+    def deco(cls: type[Pass]) -> type[Pass]:
+        if not isinstance(getattr(cls, "in_place", None), bool):
+            raise TypeError(f"pass {name!r} ({cls.__name__}) must declare in_place = True "
+                            "(edits the model it is given) or False (leaves it untouched)")
+        return record(cls)
+
+    return deco
 
 
 def option(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse
@@ -76,6 +88,11 @@ class Pass:
     summary: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     transforms: ClassVar[bool] = True
+    # Whether `run` edits the Model it is given (onnx-ir's `in_place`). In place: edits
+    # and returns that same object. Functional (False): leaves it untouched (weights,
+    # graph, attributes) and returns a new Model when it changes anything. Every
+    # registered pass declares it; `run_pipeline` enforces it.
+    in_place: ClassVar[bool | None] = None
     # True when the pass's gain is in storage (zeros, shared values), not in shapes: the
     # report then adds the per-format size table.
     changes_storage: ClassVar[bool] = False
@@ -85,6 +102,12 @@ class Pass:
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         raise NotImplementedError
+
+    @classmethod
+    def format_details(cls, details: dict[str, Any], max_rows: int = 25) -> list[str]:
+        """Lines for the terminal report from this pass's `details` (the pass owns their
+        format; the core report knows none). None by default: the stats line says it."""
+        return []
 
     def spec(self) -> str:
         """This pass as pipeline text, e.g. `channel-prune{ratio=0.5}` (defaults omitted)."""

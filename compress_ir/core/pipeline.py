@@ -12,9 +12,13 @@ import resource
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
 
 from compress_ir.core.errors import CompressIRError, NumericMismatchError, PassError, UsageError
 from compress_ir.core.model import Model
@@ -111,6 +115,66 @@ Verifier = Callable[[Model], None]
 NumericCheck = Callable[[Pass, PassResult], dict[str, Any]]
 
 
+def _fingerprint(model: Model) -> tuple:
+    """What a functional pass must leave as it was: nodes (op, attributes, which tensor
+    objects they read and write), tensors (names, shapes, dtypes, which array a constant
+    holds) and the graph's inputs and outputs. Weight *contents* are guarded by making
+    the arrays read-only while the pass runs (`_read_only`), which costs nothing."""
+    graph = model.graph
+    tensors = tuple(
+        (id(t), t.name, id(t.values), t.values.shape, str(t.values.dtype))
+        if isinstance(t, gs.Constant) else (id(t), t.name, str(t.dtype), repr(t.shape))
+        for t in graph.tensors().values())
+    nodes = tuple((id(n), n.name, n.op, n.domain, repr(sorted(n.attrs.items())),
+                   tuple(map(id, n.inputs)), tuple(map(id, n.outputs))) for n in graph.nodes)
+    return (nodes, tensors, tuple(map(id, graph.inputs)), tuple(map(id, graph.outputs)),
+            dict(model.opset_imports), dict(model.metadata), model.ir_version)
+
+
+@contextmanager
+def _read_only(model: Model) -> Iterator[None]:
+    """Make every weight array of `model` read-only for the duration (then restore)."""
+    flipped = []
+    for t in model.graph.tensors().values():
+        if isinstance(t, gs.Constant):
+            values = t.values
+            if isinstance(values, np.ndarray) and values.flags.writeable:
+                values.flags.writeable = False
+                flipped.append(values)
+    try:
+        yield
+    finally:
+        for values in flipped:
+            values.flags.writeable = True
+
+
+def run_checked(p: Pass, model: Model, ctx: PassContext) -> PassResult:
+    """Run one pass and hold it to its declared mutation contract (`Pass.in_place`).
+
+    In place: it must return the model it was given. Functional: it must leave that
+    model as it was (graph, attributes, weights: the weights are read-only while it
+    runs, so a write raises) and return a new one when it reports a change.
+    """
+    if p.in_place is None:
+        raise TypeError(f"pass {p.name!r} does not declare in_place")
+    if p.in_place:
+        result = p.run(model, ctx)
+        if result.model is not model:
+            raise RuntimeError(f"pass {p.name!r} is declared in place but returned a "
+                               "different model object")
+        return result
+    before = _fingerprint(model)
+    with _read_only(model):
+        result = p.run(model, ctx)
+    if _fingerprint(model) != before:
+        raise RuntimeError(f"pass {p.name!r} is declared functional (in_place = False) but "
+                           "changed the model it was given")
+    if result.modified and result.model is model:
+        raise RuntimeError(f"pass {p.name!r} is declared functional but reported a change "
+                           "and returned the model it was given")
+    return result
+
+
 def run_pipeline(
     model: Model,
     passes: list[Pass],
@@ -127,7 +191,7 @@ def run_pipeline(
         if tracemalloc.is_tracing():
             tracemalloc.reset_peak()
         try:
-            result = p.run(out.model, ctx)
+            result = run_checked(p, out.model, ctx)
             rss = _peak_rss_mb()
             entry = {"pass": p.name, "seconds": round(time.perf_counter() - started, 4),
                      "peak_rss_mb": rss, "peak_rss_growth_mb": round(rss - rss_before, 1)}

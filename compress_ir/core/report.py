@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from compress_ir.core.files import write_atomic
@@ -37,7 +38,13 @@ def build_report(
     }
 
 
-def _human(n: float) -> str:
+# Formatters of report sections owned by other layers (the weight-size table of
+# passes/analysis/size_report.py), registered there: report key -> lines.
+SECTIONS: dict[str, Callable[[Any], list[str]]] = {}
+
+
+def human(n: float) -> str:
+    """1234567 -> 1.235M: counts and bytes for people."""
     for unit in ("", "K", "M", "G", "T"):
         if abs(n) < 1000:
             return f"{n:.4g}{unit}"
@@ -46,7 +53,8 @@ def _human(n: float) -> str:
 
 
 def format_report(report: dict[str, Any], max_groups: int = 25) -> str:
-    """A terminal summary: totals, per-pass stats, groups, blocked reasons, checks."""
+    """A terminal summary: totals, per-pass stats and the lines each pass formats from its
+    own details (`Pass.format_details`), checks, and registered sections (`SECTIONS`)."""
     lines = [
         f"compress-ir: {report['input']} -> {report['output'] or '(not written)'}",
         f"pipeline: {report['pipeline']}",
@@ -57,30 +65,13 @@ def format_report(report: dict[str, Any], max_groups: int = 25) -> str:
         b, a = report["before"][key], report["after"][key]
         ratio = report["ratios"][key]
         lines.append(
-            f"{key:8}{_human(b):>12}{_human(a):>12}{ratio if ratio is not None else '-':>8}"
+            f"{key:8}{human(b):>12}{human(a):>12}{ratio if ratio is not None else '-':>8}"
         )
     lines += format_shapes(report.get("shapes"))
     for entry in report["passes"]:
         stats = ", ".join(f"{k}={v}" for k, v in entry["stats"].items())
         lines += ["", f"pass {entry['spec']}: {stats}"]
-        groups = entry.get("details", {}).get("groups", [])
-        if groups:
-            lines.append(f"  {'group':>5} {'size':>6} {'kept':>6}  status    producers")
-            shown = [g for g in groups if g["status"] == "pruned"][:max_groups]
-            for g in shown:
-                prods = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
-                lines.append(
-                    f"  {g['group']:>5} {g['size']:>6} {g['kept']:>6}  {g['status']:9} {prods}"
-                )
-            hidden = sum(1 for g in groups if g["status"] == "pruned") - len(shown)
-            if hidden > 0:
-                lines.append(f"  ... {hidden} more pruned groups (see --report)")
-            reasons: dict[str, int] = {}
-            for g in groups:
-                for r in g["blocked_by"]:
-                    reasons[r] = reasons.get(r, 0) + 1
-            for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])[:10]:
-                lines.append(f"  blocked ({count} group{'s' if count > 1 else ''}): {reason}")
+        lines += _pass_details(entry, max_groups)
     for check in report["checks"]:
         state = "ok" if check["ok"] else "FAILED"
         on = f" on {check['inputs']}" if check.get("inputs") else ""
@@ -88,9 +79,19 @@ def format_report(report: dict[str, Any], max_groups: int = 25) -> str:
             f"check {check['pass']}: {check['against']} rel. error "
             f"{check['rel_error']:.2e} (tolerance {check['tolerance']:.0e}){on} {state}"
         )
-    if report.get("sizes"):
-        lines += ["", *format_sizes(report["sizes"])]
+    for key, section in SECTIONS.items():
+        if report.get(key):
+            lines += ["", *section(report[key])]
     return "\n".join(lines)
+
+
+def _pass_details(entry: dict[str, Any], max_rows: int) -> list[str]:
+    """The pass's own lines for its details (the pass knows their format, not the core)."""
+    from compress_ir.core.passes import PASSES
+
+    if entry.get("name") not in PASSES:
+        return []
+    return PASSES.get(entry["name"]).format_details(entry.get("details") or {}, max_rows)
 
 
 def format_shapes(shapes: dict[str, Any] | None) -> list[str]:
@@ -106,45 +107,6 @@ def format_shapes(shapes: dict[str, Any] | None) -> list[str]:
     if shapes.get("macs_unresolved"):
         n = len(shapes["macs_unresolved"])
         lines.append(f"  MACs: {n} op(s) with unknown shapes counted as 1 (see --report)")
-    return lines
-
-
-_SIZE_FORMATS = (
-    ("dense", "dense fp32"), ("csr", "CSR"), ("bsr", "BSR {r}x{c}"),
-    ("dc_pq", "DC prune+quant"), ("dc", "DC +Huffman"),
-)
-
-
-def _tail(name: str, width: int) -> str:
-    """Keep the informative end of a long node name, marked as cut."""
-    return name if len(name) <= width else "…" + name[-(width - 1):]
-
-
-def format_sizes(sizes: dict[str, Any], max_layers: int = 8) -> list[str]:
-    """Weight storage per format (totals, factor vs dense fp32) and the largest layers."""
-    total = sizes["total"]
-    r, c = sizes["block"]
-    lines = [
-        f"weight sizes: {total['layers']} layers, {_human(total['params'])} params, "
-        f"sparsity {total['sparsity']:.1%}",
-        f"  {'format':16}{'bytes':>10}{'factor':>9}",
-    ]
-    for key, label in _SIZE_FORMATS:
-        factor = total["factors"][key]
-        lines.append(f"  {label.format(r=r, c=c):16}{_human(total['bytes'][key]):>10}"
-                     f"{f'{factor:.2f}x' if factor else '-':>9}")
-    layers = sorted(sizes["layers"], key=lambda row: -row["bytes"]["dense"])
-    if layers:
-        lines.append(f"  {'layer':24}{'view':>12}{'sparse':>8}{'values':>8}"
-                     f"{'dense':>9}{'CSR':>9}{'DC':>9}")
-    for row in layers[:max_layers]:
-        view = "x".join(str(d) for d in row["view"])
-        b = row["bytes"]
-        lines.append(f"  {_tail(row['node'], 24):24}{view:>12}{row['sparsity']:>8.1%}"
-                     f"{row['distinct']:>8}{_human(b['dense']):>9}{_human(b['csr']):>9}"
-                     f"{_human(b['dc']):>9}")
-    if len(layers) > max_layers:
-        lines.append(f"  ... {len(layers) - max_layers} more layers (see --report)")
     return lines
 
 

@@ -16,6 +16,7 @@ from compress_ir.targets.spec import TargetSpec
 
 AARCH64 = "aarch64-linux-gnu"
 ARM_CC = "aarch64-linux-gnu-gcc"
+ARM_LANES = 4  # NEON: 128-bit vectors
 CUDA_ROUND_TO = 8  # fp16 tensor-core tiles are multiples of 8; also float4 friendly
 CUDA_DEFAULT_ARCH = "sm_80"
 CUDA_ARCHS = {
@@ -31,15 +32,15 @@ def _arm(name: str, description: str, mcpu: str | None, mattr: list[str]) -> Tar
     tvm: dict[str, Any] = {"kind": "llvm", "mtriple": AARCH64, "mattr": mattr}
     if mcpu:
         tvm["mcpu"] = mcpu
-    return TargetSpec(name=name, family="arm", tvm=tvm, round_to=4, device="cpu",
-                      description=description, cross_compiler=ARM_CC)
+    return TargetSpec(name=name, family="arm", tvm=tvm, round_to=ARM_LANES, device="cpu",
+                      description=description, cross_compiler=ARM_CC, lanes=ARM_LANES)
 
 
 def _x86(name: str, description: str, mcpu: str, flags: tuple[str, ...], lanes: int
          ) -> TargetSpec:
     return TargetSpec(name=name, family="x86", tvm={"kind": "llvm", "mcpu": mcpu},
                       round_to=lanes, device="cpu", description=description,
-                      required_cpu_flags=flags)
+                      required_cpu_flags=flags, lanes=lanes)
 
 
 def _x86_host() -> TargetSpec:
@@ -106,13 +107,30 @@ def resolve_target(value: str | dict[str, Any] | TargetSpec) -> TargetSpec:
     return entry[1]()
 
 
-def _lanes_from_llvm(config: dict[str, Any]) -> int:
-    text = (str(config.get("mcpu", "")) + " " + " ".join(config.get("mattr", []))).lower()
-    if "avx512" in text:
-        return 16
-    if "avx2" in text or "haswell" in text or "znver" in text or "x86-64-v3" in text:
+def llvm_lanes(config: dict[str, Any]) -> int:
+    """fp32 lanes LLVM generates for an x86 `llvm` target dict: asks LLVM (through TVM)
+    whether its mcpu/mattr have AVX-512F (16) or AVX2 (8), else 4. A dict naming no cpu
+    and no attributes gets 8 (AVX2-sized tiles; LLVM splits them for older CPUs)."""
+    if not config.get("mcpu") and not config.get("mattr"):
         return 8
-    return 4 if text.strip() else host.x86_lanes(host.cpu_flags())
+    import tvm
+    from tvm.target import codegen
+
+    target = tvm.target.Target(dict(config))
+    if codegen.target_has_features("avx512f", target):
+        return 16
+    return 8 if codegen.target_has_features("avx2", target) else 4
+
+
+def spec_of_tvm_target(target: Any) -> TargetSpec:
+    """The spec for a bare `tvm.target.Target` (callers that never had one): family and
+    lanes by the rules `expert_target` uses, without re-validating."""
+    config: dict[str, Any] = {"kind": str(target.kind.name)}
+    for key in ("mtriple", "mcpu", "mattr", "arch"):
+        value = target.attrs.get(key, None)
+        if value:
+            config[key] = [str(v) for v in value] if key == "mattr" else str(value)
+    return _spec(config, None, json.dumps(config, sort_keys=True), expert=True)
 
 
 def _family(config: dict[str, Any]) -> str:
@@ -149,6 +167,12 @@ def expert_target(config: dict[str, Any]) -> TargetSpec:
     if family != "cuda" and "mcpu" in config:
         _check_llvm_cpu(str(config["mcpu"]), str(config.get("mtriple") or "x86_64-linux-gnu"),
                         text)
+    return _spec(config, host_cfg, text, expert=True)
+
+
+def _spec(config: dict[str, Any], host_cfg: dict[str, Any] | None, text: str,
+          expert: bool) -> TargetSpec:
+    family = _family(config)
     name = f"custom:{family}"
     if family == "cuda":
         arch = str(config.get("arch", ""))
@@ -156,16 +180,16 @@ def expert_target(config: dict[str, Any]) -> TargetSpec:
             raise UsageError(f"cuda target {text} needs an 'arch' such as \"sm_80\"")
         return TargetSpec(name=name, family="cuda", tvm=config, host=host_cfg or {"kind": "llvm"},
                           round_to=CUDA_ROUND_TO, device="cuda",
-                          description=f"expert target {text}", expert=True)
+                          description=f"expert target {text}", expert=expert)
     if family == "arm":
-        return TargetSpec(name=name, family="arm", tvm=config, round_to=4, device="cpu",
+        return TargetSpec(name=name, family="arm", tvm=config, round_to=ARM_LANES, device="cpu",
                           description=f"expert target {text}", cross_compiler=ARM_CC,
-                          expert=True)
-    lanes = _lanes_from_llvm(config)
+                          expert=expert, lanes=ARM_LANES)
+    lanes = llvm_lanes(config)
     required = {16: ("avx512f",), 8: ("avx2",)}.get(lanes, ())
     return TargetSpec(name=name, family="x86", tvm=config, round_to=lanes, device="cpu",
                       description=f"expert target {text}", required_cpu_flags=required,
-                      expert=True)
+                      expert=expert, lanes=lanes)
 
 
 def _check_llvm_cpu(mcpu: str, triple: str, text: str) -> None:

@@ -19,8 +19,10 @@ Device = Literal["cpu", "cuda"]
 class TargetSpec:
     """One target: TVM target dict plus what building and pruning for it need.
 
-    `round_to` is the channel multiple that keeps vector lanes full (4 fp32 lanes
-    for NEON, 8 for AVX2, 16 for AVX-512); channel-prune uses it as its default.
+    `lanes` is the fp32 vector width the code is generated for (4 NEON, 8 AVX2, 16
+    AVX-512; 0 for cuda): the CPU schedules tile by it, and it is the one value for
+    it (worked out once, in the registry). `round_to` is the channel multiple that
+    keeps those lanes full; channel-prune uses it as its default.
     `required_cpu_flags` are /proc/cpuinfo flags a host needs to run the code.
     """
 
@@ -34,6 +36,18 @@ class TargetSpec:
     cross_compiler: str | None = None
     required_cpu_flags: tuple[str, ...] = ()
     expert: bool = field(default=False, compare=False)
+    lanes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.device == "cpu" and self.lanes < 1:
+            raise ValueError(f"target {self.name}: a CPU target needs its vector lanes")
+
+    @property
+    def vector_registers(self) -> int:
+        """Vector registers the micro-kernels may fill: 32 on aarch64 and AVX-512, else 16."""
+        if self.device != "cpu":
+            return 0
+        return 32 if self.family == "arm" or self.lanes >= 16 else 16
 
     @property
     def slug(self) -> str:
@@ -62,5 +76,6 @@ class TargetSpec:
             "host": copy.deepcopy(self.host),
             "cross_compiler": self.cross_compiler,
             "round_to": self.round_to,
+            "lanes": self.lanes,
             "description": self.description,
         }

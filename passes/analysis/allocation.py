@@ -1,27 +1,84 @@
-"""How many units each group keeps: uniform per group, or one global ranking.
+"""How many units each group keeps: the allocation interface and its registry.
 
-Works on scores only, so every criterion gets every allocation for free.
+An allocation turns per-group scores into keep masks. Like criteria, each one is a
+registered class: `uniform` and `global` read the scores only, so every criterion gets
+them for free; `sensitivity` and `budget` (target-macs / target-params, in budget.py)
+also read the model, and say so with `needs_model`, so the pass builds the model
+context for them alone.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
+import onnx
 
+from compress_ir.core.calibration import CalibrationSet
 from compress_ir.core.registry import Registry
+from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, ChannelGroup
 
-ALLOCATIONS: Registry = Registry("scope")
+
+@dataclass
+class AllocationContext:
+    """The model a model-aware allocation reads (built only for those)."""
+
+    proto: onnx.ModelProto  # the model the analysis ran on, with inferred shapes
+    analysis: ChannelAnalysis
+    groups: dict[int, ChannelGroup]  # the candidate groups, by index
+    # the model with these units' channels zeroed (the pass's masked oracle)
+    masked: Callable[[set[int]], onnx.ModelProto]
+    calibration: CalibrationSet | None = None
+    seed: int = 0
+    input_shapes: dict[str, tuple[int, ...]] | None = None  # MACs at these (else assumed)
 
 
-def _keep_count(size: int, n_remove: int, round_to: int, min_keep: int) -> int:
+@dataclass
+class AllocationRequest:
+    """What the user asked for; each allocation reads the fields it needs."""
+
+    ratio: float = 0.5
+    round_to: int = 1
+    min_keep: int = 1
+    tolerance: float = 0.01  # sensitivity: largest output loss per group
+    plot: str = ""  # sensitivity: where to draw the curves
+    budget: tuple[str, float] | None = None  # ("macs" | "params", fraction kept)
+    model: AllocationContext | None = None  # set for allocations with needs_model
+
+
+Keep = dict[int, np.ndarray]
+
+
+class Allocation:
+    """Base class: `allocate(scores, request)` returns keep masks per group and what the
+    report should show about the choice (empty for score-only allocations)."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    needs_model: ClassVar[bool] = False
+    by_scope: ClassVar[bool] = True  # chosen with `scope=NAME` (the budget is chosen by target-*)
+
+    def allocate(self, scores: dict[int, np.ndarray], req: AllocationRequest
+                 ) -> tuple[Keep, dict[str, Any]]:
+        raise NotImplementedError
+
+
+ALLOCATIONS: Registry[type[Allocation]] = Registry("scope")
+
+
+def keep_count(size: int, n_remove: int, round_to: int, min_keep: int) -> int:
+    """Units a group of `size` keeps after removing `n_remove`: at least `min_keep` (and 1),
+    rounded up to a multiple of `round_to` (never above `size`)."""
     keep = max(size - n_remove, min(min_keep, size), 1)
     if round_to > 1:
         keep = min(size, math.ceil(keep / round_to) * round_to)
     return keep
 
 
-def _top(scores: np.ndarray, keep: int) -> np.ndarray:
+def top_mask(scores: np.ndarray, keep: int) -> np.ndarray:
     """Boolean mask of the `keep` best units (stable: ties keep the lower index)."""
     order = np.argsort(-scores, kind="stable")
     mask = np.zeros(scores.size, dtype=bool)
@@ -30,20 +87,37 @@ def _top(scores: np.ndarray, keep: int) -> np.ndarray:
 
 
 @ALLOCATIONS.register("uniform")
+class Uniform(Allocation):
+    summary: ClassVar[str] = "remove `ratio` of every group's units, the lowest-scored ones"
+
+    def allocate(self, scores: dict[int, np.ndarray], req: AllocationRequest
+                 ) -> tuple[Keep, dict[str, Any]]:
+        return uniform(scores, req.ratio, req.round_to, req.min_keep), {}
+
+
+@ALLOCATIONS.register("global")
+class Global(Allocation):
+    summary: ClassVar[str] = "one ranking of all units by score / group mean"
+
+    def allocate(self, scores: dict[int, np.ndarray], req: AllocationRequest
+                 ) -> tuple[Keep, dict[str, Any]]:
+        return global_(scores, req.ratio, req.round_to, req.min_keep), {}
+
+
 def uniform(
     scores: dict[int, np.ndarray], ratio: float, round_to: int, min_keep: int
-) -> dict[int, np.ndarray]:
+) -> Keep:
     """Remove `ratio` of every group's units, the lowest-scored ones."""
     return {
-        g: _top(s, _keep_count(s.size, math.floor(ratio * s.size + 1e-9), round_to, min_keep))
+        g: top_mask(s, keep_count(s.size, math.floor(ratio * s.size + 1e-9), round_to,
+                                  min_keep))
         for g, s in scores.items()
     }
 
 
-@ALLOCATIONS.register("global")
 def global_(
     scores: dict[int, np.ndarray], ratio: float, round_to: int, min_keep: int
-) -> dict[int, np.ndarray]:
+) -> Keep:
     """Rank all units across groups by score / group mean; remove the lowest `ratio`."""
     entries = []
     for g, s in scores.items():
@@ -59,5 +133,6 @@ def global_(
             removed[g] += 1
             budget -= 1
     return {
-        g: _top(s, _keep_count(s.size, removed[g], round_to, min_keep)) for g, s in scores.items()
+        g: top_mask(s, keep_count(s.size, removed[g], round_to, min_keep))
+        for g, s in scores.items()
     }

@@ -34,49 +34,59 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
 
 from compress_ir.core.calibration import CalibrationSet, batch_size_for, load_calibration
 from compress_ir.core.errors import UsageError
-from compress_ir.core.metrics import MAC_COUNTERS, _shapes
+from compress_ir.core.metrics import MAC_COUNTERS, tensor_shapes
 from compress_ir.core.numeric import session
 from compress_ir.logs import progress
-from compress_ir.passes.analysis.allocation import ALLOCATIONS, _keep_count, _top
+from compress_ir.passes.analysis.allocation import (
+    ALLOCATIONS,
+    Allocation,
+    AllocationContext,
+    AllocationRequest,
+    Keep,
+    keep_count,
+    top_mask,
+)
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, ChannelGroup
-from compress_ir.passes.transform.channel_slicing import masked_reference
 
 SENSITIVITY_RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 SENSITIVITY_SAMPLES = 64
 EPS = 1e-12
 
 
-@dataclass
-class AllocationContext:
-    """What a model-aware allocation reads besides the scores."""
-
-    proto: onnx.ModelProto  # the model the analysis ran on, with inferred shapes
-    analysis: ChannelAnalysis
-    groups: dict[int, ChannelGroup]  # the candidate groups, by index
-    round_to: int = 1
-    min_keep: int = 1
-    calibration: CalibrationSet | None = None
-    seed: int = 0
-    input_shapes: dict[str, tuple[int, ...]] | None = None  # MACs at these (else assumed)
-
-
 @ALLOCATIONS.register("sensitivity")
-def sensitivity(
-    scores: dict[int, np.ndarray], ratio: float, round_to: int, min_keep: int
-) -> dict[int, np.ndarray]:
-    """Per-group ratios from a pruning-sensitivity scan (needs the model: see budget.py)."""
-    raise UsageError("scope 'sensitivity' needs the model; use it through channel-prune")
+class Sensitivity(Allocation):
+    summary: ClassVar[str] = "per-group ratios from pruning each group alone (Li et al. 2017)"
+    needs_model: ClassVar[bool] = True
+
+    def allocate(self, scores: dict[int, np.ndarray], req: AllocationRequest
+                 ) -> tuple[Keep, dict[str, Any]]:
+        return sensitivity_allocation(scores, req, req.tolerance, req.plot)
 
 
-sensitivity.needs_model = True  # type: ignore[attr-defined]
+@ALLOCATIONS.register("budget")
+class Budget(Allocation):
+    summary: ClassVar[str] = "greedy removal until the MACs / parameter budget holds"
+    needs_model: ClassVar[bool] = True
+    by_scope: ClassVar[bool] = False  # chosen by target-macs / target-params
+
+    def allocate(self, scores: dict[int, np.ndarray], req: AllocationRequest
+                 ) -> tuple[Keep, dict[str, Any]]:
+        if req.budget is None:
+            raise UsageError("the budget allocation needs target-macs or target-params")
+        return budget_allocation(scores, req, *req.budget)
+
+
+def _model(req: AllocationRequest) -> AllocationContext:
+    if req.model is None:
+        raise UsageError("this allocation needs the model; use it through channel-prune")
+    return req.model
 
 
 # -- sensitivity ----------------------------------------------------------------------
@@ -153,7 +163,7 @@ def _plot(path: str, curves: dict[int, dict], groups: dict[int, ChannelGroup],
 
 
 def sensitivity_allocation(
-    scores: dict[int, np.ndarray], actx: AllocationContext, tolerance: float, plot: str = "",
+    scores: dict[int, np.ndarray], req: AllocationRequest, tolerance: float, plot: str = "",
 ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
     """Keep masks from each group's sensitivity curve, and the curves for the report.
 
@@ -161,6 +171,7 @@ def sensitivity_allocation(
     (the choice cannot go further), which saves most of the work on sensitive
     groups; with a plot every ratio is evaluated.
     """
+    actx = _model(req)
     if plot:
         _require_matplotlib()  # fail before the expensive scan
     start = time.perf_counter()
@@ -176,13 +187,13 @@ def sensitivity_allocation(
         chosen_keep, cache = s.size, {}
         passing = True
         for r in SENSITIVITY_RATIOS:
-            k = _keep_count(s.size, math.floor(r * s.size + 1e-9), actx.round_to, actx.min_keep)
+            k = keep_count(s.size, math.floor(r * s.size + 1e-9), req.round_to, req.min_keep)
             if k not in cache:
                 if not passing and not plot:
                     break
-                mask = _top(s, k)
+                mask = top_mask(s, k)
                 removed = {int(u) for u in group.units[~mask]}
-                masked = masked_reference(actx.proto, actx.analysis, removed)
+                masked = actx.masked(removed)
                 cache[k] = output_loss(_outputs(masked, data), baseline) if removed else 0.0
                 evaluations += 1
             loss = cache[k]
@@ -192,7 +203,7 @@ def sensitivity_allocation(
                 chosen_keep, curve["chosen"] = k, r
             else:
                 passing = False
-        keep[g] = _top(s, chosen_keep)
+        keep[g] = top_mask(s, chosen_keep)
         curves[g] = curve
     if plot:
         _plot(plot, curves, actx.groups, tolerance)
@@ -222,7 +233,7 @@ class CostModel:
         self.analysis = analysis
         self._index: dict[str, int] = {}
         self.terms: list[tuple[float, tuple[int, ...]]] = []
-        shapes = _shapes(proto, input_shapes)
+        shapes = tensor_shapes(proto, input_shapes)
         layouts = analysis.layouts
         nodes = {n.name: n for n in proto.graph.node}
         weight_slices: dict[tuple[str, int], list] = defaultdict(list)
@@ -331,17 +342,18 @@ def _next_keep(keep: int, round_to: int, floor: int) -> int | None:
 
 
 def budget_allocation(
-    scores: dict[int, np.ndarray], actx: AllocationContext, metric: str, fraction: float,
+    scores: dict[int, np.ndarray], req: AllocationRequest, metric: str, fraction: float,
 ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
     """Greedy: remove the least harmful slice per unit of cost saved until the budget holds."""
+    actx = _model(req)
     start = time.perf_counter()
     model = CostModel(actx.proto, actx.analysis, metric, actx.input_shapes)
     target = fraction * model.total
     cost = model.cost()
-    # removal order per group: the reverse of `_top`'s keep order (same tie-breaking)
+    # removal order per group: the reverse of `top_mask`'s keep order (same tie-breaking)
     order = {g: np.argsort(-s, kind="stable")[::-1] for g, s in scores.items()}
     norm = {g: s / (s.mean() + EPS) if s.size else s for g, s in scores.items()}
-    floor = {g: max(min(actx.min_keep, s.size), 1) for g, s in scores.items()}
+    floor = {g: max(min(req.min_keep, s.size), 1) for g, s in scores.items()}
     keep = {g: s.size for g, s in scores.items()}
     units = {g: actx.groups[g].units for g in scores}
     tensors = {g: model.tensors_of(units[g]) for g in scores}
@@ -349,7 +361,7 @@ def budget_allocation(
     neighbours = {g: [h for h in scores if terms[g] & terms[h]] for g in scores}
 
     def candidate(g: int) -> tuple[float, np.ndarray] | None:
-        nxt = _next_keep(keep[g], actx.round_to, floor[g])
+        nxt = _next_keep(keep[g], req.round_to, floor[g])
         if nxt is None:
             return None
         size = scores[g].size
@@ -373,7 +385,7 @@ def budget_allocation(
         steps += 1
         for h in {g, *neighbours[g]}:
             cands[h] = candidate(h)
-    masks = {g: _top(s, keep[g]) for g, s in scores.items()}
+    masks = {g: top_mask(s, keep[g]) for g, s in scores.items()}
     info = {
         "mode": f"target-{metric}",
         "metric": metric,

@@ -27,6 +27,7 @@ from onnx import numpy_helper
 
 from compress_ir.core.calibration import ActivationCapture, CalibrationSet, batch_size_for
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, ConstSlice
+from compress_ir.passes.weight_layers import RowSampler, is_weight, linear
 
 
 @dataclass
@@ -46,72 +47,6 @@ class LinearSamples:
     weight: np.ndarray  # [O, K]
     channel: np.ndarray  # [K] position along the input tensor's channel axis
     bias: np.ndarray | None = None  # [O]
-
-
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-class ConvSampler:
-    """im2col rows at random output positions of a group-1 Conv.
-
-    `positions` draws (sample, row, column) output positions and `rows_at` gathers
-    the input patches there, so two models' inputs can be sampled at the same places.
-    """
-
-    def __init__(self, node: onnx.NodeProto, weight: np.ndarray) -> None:
-        self.kernel = weight.shape[2:]
-        rank = len(self.kernel)
-        self.strides = list(_attr(node, "strides", [1] * rank))
-        self.dilations = list(_attr(node, "dilations", [1] * rank))
-        self.pads = list(_attr(node, "pads", [0] * (2 * rank)))
-        auto_pad = _attr(node, "auto_pad", b"NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-        self.supported = rank == 2 and auto_pad in ("NOTSET", "VALID")
-
-    def output_size(self, x: np.ndarray) -> tuple[int, int]:
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
-        pt, pl, pb, pr = self.pads
-        oh = (x.shape[2] + pt + pb - dh * (kh - 1) - 1) // sh + 1
-        ow = (x.shape[3] + pl + pr - dw * (kw - 1) - 1) // sw + 1
-        return oh, ow
-
-    def positions(
-        self, x: np.ndarray, count: int, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`count` random (sample, row, column) output positions for input `x`."""
-        oh, ow = self.output_size(x)
-        n = rng.integers(0, x.shape[0], count)
-        i = rng.integers(0, oh, count)
-        j = rng.integers(0, ow, count)
-        return n, i, j
-
-    def rows_at(
-        self, x: np.ndarray, positions: tuple[np.ndarray, np.ndarray, np.ndarray]
-    ) -> np.ndarray:
-        """The im2col rows [S, C*kh*kw] of `x` at the given output positions."""
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
-        pt, pl, pb, pr = self.pads
-        n, i, j = positions
-        xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-        hh = i[:, None] * sh + np.arange(kh)[None, :] * dh  # [S, kh]
-        ww = j[:, None] * sw + np.arange(kw)[None, :] * dw  # [S, kw]
-        patches = xp[n[:, None, None, None], np.arange(x.shape[1])[None, :, None, None],
-                     hh[:, None, :, None], ww[:, None, None, :]]
-        return patches.reshape(n.size, -1)
-
-    def rows(
-        self, x: np.ndarray, count: int, rng: np.random.Generator
-    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """`count` im2col rows and their (sample, row, column) output positions."""
-        positions = self.positions(x, count, rng)
-        return self.rows_at(x, positions), positions
-
-
-_ConvSampler = ConvSampler  # the former private name
 
 
 class CalibrationStats:
@@ -206,26 +141,29 @@ class CalibrationStats:
         return {name: total / max(count, 1) for name, total in sums.items()}
 
     def _linear_plan(self, s: ConstSlice) -> tuple | None:
+        """(row sampler, weight [O, K], channel of each feature, bias) of a reducing slice
+        whose node is a weight layer sampled as plain x W^T rows (Conv of group 1 along
+        its input channels, Gemm without transA, MatMul), else None."""
         node = self.nodes.get(s.node)
-        if node is None or s.by not in self.analysis.layouts:
+        if node is None or s.by not in self.analysis.layouts or s.input_index != 1:
             return None
-        weight = numpy_helper.to_array(self.inits[node.input[s.input_index]])
+        init = self.inits.get(node.input[1])
+        if init is None:
+            return None
+        weight = numpy_helper.to_array(init)
+        if not is_weight(node.op_type, weight, node.input[0] in self.inits):
+            return None
+        sampler = RowSampler(node, weight.shape)
+        if node.op_type == "Conv" and not (s.groups == 1 and s.axis == 1 and sampler.supported):
+            return None
+        if sampler.trans_a:
+            return None
         bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
         bias = numpy_helper.to_array(self.inits[bias_name]) if bias_name in self.inits else None
-        if node.op_type == "Conv" and s.groups == 1 and s.axis == 1:
-            sampler = ConvSampler(node, weight)
-            if not sampler.supported:
-                return None
-            k = int(np.prod(weight.shape[2:]))
-            channel = np.repeat(np.arange(weight.shape[1]), k)
-            return "conv", sampler, weight.reshape(weight.shape[0], -1), channel, bias
-        if node.op_type == "Gemm" and not _attr(node, "transA", 0):
-            w = weight.T if s.axis == 0 else weight  # to [O, K]
-            bias = bias if bias is not None and bias.ndim == 1 else None
-            return "rows", None, w, np.arange(w.shape[1]), bias
-        if node.op_type == "MatMul" and weight.ndim == 2:
-            return "rows", None, weight.T, np.arange(weight.shape[0]), None
-        return None
+        matrix, bias = linear(node, weight, bias)
+        per_channel = matrix.shape[1] // weight.shape[1] if node.op_type == "Conv" else 1
+        channel = np.repeat(np.arange(matrix.shape[1] // per_channel), per_channel)
+        return sampler, matrix, channel, bias
 
     def _compute_linear(self) -> dict[int, LinearSamples | None]:
         plans = {id(s): (s, self._linear_plan(s)) for s in self.reducers}
@@ -238,22 +176,17 @@ class CalibrationStats:
             for key, (s, plan) in plans.items():
                 if plan is None:
                     continue
-                kind, sampler, weight, _, _ = plan
+                sampler, weight, _, _ = plan
                 budget = max(16, min(self.max_rows, int(4e6 / max(weight.shape[1], 1))))
                 per_batch = max(1, math.ceil(budget / batches))
                 x = batch[s.by].astype(np.float32)
-                if kind == "conv":
-                    rows[key].append(sampler.rows(x, per_batch, rng)[0])
-                else:
-                    flat = x.reshape(-1, x.shape[-1])
-                    pick = rng.choice(flat.shape[0], min(per_batch, flat.shape[0]), replace=False)
-                    rows[key].append(flat[pick])
+                rows[key].append(sampler.rows(x, per_batch, rng)[0])
         out: dict[int, LinearSamples | None] = {}
         for key, (_, plan) in plans.items():
             if plan is None or not rows[key]:
                 out[key] = None
                 continue
-            _, _, weight, channel, bias = plan
+            _, weight, channel, bias = plan
             out[key] = LinearSamples(np.concatenate(rows[key]), weight.astype(np.float32),
                                      channel, bias)
         return out

@@ -2,13 +2,14 @@
 
 Why: pruning and weight sharing shrink a model only once the zeros and the repeated
 values are encoded away, and how much depends on the format. Every number here is
-the length of an encoder's actual output (`encoding.py`), so the report cannot claim
+the length of an encoder's actual output (`compress_ir.formats`), so the report cannot claim
 a size no decoder could read back.
 
-Weight layers: Conv, Gemm and MatMul whose input 1 is an initializer (a MatMul B
-must be 2-D), seen as (out, reduction) matrices (`encoding.weight_view`). An
-initializer shared by several nodes is counted once. All formats store values as
-fp32; "other" initializers (biases, BN, shapes) are counted at their stored size.
+Weight layers: the rule of `passes/weight_layers.py` (Conv, Gemm and MatMul with a
+floating weight) where the weight is an initializer, seen as (out, reduction) matrices
+(`compress_ir.formats.view`). An initializer shared by several nodes is counted once.
+All formats store values as fp32; "other" initializers (biases, BN, shapes) are
+counted at their stored size.
 
 Deep Compression (Han et al. 2016) per layer:
 - relative index: gaps in `index_bits` bits (default 8 for conv, 5 for fc as in the
@@ -29,32 +30,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from compress_ir import formats as enc
 from compress_ir.core.errors import UsageError
-from compress_ir.passes.analysis import encoding as enc
+from compress_ir.core.report import SECTIONS, human
+from compress_ir.passes.weight_layers import initializer_layers, trans_b
 
 DEFAULT_INDEX_BITS = {"conv": 8, "fc": 5}  # Han et al. 2016, §2
 FORMATS = ("dense", "csr", "bsr", "dc_pq", "dc")
-
-
-def weight_layers(proto: onnx.ModelProto) -> list[dict[str, Any]]:
-    """Weight layers of `proto`: node, op, kind, weight name, array, transB (first use)."""
-    inits = {i.name: i for i in proto.graph.initializer}
-    seen: set[str] = set()
-    layers = []
-    for node in proto.graph.node:
-        if node.op_type not in enc.WEIGHT_OPS or len(node.input) < 2:
-            continue
-        name = node.input[1]
-        if name not in inits or name in seen:
-            continue
-        w = numpy_helper.to_array(inits[name])
-        if not np.issubdtype(w.dtype, np.floating) or (node.op_type == "MatMul" and w.ndim != 2):
-            continue
-        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-        seen.add(name)
-        layers.append({"node": node.name, "op": node.op_type, "kind": enc.WEIGHT_OPS[node.op_type],
-                       "weight": name, "array": w, "trans_b": trans_b})
-    return layers
 
 
 def deep_compression_bytes(
@@ -150,11 +132,10 @@ def size_report(
         raise UsageError(f"BSR block must be two positive ints, got {block}")
     bits = {**DEFAULT_INDEX_BITS, **(index_bits or {})}
     layers = []
-    for layer in weight_layers(proto):
-        row = layer_sizes(layer["op"], layer["array"], layer["trans_b"], tuple(block),
-                          bits[layer["kind"]], max_codebook, verify)
-        layers.append({"node": layer["node"], "op": layer["op"], "weight": layer["weight"],
-                       **row})
+    for layer in initializer_layers(proto):
+        row = layer_sizes(layer.op, layer.array, trans_b(layer.node), tuple(block),
+                          bits[layer.kind], max_codebook, verify)
+        layers.append({"node": layer.node.name, "op": layer.op, "weight": layer.weight, **row})
     weights = {layer["weight"] for layer in layers}
     other = sum(numpy_helper.to_array(i).nbytes for i in proto.graph.initializer
                 if i.name not in weights)
@@ -178,3 +159,46 @@ def size_report(
             },
         },
     }
+
+
+# -- the table for people (the core report prints it through `report.SECTIONS`) ------
+_SIZE_FORMATS = (
+    ("dense", "dense fp32"), ("csr", "CSR"), ("bsr", "BSR {r}x{c}"),
+    ("dc_pq", "DC prune+quant"), ("dc", "DC +Huffman"),
+)
+
+
+def _tail(name: str, width: int) -> str:
+    """Keep the informative end of a long node name, marked as cut."""
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def format_sizes(sizes: dict[str, Any], max_layers: int = 8) -> list[str]:
+    """Weight storage per format (totals, factor vs dense fp32) and the largest layers."""
+    total = sizes["total"]
+    r, c = sizes["block"]
+    lines = [
+        f"weight sizes: {total['layers']} layers, {human(total['params'])} params, "
+        f"sparsity {total['sparsity']:.1%}",
+        f"  {'format':16}{'bytes':>10}{'factor':>9}",
+    ]
+    for key, label in _SIZE_FORMATS:
+        factor = total["factors"][key]
+        lines.append(f"  {label.format(r=r, c=c):16}{human(total['bytes'][key]):>10}"
+                     f"{f'{factor:.2f}x' if factor else '-':>9}")
+    layers = sorted(sizes["layers"], key=lambda row: -row["bytes"]["dense"])
+    if layers:
+        lines.append(f"  {'layer':24}{'view':>12}{'sparse':>8}{'values':>8}"
+                     f"{'dense':>9}{'CSR':>9}{'DC':>9}")
+    for row in layers[:max_layers]:
+        view = "x".join(str(d) for d in row["view"])
+        b = row["bytes"]
+        lines.append(f"  {_tail(row['node'], 24):24}{view:>12}{row['sparsity']:>8.1%}"
+                     f"{row['distinct']:>8}{human(b['dense']):>9}{human(b['csr']):>9}"
+                     f"{human(b['dc']):>9}")
+    if len(layers) > max_layers:
+        lines.append(f"  ... {len(layers) - max_layers} more layers (see --report)")
+    return lines
+
+
+SECTIONS["sizes"] = format_sizes

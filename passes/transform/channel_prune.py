@@ -21,11 +21,11 @@ from compress_ir.core.calibration import CalibrationSet
 from compress_ir.core.errors import UsageError
 from compress_ir.core.model import Model, infer_proto_shapes
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
-from compress_ir.passes.analysis.allocation import ALLOCATIONS
-from compress_ir.passes.analysis.budget import (
+from compress_ir.passes.analysis import budget  # noqa: F401 - registers sensitivity, budget
+from compress_ir.passes.analysis.allocation import (
+    ALLOCATIONS,
     AllocationContext,
-    budget_allocation,
-    sensitivity_allocation,
+    AllocationRequest,
 )
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, analyse_channels
 from compress_ir.passes.analysis.importance import CRITERIA, Criterion, ScoreContext
@@ -57,7 +57,8 @@ class ChannelPruneOptions:
         if self.round_to < 0 or self.min_channels < 1:
             raise ValueError("round-to must be >= 0 and min-channels >= 1")
         CRITERIA.get(self.criterion)
-        ALLOCATIONS.get(self.scope)
+        if not ALLOCATIONS.get(self.scope).by_scope:
+            raise ValueError(f"scope={self.scope} is chosen by target-macs/target-params")
         for name in ("target_macs", "target_params"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:  # also rejects nan
@@ -126,20 +127,18 @@ def plan_removal(
     if candidates and not scores:
         raise UsageError(next(iter(unscored.values())))
     candidates = [g for g in candidates if g.index in scores]
-    allocate = ALLOCATIONS.get(opts.scope)
-    extra: dict[str, Any] = {}
-    if opts.budget or getattr(allocate, "needs_model", False):
+    allocation = ALLOCATIONS.get("budget" if opts.budget else opts.scope)()
+    request = AllocationRequest(opts.ratio, opts.round_to, opts.min_channels, opts.tolerance,
+                                opts.plot, opts.budget)
+    if allocation.needs_model:
         if proto is None:
             proto = infer_proto_shapes(score_ctx.model.to_proto())
-        actx = AllocationContext(
-            proto, analysis, {g.index: g for g in candidates}, opts.round_to,
-            opts.min_channels, calibration, seed, input_shapes)
-        if opts.budget:
-            keep, extra = budget_allocation(scores, actx, *opts.budget)
-        else:
-            keep, extra = sensitivity_allocation(scores, actx, opts.tolerance, opts.plot)
-    else:
-        keep = allocate(scores, opts.ratio, opts.round_to, opts.min_channels)
+        model_proto = proto
+        request.model = AllocationContext(
+            model_proto, analysis, {g.index: g for g in candidates},
+            lambda removed: masked_reference(model_proto, analysis, removed), calibration, seed,
+            input_shapes)
+    keep, extra = allocation.allocate(scores, request)
     if info is not None:
         info.update(extra)
     planned: set[int] = set()
@@ -184,7 +183,30 @@ def effective_round_to(round_to: int, ctx: PassContext) -> int:
 @register_pass("channel-prune")
 class ChannelPrune(Pass):
     summary = "remove whole channels (filters) and slice every coupled layer"
+    in_place = False
     Options = ChannelPruneOptions
+
+    @classmethod
+    def format_details(cls, details: dict[str, Any], max_rows: int = 25) -> list[str]:
+        """The pruned groups (size, kept, producers) and why the others stayed whole."""
+        groups = details.get("groups", [])
+        if not groups:
+            return []
+        lines = [f"  {'group':>5} {'size':>6} {'kept':>6}  status    producers"]
+        pruned = [g for g in groups if g["status"] == "pruned"]
+        for g in pruned[:max_rows]:
+            prods = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
+            lines.append(f"  {g['group']:>5} {g['size']:>6} {g['kept']:>6}  "
+                         f"{g['status']:9} {prods}")
+        if len(pruned) > max_rows:
+            lines.append(f"  ... {len(pruned) - max_rows} more pruned groups (see --report)")
+        reasons: dict[str, int] = {}
+        for g in groups:
+            for r in g["blocked_by"]:
+                reasons[r] = reasons.get(r, 0) + 1
+        for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])[:10]:
+            lines.append(f"  blocked ({count} group{'s' if count > 1 else ''}): {reason}")
+        return lines
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         round_to = effective_round_to(self.options.round_to, ctx)

@@ -30,6 +30,7 @@ def _foldable(graph: gs.Graph, conv: gs.Node, bn: gs.Node) -> bool:
 @register_pass("fold-bn")
 class FoldBatchNorm(Pass):
     summary = "fold BatchNormalization into the preceding Conv (exact)"
+    in_place = True
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         reference = model.to_proto()

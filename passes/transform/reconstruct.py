@@ -50,11 +50,17 @@ from compress_ir.core.errors import UsageError
 from compress_ir.core.model import Model, infer_proto_shapes
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
 from compress_ir.logs import progress
-from compress_ir.passes.analysis.calibration_stats import ConvSampler
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, analyse_channels
+from compress_ir.passes.weight_layers import (
+    WEIGHT_OPS,
+    RowSampler,
+    WeightLayer,
+    linear,
+    weight_of,
+    write_linear,
+)
 
 EPS = 1e-12
-LINEAR_OPS = ("Conv", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)
@@ -177,37 +183,23 @@ def _const(node: gs.Node, index: int) -> np.ndarray | None:
 
 
 def _in_features(node: gs.Node) -> int | None:
-    """Input features of a Conv (group 1) / Gemm / MatMul with a constant weight."""
-    w = _const(node, 1)
-    if w is None:
+    """Input features K of a weight layer this pass can refit, else None.
+
+    Refit needs plain x W^T rows: a Conv of group 1, a Gemm without transA, a MatMul.
+    """
+    if weight_of(node) is None:
         return None
-    if node.op == "Conv":
-        return int(np.prod(w.shape[1:])) if int(node.attrs.get("group", 1)) == 1 else None
-    if node.op == "Gemm":
-        if int(node.attrs.get("transA", 0)) or w.ndim != 2:
-            return None
-        return int(w.shape[1] if int(node.attrs.get("transB", 0)) else w.shape[0])
-    if node.op == "MatMul" and w.ndim == 2:
-        return int(w.shape[0])
-    return None
+    if node.op == "Conv" and int(node.attrs.get("group", 1)) != 1:
+        return None
+    if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
+        return None
+    return WeightLayer(node, node.inputs[1]).shape()[1]
 
 
 def _linear(node: gs.Node) -> tuple[np.ndarray, np.ndarray]:
     """(weight as [O, K], bias [O]) of what the node computes, alpha/beta folded in."""
-    w = _const(node, 1)
-    if node.op == "Conv":
-        b = _const(node, 2)
-        weight = w.reshape(w.shape[0], -1)
-        return weight, (b if b is not None else np.zeros(w.shape[0]))
-    if node.op == "Gemm":
-        alpha = float(node.attrs.get("alpha", 1.0))
-        beta = float(node.attrs.get("beta", 1.0))
-        weight = (w if int(node.attrs.get("transB", 0)) else w.T) * alpha
-        c = _const(node, 2)
-        bias = np.zeros(weight.shape[0]) if c is None else np.broadcast_to(
-            np.asarray(c, np.float64).reshape(-1) * beta, (weight.shape[0],))
-        return weight, bias
-    return w.T, np.zeros(w.shape[1])
+    weight, bias = linear(node, _const(node, 1), _const(node, 2))
+    return weight, (np.zeros(weight.shape[0]) if bias is None else bias)
 
 
 def _bias_ok(node: gs.Node) -> bool:
@@ -215,39 +207,6 @@ def _bias_ok(node: gs.Node) -> bool:
         c = _const(node, 2)
         return c is not None and c.ndim <= 1
     return True
-
-
-def _write(model: Model, node: gs.Node, weight: np.ndarray, bias: np.ndarray) -> None:
-    """Store a fitted [O, K] weight and [O] bias into the node (adding a bias if needed)."""
-    old = np.asarray(node.inputs[1].values)
-    dtype = old.dtype
-    if node.op == "Conv":
-        new_w = weight.reshape(old.shape)
-    elif node.op == "Gemm":
-        alpha = float(node.attrs.get("alpha", 1.0)) or 1.0
-        new_w = weight / alpha if int(node.attrs.get("transB", 0)) else weight.T / alpha
-    else:
-        new_w = weight.T
-    node.inputs[1] = gs.Constant(f"{node.name}__w_reconstructed", new_w.astype(dtype))
-    bias = bias.astype(dtype)
-    if node.op in ("Conv", "Gemm"):
-        if node.op == "Gemm":
-            beta = float(node.attrs.get("beta", 1.0))
-            if beta == 0.0 or len(node.inputs) < 3 or not node.inputs[2].name:
-                node.attrs["beta"] = beta = 1.0
-            bias = (bias / beta).astype(dtype)
-        const = gs.Constant(f"{node.name}__b_reconstructed", bias)
-        if len(node.inputs) > 2:
-            node.inputs[2] = const
-        else:
-            node.inputs.append(const)
-        return
-    out = node.outputs[0]
-    mid = gs.Variable(f"{out.name}__unbiased", dtype=out.dtype)
-    node.outputs[0] = mid
-    add = gs.Node("Add", f"{node.name}__bias", inputs=[
-        mid, gs.Constant(f"{node.name}__b_reconstructed", bias)], outputs=[out])
-    model.graph.nodes.append(add)
 
 
 def _plan(
@@ -268,7 +227,7 @@ def _plan(
                 or tuple(orig.inputs[i].values.shape) != tuple(t.values.shape))
             for i, t in enumerate(node.inputs))
         target = None
-        if orig is not None and orig.op == node.op and node.op in LINEAR_OPS:
+        if orig is not None and orig.op == node.op and node.op in WEIGHT_OPS:
             k_now, k_orig = _in_features(node), _in_features(orig)
             if k_now is not None and k_orig is not None and k_now < k_orig:
                 kind = "conv" if node.op == "Conv" else "rows"
@@ -321,8 +280,6 @@ def _capture_level(
     original: dict[str, gs.Node], calib: CalibrationSet, samples: int, seed: int,
 ) -> None:
     """Stream both models once; accumulate normal equations and BN statistics."""
-    cur_nodes = {n.name: n for n in cur.graph.node}
-    orig_nodes = {n.name: n for n in orig.graph.node}
     cur_names, orig_names = set(), set()
     for t in targets:
         o = original[t.node.name]
@@ -345,15 +302,10 @@ def _capture_level(
                 continue
             xo = then[o.inputs[0].name].astype(np.float64)
             rng = np.random.default_rng([seed, n, b])
-            if t.kind == "conv":
-                s_now = ConvSampler(cur_nodes[t.node.name], _const(t.node, 1))
-                s_then = ConvSampler(orig_nodes[o.name], _const(o, 1))
-                pos = s_now.positions(x, per_batch, rng)
-                rows, rows_o = s_now.rows_at(x, pos), s_then.rows_at(xo, pos)
-            else:
-                flat, flat_o = x.reshape(-1, x.shape[-1]), xo.reshape(-1, xo.shape[-1])
-                pick = rng.choice(flat.shape[0], min(per_batch, flat.shape[0]), replace=False)
-                rows, rows_o = flat[pick], flat_o[pick]
+            s_now = RowSampler(t.node, _const(t.node, 1).shape)
+            s_then = RowSampler(o, _const(o, 1).shape)
+            pos = s_now.positions(x, per_batch, rng)
+            rows, rows_o = s_now.rows_at(x, pos), s_then.rows_at(xo, pos)
             w_o, b_o = _linear(o)
             y = (rows_o @ w_o.T.astype(np.float64) + b_o)[:, t.out_keep]
             xa = np.concatenate([rows, np.ones((rows.shape[0], 1))], axis=1)
@@ -408,7 +360,7 @@ def _refit(model: Model, t: Target, ridge: float) -> dict:
     coef = _ridge_solve(s["xx"], s["xy"], ridge)
     after = _residual(s, coef)
     k = coef.shape[0] - 1
-    _write(model, t.node, coef[:k].T, coef[k])
+    write_linear(model, t.node, coef[:k].T, coef[k])
     return {"node": t.node.name, "op": t.node.op, "level": t.level, "rows": t.rows,
             "features": k, "rel_error_before": round(before, 6),
             "rel_error_after": round(after, 6)}
@@ -437,6 +389,7 @@ def _recalibrate(t: Target) -> dict:
 @register_pass("reconstruct")
 class Reconstruct(Pass):
     summary = "refit pruned layers by least squares to the original outputs (needs --calib)"
+    in_place = True
     Options = ReconstructOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:

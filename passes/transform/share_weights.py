@@ -33,7 +33,7 @@ from onnx import helper, numpy_helper
 from compress_ir.core import numeric
 from compress_ir.core.model import Model
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
-from compress_ir.passes.analysis.encoding import WEIGHT_OPS
+from compress_ir.passes.weight_layers import WEIGHT_OPS, weight_layers
 
 
 @dataclass(frozen=True)
@@ -148,14 +148,10 @@ def codebook_reference(proto: onnx.ModelProto, shared: dict[str, SharedWeight]) 
 
 
 def _weights(model: Model) -> dict[str, tuple[gs.Constant, list[gs.Node]]]:
-    """Constant Conv/Gemm/MatMul weights (input 1) and the nodes that use each."""
+    """The weights of the weight layers and the nodes that use each."""
     found: dict[str, tuple[gs.Constant, list[gs.Node]]] = {}
-    for node in model.graph.nodes:
-        if node.op not in WEIGHT_OPS or len(node.inputs) < 2:
-            continue
-        w = node.inputs[1]
-        if isinstance(w, gs.Constant) and np.issubdtype(np.asarray(w.values).dtype, np.floating):
-            found.setdefault(w.name, (w, []))[1].append(node)
+    for layer in weight_layers(model):
+        found.setdefault(layer.weight.name, (layer.weight, []))[1].append(layer.node)
     return found
 
 
@@ -163,6 +159,7 @@ def _weights(model: Model) -> dict[str, tuple[gs.Constant, list[gs.Node]]]:
 class ShareWeights(Pass):
     summary = "k-means weight sharing per layer: at most 2^bits values, zeros kept (lossy)"
     changes_storage = True
+    in_place = True
     Options = ShareWeightsOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:

@@ -50,7 +50,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from compress_ir.core import numeric
@@ -58,8 +57,6 @@ from compress_ir.core.calibration import ActivationCapture, CalibrationSet, batc
 from compress_ir.core.errors import UsageError
 from compress_ir.core.model import Model, infer_proto_shapes
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
-from compress_ir.passes.analysis.calibration_stats import ConvSampler
-from compress_ir.passes.analysis.encoding import unview, weight_view
 from compress_ir.passes.analysis.sparsegpt import (
     HessianAccumulator,
     dense_target,
@@ -79,6 +76,7 @@ from compress_ir.passes.analysis.sparsity_masks import (
     units,
     unsupported_shape,
 )
+from compress_ir.passes.weight_layers import RowSampler, WeightLayer, weight_layers
 
 CRITERIA = ("magnitude", "obs")
 SCOPES = ("layer", "global")
@@ -175,63 +173,15 @@ class SparsifyOptions:
 
 # -- the [out, reduction] view of each weight -------------------------------------------
 @dataclass
-class Layer:
-    """One weighted node: its weight constant and how it maps to the matrix view."""
+class Layer(WeightLayer):
+    """A weight layer (`weight_layers`) with what sparsify decides for it."""
 
-    node: gs.Node
-    weight: gs.Constant
-    groups: int = 1
     sparsity: float = 0.0
     in_pool: bool = False  # part of the global ranking
     count: int = 0  # units to prune
     keep: np.ndarray | None = None  # [out, reduction]
     new: np.ndarray | None = None  # [out, reduction], float64
     info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.node.name
-
-    def matrix(self) -> np.ndarray:
-        return to_matrix(self.node, np.asarray(self.weight.values))
-
-    def shape(self) -> tuple[int, int]:
-        return weight_matrix_shape(self.node, tuple(self.weight.values.shape))
-
-
-def _trans_b(node: gs.Node) -> bool:
-    return bool(int(node.attrs.get("transB", 0))) if node.op == "Gemm" else False
-
-
-def to_matrix(node: gs.Node, weight: np.ndarray) -> np.ndarray:
-    """The stored weight as the `[out, reduction]` matrix (the size report's view)."""
-    return weight_view(node.op, weight, _trans_b(node))
-
-
-def from_matrix(node: gs.Node, matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Inverse of `to_matrix`: back to the stored layout."""
-    return unview(node.op, matrix, shape, _trans_b(node))
-
-
-def weight_matrix_shape(node: gs.Node, shape: tuple[int, ...]) -> tuple[int, int]:
-    if node.op == "Conv":
-        return shape[0], int(np.prod(shape[1:]))
-    return (shape[0], shape[1]) if _trans_b(node) else (shape[1], shape[0])
-
-
-def _weighted(node: gs.Node) -> gs.Constant | None:
-    """The constant weight of a Conv / Gemm / MatMul (input 1), else None."""
-    if node.op not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
-        return None
-    w = node.inputs[1]
-    if not isinstance(w, gs.Constant):
-        return None
-    ndim = len(w.values.shape)
-    if node.op == "Conv" and ndim < 3 or node.op != "Conv" and ndim != 2:
-        return None
-    if node.op == "MatMul" and isinstance(node.inputs[0], gs.Constant):
-        return None
-    return w
 
 
 # -- planning ----------------------------------------------------------------------------
@@ -242,7 +192,7 @@ def _match(name: str, patterns: list[str] | tuple[str, ...]) -> bool:
 def _plan(model: Model, opts: SparsifyOptions) -> tuple[list[Layer], list[dict]]:
     """The layers to sparsify (with their sparsity) and those kept dense, with why."""
     model.graph.toposort()
-    weighted = [(n, w) for n in model.graph.nodes if (w := _weighted(n)) is not None]
+    weighted = [(la.node, la.weight) for la in weight_layers(model)]
     pattern = opts.parsed_pattern
     overrides = opts.overrides
     names = [n.name for n, _ in weighted]
@@ -255,8 +205,7 @@ def _plan(model: Model, opts: SparsifyOptions) -> tuple[list[Layer], list[dict]]
     skipped: list[dict] = []
     for idx, (node, w) in enumerate(weighted):
         override = next((s for p, s in overrides if fnmatch.fnmatchcase(node.name, p)), None)
-        groups = int(node.attrs.get("group", 1)) if node.op == "Conv" else 1
-        layer = Layer(node, w, groups)
+        layer = Layer(node, w)
         reason = None
         if _match(node.name, opts.exclude):
             reason = "excluded"
@@ -325,20 +274,12 @@ def _magnitude(layer: Layer, pattern: Pattern) -> None:
 
 # -- obs -------------------------------------------------------------------------------------
 def _layer_rows(
-    layer: Layer, node: onnx.NodeProto, xs: list[np.ndarray], count: int,
-    rng: np.random.Generator,
+    layer: Layer, xs: list[np.ndarray], count: int, rng: np.random.Generator,
 ) -> list[np.ndarray]:
     """Input rows of the layer at the same random positions of each of `xs` (im2col for Conv)."""
-    if layer.node.op == "Conv":
-        sampler = ConvSampler(node, np.asarray(layer.weight.values))
-        oh, ow = sampler.output_size(xs[0])
-        pos = sampler.positions(xs[0], min(count, xs[0].shape[0] * oh * ow), rng)
-        return [sampler.rows_at(x, pos) for x in xs]
-    if layer.node.op == "Gemm" and int(layer.node.attrs.get("transA", 0)):
-        xs = [x.T for x in xs]
-    flat = [x.reshape(-1, x.shape[-1]) for x in xs]
-    pick = rng.choice(flat[0].shape[0], min(count, flat[0].shape[0]), replace=False)
-    return [f[pick] for f in flat]
+    sampler = RowSampler(layer.node, tuple(layer.weight.values.shape))
+    pos = sampler.positions(xs[0], min(count, sampler.available(xs[0])), rng)
+    return [sampler.rows_at(x, pos) for x in xs]
 
 
 def _capture_hessians(
@@ -350,7 +291,6 @@ def _capture_hessians(
     With `dense` (the input model), its inputs D at the same positions are streamed
     alongside, for X^T D and D^T D.
     """
-    nodes = {n.name: n for n in proto.graph.node}
     names = sorted({layer.node.inputs[0].name for layer in layers})
     batch = batch_size_for(proto, 64)
     batches = max(1, math.ceil(calib.size / batch))
@@ -364,7 +304,7 @@ def _capture_hessians(
         for i, layer in enumerate(layers):
             xs = [np.asarray(a[layer.node.inputs[0].name], dtype=np.float32) for a in acts]
             rng = np.random.default_rng([seed, i, b])
-            rows = _layer_rows(layer, nodes[layer.name], xs, per_batch, rng)
+            rows = _layer_rows(layer, xs, per_batch, rng)
             width = rows[0].shape[1] // layer.groups
             for g, acc in enumerate(accs[i]):
                 acc.add(*(r[:, g * width:(g + 1) * width] for r in rows))
@@ -419,7 +359,7 @@ def _obs(layer: Layer, pattern: Pattern, accs: list[HessianAccumulator], opts: S
 def _store(layer: Layer) -> np.ndarray:
     """Write the layer's new matrix into its weight constant (stored layout and dtype)."""
     stored = np.asarray(layer.weight.values)
-    new = from_matrix(layer.node, layer.new, stored.shape).astype(stored.dtype)
+    new = layer.from_matrix(layer.new).astype(stored.dtype)
     layer.weight.values = new
     return new
 
@@ -439,9 +379,9 @@ def _reference(before: onnx.ModelProto, layers: list[Layer]) -> onnx.ModelProto:
         if layer is None:
             continue
         original = numpy_helper.to_array(init)
-        mask = from_matrix(layer.node, layer.keep, original.shape)
-        source = original if layer.info.get("criterion") == "magnitude" else from_matrix(
-            layer.node, layer.new, original.shape).astype(original.dtype)
+        mask = layer.from_matrix(layer.keep)
+        source = original if layer.info.get("criterion") == "magnitude" else layer.from_matrix(
+            layer.new).astype(original.dtype)
         init.CopyFrom(numpy_helper.from_array((source * mask).astype(original.dtype), init.name))
     return ref
 
@@ -467,6 +407,7 @@ class Sparsify(Pass):
     summary = ("zero Conv/Gemm/MatMul weights: unstructured, N:M or block; magnitude or"
                " OBS (SparseGPT) criterion")
     changes_storage = True
+    in_place = True
     Options = SparsifyOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:

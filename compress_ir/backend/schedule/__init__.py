@@ -11,10 +11,10 @@
   targets cannot be measured without a device runner). Each task's default-rule schedule
   is measured the same way and stored as an ordinary record (`compete.py`), so the
   database's best record is never slower than the default: a small budget cannot make a
-  model slower than no tuning. `last_build_stats().choices` shows the winner per function
+  model slower than no tuning. The stats' `choices` show the winner per function
   (the default rule's name, or 'database') with both latencies.
 
-`last_build_stats()` tells which rule scheduled each PrimFunc and how long phases took;
+The returned `BuildStats` tell which rule scheduled each PrimFunc and how long phases took;
 every scheduled PrimFunc is lowered on its own first, and one that does not lower is left
 to TVM's default handling, counted as 'fallback' with the reason in `fallback_reasons`.
 """
@@ -25,29 +25,24 @@ from typing import Any
 
 from compress_ir.backend.schedule.pipeline import BuildStats
 
-__all__ = ["BuildStats", "compile_relax", "last_build_stats"]
-
-_LAST_STATS: BuildStats | None = None
-
-
-def last_build_stats() -> BuildStats | None:
-    """Stats of the most recent `compile_relax` call in this process (None before any)."""
-    return _LAST_STATS
+__all__ = ["BuildStats", "compile_relax"]
 
 
 def compile_relax(mod: Any, target: Any, spec: Any = None, *, tune_trials: int = 0,
-                  tuning_db: str | None = None, work_dir: str | None = None) -> Any:
+                  tuning_db: str | None = None, work_dir: str | None = None
+                  ) -> tuple[Any, BuildStats]:
     """Compile a Relax module for `target`, fast by default, tuned on request.
 
+    Returns `(executable, stats)`: the `relax.Executable` and the `BuildStats` of this
+    build (no module state: concurrent builds cannot read each other's stats).
+    `spec` is the `TargetSpec` the target came from: the CPU schedules take their vector
+    lanes and registers from it (without one, from the spec of the bare TVM target).
     `tune_trials` is the MetaSchedule budget per task (0: no tuning, no measuring).
     `tuning_db` is a directory holding a JSON database reused across runs and models;
     without tuning its best records are still applied. `work_dir` holds tuning logs
-    (defaults to `tuning_db`, else a temporary directory). `spec` is unused.
+    (defaults to `tuning_db`, else a temporary directory).
     """
-    global _LAST_STATS
-    from compress_ir.backend.schedule.build import build
+    from compress_ir.backend.schedule.build import build_executable
 
-    executable, stats = build(mod, target, tune_trials=tune_trials, tuning_db=tuning_db,
-                              work_dir=work_dir)
-    _LAST_STATS = stats
-    return executable
+    return build_executable(mod, target, spec, tune_trials=tune_trials, tuning_db=tuning_db,
+                 work_dir=work_dir)

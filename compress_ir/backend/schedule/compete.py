@@ -21,7 +21,7 @@ from tvm import tirx
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
-from compress_ir.backend.schedule.cpu import cpu_params, default_schedule
+from compress_ir.backend.schedule.cpu import CpuParams, default_schedule
 
 # Several repeats for the one default candidate, its median committed (robust to noise);
 # tuned candidates are measured by MetaSchedule's runner with the same per-repeat settings.
@@ -62,17 +62,21 @@ def _trace_key(trace: object) -> str:
     return repr(_canonical(trace.as_json()))
 
 
-def default_of(wl_mod: tvm.IRModule, target: Target) -> Default | None:
-    """The default rules applied to a workload; None when no rule fits (nothing competes)."""
-    sch, rule, _reason = default_schedule(wl_mod, cpu_params(target), target)
+def default_of(wl_mod: tvm.IRModule, target: Target, cpu: CpuParams | None) -> Default | None:
+    """The default rules applied to a workload; None when no rule fits or the target has
+    no CPU rules (`cpu` None): then nothing competes."""
+    if cpu is None:
+        return None
+    sch, rule, _reason = default_schedule(wl_mod, cpu, target)
     if sch is None:
         return None
     return Default(rule, sch.trace, _trace_key(sch.trace))
 
 
-def has_default_record(db: ms.database.Database, wl_mod: tvm.IRModule, target: Target) -> bool:
+def has_default_record(db: ms.database.Database, wl_mod: tvm.IRModule, target: Target,
+                       cpu: CpuParams | None) -> bool:
     """True when the database already holds this workload's default-rule record."""
-    default = default_of(wl_mod, target)
+    default = default_of(wl_mod, target, cpu)
     if default is None or not db.has_workload(wl_mod):
         return default is None
     records = db.get_top_k(db.commit_workload(wl_mod), 1 << 30)
@@ -80,7 +84,8 @@ def has_default_record(db: ms.database.Database, wl_mod: tvm.IRModule, target: T
 
 
 def measure_defaults(wl_mods: list[tvm.IRModule], target: Target, db: ms.database.Database,
-                     builder: ms.builder.Builder, timeout_s: float) -> dict[int, str]:
+                     builder: ms.builder.Builder, timeout_s: float,
+                     cpu: CpuParams | None) -> dict[int, str]:
     """Build + run each workload's default schedule and commit it as a TuningRecord.
 
     Returns {index in `wl_mods`: reason} for defaults that could not be measured (those simply
@@ -89,7 +94,8 @@ def measure_defaults(wl_mods: list[tvm.IRModule], target: Target, db: ms.databas
     """
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    todo = [(i, m, d) for i, m in enumerate(wl_mods) if (d := default_of(m, target)) is not None]
+    todo = [(i, m, d) for i, m in enumerate(wl_mods)
+            if (d := default_of(m, target, cpu)) is not None]
     if not todo:
         return {}
     schedules = []
@@ -123,7 +129,8 @@ def _mean(record: ms.database.TuningRecord) -> float:
     return statistics.fmean(float(s) for s in record.run_secs)
 
 
-def choice(db: ms.database.Database, func: tirx.PrimFunc, target: Target) -> dict | None:
+def choice(db: ms.database.Database, func: tirx.PrimFunc, target: Target,
+           cpu: CpuParams | None) -> dict | None:
     """Which record the database applies to `func` (its top-1) and both latencies.
 
     None when the database has no record for `func`. 'winner' is the default rule name when
@@ -136,7 +143,7 @@ def choice(db: ms.database.Database, func: tirx.PrimFunc, target: Target) -> dic
     records = [r for r in db.get_top_k(db.commit_workload(wl_mod), 1 << 30) if r.run_secs]
     if not records:
         return None
-    default = default_of(wl_mod, target)
+    default = default_of(wl_mod, target, cpu)
     is_default = [default is not None and _trace_key(r.trace) == default.key for r in records]
     tuned = [_mean(r) for r, d in zip(records, is_default, strict=True) if not d]
     defaults = [_mean(r) for r, d in zip(records, is_default, strict=True) if d]

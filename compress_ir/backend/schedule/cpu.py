@@ -26,6 +26,7 @@ from tvm.target import Target
 
 from compress_ir.backend.schedule.analysis import BlockInfo, root_blocks
 from compress_ir.backend.schedule.validate import first_line, lowering_error
+from compress_ir.targets.spec import TargetSpec
 
 
 @dataclass(frozen=True)
@@ -36,22 +37,11 @@ class CpuParams:
     registers: int
 
 
-def cpu_params(target: Target) -> CpuParams:
-    """Vector width / register count from the target (aarch64 NEON, AVX-512 or AVX2)."""
-    triple = str(target.attrs.get("mtriple", "") or "")
-    feats = " ".join(str(x) for x in (target.attrs.get("mattr", None) or []))
-    mcpu = str(target.attrs.get("mcpu", "") or "")
-    if triple.startswith(("aarch64", "arm64")):
-        return CpuParams(lanes=4, registers=32)
-    if "avx512" in feats or mcpu in _AVX512_CPUS:
-        return CpuParams(lanes=16, registers=32)
-    return CpuParams(lanes=8, registers=16)
-
-
-_AVX512_CPUS = frozenset({
-    "skylake-avx512", "cascadelake", "cooperlake", "icelake-server", "icelake-client",
-    "sapphirerapids", "tigerlake", "znver4", "znver5", "emeraldrapids", "graniterapids",
-})
+def cpu_params(spec: TargetSpec) -> CpuParams:
+    """Vector width and register count, from the target spec (their one source)."""
+    if spec.device != "cpu":
+        raise ValueError(f"target {spec.name} is not a CPU target")
+    return CpuParams(lanes=spec.lanes, registers=spec.vector_registers)
 
 
 def _extent(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV) -> int | None:

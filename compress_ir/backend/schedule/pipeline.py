@@ -19,8 +19,9 @@ from tvm.target import Target
 
 from compress_ir.backend.schedule.analysis import is_scheduled
 from compress_ir.backend.schedule.canonical import CanonicalizeAxes
-from compress_ir.backend.schedule.cpu import cpu_params, schedule_cpu_func
+from compress_ir.backend.schedule.cpu import CpuParams, cpu_params, schedule_cpu_func
 from compress_ir.backend.schedule.lift import LiftScalarElementwise
+from compress_ir.targets.registry import spec_of_tvm_target
 
 # Desired layouts per op for CPU targets (ConvertLayout keeps what it cannot convert).
 # conv2d_transpose stays NCHW explicitly: without an entry the pass hands it the NHWC
@@ -121,9 +122,14 @@ def _pin_prescheduled(mod: tvm.IRModule) -> tvm.IRModule:
     return mod
 
 
-def schedule_cpu(mod: tvm.IRModule, target: Target, stats: BuildStats) -> tvm.IRModule:
-    """Default CPU rules on every PrimFunc that nothing scheduled before."""
-    cpu = cpu_params(target)
+def schedule_cpu(mod: tvm.IRModule, target: Target, stats: BuildStats,
+                 cpu: CpuParams | None = None) -> tvm.IRModule:
+    """Default CPU rules on every PrimFunc that nothing scheduled before.
+
+    `cpu` comes from the target spec (`cpu_params(spec)`); without it, from the spec
+    of the bare TVM target.
+    """
+    cpu = cpu or cpu_params(spec_of_tvm_target(target))
     updates = {}
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc):

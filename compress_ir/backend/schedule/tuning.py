@@ -22,6 +22,7 @@ from tvm.target import Target
 
 from compress_ir.backend.schedule import compete
 from compress_ir.backend.schedule.analysis import is_scheduled
+from compress_ir.backend.schedule.cpu import CpuParams
 from compress_ir.backend.schedule.pipeline import BuildStats, is_gpu
 from compress_ir.core.errors import UsageError
 from compress_ir.logs import stdout_to_log
@@ -87,7 +88,8 @@ def _has_record(db: ms.database.JSONDatabase, mod: tvm.IRModule) -> bool:
 
 
 def tune_missing(mod: tvm.IRModule, target: Target, trials_per_task: int,
-                 db_dir: str | os.PathLike, work_dir: str | None, stats: BuildStats) -> None:
+                 db_dir: str | os.PathLike, work_dir: str | None, stats: BuildStats,
+                 cpu: CpuParams | None) -> None:
     """Tune, with `trials_per_task` measurements each, the tasks `db_dir` has no record for.
 
     Then every task whose default-rule schedule is not in the database yet (new tasks, or
@@ -107,9 +109,9 @@ def tune_missing(mod: tvm.IRModule, target: Target, trials_per_task: int,
             _tune(todo, target, trials_per_task, db, builder, work_dir or str(db_dir), stats)
         # the default rules compete: every task gets its default schedule measured once
         missing = [t for t in tasks
-                   if not compete.has_default_record(db, t.dispatched[0], target)]
+                   if not compete.has_default_record(db, t.dispatched[0], target, cpu)]
         failed = compete.measure_defaults([t.dispatched[0] for t in missing], target, db,
-                                          builder, RUN_TIMEOUT_S) if missing else {}
+                                          builder, RUN_TIMEOUT_S, cpu) if missing else {}
     if missing:
         stats.measured_defaults += len(missing) - len(failed)
         for idx, reason in failed.items():
@@ -135,7 +137,7 @@ def _tune(todo: list, target: Target, trials_per_task: int, db: ms.database.Data
 
 
 def apply_database(mod: tvm.IRModule, target: Target, db_dir: str | os.PathLike,
-                   stats: BuildStats) -> tvm.IRModule:
+                   stats: BuildStats, cpu: CpuParams | None) -> tvm.IRModule:
     """Replace every PrimFunc that has a record by the database's best schedule.
 
     The best may be the default rules' own record (see `compete.py`): the function then
@@ -145,7 +147,7 @@ def apply_database(mod: tvm.IRModule, target: Target, db_dir: str | os.PathLike,
     db = open_database(db_dir, create=False)
     before = {gv.name_hint for gv, f in mod.functions_items()
               if isinstance(f, tirx.PrimFunc) and is_scheduled(f)}
-    choices = {gv.name_hint: compete.choice(db, f, target) for gv, f in mod.functions_items()
+    choices = {gv.name_hint: compete.choice(db, f, target, cpu) for gv, f in mod.functions_items()
                if isinstance(f, tirx.PrimFunc) and gv.name_hint not in before}
     with target, db:
         mod = relax.transform.MetaScheduleApplyDatabase()(mod)

@@ -1,9 +1,9 @@
-"""Sparse weight formats (BSR, N:M) built from dense numpy weights.
+"""Kernel-side choice of sparse format (BSR block, N:M) for dense numpy weights.
 
 Kernels are specialised on the weight's structure, so everything here is plain numpy
-that runs once at compile time. A weight is always viewed as a 2-D (out, reduction)
-matrix — Conv (C_out, C_in*kh*kw), Gemm (N, K), MatMul's constant B as Bᵀ — and a
-block (r, c) covers r output rows by c reduction columns.
+that runs once at compile time. A weight is always the (out, reduction) matrix of
+`compress_ir.formats.view` and a block (r, c) covers r output rows by c reduction
+columns; BSR itself is `compress_ir.formats.BSR`, the one the size report measures.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compress_ir.passes.analysis.encoding import bsr_encode
+from compress_ir.formats.encoding import BSR, bsr_encode
 
 # Candidate block shapes, preferred first: larger area first, then taller blocks
 # (row blocks vectorise over output features, the CPU kernels' fast axis).
@@ -21,31 +21,6 @@ BLOCK_CANDIDATES: tuple[tuple[int, int], ...] = (
 )
 # N:M patterns along the reduction axis, sparsest first.
 NM_CANDIDATES: tuple[tuple[int, int], ...] = ((1, 4), (2, 8), (2, 4), (4, 8))
-
-
-@dataclass(frozen=True)
-class BSR:
-    """Block-sparse rows: `values[j]` is the (r, c) block at block column `indices[j]`."""
-
-    shape: tuple[int, int]
-    block: tuple[int, int]
-    values: np.ndarray  # (nnzb, r, c)
-    indices: np.ndarray  # (nnzb,) int32 block-column index
-    indptr: np.ndarray  # (rows // r + 1,) int32
-
-    @property
-    def nnzb(self) -> int:
-        return int(self.indices.shape[0])
-
-    def to_dense(self) -> np.ndarray:
-        """Dense (rows, cols) matrix; the tests' independent check of the packing."""
-        r, c = self.block
-        out = np.zeros(self.shape, dtype=self.values.dtype)
-        for i in range(self.shape[0] // r):
-            for j in range(self.indptr[i], self.indptr[i + 1]):
-                k = self.indices[j]
-                out[i * r:(i + 1) * r, k * c:(k + 1) * c] = self.values[j]
-        return out
 
 
 @dataclass(frozen=True)
@@ -66,16 +41,6 @@ class NM:
         col = (q // self.n) * self.m + self.offsets.astype(np.int64)
         np.put_along_axis(out, col, self.values, axis=1)
         return out
-
-
-def weight_view(kind: str, weight: np.ndarray) -> np.ndarray:
-    """The (out, reduction) 2-D view of a layer weight (`conv`, `gemm` = (N, K), `matmul` = B)."""
-    views = {
-        "conv": lambda w: w.reshape(w.shape[0], -1),
-        "gemm": lambda w: w,
-        "matmul": lambda w: w.T,
-    }
-    return np.ascontiguousarray(views[kind](weight))
 
 
 def _block_nonzero(w: np.ndarray, block: tuple[int, int]) -> np.ndarray:
@@ -111,15 +76,12 @@ def choose_block(w: np.ndarray, min_sparsity: float,
 def to_bsr(w: np.ndarray, block: tuple[int, int]) -> BSR:
     """Kernel-ready BSR of a 2-D matrix the block tiles exactly.
 
-    The packing is the project's encoder (`passes/analysis/encoding.bsr_encode`, the one
-    the size report measures); the kernels only add the int32 index contract.
+    The packing is the project's encoder (`formats.bsr_encode`, the one the size report
+    measures); the kernels only add the int32 index contract.
     """
     if not block_fits(w.shape, block):
         raise ValueError(f"block {block} does not tile a {w.shape} matrix")
-    enc = bsr_encode(w, block)
-    r, c = block
-    return BSR(enc.shape, enc.block, enc.data.astype(w.dtype).reshape(-1, r, c),
-               enc.indices.astype(np.int32), enc.indptr.astype(np.int32))
+    return bsr_encode(w, block).with_index_dtype(np.int32)
 
 
 def detect_nm(w: np.ndarray, candidates: tuple[tuple[int, int], ...] = NM_CANDIDATES

@@ -22,6 +22,7 @@ from compress_ir.backend.sparse import formats as fmt
 from compress_ir.backend.sparse import kernels_cpu as kcpu
 from compress_ir.backend.sparse import kernels_cuda as kcuda
 from compress_ir.core.errors import UsageError
+from compress_ir.formats import BSR, weight_view
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ class _SparseRewriter(relax.PyExprMutator):
         dtype = call.ty.dtype
         if len(xs) < 2 or weight.ndim != 2 or dtype != "float32" or x.ty.dtype != dtype:
             raise _Skip(f"unsupported operand rank/dtype (x {xs}, w {weight.shape}, {dtype})")
-        w2 = fmt.weight_view(kind, weight)
+        w2 = np.ascontiguousarray(weight_view(_VIEW_OF[kind][0], weight, _VIEW_OF[kind][1]))
         n, k = w2.shape
         m = math.prod(xs[:-1])
         plan = self._plan(name, w2, allow_nm=True)
@@ -177,7 +178,7 @@ class _SparseRewriter(relax.PyExprMutator):
             self._record(plan, op=kind, weight_shape=list(weight.shape), kernel="bsr-cols")
         else:
             bsr = plan["bsr"]
-            vt = np.ascontiguousarray(bsr.values.transpose(0, 2, 1))
+            vt = np.ascontiguousarray(bsr.data.transpose(0, 2, 1))
             func = self.kernels.matmul(m, k, n, bsr.block, bsr.nnzb)
             y = self._call(func, name, [x2, *_bsr_consts(bsr, vt)], (m, n), dtype)
             self._record(plan, op=kind, weight_shape=list(weight.shape), kernel="bsr-rowvec")
@@ -192,7 +193,7 @@ class _SparseRewriter(relax.PyExprMutator):
             yt = self._emit(self._call(func, name, args, (1, n, m), "float32"))
         else:
             args = [self._emit(relax.op.reshape(xt, (1, k, 1, m))),
-                    *_bsr_consts(plan["bsr"], plan["bsr"].values)]
+                    *_bsr_consts(plan["bsr"], plan["bsr"].data)]
             yt = self._emit(self._call(func, name, args, (1, n, 1, m), "float32"))
         return relax.op.permute_dims(self._emit(relax.op.reshape(yt, (n, m))), [1, 0])
 
@@ -227,7 +228,7 @@ class _SparseRewriter(relax.PyExprMutator):
         dtype = call.ty.dtype
         if dtype != "float32" or x.ty.dtype != dtype:
             raise _Skip(f"dtype {dtype}")
-        w2 = fmt.weight_view("conv", weight)
+        w2 = np.ascontiguousarray(weight_view("Conv", weight))
         kh, kw = weight.shape[2:]
         stride, dil, pad = _ints(a.strides), _ints(a.dilation), _ints(a.padding)
         pointwise = (kh, kw) == (1, 1) and stride == (1, 1) and not any(pad)
@@ -248,10 +249,10 @@ class _SparseRewriter(relax.PyExprMutator):
         bsr = plan["bsr"]
         func = self.kernels.conv(xp, out, (kh, kw), stride, dil, bsr.block, bsr.nnzb)
         self._record(plan, **info, kernel="bsr-direct")
-        return self._call(func, name, [x, *_bsr_consts(bsr, bsr.values)], out, dtype)
+        return self._call(func, name, [x, *_bsr_consts(bsr, bsr.data)], out, dtype)
 
 
-def _bsr_consts(bsr: fmt.BSR, values: np.ndarray) -> list[relax.Expr]:
+def _bsr_consts(bsr: BSR, values: np.ndarray) -> list[relax.Expr]:
     nz = max(bsr.nnzb, 1)
     vals = values if bsr.nnzb else np.zeros((1, *values.shape[1:]), values.dtype)
     idx = bsr.indices if bsr.nnzb else np.zeros(nz, np.int32)
@@ -263,6 +264,10 @@ def _nm_consts(plan: dict) -> list[relax.Expr]:
     packed = fmt.to_nm(plan["w2"], n, m)
     return [relax.const(packed.values), relax.const(packed.offsets)]
 
+
+# The matmul weight as found in Relax -> (ONNX op, transB) of its (out, reduction) view:
+# a plain constant B (K, N) is MatMul's; a permute_dims of a constant is Gemm's (N, K).
+_VIEW_OF = {"matmul": ("MatMul", False), "gemm": ("Gemm", True)}
 
 # Relax op name -> handler method (the mutator decorator hides methods from the class).
 _HANDLERS = {

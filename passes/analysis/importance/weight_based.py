@@ -31,6 +31,7 @@ from compress_ir.passes.analysis.importance.base import (
     per_producer,
     sum_members,
 )
+from compress_ir.passes.weight_layers import output_scales
 
 _BLOCK = 1 << 22  # entries of one (rows x C) block of a pairwise matrix
 
@@ -330,49 +331,75 @@ _HOMOGENEOUS = frozenset(
 
 
 @CRITERIA.register("merge")
-class Merge(Criterion):
+class Merge(_ModelWide):
     """Srinivas & Babu 2015, "Data-free Parameter Pruning for Deep Neural Networks":
-    remove neurons that have a near-twin and merge them into it.
+    remove neurons and merge each into its most similar kept neuron.
 
-    Score: per producer, filter j's augmented vector v_j (weights, then the bias
-    when the producer has one; Gemm's alpha/beta applied) is compared with every
-    other filter i of that producer: min over i != j of ||v_j - a v_i|| / ||v_j||
-    with the best a >= 0 (= sqrt(1 - cos^2) for positively correlated filters, 1
-    otherwise; 0 for an all-zero filter). Near-duplicates score ~0 and go first;
-    scores are summed over the unit's members.
+    Merging. Let v_j be filter j's augmented vector (weights, then the bias; Gemm's
+    alpha/beta applied) and a_j the consumer weights that read its channel. If every
+    path from the producer to a consumer that sums over its channels consists of
+    positively homogeneous, 1-Lipschitz channel-wise or data-movement ops
+    (`_HOMOGENEOUS`: ReLU, LeakyReLU, max/avg pooling, Identity/Dropout, reshapes,
+    concat/split/slice, transposes), then for s >= 0 |h(v_j.x) - s h(v_i.x)| <=
+    |(v_j - s v_i).x|, so replacing channel j by s times channel i (adding s a_j to
+    a_i) changes the consumers' pre-activations by at most |a_j| |(v_j - s v_i).x|,
+    while dropping j alone changes them by up to |a_j| |v_j.x|. `compensate` merges a
+    removed filter into its best kept twin i (s >= 0 minimising ||v_j - s v_i||)
+    whenever that residual is below ||v_j|| (relative residual < `twin_tolerance` = 1):
+    the bound only shrinks. An exact twin (v_j = s v_i) is merged with no change at all.
 
-    Compensation (`compensate`): if the removed filter is exactly v_j = a * v_i
-    for a kept twin i with a > 0, and every path from the producer to a consumer
-    that sums over its channels consists only of positively homogeneous,
-    channel-wise or data-movement ops (`_HOMOGENEOUS`: ReLU, LeakyReLU, max/avg
-    pooling, Identity/Dropout, reshapes, concat/split/slice, transposes), then
-    channel j carries exactly a times channel i at each consumer, so adding
-    a * (consumer weights of j) to those of i and dropping j changes nothing.
-    Including the bias in v makes "biases proportional too" part of the test.
-    A removed filter is merged into its best kept twin only when that twin's
-    relative residual is at most `twin_tolerance` (float round-off, not an
-    approximation: near-but-not-exact twins are pruned without merging, so the
-    compensation never trades one error for another) and its scale is positive.
-    Compensation
-    is skipped (the removal is plain pruning) for a group when it has several
-    producers or tied positions per unit, when any path reaches a BN, a bias Add,
-    a per-channel Mul, a non-homogeneous activation (Clip, Sigmoid, ...), a
-    depthwise conv or a graph output, when a consumer is a grouped conv, or when
-    a producer's bias is not a constant; and for a single pair when a consumer
-    sees the removed channel but not its twin (a Split/Slice that separates them).
+    Score: the bound of the action taken, ||a_j|| * ||v_j - s v_i|| with the best
+    twin among the other filters (the saliency of Srinivas & Babu, <a_j^2> ||e||^2,
+    square-rooted), or ||a_j|| * ||v_j|| where no merge is possible. Near-twins
+    carrying little signal go first. Where a unit spans several producers or
+    positions, the squared bounds of its members are summed.
+
+    No merge (and the plain-removal score) for a group when it has several producers
+    or tied positions per unit, when any path reaches a BN, a bias Add, a per-channel
+    Mul, a non-homogeneous activation (Clip, Sigmoid, ...), a depthwise conv or a
+    graph output, when a consumer is a grouped conv, or when a producer's bias is not
+    a constant; and for a single pair when a consumer sees the removed channel but
+    not its twin (a Split/Slice that separates them). Where a unit's consumer weights
+    cannot be read per channel (a grouped consumer, or none), ||a_j|| counts as 1 for
+    the whole group.
     """
 
-    summary: ClassVar[str] = "neuron merging (Srinivas & Babu 2015): drop and merge near-twins"
-    twin_tolerance: ClassVar[float] = 1e-3
+    summary: ClassVar[str] = ("neuron merging (Srinivas & Babu 2015): merge each removed"
+                              " neuron into its closest kept twin")
+    twin_tolerance: ClassVar[float] = 1.0
+
+    def build(self, ctx: ScoreContext) -> tuple[np.ndarray, set[int]]:
+        """Per unit: squared norm of the consumer weights reading it; units without one."""
+        analysis = ctx.analysis
+        tensors = ctx.model.tensors()
+        out = np.zeros(int(analysis.unit_of.max()) + 1 if analysis.unit_of.size else 0)
+        unreadable: set[int] = set()
+        for s in analysis.slices:
+            if not s.reduces or s.by not in analysis.layouts:
+                continue
+            units = analysis.unit_of[analysis.layouts[s.by].ids]
+            weight = ctx.model.constant(tensors[analysis.nodes[s.node].inputs[s.input_index].name])
+            if s.groups != 1 or weight is None:
+                unreadable.update(int(u) for u in units)
+                continue
+            moved = np.moveaxis(np.asarray(weight, np.float64), s.axis, 0)
+            np.add.at(out, units, (moved.reshape(moved.shape[0], -1) ** 2).sum(axis=1))
+        return out, unreadable
 
     def score(self, group: ChannelGroup, ctx: ScoreContext) -> np.ndarray:
+        setup = _merge_setup(ctx, group, ctx.model.tensors())
         per_root: dict[int, np.ndarray] = {}
         for root in group.roots:
-            vectors = _augmented(ctx, root, need_bias=False)
+            vectors = setup[2] if setup is not None else _augmented(ctx, root, need_bias=False)
             if vectors is None:
                 continue
-            per_root[root.index] = _twin_residuals(vectors)
-        return sum_members(group, per_root)
+            sq = np.einsum("ij,ij->i", vectors, vectors)
+            per_root[root.index] = sq * _twin_residuals(vectors) ** 2 if setup else sq
+        outgoing, unreadable = self.table(ctx)
+        units = group.units.astype(np.int64)
+        reads = (np.ones(group.size) if any(int(u) in unreadable for u in units)
+                 else outgoing[units])
+        return np.sqrt(sum_members(group, per_root) * reads)
 
     def compensate(self, ctx: ScoreContext, removed_units: set[int]) -> bool:
         removed = {int(u) for u in removed_units}
@@ -387,19 +414,13 @@ class Merge(Criterion):
         self, ctx: ScoreContext, group: ChannelGroup, removed: set[int],
         tensors: dict[str, gs.Tensor],
     ) -> list[tuple[ConstSlice, np.ndarray, np.ndarray, float]]:
-        if len(group.roots) != 1 or group.roots[0].kind != "producer":
+        setup = _merge_setup(ctx, group, tensors)
+        if setup is None:
             return []
-        root = group.roots[0]
-        position: dict[int, int] = {}
-        for unit, members in group.members.items():
-            if len(members) != 1 or members[0][1].size != 1:
-                return []
-            position[int(unit)] = int(members[0][1][0])
-        consumers = _homogeneous_consumers(ctx, root.tensor, tensors)
-        vectors = _augmented(ctx, root, need_bias=True) if consumers else None
+        position, consumers, vectors = setup
         gone = [u for u in position if u in removed]
         kept = [u for u in position if u not in removed]
-        if vectors is None or not gone or not kept:
+        if not gone or not kept:
             return []
         kept_rows = vectors[[position[u] for u in kept]]
         gone_rows = vectors[[position[u] for u in gone]]
@@ -414,8 +435,8 @@ class Merge(Criterion):
             if gone_sq[k] <= EPS:
                 continue  # an all-zero filter contributes nothing to merge
             a, r = float(alpha[k, best[k]]), float(np.sqrt(resid[k, best[k]] / gone_sq[k]))
-            if a <= 0 or r > self.twin_tolerance:
-                continue
+            if a <= 0 or r >= self.twin_tolerance:
+                continue  # no twin makes the bound smaller: plain removal
             twin = kept[int(best[k])]
             pair: list | None = []
             for s in consumers:
@@ -432,6 +453,25 @@ class Merge(Criterion):
         return edits
 
 
+def _merge_setup(
+    ctx: ScoreContext, group: ChannelGroup, tensors: dict[str, gs.Tensor],
+) -> tuple[dict[int, int], list[ConstSlice], np.ndarray] | None:
+    """(position of each unit, consumers, augmented vectors) when the group can merge."""
+    if len(group.roots) != 1 or group.roots[0].kind != "producer":
+        return None
+    root = group.roots[0]
+    position: dict[int, int] = {}
+    for unit, members in group.members.items():
+        if len(members) != 1 or members[0][1].size != 1:
+            return None
+        position[int(unit)] = int(members[0][1][0])
+    consumers = _homogeneous_consumers(ctx, root.tensor, tensors)
+    vectors = _augmented(ctx, root, need_bias=True) if consumers else None
+    if vectors is None:
+        return None
+    return position, consumers, vectors
+
+
 def _augmented(ctx: ScoreContext, root: Root, need_bias: bool) -> np.ndarray | None:
     """Rows [weights, bias] of a producer (None if fixed, or bias unknown and needed)."""
     weight = ctx.producer_weight(root.index)
@@ -441,13 +481,14 @@ def _augmented(ctx: ScoreContext, root: Root, need_bias: bool) -> np.ndarray | N
     node = ctx.analysis.nodes.get(root.node)
     if node is None or node.op not in ("Conv", "ConvTranspose", "Gemm"):
         return rows
-    if node.op == "Gemm":
-        rows = rows * float(node.attrs.get("alpha", 1.0))
+    weight_scale, bias_scale = output_scales(node)
+    if weight_scale != 1.0:
+        rows = rows * weight_scale
     if len(node.inputs) < 3 or not node.inputs[2].name:
         return rows
     bias = ctx.model.constant(node.inputs[2])
-    if bias is not None and node.op == "Gemm":
-        bias = bias * float(node.attrs.get("beta", 1.0))
+    if bias is not None and bias_scale != 1.0:
+        bias = bias * bias_scale
     if bias is not None and bias.size in (1, root.size):
         column = np.broadcast_to(bias.astype(np.float64).ravel(), (root.size,))
         return np.concatenate([rows, column[:, None]], axis=1)

@@ -4,14 +4,8 @@ Why: a size report is only honest if every byte it quotes comes from a real enco
 that decodes back to the same weights. Each encoder here returns the arrays it would
 store; `nbytes` is measured on those arrays, and the tests round-trip every format.
 
-The 2-D view (`weight_view`): every weight is seen as an (out, reduction) matrix,
-rows = output features, columns = the axis the layer sums over:
-
-- Conv W (C_out, C_in/g, kh, kw)      -> (C_out, C_in/g * kh * kw)   (row-major reshape)
-- Gemm B (K, N), transB=0             -> B.T (N, K);  transB=1: B (N, K) as is
-- MatMul constant B (K, N)            -> B.T (N, K)
-
-The TVM BSR kernels use the same view, so one BSR block here is one block there.
+Every encoder takes the (out, reduction) matrix of `formats.view.weight_view`; the TVM
+BSR kernels pack with `bsr_encode` too, so one BSR block here is one block there.
 
 Index dtypes: CSR/BSR index arrays use the smallest unsigned integer type that holds
 their largest value (uint8, uint16, uint32 or uint64), chosen per array; values keep
@@ -37,36 +31,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from compress_ir.core.errors import UsageError
-
-# ---------------------------------------------------------------- the 2-D view
-
-# Ops whose input 1, when constant, is a weight matrix; the layer kind picks the
-# defaults that differ between convolutions and fully connected layers.
-WEIGHT_OPS: dict[str, str] = {"Conv": "conv", "Gemm": "fc", "MatMul": "fc"}
-
-
-def weight_view(op: str, weight: np.ndarray, trans_b: bool = False) -> np.ndarray:
-    """The (out, reduction) matrix of a Conv/Gemm/MatMul weight (see module docstring)."""
-    w = np.asarray(weight)
-    if op == "Conv":
-        if w.ndim < 3:
-            raise UsageError(f"Conv weight must have rank >= 3, got shape {list(w.shape)}")
-        return w.reshape(w.shape[0], -1)
-    if op in ("Gemm", "MatMul"):
-        if w.ndim != 2:
-            raise UsageError(f"{op} weight must be 2-D, got shape {list(w.shape)}")
-        return w if (op == "Gemm" and trans_b) else w.T
-    raise UsageError(f"no 2-D weight view for op {op!r} (Conv, Gemm, MatMul)")
-
-
-def unview(
-    op: str, matrix: np.ndarray, shape: tuple[int, ...], trans_b: bool = False
-) -> np.ndarray:
-    """Inverse of `weight_view`: the weight tensor of `shape` from its 2-D view."""
-    m = np.asarray(matrix)
-    if op == "Conv":
-        return m.reshape(shape)
-    return (m if (op == "Gemm" and trans_b) else m.T).reshape(shape)
 
 
 def index_dtype(max_value: int) -> np.dtype:
@@ -129,7 +93,11 @@ def csr_decode(csr: CSR) -> np.ndarray:
 
 @dataclass(frozen=True)
 class BSR:
-    """Block sparse rows: dense (r, c) blocks, stored where the block has a non-zero."""
+    """Block sparse rows: dense (r, c) blocks, stored where the block has a non-zero.
+
+    The one BSR of the project: the size report measures it and the TVM kernels
+    consume it (`with_index_dtype(np.int32)`, their index contract).
+    """
 
     shape: tuple[int, int]  # the unpadded matrix shape
     block: tuple[int, int]
@@ -140,6 +108,16 @@ class BSR:
     @property
     def nbytes(self) -> int:
         return self.data.nbytes + self.indices.nbytes + self.indptr.nbytes
+
+    @property
+    def nnzb(self) -> int:
+        """Stored blocks."""
+        return int(self.indices.shape[0])
+
+    def with_index_dtype(self, dtype: np.dtype | type) -> BSR:
+        """The same blocks with `indices` and `indptr` cast (kernels want fixed int32)."""
+        return BSR(self.shape, self.block, self.data, self.indices.astype(dtype),
+                   self.indptr.astype(dtype))
 
 
 def bsr_encode(matrix: np.ndarray, block: tuple[int, int]) -> BSR:
