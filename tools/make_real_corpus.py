@@ -584,7 +584,7 @@ def keras_cnn() -> Export:
     import tensorflow as tf
     import tf2onnx
 
-    tf.random.set_seed(0)
+    tf.keras.utils.set_random_seed(0)
     inp = tf.keras.Input((28, 28, 1), name="image")
     x = tf.keras.layers.Conv2D(8, 3, activation="relu")(inp)
     x = tf.keras.layers.BatchNormalization()(x)
@@ -594,9 +594,15 @@ def keras_cnn() -> Export:
     x = tf.keras.layers.Dense(32, activation="relu")(x)
     out = tf.keras.layers.Dense(10, activation="softmax", name="probs")(x)
     model = tf.keras.Model(inp, out)
+    rng = np.random.default_rng(0)
+    bn = next(layer for layer in model.layers if "batch_normalization" in layer.name)
+    gamma, beta, mean, var = bn.get_weights()  # fresh: constant; jitter like the torch models
+    bn.set_weights([gamma + rng.uniform(-0.1, 0.1, gamma.shape).astype(np.float32),
+                    beta + rng.uniform(-0.1, 0.1, beta.shape).astype(np.float32),
+                    mean + rng.uniform(-0.1, 0.1, mean.shape).astype(np.float32),
+                    var + rng.uniform(0.0, 0.2, var.shape).astype(np.float32)])
     spec = (tf.TensorSpec((None, 28, 28, 1), tf.float32, name="image"),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=13)
-    rng = np.random.default_rng(0)
     feeds = [{"image": rng.standard_normal((n, 28, 28, 1)).astype(np.float32)} for n in (2, 5)]
     expected = [[model(f["image"]).numpy()] for f in feeds]
     return Export(proto, feeds, expected, note="tf2onnx")
