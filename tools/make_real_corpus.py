@@ -603,9 +603,52 @@ def keras_cnn() -> Export:
                     var + rng.uniform(0.0, 0.2, var.shape).astype(np.float32)])
     spec = (tf.TensorSpec((None, 28, 28, 1), tf.float32, name="image"),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=13)
+    proto = canonical_names(proto)
     feeds = [{"image": rng.standard_normal((n, 28, 28, 1)).astype(np.float32)} for n in (2, 5)]
     expected = [[model(f["image"]).numpy()] for f in feeds]
     return Export(proto, feeds, expected, note="tf2onnx")
+
+
+def canonical_names(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Give tf2onnx's generated names a run-independent form.
+
+    tf2onnx numbers generated names (``name__N``) from a process-wide counter and
+    dedups equal constants under whichever name it met first, so two runs differ in
+    names and initializer order only. Initializers become ``const__K`` and other
+    ``name__N`` tensors/nodes are renumbered, both in order of first use by the nodes;
+    initializers are sorted by that order. The graph itself is unchanged.
+    """
+    import re
+
+    graph = proto.graph
+    inits = {i.name for i in graph.initializer}
+    order: dict[str, str] = {}
+    n_const = 0
+
+    def new(name: str) -> str:
+        nonlocal n_const
+        if name in order:
+            return order[name]
+        if name in inits:
+            order[name] = f"const__{n_const}"
+            n_const += 1
+        else:
+            match = re.fullmatch(r"(.*)__\d+", name)
+            order[name] = f"{match.group(1)}__{len(order)}" if match else name
+        return order[name]
+
+    for vi in graph.input:
+        vi.name = new(vi.name)
+    for node in graph.node:
+        node.input[:] = [new(n) for n in node.input]
+        node.output[:] = [new(n) for n in node.output]
+        node.name = new(node.name)
+    for vi in [*graph.output, *graph.value_info, *graph.initializer]:
+        vi.name = new(vi.name)
+    ordered = sorted(graph.initializer, key=lambda i: int(i.name.rsplit("__", 1)[1]))
+    del graph.initializer[:]
+    graph.initializer.extend(ordered)
+    return proto
 
 
 # ----------------------------------------------------------------------------- registry
