@@ -76,6 +76,7 @@ class Row:
     rel_error: float | None = None
     pass_s: float | None = None
     error: str | None = None
+    error_stage: str | None = None  # load, prune or check: where `error` happened
     macs_shape: str | None = None  # the input shape MACs were counted at, when stated
     compile_ok: bool | None = None  # None: not compiled (no --compile, or the prune failed)
     compile_s: float | None = None
@@ -173,6 +174,7 @@ def run_model(path: Path, pipeline: str, seed: int, compile_: bool = False) -> R
     if shapes:
         row.macs_shape = " ".join(f"{k}={','.join(map(str, v))}" for k, v in shapes.items())
     after = None
+    stage = "load"
     try:
         proto = fill_placeholders(onnx.load(str(path)), seed)
         model = load_onnx(proto)
@@ -180,6 +182,7 @@ def run_model(path: Path, pipeline: str, seed: int, compile_: bool = False) -> R
         m = model_metrics(at_shape(before, shapes))
         row.macs_before, row.params_before = m["macs"], m["params"]
         (prune,) = build_passes(pipeline)
+        stage = "prune"
         start = time.perf_counter()
         result = prune.run(model, PassContext(seed=seed))
         row.pass_s = time.perf_counter() - start
@@ -191,9 +194,10 @@ def run_model(path: Path, pipeline: str, seed: int, compile_: bool = False) -> R
         m = model_metrics(at_shape(after, shapes))
         row.macs_after, row.params_after = m["macs"], m["params"]
         if result.reference is not None:
+            stage = "check"
             row.rel_error = numeric.compare(after, result.reference, seed=seed)
     except Exception as exc:  # noqa: BLE001 - CompressIRError or a bug: report, go on
-        row.error = _one_line(exc)
+        row.error, row.error_stage = _one_line(exc), stage
     if compile_ and row.error is None and after is not None:
         compile_x86(row, after, shapes, seed)
     return row
@@ -238,7 +242,7 @@ def markdown(rows: list[Row], compiled: bool = False) -> str:
         reasons = [f"{k} (×{v})" if v > 1 else k
                    for k, v in sorted(r.reasons.items(), key=lambda kv: (-kv[1], kv[0]))]
         if r.error is not None:
-            reasons.insert(0, f"**prune failed:** {r.error}")
+            reasons.insert(0, f"**{r.error_stage or 'prune'} failed:** {r.error}")
         if r.rel_error is None:
             err = "- (unchanged)" if r.error is None else "-"
         else:
