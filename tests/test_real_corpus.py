@@ -78,6 +78,7 @@ CASES: dict[str, Case] = {
               "Status Message: concatbase.h:135 PrepareForComputeImpl Non concat axis dimensions "
               "must match: Axis 2 has mismatched dimensions of 1 and 2 (check input H=W=1)"),
     "paddle_ocr_det_dyn": Case(),
+    "paddle2onnx_ocr_det": Case(),
     "bert_ts": Case(prune=TOKEN_TYPE_OOB.format(
         node="/model/embeddings/token_type_embeddings/Gather")),
     "bert_dynamo": Case(prune=TOKEN_TYPE_OOB.format(node="node_embedding_1")),

@@ -24,12 +24,14 @@ Families need different environments (run each group with its own python):
 - torchvision venv (torch 2.14.1, torchvision, timm; ``pip install -e . --no-deps``
   plus onnx-graphsurgeon and networkx): timm_*
 - tensorflow venv (tensorflow-cpu, tf2onnx; same editable install): keras_*
+- paddle venv (paddlepaddle, paddle2onnx, which wants onnx<=1.17): paddle2onnx_*
 
 ::
 
     .venv/bin/python tools/make_real_corpus.py                       # main-venv models
     /work/venvs/tv/bin/python tools/make_real_corpus.py --models timm_resnet timm_mobilevit
-    /work/venvs/tf/bin/python tools/make_real_corpus.py --models keras_cnn
+    /work/venvs/corpus-tf/bin/python tools/make_real_corpus.py --models keras_cnn
+    /work/venvs/corpus-paddle/bin/python tools/make_real_corpus.py --models paddle2onnx_ocr_det
 
 The table in ``tests/fixtures/real/README.md`` is written by hand from the
 printed summary.
@@ -431,6 +433,48 @@ def paddle_style() -> Export:
     return exp
 
 
+def paddle2onnx_det() -> Export:
+    """A PaddleOCR-det-like net written in Paddle and exported by paddle2onnx.
+
+    ``paddle.onnx.export`` with an ``InputSpec`` of ``[None, 3, None, None]`` and
+    opset 11, as PaddleOCR's export docs do; random init (``paddle.seed``).
+    """
+    import tempfile
+
+    import paddle
+    from paddle import nn
+
+    paddle.seed(0)
+
+    def cbn(cin: int, cout: int, k: int, stride: int, act: Any, groups: int = 1) -> list:
+        return [nn.Conv2D(cin, cout, k, stride, k // 2, groups=groups, bias_attr=False),
+                nn.BatchNorm2D(cout), act()]
+
+    model = nn.Sequential(
+        *cbn(3, 8, 3, 2, nn.Hardswish), *cbn(8, 8, 3, 1, nn.Hardswish, groups=8),
+        *cbn(8, 16, 1, 1, nn.ReLU), *cbn(16, 16, 3, 2, nn.ReLU),
+        # PaddleOCR's DBHead: conv-BN-ReLU, two stride-2 Conv2DTranspose, sigmoid (paddle2onnx
+        # 2.1.0 with paddle 3.3.1 cannot export interpolate: "the 0th elementwise MUST be
+        # ir::FloatAttribute")
+        *cbn(16, 4, 3, 1, nn.ReLU), nn.Conv2DTranspose(4, 4, 2, 2), nn.BatchNorm2D(4), nn.ReLU(),
+        nn.Conv2DTranspose(4, 1, 2, 2), nn.Sigmoid())
+    rng = np.random.default_rng(0)
+    for layer in model.sublayers():
+        if isinstance(layer, nn.BatchNorm2D):  # fresh stats are constant: jitter them
+            for t, lo, hi in ((layer.weight, 0.9, 1.1), (layer.bias, -0.1, 0.1),
+                              (layer._mean, -0.1, 0.1), (layer._variance, 0.9, 1.2)):
+                t.set_value(rng.uniform(lo, hi, t.shape).astype(np.float32))
+    model.eval()
+    spec = [paddle.static.InputSpec([None, 3, None, None], "float32", "x")]
+    with tempfile.TemporaryDirectory() as tmp:
+        paddle.onnx.export(model, f"{tmp}/det", input_spec=spec, opset_version=11)
+        proto = onnx.load(f"{tmp}/det.onnx")
+    feeds = [{"x": rng.standard_normal(s).astype(np.float32)}
+             for s in ((1, 3, 64, 64), (2, 3, 96, 160))]
+    expected = [[model(paddle.to_tensor(f["x"])).numpy()] for f in feeds]
+    return Export(proto, feeds, expected, note="paddle2onnx")
+
+
 def initializers_as_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Move every initializer into a ``Constant`` node at the top of the graph.
 
@@ -672,6 +716,9 @@ CORPUS: dict[str, Spec] = {
     "paddle_ocr_det_dyn": Spec(paddle_style, "torch dynamo=False opset 11, rewritten "
                                "paddle2onnx-style", "weights as Constant nodes, opset 11, "
                                "dynamic N×H×W, depthwise conv, HardSwish"),
+    "paddle2onnx_ocr_det": Spec(paddle2onnx_det, "Paddle 3.3.1 → paddle2onnx 2.1.0 "
+                                "(paddle.onnx.export), opset 11",
+                                "a real paddle2onnx export, dynamic N×H×W"),
     "bert_ts": Spec(bert(dynamo=False), "transformers 4.57.6 BertModel, dynamo=False, opset 14",
                     "embeddings Gather, token types, attention mask, LayerNorm, GELU"),
     "bert_dynamo": Spec(bert(dynamo=True), "transformers 4.57.6 BertModel, dynamo=True, opset 18",
@@ -793,7 +840,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Export the selected fixtures into ``--out`` and print a summary table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
-    default = [n for n in CORPUS if not n.startswith(("timm_", "keras_"))]
+    default = [n for n in CORPUS if not n.startswith(("timm_", "keras_", "paddle2onnx_"))]
     parser.add_argument("--models", nargs="+", choices=sorted(CORPUS), default=default)
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                         help="refill the placeholders, compare onnxruntime with the source "
