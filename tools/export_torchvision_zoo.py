@@ -40,15 +40,13 @@ import onnx
 import onnxruntime as ort
 import torch
 import torchvision
-from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 from torchvision import models
 from torchvision.models import segmentation
 
+from compress_ir.frontends.placeholders import restore_weights, strip_weights
+
 OPSET = 17
-STRIP_THRESHOLD = 16  # float initializers with more elements than this become placeholders
-SHAPE_SUFFIX = "__SHAPE"
-PLACEHOLDER_VALUE = 0.0
 MAX_REL_ERR = 1e-4
 CLASSIFIER_INPUT = (1, 3, 224, 224)
 SEGMENTATION_INPUT = (1, 3, 160, 160)
@@ -136,102 +134,6 @@ def export(model: nn.Module, x: torch.Tensor) -> onnx.ModelProto:
     )
     onnx.checker.check_model(exported)
     return exported
-
-
-def strip_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """Replace large float initializers by ConstantOfShape placeholders.
-
-    Returns the stripped copy and the removed weights (name -> array), which is
-    exactly what a loader needs to fill the placeholders back in.
-    """
-    stripped = onnx.ModelProto()
-    stripped.CopyFrom(model)
-    graph = stripped.graph
-    taken = {i.name for i in graph.initializer} | {i.name for i in graph.input}
-    taken |= {o for n in graph.node for o in n.output}
-
-    kept: list[TensorProto] = []
-    placeholders: list[onnx.NodeProto] = []
-    weights: dict[str, np.ndarray] = {}
-    for init in graph.initializer:
-        if init.data_type != TensorProto.FLOAT or int(np.prod(init.dims)) <= STRIP_THRESHOLD:
-            kept.append(init)
-            continue
-        shape_name = init.name + SHAPE_SUFFIX
-        if shape_name in taken:
-            raise ValueError(f"cannot add placeholder shape {shape_name!r}: name in use")
-        weights[init.name] = numpy_helper.to_array(init)
-        kept.append(numpy_helper.from_array(np.array(init.dims, dtype=np.int64), shape_name))
-        placeholders.append(
-            helper.make_node(
-                "ConstantOfShape",
-                [shape_name],
-                [init.name],
-                value=helper.make_tensor("", TensorProto.FLOAT, [1], [PLACEHOLDER_VALUE]),
-            )
-        )
-
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    inputs = [i for i in graph.input if i.name not in weights]
-    del graph.input[:]
-    graph.input.extend(inputs)
-    nodes = placeholders + list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-
-    onnx.checker.check_model(stripped)
-    onnx.shape_inference.infer_shapes(stripped, check_type=True, strict_mode=True, data_prop=True)
-    return stripped, weights
-
-
-def restore_weights(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """Turn ``ConstantOfShape(W__SHAPE) -> W`` placeholders back into initializers.
-
-    This is the reference loader for the convention; a weight missing from
-    ``weights`` leaves its placeholder in place (it then evaluates to a constant).
-    """
-    filled = onnx.ModelProto()
-    filled.CopyFrom(model)
-    graph = filled.graph
-    shapes = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-
-    nodes: list[onnx.NodeProto] = []
-    new_inits: list[TensorProto] = []
-    used_shapes: set[str] = set()
-    for node in graph.node:
-        name = node.output[0] if node.output else ""
-        if (
-            node.op_type == "ConstantOfShape"
-            and node.input[0] == name + SHAPE_SUFFIX
-            and node.input[0] in shapes
-            and name in weights
-        ):
-            array = weights[name]
-            if list(array.shape) != shapes[node.input[0]].tolist():
-                raise ValueError(
-                    f"weight {name!r} has shape {array.shape}, graph expects "
-                    f"{shapes[node.input[0]].tolist()}"
-                )
-            new_inits.append(numpy_helper.from_array(array, name))
-            continue
-        nodes.append(node)
-        used_shapes.update(node.input)
-
-    dropped = {i.name for i in graph.initializer if i.name.endswith(SHAPE_SUFFIX)} - used_shapes
-    inits = [i for i in graph.initializer if i.name not in dropped]
-    del graph.initializer[:]
-    graph.initializer.extend(inits + new_inits)
-    inputs = [i for i in graph.input if i.name not in dropped]
-    if filled.ir_version < 4:  # IR<4 (e.g. the onnx "light" zoo) lists initializers as inputs
-        inputs += [
-            helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in new_inits
-        ]
-    del graph.input[:]
-    graph.input.extend(inputs)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    return filled
 
 
 def run_onnx(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

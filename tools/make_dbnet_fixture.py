@@ -33,12 +33,9 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_torchvision_zoo import (  # noqa: E402
-    fill_placeholders,
-    randomize_constant_tensors,
-    relative_error,
-    strip_weights,
-)
+from export_torchvision_zoo import randomize_constant_tensors, relative_error  # noqa: E402
+
+from compress_ir.frontends.placeholders import restore_weights, strip_weights  # noqa: E402
 
 OPSET = 13
 MAX_REL_ERR = 1e-4
@@ -119,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     onnx.save(stripped, str(path))
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(fill_placeholders(stripped, weights).SerializeToString(),
+    sess = ort.InferenceSession(restore_weights(stripped, weights).SerializeToString(),
                                 providers=["CPUExecutionProvider"])
     for h, w in ((64, 96), (160, 128)):
         x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(h))
