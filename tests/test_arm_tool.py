@@ -325,7 +325,8 @@ def test_compare_flags_wrong_and_missing_outputs() -> None:
     meta = _meta("arm", ARM_TARGET)
     want = {"logits": np.array([1.0, -2.0]), "feat": np.ones(3)}
     errors = check.compare(meta, {"logits": np.array([1.0, -2.2])}, want)
-    assert errors["logits"] == pytest.approx(0.1) and errors["feat"] == float("inf")
+    # |diff| / (|want| + std(want)): 0.2 / (2.0 + 1.5) at the second element
+    assert errors["logits"] == pytest.approx(0.2 / 3.5) and errors["feat"] == float("inf")
 
 
 # --- check_artifact.py's qemu plumbing, with a stand-in "qemu" that runs the host python ---
