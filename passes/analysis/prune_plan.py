@@ -29,19 +29,17 @@ _DYNAMO_SCOPES = "pkg.torch.onnx.name_scopes"
 def _scoped_name(node_name: str) -> str | None:
     """Module path from a TorchScript-exporter node name such as `/layer1/layer1.0/conv1/Conv`.
 
-    Scopes are either a child's full dotted path (`layer1.0`) or its local name
-    (`conv1`); each is resolved against the one before it.
+    Each scope is a child's attribute name, prefixed with its parent's scope when the
+    parent is a container (`/block/mlp/mlp.0/MatMul` is `block.mlp.0`).
     """
     if not node_name.startswith("/"):
         return None
-    parts = [p for p in node_name.split("/")[1:-1] if p]
-    path = ""
-    for part in parts:
-        if path and not part.startswith(path + "."):
-            path = f"{path}.{part}"
-        else:
-            path = part
-    return path or None
+    path, previous = "", None
+    for part in (p for p in node_name.split("/")[1:-1] if p):
+        child = part[len(previous) + 1:] if previous and part.startswith(previous + ".") else part
+        path = f"{path}.{child}" if path else child
+        previous = part
+    return path  # "" is the root module (an op in its own forward)
 
 
 def module_path(node_name: str, meta: dict[str, str] | None) -> str | None:
