@@ -22,6 +22,7 @@ import copy
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from compress_ir.api import CompressResult
 
 INSTALL_HINT = "pip install 'compress-ir[torch]'"
+_EXPORTER_NOTICES = (".*(constant folding be turned off|legacy TorchScript|dynamic_axes' is not "
+                     "recommended|from_dynamic_axes_to_dynamic_shapes|LeafSpec).*")
 DEFAULT_OPSET = 18
 
 
@@ -86,7 +89,10 @@ def export_proto(
     was_training = module.training
     module.eval()
     try:
-        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()), \
+                warnings.catch_warnings():
+            # eval-mode PRESERVE is what we want; the legacy-exporter notices are not news
+            warnings.filterwarnings("ignore", message=_EXPORTER_NOTICES)
             path = os.path.join(tmp, "model.onnx")
             if dynamo:
                 # optimize=False: the optimiser would fold BatchNorm into the conv and the
