@@ -150,6 +150,18 @@ def test_node_metadata_survives_the_pipeline(net_path: Path, tmp_path: Path) -> 
     assert "pkg.torch.onnx.name_scopes" in meta["node_conv2d_1"]
 
 
+def test_node_metadata_survives_every_pass(net_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.onnx"
+    pipeline = ("channel-prune{ratio=0.5,criterion=thinet},reconstruct,sparsify{sparsity=0.5},"
+                "share-weights{bits=4},fold-bn")
+    compress(str(net_path), pipeline, output=str(out), calibration="random:8", check=False)
+    before = {n.name: list(n.metadata_props) for n in onnx.load(str(net_path)).graph.node}
+    after = {n.name: list(n.metadata_props) for n in onnx.load(str(out)).graph.node}
+    kept = [name for name in before if name in after and before[name]]
+    assert kept == ["node_conv2d_1", "pointwise"]
+    assert all(after[name] == before[name] for name in kept)
+
+
 def test_plan_is_not_exact_when_weights_change(net_path: Path) -> None:
     plan = compress(str(net_path), "channel-prune{ratio=0.5},sparsify{sparsity=0.5}").plan
     assert not plan["exact"] and plan["weight_changes"] == ["sparsify"]

@@ -81,10 +81,14 @@ def base_model(name: str, work: Path, x: np.ndarray, y: np.ndarray, seed: int) -
 def compile_check(proto_bytes: bytes, target: str, work: Path) -> dict:
     """Compile the fine-tuned model with TVM; the build is verified against onnxruntime."""
     from compress_ir.api import compress as compress_onnx
+    from compress_ir.core.errors import CompressIRError
 
     path = work / "finetuned.onnx"
     path.write_bytes(proto_bytes)
-    result = compress_onnx(str(path), None, target=target, artifact=work / f"ft.{target}")
+    try:
+        result = compress_onnx(str(path), None, target=target, artifact=work / f"ft.{target}")
+    except CompressIRError as exc:  # recorded in the results, not hidden
+        return {"error": str(exc)}
     return result.report["target"]
 
 
@@ -140,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         }
         if args.compile:
             row["compiled"] = compile_check(tuned.SerializeToString(), args.compile, args.work)
+            print(f"  compiled for {args.compile}: "
+                  f"{json.dumps(row['compiled'])[:300]}", flush=True)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "compiled"}), flush=True)
     write_results(args, base_macs, rows)
