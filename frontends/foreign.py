@@ -2,7 +2,8 @@
 
 compress-ir reads ONNX only; PyTorch comes in through `compress_ir.frontends.torch`
 (export in Python: a `.pt` file alone has no input shapes, and a pickled module
-needs its class), TensorFlow/Keras/TFLite through tf2onnx. The CLI turns these
+needs its class), TensorFlow/Keras/TFLite through `compress_ir.frontends.tensorflow`
+(tf2onnx). The CLI turns these
 files into one line that names the route instead of "not a readable ONNX model".
 """
 
@@ -37,17 +38,15 @@ def _is_saved_model(path: Path) -> bool:
     return path.is_dir() and (path / "saved_model.pb").is_file()
 
 
+_TF = ("compress-ir reads ONNX: convert it with `python -m compress_ir.frontends.tensorflow "
+       "{arg} model.onnx` (tf2onnx; pip install 'compress-ir[tensorflow]')")
+
 _FOREIGN = (
     (lambda p: p.suffix.lower() in (".pt", ".pth"), _torch_message),
-    (_is_saved_model,
-     "a TensorFlow SavedModel; compress-ir reads ONNX: convert it with "
-     "`python -m tf2onnx.convert --saved-model DIR --output model.onnx` (pip install tf2onnx)"),
-    (lambda p: p.suffix.lower() == ".tflite",
-     "a TFLite model; compress-ir reads ONNX: convert it with "
-     "`python -m tf2onnx.convert --tflite FILE --output model.onnx` (pip install tf2onnx)"),
+    (_is_saved_model, "a TensorFlow SavedModel; " + _TF.format(arg="DIR")),
+    (lambda p: p.suffix.lower() == ".tflite", "a TFLite model; " + _TF.format(arg="FILE.tflite")),
     (lambda p: p.suffix.lower() in (".h5", ".keras"),
-     "a Keras model; compress-ir reads ONNX: save it as a SavedModel and convert it with "
-     "`python -m tf2onnx.convert --saved-model DIR --output model.onnx` (pip install tf2onnx)"),
+     "a Keras model; " + _TF.format(arg="FILE.keras")),
 )
 
 

@@ -216,7 +216,7 @@ def _torchscript_zip(path: Path) -> Path:
     (lambda d: (d / "m.pth").write_bytes(b"\x80\x02junk") and d / "m.pth", "PyTorch"),
     (lambda d: (d / "saved").mkdir() or (d / "saved" / "saved_model.pb").write_bytes(b"pb")
      and d / "saved", "TensorFlow SavedModel"),
-    (lambda d: (d / "m.tflite").write_bytes(b"TFL3") and d / "m.tflite", "convert --tflite"),
+    (lambda d: (d / "m.tflite").write_bytes(b"TFL3") and d / "m.tflite", "TFLite"),
     (lambda d: (d / "m.h5").write_bytes(b"\x89HDF") and d / "m.h5", "Keras"),
 ])
 def test_framework_files_get_a_one_line_route(
@@ -227,3 +227,4 @@ def test_framework_files_get_a_one_line_route(
     err = capsys.readouterr().err
     assert code == EXIT_MODEL
     assert err.count("\n") == 1 and says in err and "compress-ir reads ONNX" in err
+    assert "compress-ir[torch]" in err or "compress-ir[tensorflow]" in err
