@@ -164,6 +164,14 @@ def test_apply_plan_matches_pruned_onnx_dynamo() -> None:
                                 dynamo=True)
 
 
+def test_apply_plan_two_prune_steps() -> None:
+    """The second step's slices refer to the once-pruned model; replayed in order."""
+    small = _assert_matches_pruned_onnx(
+        _net(), torch.randn(2, 3, 16, 16),
+        "channel-prune{ratio=0.25},channel-prune{ratio=0.25,criterion=l1}")
+    assert small.stem.out_channels == 9  # 16 -> 12 -> 9
+
+
 def test_apply_plan_transformer_block() -> None:
     torch.manual_seed(0)
     model = TinyTransformer().eval()
