@@ -40,8 +40,9 @@ if TYPE_CHECKING:
     from compress_ir.api import CompressResult
 
 INSTALL_HINT = "pip install 'compress-ir[torch]'"
-_EXPORTER_NOTICES = (".*(constant folding be turned off|legacy TorchScript|dynamic_axes' is not "
-                     "recommended|from_dynamic_axes_to_dynamic_shapes|LeafSpec).*")
+_EXPORTER_NOTICES = (".*(constant folding be turned off|legacy TorchScript|feature will be "
+                     "removed|dynamic_axes' is not recommended|from_dynamic_axes_to_dynamic_"
+                     "shapes|LeafSpec).*")
 DEFAULT_OPSET = 18
 
 
@@ -70,6 +71,8 @@ def _annotate(proto: onnx.ModelProto, module: nn.Module, exporter: str) -> None:
             path = next((owners[i] for i in node.input if i in owners), None)
         if path is not None and MODULE_KEY not in meta:
             node.metadata_props.add(key=MODULE_KEY, value=path)
+    # NodeProto.metadata_props is IR version 10 (onnx 1.16); the TorchScript exporter writes 8
+    proto.ir_version = max(proto.ir_version, 10)
     torch = _torch()
     for key, value in (("compress_ir.exporter", exporter),
                        ("compress_ir.torch_version", str(torch.__version__))):
