@@ -169,3 +169,7 @@ def read_plan(plan: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise UsageError(f"{plan}: not a JSON plan (line {exc.lineno}: {exc.msg})") from None
     return validate_plan(doc, str(plan))
+
+
+if __name__ == "__main__":  # python -m compress_ir.core.plan > plan.schema.json
+    print(json.dumps(PLAN_SCHEMA, indent=1))
