@@ -40,6 +40,7 @@ from compress_ir.core.feeds import input_kinds
 from compress_ir.core.model import Model
 from compress_ir.core.passes import Pass, PassContext, PassResult
 from compress_ir.core.pipeline import format_pipeline, run_pipeline
+from compress_ir.core.plan import plan_document, write_plan
 from compress_ir.core.report import SCHEMA_VERSION, build_report
 from compress_ir.core.shapes import ShapePlan, resolve_shapes
 from compress_ir.core.verify import output_shapes, verify_model
@@ -59,6 +60,7 @@ class CompressResult:
     model: onnx.ModelProto
     report: dict[str, Any]
     artifact: Artifact | None = None
+    plan: dict[str, Any] | None = None  # the pruning plan (see core/plan.py)
 
 
 def _metrics(proto: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]
@@ -106,7 +108,7 @@ _LEGACY_DEFAULTS: dict[str, Any] = {
     "output": None, "check": True, "tolerance": DEFAULT_TOLERANCE, "seed": 0,
     "calibration": None, "calib_samples": None, "image_options": None, "target": None,
     "artifact": None, "build_options": None, "benchmark": False, "benchmark_repeat": 20,
-    "sizes": None, "sparse_storage": False, "input_shapes": None,
+    "sizes": None, "sparse_storage": False, "input_shapes": None, "plan": None,
 }
 
 
@@ -128,6 +130,7 @@ def compress(
     sizes: bool | None = None,
     sparse_storage: bool = False,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    plan: str | os.PathLike | None = None,
     *,
     options: CompressOptions | None = None,
 ) -> CompressResult:
@@ -161,6 +164,10 @@ def compress(
     calibration data's shapes are used, and any other symbolic dim is assumed (batch
     1, sequence 128, spatial 224); `report["shapes"]` says which and where from.
 
+    `plan` writes the pruning plan (groups, module paths, kept/removed indices,
+    scores; see `compress_ir.core.plan`) there, atomically, after the output; the
+    plan is also returned as `result.plan` whenever a channel-prune removed channels.
+
     Gates (`options.gates`, `require_verified`) that fail raise GateFailedError (exit 4)
     after the model and the reports are written; it carries `.result`.
     """
@@ -169,7 +176,7 @@ def compress(
               "image_options": image_options, "target": target, "artifact": artifact,
               "build_options": build_options, "benchmark": benchmark,
               "benchmark_repeat": benchmark_repeat, "sizes": sizes,
-              "sparse_storage": sparse_storage, "input_shapes": input_shapes}
+              "sparse_storage": sparse_storage, "input_shapes": input_shapes, "plan": plan}
     if isinstance(pipeline, CompressOptions):
         if options is not None:
             raise UsageError("compress(): give the options once")
@@ -258,6 +265,8 @@ def _execute(model: Any, options: CompressOptions, report: dict[str, Any]) -> Co
     spec = resolve_target(target) if target is not None else None
     if options.benchmark and spec is None:
         raise UsageError("--benchmark needs --target")
+    if options.plan is not None and not any(p.name == "channel-prune" for p in passes):
+        raise UsageError("--plan needs a channel-prune pass in the pipeline")
     report["pipeline"] = format_pipeline(passes)
     # a Model the caller passed stays theirs: in-place passes edit a copy
     ir = model.copy() if isinstance(model, Model) else load_onnx(model)
@@ -336,7 +345,12 @@ def _execute(model: Any, options: CompressOptions, report: dict[str, Any]) -> Co
         from compress_ir.runinfo import sha256_file
 
         report["sha256"]["output"] = sha256_file(output)
-    out = CompressResult(model=proto, report=report, artifact=art)
+    plan_doc = plan_document(source, report["pipeline"],
+                             [(p.name, r.modified, r.plan) for p, r in result.results])
+    if options.plan is not None:
+        write_plan(plan_doc, options.plan)
+    out = CompressResult(model=proto, report=report, artifact=art,
+                         plan=plan_doc if plan_doc["steps"] else None)
     if options.eval:
         report["eval"] = _evaluate(options.eval, proto, output)
     if options.gates or options.require_verified:

@@ -114,6 +114,9 @@ def _add_compress_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the report here: .json, .html (self-contained page), .md "
                         "(PR comment); '-' prints the JSON to stdout and nothing else "
                         "(repeatable; written also when the run fails)")
+    parser.add_argument("--plan", metavar="FILE",
+                        help="write the pruning plan (JSON: groups, module paths, kept/removed "
+                        "indices, scores) here; needs channel-prune")
     parser.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
                         help="fix an input's shape, e.g. x=1,3,640,640 (repeatable): symbolic "
                         "dims for the check, MACs, --calib random and --target; dims shared "

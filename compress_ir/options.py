@@ -64,6 +64,10 @@ class CompressOptions:
     report: list[str] = opt(
         [], "report files: .json, .html, .md; '-' prints the JSON to stdout",
         {"anyOf": [{"type": "string"}, {"type": "array", "items": _STR}]})
+    plan: str | None = opt(None, "write the pruning plan here (JSON: per channel group the "
+                           "producer/consumer nodes, module paths, kept/removed indices, "
+                           "scores; see compress_ir/core/plan.py); needs channel-prune",
+                           _OPT_STR)
     check: bool = opt(True, "compare each pass with its numeric reference in onnxruntime",
                       {"type": "boolean"}, flag="--no-check")
     tolerance: float = opt(DEFAULT_TOLERANCE, "max error of the numeric check: max |got-want|"
@@ -128,7 +132,7 @@ class CompressOptions:
             setattr(self, name, tuple(float(v) for v in getattr(self, name)))
         if self.calib_size is not None:
             self.calib_size = tuple(int(v) for v in self.calib_size)
-        for name in ("model", "output", "artifact", "tuning_db", "log_file"):
+        for name in ("model", "output", "plan", "artifact", "tuning_db", "log_file"):
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 setattr(self, name, os.fspath(value))

@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from compress_ir.core.errors import ModelLoadError
 from compress_ir.core.files import write_atomic
 from compress_ir.core.model import Model, ensure_node_names, infer_proto_shapes
+from compress_ir.frontends.foreign import foreign_model_error
 from compress_ir.frontends.sparse_storage import (
     densify_sparse_initializers,
     to_sparse_initializers,
@@ -239,6 +240,9 @@ def load_onnx(model: str | os.PathLike | onnx.ModelProto) -> Model:
     else:
         path = Path(model)
         source = str(path)
+        foreign = foreign_model_error(path)
+        if foreign is not None:
+            raise foreign
         proto = _read(path)
         _load_external(proto, path.parent, source)
     work = normalise(proto, source)

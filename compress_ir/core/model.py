@@ -29,6 +29,9 @@ class Model:
     opset_imports: dict[str, int] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     source: str | None = None
+    # Per-node metadata_props by node name (graphsurgeon drops them): exporters record
+    # there which framework module a node came from, and the pruning plan reads it.
+    node_metadata: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
     def from_proto(cls, proto: onnx.ModelProto, source: str | None = None) -> Model:
@@ -40,6 +43,10 @@ class Model:
             opset_imports={o.domain: o.version for o in proto.opset_import},
             metadata={p.key: p.value for p in proto.metadata_props},
             source=source,
+            node_metadata={
+                n.name: {p.key: p.value for p in n.metadata_props}
+                for n in proto.graph.node if n.metadata_props and n.name
+            },
         )
 
     def to_proto(self) -> onnx.ModelProto:
@@ -60,12 +67,17 @@ class Model:
             proto.opset_import.add(domain="", version=self.graph.opset)
         for key, value in self.metadata.items():
             proto.metadata_props.add(key=key, value=value)
+        if self.node_metadata:
+            for node in proto.graph.node:
+                for key, value in self.node_metadata.get(node.name, {}).items():
+                    node.metadata_props.add(key=key, value=value)
         return proto
 
     def copy(self) -> Model:
         """A deep copy: transforms mutate in place, analyses compare before/after."""
         clone = Model.from_proto(self.to_proto(), self.source)
         clone.ir_version = self.ir_version
+        clone.node_metadata = {k: dict(v) for k, v in self.node_metadata.items()}
         return clone
 
     @property

@@ -79,6 +79,8 @@ class PassResult:
     stats: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     reference: onnx.ModelProto | None = None
+    # channel-prune: what was removed, per group and parameter (see prune_plan.py)
+    plan: dict[str, Any] | None = None
 
 
 class Pass:

@@ -30,6 +30,7 @@ from compress_ir.passes.analysis.allocation import (
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, analyse_channels
 from compress_ir.passes.analysis.importance import CRITERIA, Criterion, ScoreContext
 from compress_ir.passes.analysis.importance.base import UnscorableGroup
+from compress_ir.passes.analysis.prune_plan import build_step
 from compress_ir.passes.transform.channel_slicing import apply_removal, masked_reference
 
 
@@ -99,13 +100,14 @@ def plan_removal(
     analysis: ChannelAnalysis, criterion: Criterion, score_ctx: ScoreContext,
     opts: ChannelPruneOptions, *, proto: Any = None, calibration: CalibrationSet | None = None,
     seed: int = 0, info: dict | None = None,
-    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None, scores_out: dict | None = None,
 ) -> tuple[set[int], list[dict]]:
     """Choose the units to remove; return them and the per-group plan for the report.
 
     Model-aware allocations (sensitivity, target-macs/params) read `proto` (the
     model the analysis ran on, with shapes; exported from `score_ctx.model` when
-    not given) and `calibration`; what they found is written into `info`.
+    not given) and `calibration`; what they found is written into `info`, and the
+    criterion's scores per group index into `scores_out` (for the pruning plan).
     """
 
     if opts.round_to == 0:  # no target known here: keep every count
@@ -126,6 +128,8 @@ def plan_removal(
             unscored[g.index] = str(exc)
     if candidates and not scores:
         raise UsageError(next(iter(unscored.values())))
+    if scores_out is not None:
+        scores_out.update(scores)
     candidates = [g for g in candidates if g.index in scores]
     allocation = ALLOCATIONS.get("budget" if opts.budget else opts.scope)()
     request = AllocationRequest(opts.ratio, opts.round_to, opts.min_channels, opts.tolerance,
@@ -219,10 +223,11 @@ class ChannelPrune(Pass):
         score_ctx = ScoreContext(work, analysis, calibration=calibration_stats(
             criterion, ctx, before, analysis))
         allocation: dict[str, Any] = {}
+        scores: dict[int, np.ndarray] = {}
         removed, rows = plan_removal(
             analysis, criterion, score_ctx, options, proto=before,
             calibration=ctx.calibration, seed=ctx.seed, info=allocation,
-            input_shapes=ctx.input_shapes)
+            input_shapes=ctx.input_shapes, scores_out=scores)
         removed_list = np.array(sorted(removed), dtype=np.int64)
         channels_removed = sum(
             int(np.isin(analysis.unit_of[r.first : r.first + r.size], removed_list).sum())
@@ -242,9 +247,12 @@ class ChannelPrune(Pass):
             details["allocation"] = allocation
         if not removed:
             return PassResult(model, modified=False, stats=stats, details=details)
-        if criterion.compensate(score_ctx, removed):
+        compensated = bool(criterion.compensate(score_ctx, removed))
+        if compensated:
             before = work.to_proto()  # the masked oracle starts from the compensated weights
         reference = masked_reference(before, analysis, removed)
+        plan = build_step(analysis, removed, rows, scores, work.node_metadata, self.spec(),
+                          self.options.criterion, compensated)
         apply_removal(work, analysis, removed)
         if self.options.budget:
             from compress_ir.core.metrics import model_metrics
@@ -253,4 +261,5 @@ class ChannelPrune(Pass):
             achieved = model_metrics(work.to_proto(), ctx.input_shapes)[metric]
             allocation["achieved"] = achieved
             allocation["achieved_fraction"] = round(achieved / max(allocation["original"], 1), 6)
-        return PassResult(work, modified=True, stats=stats, details=details, reference=reference)
+        return PassResult(work, modified=True, stats=stats, details=details, reference=reference,
+                          plan=plan)
