@@ -175,3 +175,36 @@ def test_rel_error_edge_cases() -> None:
     assert numeric.rel_error(want + [1.0, 0, 0, 0], want) == pytest.approx(1 / (1000 + 433.0127),
                                                                            rel=1e-5)
     assert numeric.rel_error(np.array([0.5, 0, 0, 1]), np.array([0.0, 0, 0, 1])) > 0.3
+
+
+def test_calibration_data_that_does_not_fit_is_named(tmp_path: Path) -> None:
+    data = {"input_ids": np.zeros((4, 8), np.int64), "attention_mask": np.ones((4, 8), np.int64),
+            "token_type_ids": np.full((4, 8), 3, np.int64)}  # out of the 2-row table
+    np.savez(tmp_path / "bad.npz", **data)
+    spec = str(tmp_path / "bad.npz")
+    with pytest.raises(UsageError, match="cannot run the input model.*out of data bounds"):
+        compress(bert_like(), "channel-prune{criterion=apoz}", calibration=spec)
+    with pytest.raises(CompressIRError, match=r"calibration data .*bad.npz: onnxruntime fails") \
+            as info:
+        compress(bert_like(), "channel-prune{criterion=apoz}", calibration=spec, check=False)
+    assert "internal error" not in str(info.value)
+
+
+REAL = ROOT / "tests" / "fixtures" / "real"
+
+
+@pytest.mark.parametrize("fixture", ["bert_ts", "bert_dynamo"])
+@pytest.mark.parametrize("name", PASSES.names())
+def test_every_pass_on_real_bert_exports(fixture: str, name: str) -> None:
+    """transformers BertModel exported by both torch exporters (the corpus fixtures)."""
+    path = REAL / f"{fixture}.onnx"
+    if not path.exists():
+        pytest.skip(f"{path.name}: the real-export corpus is not in this checkout")
+    from compress_ir.frontends.placeholders import fill_placeholders
+
+    proto = fill_placeholders(onnx.load(path), seed=0)
+    calib = "random:8" if name == "reconstruct" else None
+    pipeline = "channel-prune{ratio=0.5},reconstruct" if name == "reconstruct" else name
+    result = compress(proto, pipeline, calibration=calib)
+    assert all(c["ok"] for c in result.report["checks"]), result.report["checks"]
+    assert result.report["shapes"]["values"]["token_type_ids"].startswith("ids 0..1")

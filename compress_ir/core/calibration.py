@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from compress_ir.core import numeric
-from compress_ir.core.errors import UsageError
+from compress_ir.core.errors import ModelRunError, UsageError
 from compress_ir.core.feeds import realistic_inputs
 from compress_ir.core.shapes import Shapes, resolve_shapes
 
@@ -220,5 +220,9 @@ class ActivationCapture:
         total = -(-calib.size // size)
         for feeds in progress(calib.batches(size), total=total, desc=desc, unit="batch"):
             # run([]) would return every output, so nothing requested means nothing run
-            values = self.session.run(self.tensors, feeds) if self.tensors else []
+            try:
+                values = self.session.run(self.tensors, feeds) if self.tensors else []
+            except numeric.RUN_ERRORS as exc:
+                raise ModelRunError(f"calibration data {calib.source}: onnxruntime fails on "
+                                    f"it: {numeric.last_line(exc)}") from None
             yield dict(zip(self.tensors, values, strict=True))

@@ -88,18 +88,18 @@ def run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.nd
     names = [o.name for o in sess.get_outputs()]
     try:
         return dict(zip(names, sess.run(names, feeds), strict=True))
-    except _RUN_ERRORS as exc:
+    except RUN_ERRORS as exc:
         shapes = ", ".join(f"{k}{list(np.shape(v))}:{np.asarray(v).dtype}"
                            for k, v in feeds.items())
-        raise ModelRunError(f"onnxruntime fails on inputs {shapes}: {_last_line(exc)}") from None
+        raise ModelRunError(f"onnxruntime fails on inputs {shapes}: {last_line(exc)}") from None
 
 
-_RUN_ERRORS = (ort.capi.onnxruntime_pybind11_state.Fail,
+RUN_ERRORS = (ort.capi.onnxruntime_pybind11_state.Fail,
                ort.capi.onnxruntime_pybind11_state.InvalidArgument,
                ort.capi.onnxruntime_pybind11_state.RuntimeException)
 
 
-def _last_line(exc: BaseException) -> str:
+def last_line(exc: BaseException) -> str:
     """The message of an onnxruntime error without its `[ONNXRuntimeError] : 2 : X :` prefix."""
     text = str(exc).strip().splitlines()
     line = text[-1].strip() if text else type(exc).__name__
