@@ -262,7 +262,8 @@ def run_under_qemu(fs: Rootfs, artifact: Path, meta: Mapping[str, Any],
 
 def compare(meta: Mapping[str, Any], got: Mapping[str, np.ndarray],
             want: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Relative max error of each declared output (inf when missing or mis-shaped)."""
+    """The check's error (`numeric.rel_error`) of each declared output (inf when missing
+    or mis-shaped)."""
     return {spec["name"]: (rel_error(got[spec["name"]], want[spec["name"]])
                            if spec["name"] in got else float("inf"))
             for spec in meta["outputs"]}
