@@ -38,13 +38,9 @@ PIPELINE = "channel-prune{ratio=0.5}"
 TOLERANCE = 1e-4
 
 # current failures, by cause (exact messages; the coordinator removes markers as fixes land)
-NO_INPUT_SHAPES = "TypeError: compress() got an unexpected keyword argument 'input_shapes'"
-TOKEN_TYPE_OOB = (
-    "PassError: pass 'channel-prune': internal error InvalidArgument: [ONNXRuntimeError] : 2 : "
-    "INVALID_ARGUMENT : Non-zero status code returned while running Gather node. Name:'{node}' "
-    "Status Message: indices element out of data bounds, idx=2 must be within the inclusive "
-    "range [-2,1]"
-)
+KERAS_MATMUL = ("PassError: pass 'channel-prune': internal error TypeError: unsupported operand "
+                "type(s) for -: 'NoneType' and 'int' (channel_rules.py:534, MatMul after "
+                "tf2onnx's Reshape flatten)")
 
 
 SHAPES: dict[str, dict[str, tuple[int, ...]]] = {
@@ -59,7 +55,7 @@ class Case:
     """What fails today for one fixture (None: passes)."""
 
     prune: str | None = None  # xfail reason of test_prune_with_check
-    macs: str | None = NO_INPUT_SHAPES  # xfail reason of test_macs_at_stated_shape
+    macs: str | None = None  # xfail reason of test_macs_at_stated_shape
 
 
 def _tokens(batch: int, seq: int, *names: str) -> dict[str, tuple[int, ...]]:
@@ -72,25 +68,18 @@ CASES: dict[str, Case] = {
     "mnist_cnn_static": Case(),
     "dbnet_dyn_hw": Case(),
     "yolo_dynbatch": Case(),
-    "segnet_dyn_hw": Case(
-        prune="PassError: pass 'channel-prune': internal error Fail: [ONNXRuntimeError] : 1 : "
-              "FAIL : Non-zero status code returned while running Concat node. Name:'node_cat' "
-              "Status Message: concatbase.h:135 PrepareForComputeImpl Non concat axis dimensions "
-              "must match: Axis 2 has mismatched dimensions of 1 and 2 (check input H=W=1)"),
+    "segnet_dyn_hw": Case(),
     "paddle_ocr_det_dyn": Case(),
     "paddle2onnx_ocr_det": Case(),
-    "bert_ts": Case(prune=TOKEN_TYPE_OOB.format(
-        node="/model/embeddings/token_type_embeddings/Gather")),
-    "bert_dynamo": Case(prune=TOKEN_TYPE_OOB.format(node="node_embedding_1")),
+    "bert_ts": Case(),
+    "bert_dynamo": Case(),
     "vit": Case(),
     "gpt2": Case(prune="nothing pruned (MACs ratio 1.0): all 9 groups blocked, 8 by "
                        "\"Reshape node 'node_view_9': target shape is computed at run time\""),
     "llama": Case(),
     "timm_resnet": Case(),
     "timm_mobilevit": Case(),
-    "keras_cnn": Case(prune="PassError: pass 'channel-prune': internal error TypeError: "
-                            "unsupported operand type(s) for -: 'NoneType' and 'int' "
-                            "(channel_rules.py:534, MatMul after tf2onnx's Reshape flatten)"),
+    "keras_cnn": Case(prune=KERAS_MATMUL, macs=KERAS_MATMUL),
 }
 
 
@@ -213,13 +202,7 @@ def test_macs_at_stated_shape(name: str) -> None:
     assert result.report["after"]["macs"] == runtime_macs(result.model, shape)
 
 
-@pytest.mark.parametrize("dynamic", [
-    pytest.param("mnist_cnn_ts_dynbatch", marks=pytest.mark.xfail(strict=True, reason=(
-        "MACs ratio 0.500 vs 0.266: \"Shape node '/Shape' exposes the channel count to computed "
-        "values\", \"Reshape node '/Reshape': target shape is computed at run time\""))),
-    pytest.param("mnist_cnn_dynamo_dynbatch", marks=pytest.mark.xfail(strict=True, reason=(
-        "MACs ratio 0.500 vs 0.266: \"Reshape node 'node_Reshape_7': shapes are not static\""))),
-])
+@pytest.mark.parametrize("dynamic", ["mnist_cnn_ts_dynbatch", "mnist_cnn_dynamo_dynbatch"])
 def test_dynamic_batch_cnn_same_macs_ratio_as_static(dynamic: str) -> None:
     """A dynamic-batch `x.view(x.size(0), -1)` CNN prunes exactly like its static export."""
     static = compress(_load("mnist_cnn_static"), PIPELINE, check=True).report
