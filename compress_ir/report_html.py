@@ -83,6 +83,19 @@ def _summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _shapes_line(report: dict[str, Any]) -> str | None:
+    """`MACs and checks at x=1x3x640x640; assumed: batch=1` (report["shapes"], see shapes.py)."""
+    shapes = report.get("shapes")
+    if not shapes:
+        return None
+    text = "MACs and checks at " + ", ".join(
+        f"{k}={'x'.join(map(str, v))}" for k, v in shapes.get("inputs", {}).items())
+    if shapes.get("assumed"):
+        text += "; assumed symbolic dims: " + ", ".join(
+            f"{k}={v}" for k, v in shapes["assumed"].items()) + " (set them with --input-shape)"
+    return text
+
+
 def _latency(report: dict[str, Any]) -> list[tuple[str, float]]:
     bench = (report.get("target") or {}).get("benchmark") or {}
     out = []
@@ -292,6 +305,9 @@ def render_html(report: dict[str, Any]) -> str:
     if rows:
         parts.append('<h2 id="summary">Summary</h2>' + html_table(
             ["", "before", "after", "after / before"], [list(r) for r in rows]))
+        shapes = _shapes_line(report)
+        if shapes:
+            parts.append(f'<p class="meta" id="shapes">{esc(shapes)}</p>')
     gates = report.get("gates") or []
     if gates:
         parts.append('<h2 id="gates">Gates</h2>' + html_table(
@@ -419,6 +435,9 @@ def render_markdown(report: dict[str, Any], max_layers: int = 15) -> str:
     rows = _summary_rows(report)
     if rows:
         lines += _md_table(["", "before", "after", "ratio"], [list(r) for r in rows]) + [""]
+        shapes = _shapes_line(report)
+        if shapes:
+            lines += [shapes, ""]
     fid = report.get("fidelity")
     if fid:
         lines += [f"Fidelity to the original ({fid.get('inputs')}): cosine "

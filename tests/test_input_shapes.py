@@ -191,3 +191,14 @@ def test_macs_budget_counts_at_the_given_shape(dbnet: Path) -> None:
     assert alloc["estimated"] == alloc["achieved"] == result.report["after"]["macs"]
     assert alloc["reached"] and alloc["achieved_fraction"] <= 0.5
     assert result.report["checks"][0]["ok"]
+
+
+def test_html_and_markdown_reports_state_the_shapes(dbnet: Path) -> None:
+    from compress_ir.report_html import render_html, render_markdown
+
+    report = compress(str(dbnet), "channel-prune{ratio=0.5}",
+                      input_shapes={"x": (1, 3, 96, 64)}).report
+    line = "MACs and checks at x=1x3x96x64"
+    assert line in render_markdown(report) and line in render_html(report)
+    assumed = compress(str(dbnet), "fold-bn").report
+    assert "assumed symbolic dims: batch=1, height=224, width=224" in render_markdown(assumed)
