@@ -28,23 +28,31 @@ import numpy as np
 import onnx
 
 import compress_ir.passes  # noqa: F401 - registers the passes
-from compress_ir.core import numeric
+from compress_ir.core import numeric, validate
+from compress_ir.core.boundary import library_error
 from compress_ir.core.calibration import (
     CalibrationSet,
     ImageOptions,
     check_batches,
     load_calibration,
 )
-from compress_ir.core.errors import EXIT_NUMERIC, CompressIRError, ModelRunError, UsageError
+from compress_ir.core.errors import (
+    EXIT_NUMERIC,
+    CompressIRError,
+    ModelRunError,
+    OutputError,
+    UsageError,
+)
 from compress_ir.core.feeds import input_kinds
 from compress_ir.core.model import Model
 from compress_ir.core.passes import Pass, PassContext, PassResult
 from compress_ir.core.pipeline import format_pipeline, run_pipeline
-from compress_ir.core.plan import plan_document, write_plan
+from compress_ir.core.plan import plan_bytes, plan_document
 from compress_ir.core.report import SCHEMA_VERSION, build_report
+from compress_ir.core.safety import Commit, Destination, OutputPlan, means_stdout
 from compress_ir.core.shapes import ShapePlan, resolve_shapes
 from compress_ir.core.verify import output_shapes, verify_model
-from compress_ir.frontends.onnx import load_onnx, save_onnx
+from compress_ir.frontends.onnx import load_onnx_with_files, model_bytes, save_onnx
 from compress_ir.options import DEFAULT_TOLERANCE, CompressOptions, from_legacy
 from compress_ir.targets import TargetSpec, resolve_target
 
@@ -177,6 +185,9 @@ def compress(
               "build_options": build_options, "benchmark": benchmark,
               "benchmark_repeat": benchmark_repeat, "sizes": sizes,
               "sparse_storage": sparse_storage, "input_shapes": input_shapes, "plan": plan}
+    if pipeline is not None and not isinstance(pipeline, str | list | tuple | CompressOptions):
+        raise UsageError(f"pipeline must be text, a list of steps or a CompressOptions, got "
+                         f"{type(pipeline).__name__}")
     if isinstance(pipeline, CompressOptions):
         if options is not None:
             raise UsageError("compress(): give the options once")
@@ -188,7 +199,12 @@ def compress(
             raise UsageError("compress(): pass either a CompressOptions or keyword options, "
                              f"not both (got {', '.join(mixed or ['pipeline'])})")
     else:
-        options = from_legacy(pipeline, **legacy)
+        try:
+            options = from_legacy(pipeline, **legacy)
+        except CompressIRError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the API raises only library errors
+            raise _as_library_error(exc) from exc
     return run(model, options)
 
 
@@ -198,16 +214,53 @@ def run(model: str | os.PathLike | onnx.ModelProto | Model | None, options: Comp
 
     On failure the exception carries `.report` (its `status` says check-failed or
     error, `error` the message) after the report files are written.
+
+    Output paths (`output`, `report`, `plan`, `artifact`, a pass's `plot`) are checked
+    before any work: none may be an input, its external data, another output or inside
+    the artifact folder (UsageError/OutputError; then no report is written either).
+    The model, artifact, plan, plots and reports are committed together at the end.
+
+    Raises only compress-ir errors: UsageError (bad value, unsafe or unwritable path),
+    ModelLoadError / UnsupportedModelError (invalid or unsupported model, a resource
+    limit), NumericMismatchError (a check failed; names the pass), PassError,
+    GateFailedError, InternalError (a bug; the original exception is `__cause__`).
+    KeyboardInterrupt passes through after cleanup.
     """
     from compress_ir.gates import GateFailedError
+    from compress_ir.report_html import render_report
 
     model = options.model if model is None else model
     if model is None:
         raise UsageError("no model: give one (or options.model / 'model:' in the recipe)")
+    validate.compress_options(options, model)
+    # outputs are checked before any work; reports that would hit an input are never written
+    plan = OutputPlan()
+    if isinstance(model, str | os.PathLike):
+        plan.add_input("input model", model)
+    reports = [plan.add("--report", path) for path in options.report]
     report = start_report(model, options)
+    commit = Commit()  # model, artifact, plan, plots and reports appear together
     try:
-        result = _execute(model, options, report)
+        try:
+            result, art_path = _execute(model, options, report, plan, commit)
+        except GateFailedError:
+            commit.commit()  # the run completed: its outputs stand, the gate says no
+            raise
+        report["status"] = "ok"
+        for dest in reports:
+            commit.stage_file(dest, render_report(report, dest.path))
+        commit.commit()
+        if art_path is not None:
+            from compress_ir.backend import load_artifact
+
+            result.artifact = load_artifact(art_path)
+        return result
     except BaseException as exc:
+        commit.rollback()
+        if isinstance(exc, SystemExit | GeneratorExit):
+            raise
+        if not isinstance(exc, CompressIRError | KeyboardInterrupt):
+            exc = _as_library_error(exc)
         if isinstance(exc, GateFailedError):
             report["status"] = "gate-failed"
         elif isinstance(exc, CompressIRError) and exc.exit_code == EXIT_NUMERIC:
@@ -222,11 +275,16 @@ def run(model: str | os.PathLike | onnx.ModelProto | Model | None, options: Comp
             report["error"] = f"internal error {type(exc).__name__}: {exc}"
         with contextlib.suppress(AttributeError):
             exc.report = report  # type: ignore[attr-defined]
-        _write_reports(report, options, failing=True)
-        raise
-    report["status"] = "ok"
-    _write_reports(report, options)
-    return result
+        if not isinstance(exc, OutputError):  # an unsafe output path: write nothing at all
+            _write_reports(report, reports, failing=True)
+        raise exc from exc.__cause__
+
+
+def _as_library_error(exc: BaseException) -> CompressIRError:
+    """The API raises only compress-ir errors; the original stays chained as __cause__."""
+    err = library_error(exc)
+    err.__cause__ = exc
+    return err
 
 
 def start_report(model: Any, options: CompressOptions) -> dict[str, Any]:
@@ -251,13 +309,14 @@ def start_report(model: Any, options: CompressOptions) -> dict[str, Any]:
     }
 
 
-def _execute(model: Any, options: CompressOptions, report: dict[str, Any]) -> CompressResult:
-    from compress_ir.gates import GateFailedError, evaluate_gates, failure_message, parse_gate
+def _execute(model: Any, options: CompressOptions, report: dict[str, Any],
+             plan_out: OutputPlan, commit: Commit) -> tuple[CompressResult, str | None]:
+    """Run and stage every output in `commit` (the caller commits); also the artifact path."""
+    from compress_ir.gates import parse_gate
     from compress_ir.recipe import build_steps
 
     for gate in options.gates:  # syntax errors before minutes of work
         parse_gate(gate)
-    output, check, seed = options.output, options.check, options.seed
     passes: list[Pass] = build_steps(options.passes) if options.passes else []
     target = options.target
     if not passes and target is None:
@@ -269,8 +328,60 @@ def _execute(model: Any, options: CompressOptions, report: dict[str, Any]) -> Co
         raise UsageError("--plan needs a channel-prune pass in the pipeline")
     report["pipeline"] = format_pipeline(passes)
     # a Model the caller passed stays theirs: in-place passes edit a copy
-    ir = model.copy() if isinstance(model, Model) else load_onnx(model)
+    if isinstance(model, Model):
+        ir, files = model.copy(), []
+    else:
+        ir, files = load_onnx_with_files(model)
     source = ir.source or "<model>"
+    for path in files[1:]:
+        plan_out.add_input("model's external data", path)
+    if isinstance(options.calib, str) and not options.calib.startswith("random"):
+        plan_out.add_input("calibration data", options.calib)
+    dests = _plan_outputs(plan_out, options, passes, spec, ir)
+    restore = [(p, p.options) for p, _ in dests["plots"]]
+    for p, dest in dests["plots"]:  # the pass draws into a temp file, committed later
+        p.options = dataclasses.replace(p.options, plot=str(commit.reserve(dest)))
+    try:
+        result = _execute_staged(ir, source, options, report, passes, spec, dests, commit,
+                                 restore)
+    finally:
+        for p, opts in restore:  # the report shows the user's plot path
+            p.options = opts
+    return result, (dests["artifact"].path if dests["artifact"] is not None else None)
+
+
+def _plan_outputs(plan_out: OutputPlan, options: CompressOptions, passes: list[Pass],
+                  spec: TargetSpec | None, ir: Model) -> dict[str, Any]:
+    """Check every output path against the inputs and each other before any work."""
+    dests: dict[str, Any] = {"plots": []}
+    for p in passes:
+        plot = getattr(p.options, "plot", "")
+        if isinstance(plot, str) and plot:
+            dests["plots"].append((p, plan_out.add(f"{p.name}{{plot}}", plot)))
+    output = options.output
+    dests["output"] = plan_out.add("-o", output) if output is not None else None
+    dests["plan"] = plan_out.add("--plan", options.plan) if options.plan is not None else None
+    dests["artifact"] = None
+    if spec is not None:
+        from compress_ir.backend import default_artifact_dir
+        from compress_ir.backend.build import check_destination
+
+        base = output if output is not None and not means_stdout(output) else ir.source
+        if options.artifact is None and not base:
+            raise UsageError("give an artifact directory (--artifact) for a model without a path")
+        path = Path(options.artifact) if options.artifact is not None else \
+            default_artifact_dir(base, spec)
+        dests["artifact"] = plan_out.add("--artifact", path, kind="dir")
+        check_destination(path)
+    return dests
+
+
+def _execute_staged(ir: Model, source: str, options: CompressOptions, report: dict[str, Any],
+                    passes: list[Pass], spec: TargetSpec | None, dests: dict[str, Any],
+                    commit: Commit, restore: list[tuple[Pass, Any]]) -> CompressResult:
+    from compress_ir.gates import GateFailedError, evaluate_gates, failure_message
+
+    output, check, seed = options.output, options.check, options.seed
     before_proto = ir.to_proto()
     expected = output_shapes(before_proto)
 
@@ -299,7 +410,11 @@ def _execute(model: Any, options: CompressOptions, report: dict[str, Any]) -> Co
     ctx = PassContext(seed=seed, calibration=calib, original=before_proto, target=spec,
                       input_shapes=dict(plan.inputs))
     log.info("running %s on %s", report["pipeline"] or "no passes", source)
-    result = run_pipeline(ir, passes, ctx, verify, numeric_check if check else None)
+    try:
+        result = run_pipeline(ir, passes, ctx, verify, numeric_check if check else None)
+    finally:
+        for p, opts in restore:  # the report shows the user's plot path
+            p.options = opts
     proto = result.model.to_proto()
     profile = {id(p): entry for (p, _), entry in zip(result.results, result.profile,
                                                        strict=False)}
@@ -327,9 +442,6 @@ def _execute(model: Any, options: CompressOptions, report: dict[str, Any]) -> Co
         report["sizes"] = size_report(proto)
     art = None
     if spec is not None:
-        base = output if output is not None else ir.source
-        if options.artifact is None and not base:
-            raise UsageError("give an artifact directory (--artifact) for a model without a path")
         build_options = options.build()
         if given and getattr(build_options, "input_shapes", None) is None:
             build_options = dataclasses.replace(build_options, input_shapes=dict(given))
@@ -337,22 +449,26 @@ def _execute(model: Any, options: CompressOptions, report: dict[str, Any]) -> Co
 
         log.info("building for %s", spec.name)
         with phase(f"TVM build for {spec.name}" + (" (tuning)" if options.tune_trials else "")):
-            art, section = _build_target(before_proto, proto, spec, options.artifact, base,
-                                         build_options, options.benchmark, options.repeat, source)
+            staged = commit.stage_dir(dests["artifact"])
+            _art, section = _build_target(before_proto, proto, spec, staged, None,
+                                          build_options, options.benchmark, options.repeat,
+                                          source)
+        section["artifact"] = dests["artifact"].path
         report["target"] = section
     if output is not None:  # after the build: a failed compile check writes nothing
-        save_onnx(proto, output, sparse=options.sparse_storage)
-        from compress_ir.runinfo import sha256_file
+        data = model_bytes(proto, sparse=options.sparse_storage)
+        commit.stage_file(dests["output"], data)
+        from compress_ir.runinfo import sha256_bytes
 
-        report["sha256"]["output"] = sha256_file(output)
+        report["sha256"]["output"] = sha256_bytes(data)
     plan_doc = plan_document(source, report["pipeline"],
                              [(p.name, r.modified, r.plan) for p, r in result.results])
-    if options.plan is not None:
-        write_plan(plan_doc, options.plan)
+    if dests["plan"] is not None:
+        commit.stage_file(dests["plan"], plan_bytes(plan_doc))
     out = CompressResult(model=proto, report=report, artifact=art,
                          plan=plan_doc if plan_doc["steps"] else None)
     if options.eval:
-        report["eval"] = _evaluate(options.eval, proto, output)
+        report["eval"] = _evaluate(options.eval, proto, None)  # -o is not committed yet
     if options.gates or options.require_verified:
         report["gates"] = evaluate_gates(options.gates, report, options.require_verified)
         message = failure_message(report["gates"])
@@ -370,7 +486,7 @@ def _evaluate(spec: str, proto: onnx.ModelProto, output: str | os.PathLike | Non
 
     from compress_ir.runinfo import run_eval
 
-    if output is not None:
+    if output is not None and not means_stdout(output):
         return run_eval(spec, str(output))
     with tempfile.TemporaryDirectory(prefix="compress-ir-eval-") as tmp:
         path = Path(tmp) / "model.onnx"
@@ -396,18 +512,21 @@ def _layer_rows(before: onnx.ModelProto, after: onnx.ModelProto,
     return rows
 
 
-def _write_reports(report: dict[str, Any], options: CompressOptions, failing: bool = False
+def _write_reports(report: dict[str, Any], reports: list[Destination], failing: bool = False
                    ) -> None:
-    """Write every requested report; while failing, a report error must not hide the cause."""
-    from compress_ir.report_html import write_report
+    """Write every requested report (checked paths; devices and stdout written through);
+    while failing, a report error must not hide the cause."""
+    from compress_ir.report_html import render_report
 
-    for path in options.report:
+    for dest in reports:
         try:
-            write_report(report, path)
-        except OSError as exc:
+            with Commit() as commit:
+                commit.stage_file(dest, render_report(report, dest.path))
+                commit.commit()
+        except (OSError, OutputError) as exc:
             if not failing:
                 raise
-            log.error("cannot write report %s: %s", path, exc)
+            log.error("cannot write report %s: %s", dest.path, exc)
 
 
 def _build_target(

@@ -1,7 +1,8 @@
 """`compress-ir` command line: stable exit codes, a table on stdout, JSON on request.
 
-Exit codes: 0 ok, 1 numeric check failed, 2 usage error, 3 unsupported/invalid model.
-User errors print one line on stderr, never a traceback (`--debug` shows it).
+Exit codes: 0 ok, 1 numeric check failed, 2 usage error, 3 unsupported/invalid model,
+70 internal error (a bug), 130 interrupted. Every failure prints one line on stderr,
+never a traceback (`--debug` adds it, with the same exit code); see core/boundary.py.
 
 Argparse subcommands: `compress-ir [compress] MODEL [--pass P] [--target T]`
 (compress, optionally compile; `compress` is implied when the first argument is not
@@ -20,8 +21,12 @@ from collections.abc import Callable
 
 import compress_ir.passes  # noqa: F401 - registers the passes
 from compress_ir import __version__
-from compress_ir.core.errors import EXIT_OK, EXIT_USAGE, CompressIRError
+from compress_ir.core import validate
+from compress_ir.core.boundary import run_guarded
+from compress_ir.core.errors import EXIT_OK, EXIT_USAGE
+from compress_ir.core.limits import DEFAULT_RPC_TIMEOUT
 from compress_ir.core.passes import PASSES, describe_options
+from compress_ir.core.safety import means_stdout
 from compress_ir.options import CompressOptions
 from compress_ir.passes.analysis.importance import CRITERIA
 from compress_ir.targets import list_targets
@@ -94,7 +99,7 @@ def _compress_parser_settings() -> dict:
               compress-ir run small.x86 --input x.npy --output y.npz   (compress-ir run --help)
               compress-ir report r25.json r50.json r75.json -o compare.html
             exit codes: 0 ok, 1 numeric check failed, 2 usage, 3 unsupported/invalid model,
-            4 a gate failed"""),
+            4 a gate failed, 70 internal error (please report), 130 interrupted"""),
     )
 
 
@@ -109,7 +114,8 @@ def _add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", help="input ONNX file (never modified)")
     parser.add_argument("--pass", dest="passes", action="append", default=[],
                         metavar="PIPELINE", help="pass or comma list of passes (repeatable)")
-    parser.add_argument("-o", "--output", help="write the compressed model here (atomically)")
+    parser.add_argument("-o", "--output", help="write the compressed model here (atomically; "
+                        "'-' for stdout)")
     parser.add_argument("--report", action="append", metavar="FILE",
                         help="write the report here: .json, .html (self-contained page), .md "
                         "(PR comment); '-' prints the JSON to stdout and nothing else "
@@ -164,6 +170,9 @@ def _add_compress_arguments(parser: argparse.ArgumentParser) -> None:
                        help="timed runs per benchmark entry (default 20)")
     build.add_argument("--rpc", metavar="HOST:PORT[:KEY]",
                        help="verify/benchmark on a TVM RPC server or a tracker's device KEY")
+    build.add_argument("--rpc-timeout", type=float, default=DEFAULT_RPC_TIMEOUT, metavar="S",
+                       help="seconds allowed for the RPC connection and each remote call "
+                            f"(default {DEFAULT_RPC_TIMEOUT:g})")
     build.add_argument("--list-targets", action="store_true", help="list targets and exit")
     recipe = parser.add_argument_group("recipes and CI gates")
     recipe.add_argument("--config", metavar="RECIPE", help="read options from a YAML/JSON "
@@ -279,6 +288,14 @@ def _compress_command(parser: argparse.ArgumentParser, args: argparse.Namespace,
     if options.sparse_storage and not options.output:
         parser.error("--sparse-storage needs -o")
     target_only = ("artifact", "tuning_db", "sparse_kernels", "rpc")
+    if options.output and means_stdout(options.output) and any(
+            means_stdout(str(r)) for r in options.report):
+        parser.error("-o and --report cannot both go to standard output")
+    if options.rpc:
+        from compress_ir.backend import parse_rpc
+
+        parse_rpc(options.rpc)  # a bad address fails now, not after the work
+    validate.finite(options.rpc_timeout, "--rpc-timeout", above=0.0)
     for name in target_only + ("benchmark",):
         if getattr(options, name) and not options.target:
             parser.error(f"--{name.replace('_', '-')} needs --target")
@@ -302,7 +319,9 @@ def _compress_main(args: argparse.Namespace, options: CompressOptions) -> int:
 def _print_table(args: argparse.Namespace, options: CompressOptions, report: dict) -> None:
     from compress_ir.core.report import format_report
 
-    if args.quiet or "-" in options.report:  # `--report -`: stdout holds the JSON only
+    # `--report -` or `-o -`: stdout holds that output only
+    if args.quiet or any(means_stdout(str(r)) for r in options.report) or (
+            options.output is not None and means_stdout(options.output)):
         return
     text = format_report(report)
     if "target" in report:
@@ -313,20 +332,8 @@ def _print_table(args: argparse.Namespace, options: CompressOptions, report: dic
 
 
 def _guarded(args: argparse.Namespace, fn: Callable[[], int]) -> int:
-    """Run `fn`, turning user errors into one line on stderr and their exit code."""
-    try:
-        return fn()
-    except CompressIRError as exc:
-        if args.debug:
-            raise
-        print(f"compress-ir: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:  # -o / --report not writable: the user's path, not a bug
-        if args.debug:
-            raise
-        print(f"compress-ir: error: cannot write {exc.filename or ''}: {exc.strerror or exc}",
-              file=sys.stderr)
-        return EXIT_USAGE
+    """Run `fn` inside the error boundary: one stderr line and a documented exit code."""
+    return run_guarded(fn, debug=bool(getattr(args, "debug", False)))
 
 
 if __name__ == "__main__":

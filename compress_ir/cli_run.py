@@ -8,14 +8,16 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from compress_ir.backend.artifact import Artifact, artifact_inputs, load_artifact
+from compress_ir.backend.artifact import META_FILE, Artifact, artifact_inputs, load_artifact
+from compress_ir.core import validate
+from compress_ir.core.array_files import read_npy, read_npz
 from compress_ir.core.errors import EXIT_OK, UsageError
-from compress_ir.core.files import write_atomic
+from compress_ir.core.limits import DEFAULT_RPC_TIMEOUT, MAX_TENSOR_BYTES
+from compress_ir.core.safety import Commit, Destination, OutputPlan
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,13 +33,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also time N runs (TVM time_evaluator) and print median/min ms")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random inputs used when none are given")
+    parser.add_argument("--rpc-timeout", type=float, default=DEFAULT_RPC_TIMEOUT, metavar="S",
+                        help="seconds allowed for the RPC connection and each remote call "
+                             f"(default {DEFAULT_RPC_TIMEOUT:g})")
 
 
 def _load_array(path: str, what: str) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{what}: cannot read {path}: {exc}") from None
+        return read_npy(path, MAX_TENSOR_BYTES)
+    except UsageError as exc:
+        raise UsageError(f"{what}: {exc}") from None
 
 
 def collect_inputs(art: Artifact, items: list[str], npz: str | None, seed: int
@@ -47,10 +52,9 @@ def collect_inputs(art: Artifact, items: list[str], npz: str | None, seed: int
     feeds: dict[str, np.ndarray] = {}
     if npz:
         try:
-            with np.load(npz, allow_pickle=False) as data:
-                feeds.update({k: data[k] for k in data.files})
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--inputs: cannot read {npz}: {exc}") from None
+            feeds.update(read_npz(npz, MAX_TENSOR_BYTES))
+        except UsageError as exc:
+            raise UsageError(f"--inputs: {exc}") from None
     positional = [n for n in names if n not in feeds]
     for item in items:
         name, eq, path = item.partition("=")
@@ -73,19 +77,31 @@ def run_main(args: argparse.Namespace) -> int:
     art = load_artifact(args.artifact)
     if args.repeat < 0:
         raise UsageError(f"--repeat must be >= 0, got {args.repeat}")
-    feeds = collect_inputs(art, args.input, args.inputs, args.seed)
-    with Session(art, args.rpc) as session:
-        return _run(args, art, session, feeds)
-
-
-def _run(args: argparse.Namespace, art: Artifact, session: Any, feeds: dict[str, np.ndarray]
-         ) -> int:
-    outputs = session.run(feeds)
+    validate.seed(args.seed, "--seed")
+    validate.finite(args.rpc_timeout, "--rpc-timeout", above=0.0)
+    dest = None
     if args.output:
+        plan = OutputPlan()
+        plan.add_input("artifact's meta.json", art.path / META_FILE)
+        plan.add_input("artifact's library", art.library)
+        for item in [*args.input, *([args.inputs] if args.inputs else [])]:
+            plan.add_input("input", item.partition("=")[2] or item)
+        dest = plan.add("--output", args.output)
+    feeds = collect_inputs(art, args.input, args.inputs, args.seed)
+    with Session(art, args.rpc, args.rpc_timeout) as session:
+        return _run(args, art, session, feeds, dest)
+
+
+def _run(args: argparse.Namespace, art: Artifact, session: Any, feeds: dict[str, np.ndarray],
+         dest: Destination | None = None) -> int:
+    outputs = session.run(feeds)
+    if dest is not None:
         buf = io.BytesIO()
         np.savez(buf, **outputs)
-        write_atomic(Path(args.output), buf.getvalue())
-    if not args.quiet:
+        with Commit() as commit:
+            commit.stage_file(dest, buf.getvalue())
+            commit.commit()
+    if not args.quiet and (dest is None or dest.mode != "stdout"):
         print(f"artifact {art.path} ({art.target}, {session.where})")
         for name, value in outputs.items():
             finite = value[np.isfinite(value)] if value.dtype.kind == "f" else value
@@ -95,5 +111,6 @@ def _run(args: argparse.Namespace, art: Artifact, session: Any, feeds: dict[str,
     if args.repeat:
         timing = session.time(feeds, args.repeat)
         print(f"  latency: median {timing['median_ms']:.3f} ms, min {timing['min_ms']:.3f} ms "
-              f"over {args.repeat} runs ({timing['method']})", file=sys.stdout)
+              f"over {args.repeat} runs ({timing['method']})",
+              file=sys.stderr if dest is not None and dest.mode == "stdout" else sys.stdout)
     return EXIT_OK

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compress_ir.core.errors import UsageError
+from compress_ir.core.limits import DEFAULT_RPC_TIMEOUT
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -106,6 +107,8 @@ class CompressOptions:
     repeat: int = opt(20, "timed runs per benchmark entry", {"type": "integer", "minimum": 1})
     rpc: str | None = opt(None, "verify/benchmark on a TVM RPC server (HOST:PORT[:KEY])",
                           _OPT_STR)
+    rpc_timeout: float = opt(DEFAULT_RPC_TIMEOUT, "seconds allowed for the RPC connection "
+                             "and each remote call", {"type": "number", "exclusiveMinimum": 0})
     gates: list[str] = opt([], "CI gates, e.g. 'macs <= 0.6', 'fidelity >= 0.98' (exit 4)",
                            {"type": "array", "items": {"type": "string", "minLength": 1}},
                            flag="--gate")
@@ -157,7 +160,8 @@ class CompressOptions:
         return BuildOptions(batch=self.batch, tune_trials=self.tune_trials,
                             tuning_db=self.tuning_db, sparse_kernels=self.sparse_kernels,
                             verify=self.check, tolerance=self.tolerance, seed=self.seed,
-                            rpc=self.rpc, input_shapes=dict(self.input_shapes) or None)
+                            rpc=self.rpc, rpc_timeout=self.rpc_timeout,
+                            input_shapes=dict(self.input_shapes) or None)
 
     def to_recipe(self, full: bool = False) -> dict[str, Any]:
         """The recipe mapping (JSON/YAML-ready); defaults left out unless `full`."""

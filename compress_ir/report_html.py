@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from compress_ir.core.files import write_atomic
-from compress_ir.core.report import to_json, write_json_atomic
+from compress_ir.core.report import to_json
 
 MAX_LAYERS = 40
 _STATUS_COLOR = {"ok": "#1a7f37", "gate-failed": "#bf8700", "check-failed": "#cf222e",
@@ -31,13 +31,17 @@ def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
         sys.stdout.write(to_json(report))
         sys.stdout.flush()
         return
-    suffix = os.path.splitext(text_path)[1].lower()
+    write_atomic(path, render_report(report, path))
+
+
+def render_report(report: dict[str, Any], path: str | os.PathLike) -> bytes:
+    """The file contents for `path`, in the format its suffix names (JSON by default)."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix in (".html", ".htm"):
-        write_atomic(path, render_html(report).encode())
-    elif suffix in (".md", ".markdown"):
-        write_atomic(path, render_markdown(report).encode())
-    else:
-        write_json_atomic(report, path)
+        return render_html(report).encode()
+    if suffix in (".md", ".markdown"):
+        return render_markdown(report).encode()
+    return to_json(report).encode()
 
 
 # -- shared pieces ------------------------------------------------------------------------

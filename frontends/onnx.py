@@ -16,9 +16,12 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from compress_ir.core.errors import ModelLoadError
+from compress_ir.core.errors import CompressIRError, ModelLoadError, UnsupportedModelError
 from compress_ir.core.files import write_atomic
+from compress_ir.core.limits import MAX_FOLD_BYTES, human_bytes
 from compress_ir.core.model import Model, ensure_node_names, infer_proto_shapes
+from compress_ir.frontends.external_data import all_tensors as _all_tensors
+from compress_ir.frontends.external_data import check_declared_sizes, load_external
 from compress_ir.frontends.foreign import foreign_model_error
 from compress_ir.frontends.sparse_storage import (
     densify_sparse_initializers,
@@ -28,13 +31,22 @@ from compress_ir.frontends.sparse_storage import (
 _CONSTANT_ATTRS = ("value", "value_float", "value_floats", "value_int", "value_ints")
 
 
+_MAX_PROTO_BYTES = 2 * 1024**3  # protobuf's own limit for one message
+
+
 def _fail(source: str, message: str) -> ModelLoadError:
     return ModelLoadError(f"{source}: {message}")
 
 
 def _read(path: Path) -> onnx.ModelProto:
-    if not path.is_file():
+    if "\x00" in str(path):
+        raise _fail(repr(str(path)), "a path cannot contain a NUL byte")
+    if not path.exists():
         raise _fail(str(path), "no such file")
+    if not path.is_file():
+        raise _fail(str(path), "not a regular file")
+    if path.stat().st_size > _MAX_PROTO_BYTES:
+        raise _fail(str(path), "larger than 2 GiB; ONNX keeps big weights in external data")
     proto = onnx.ModelProto()
     try:
         data = path.read_bytes()
@@ -44,26 +56,6 @@ def _read(path: Path) -> onnx.ModelProto:
     if not proto.HasField("graph") or not data:
         raise _fail(str(path), "not an ONNX model (no graph); truncated or wrong file?")
     return proto
-
-
-def _load_external(proto: onnx.ModelProto, base: Path, source: str) -> None:
-    """Load external tensors, refusing locations that escape the model's folder."""
-    root = base.resolve()
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in tensor.external_data}
-        location = info.get("location", "")
-        target = (root / location).resolve()
-        if os.path.isabs(location) or root not in target.parents:
-            raise _fail(source, f"tensor {tensor.name!r}: external data {location!r} "
-                        "lies outside the model's folder")
-        if not target.is_file():
-            raise _fail(source, f"tensor {tensor.name!r}: external data file {location!r} missing")
-    try:
-        onnx.external_data_helper.load_external_data_for_model(proto, str(root))
-    except (OSError, ValueError) as exc:
-        raise _fail(source, f"cannot read external data: {exc}") from None
 
 
 def _constants_to_initializers(graph: onnx.GraphProto) -> None:
@@ -137,18 +129,69 @@ def _fold_constants(proto: onnx.ModelProto, source: str) -> None:
             ),
             opset_imports=list(proto.opset_import),
         )
+        _check_fold_size(node, consts, static, source)
         try:
             values = ReferenceEvaluator(single).run(None, {})
+        except MemoryError:
+            raise _fail(source, f"node {node.name or node.op_type!r} ({node.op_type}): out of "
+                        "memory folding its constant inputs") from None
         except Exception as exc:  # noqa: BLE001 - any evaluator failure is a model error
             label = node.name or node.op_type
             raise _fail(source, f"node {label!r} ({node.op_type}) fails on its constant "
                         f"inputs: {exc}") from None
         for name, value in zip([o for o in node.output if o], values, strict=True):
+            _check_folded(node, np.asarray(value).nbytes, source)
             tensor = numpy_helper.from_array(np.asarray(value), name)
             graph.initializer.append(tensor)
             consts[name] = tensor
     del graph.node[:]
     graph.node.extend(kept)
+
+
+def _check_folded(node: onnx.NodeProto, nbytes: int, source: str) -> None:
+    if nbytes > MAX_FOLD_BYTES:
+        raise UnsupportedModelError(
+            f"{source}: node {node.name or node.op_type!r} ({node.op_type}) would fold into a "
+            f"constant of {human_bytes(nbytes)}, over the limit of {human_bytes(MAX_FOLD_BYTES)}"
+            " (COMPRESS_IR_MAX_FOLD_BYTES)")
+
+
+def _const_values(consts: dict[str, onnx.TensorProto], name: str) -> list[int] | None:
+    tensor = consts.get(name)
+    if tensor is None or np.prod(tensor.dims) > 64:
+        return None
+    try:
+        return [int(v) for v in numpy_helper.to_array(tensor).reshape(-1)]
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _check_fold_size(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto],
+                     static: dict[str, list[int]], source: str) -> None:
+    """Refuse, before evaluating, a fold whose output size is known to be over the cap."""
+    item = 8
+    elements: int | None = None
+    shapes = [static.get(o) for o in node.output if o]
+    if shapes and all(s is not None for s in shapes):
+        elements = max(int(np.prod(s, dtype=object)) for s in shapes)
+    in_dims = [list(consts[n].dims) for n in node.input if n in consts]
+    if node.op_type == "Expand" and len(node.input) > 1:
+        shape = _const_values(consts, node.input[1])
+        if shape is not None and in_dims:
+            a, b = in_dims[0], shape
+            rank = max(len(a), len(b))
+            a, b = [1] * (rank - len(a)) + a, [1] * (rank - len(b)) + b
+            elements = int(np.prod([max(x, y) for x, y in zip(a, b, strict=True)], dtype=object))
+    elif node.op_type == "Tile" and len(node.input) > 1:
+        reps = _const_values(consts, node.input[1])
+        if reps is not None and in_dims:
+            elements = int(np.prod(in_dims[0], dtype=object)) * int(np.prod(reps, dtype=object))
+    elif node.op_type == "Range" and len(node.input) == 3:
+        vals = [_const_values(consts, n) for n in node.input]
+        if all(v is not None and len(v) == 1 for v in vals) and vals[2][0]:
+            elements = max(0, -(-(vals[1][0] - vals[0][0]) // vals[2][0]))
+    if elements is not None:
+        _check_folded(node, abs(elements) * item, source)
 
 
 def _static_shapes(proto: onnx.ModelProto) -> dict[str, list[int]]:
@@ -232,11 +275,15 @@ def normalise(proto: onnx.ModelProto, source: str) -> onnx.ModelProto:
     return work
 
 
-def load_onnx(model: str | os.PathLike | onnx.ModelProto) -> Model:
-    """Load a path or ModelProto into the IR; never modifies the file or the proto."""
+def load_onnx_with_files(model: str | os.PathLike | onnx.ModelProto
+                         ) -> tuple[Model, list[Path]]:
+    """The IR and every file it was read from (the model and its external data)."""
     if isinstance(model, onnx.ModelProto):
         source = "<ModelProto>"
-        proto = model
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)  # external data is inlined into the copy, not the caller's proto
+        files: list[Path] = []
+        base = None
     else:
         path = Path(model)
         source = str(path)
@@ -244,11 +291,34 @@ def load_onnx(model: str | os.PathLike | onnx.ModelProto) -> Model:
         if foreign is not None:
             raise foreign
         proto = _read(path)
-        _load_external(proto, path.parent, source)
-    work = normalise(proto, source)
-    ir = Model.from_proto(work, source)
-    ensure_node_names(ir.graph)
-    return ir
+        files = [path]
+        base = path.parent
+    try:
+        if base is not None:
+            files += load_external(proto, base, source)
+        elif any(t.data_location == onnx.TensorProto.EXTERNAL
+                 for t in _all_tensors(proto)):
+            raise _fail(source, "external data needs a model path (its folder is where the "
+                        "data lives); load the file instead of a proto")
+        check_declared_sizes(proto, source)
+        work = normalise(proto, source)
+        ir = Model.from_proto(work, source)
+        ensure_node_names(ir.graph)
+    except CompressIRError:
+        raise
+    except RecursionError:
+        raise _fail(source, "the graph nests too deeply") from None
+    except MemoryError:
+        raise _fail(source, "out of memory while loading the model") from None
+    except Exception as exc:  # noqa: BLE001 - a malformed proto trips many libraries
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise _fail(source, f"invalid model ({type(exc).__name__}: {first})") from None
+    return ir, files
+
+
+def load_onnx(model: str | os.PathLike | onnx.ModelProto) -> Model:
+    """Load a path or ModelProto into the IR; never modifies the file or the proto."""
+    return load_onnx_with_files(model)[0]
 
 
 def save_onnx(
@@ -260,10 +330,25 @@ def save_onnx(
     With `sparse`, initializers at least `min_sparsity` sparse (and smaller so) are
     stored as COO `sparse_initializer`s; the given model or proto is not modified.
     """
+    return write_atomic(path, model_bytes(model, sparse, min_sparsity))
+
+
+def model_bytes(model: Model | onnx.ModelProto, sparse: bool = False,
+                min_sparsity: float = 0.5) -> bytes:
+    """The file contents `save_onnx` writes (the given model is not modified)."""
     proto = model.to_proto() if isinstance(model, Model) else model
     if sparse:
         copy = onnx.ModelProto()
         copy.CopyFrom(proto)
         to_sparse_initializers(copy, min_sparsity)
         proto = copy
-    return write_atomic(path, proto.SerializeToString())
+    return serialize(proto)
+
+
+def serialize(proto: onnx.ModelProto) -> bytes:
+    """Protobuf bytes; a model protobuf cannot encode (over 2 GiB, bad text) is an error."""
+    try:
+        return proto.SerializeToString()
+    except Exception as exc:  # noqa: BLE001 - EncodeError, ValueError from protobuf
+        raise UnsupportedModelError(f"cannot serialize the model: {type(exc).__name__}: "
+                                    f"{(str(exc).splitlines() or [''])[0][:200]}") from None

@@ -12,11 +12,14 @@ onnxruntime accepts such models (it densifies them at load).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from compress_ir.core.errors import ModelLoadError
+from compress_ir.core.limits import MAX_TENSOR_BYTES, human_bytes
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                 onnx.TensorProto.BFLOAT16}
@@ -43,7 +46,10 @@ def sparse_to_dense(sparse: onnx.SparseTensorProto, source: str = "<model>") -> 
         raise ModelLoadError(f"{source}: sparse initializer {name!r} is unreadable: "
                              f"{exc}") from None
     dims = tuple(int(d) for d in sparse.dims)
-    size = int(np.prod(dims)) if dims else 1
+    size = math.prod(dims)
+    if any(d < 0 for d in dims) or size * values.itemsize > MAX_TENSOR_BYTES:
+        raise ModelLoadError(f"{source}: sparse initializer {name!r}: dims {list(dims)} are "
+                             f"negative or over the limit of {human_bytes(MAX_TENSOR_BYTES)}")
     if indices.ndim == 2:
         if indices.shape[1] != len(dims) or (indices >= np.asarray(dims)).any():
             raise ModelLoadError(f"{source}: sparse initializer {name!r}: indices of shape "

@@ -232,8 +232,12 @@ def test_missing_model_exits_3(capsys: pytest.CaptureFixture[str], tmp_path: Pat
 
 
 def test_debug_shows_the_exception(capsys: pytest.CaptureFixture[str], truncated: Path) -> None:
-    with pytest.raises(ModelLoadError):
-        main([str(truncated), "--pass", "channel-prune", "--debug"])
+    """--debug adds the traceback and changes nothing else: same exit code, same last line."""
+    code, _, plain = cli(capsys, truncated, "--pass", "channel-prune")
+    debug_code, _, err = cli(capsys, truncated, "--pass", "channel-prune", "--debug")
+    assert debug_code == code == EXIT_MODEL
+    assert "Traceback" in err and ModelLoadError.__name__ in err
+    assert err.strip().splitlines()[-1] == plain.strip()
 
 
 # --- 1: numeric check failed -------------------------------------------------------------

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compress_ir.api import compress
 from compress_ir.core import numeric
-from compress_ir.core.errors import PassError, UsageError
+from compress_ir.core.errors import NumericMismatchError, UsageError
 from compress_ir.core.pipeline import build_passes
 from compress_ir.passes.transform.share_weights import (
     codebook_reference,
@@ -209,5 +209,6 @@ def test_numeric_check_failure_names_the_pass(monkeypatch: pytest.MonkeyPatch) -
         return ref
 
     monkeypatch.setattr(sw_mod, "codebook_reference", corrupt)
-    with pytest.raises(PassError, match="share-weights"):
+    # issue 10: a mismatch keeps its class (exit 1), the message names the pass
+    with pytest.raises(NumericMismatchError, match="share-weights"):
         compress(sparse_net(), "share-weights{bits=2}")

@@ -11,6 +11,7 @@ meta.json: {"format": "compress-ir-artifact", "schema": 1, "target", "tvm_target
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,10 +120,68 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     for key in ("target", "device", "library", "inputs", "outputs"):
         if key not in meta:
             raise ModelLoadError(f"artifact {root}: {META_FILE} lacks {key!r}")
+    _check_meta(root, meta)
     art = Artifact(root, meta)
     if not art.library.is_file():
         raise ModelLoadError(f"artifact {root}: library {meta['library']} is missing")
     return art
+
+
+_DTYPES = {"float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8",
+           "uint16", "uint32", "uint64", "bool"}
+_MAX_DIM = 2**31 - 1
+
+
+def _check_meta(root: Path, meta: dict[str, Any]) -> None:
+    """Types and values a tampered meta.json could get wrong, and the library policy.
+
+    The library must be a plain file name inside the artifact folder: a meta.json
+    pointing at `../evil.so` or `/tmp/x.so` would otherwise make `run` dlopen() it.
+    """
+    where = f"artifact {root}: {META_FILE}"
+    if not isinstance(meta["target"], str) or not isinstance(meta["device"], str) \
+            or meta["device"] not in ("cpu", "cuda"):
+        raise ModelLoadError(f"{where}: bad target or device {str(meta['device'])[:40]!r}")
+    for key, kinds in (("target_spec", dict), ("tvm_target", (dict, str)),
+                       ("model_sha256", str), ("elf_machine", int)):
+        if key in meta and not isinstance(meta[key], kinds):
+            raise ModelLoadError(f"{where}: {key!r} has the wrong type")
+    spec = meta.get("target_spec", {})
+    flags = spec.get("required_cpu_flags", [])
+    if not isinstance(spec.get("family", ""), str) or not isinstance(flags, list) \
+            or not all(isinstance(f, str) for f in flags):
+        raise ModelLoadError(f"{where}: 'target_spec' is malformed")
+    lib = meta["library"]
+    if (not isinstance(lib, str) or not lib or lib in (".", "..") or "/" in lib
+            or "\\" in lib or "\x00" in lib or Path(lib).name != lib):
+        raise ModelLoadError(f"{where}: library {lib!r} must be a plain file name inside "
+                             "the artifact folder")
+    real = (root / lib).resolve()
+    if real.parent != root.resolve():
+        raise ModelLoadError(f"{where}: library {lib!r} points outside the artifact folder")
+    for key in ("inputs", "outputs"):
+        specs = meta[key]
+        if not isinstance(specs, list) or (key == "outputs" and not specs):
+            raise ModelLoadError(f"{where}: {key!r} must be a list of tensors")
+        for d in specs:
+            if (not isinstance(d, dict) or not isinstance(d.get("name"), str)
+                    or not isinstance(d.get("shape"), list)
+                    or not isinstance(d.get("dtype"), str) or d["dtype"] not in _DTYPES):
+                raise ModelLoadError(f"{where}: bad {key[:-1]} entry {str(d)[:80]!r} "
+                                     "(needs name, shape list, dtype)")
+            for dim in d["shape"]:
+                unknown_ok = key == "outputs" and dim is None
+                if not unknown_ok and (isinstance(dim, bool) or not isinstance(dim, int)
+                                       or not 0 <= dim <= _MAX_DIM):
+                    raise ModelLoadError(f"{where}: {key[:-1]} {d['name']!r} has a bad "
+                                         f"dimension {dim!r}")
+            if key == "inputs":
+                from compress_ir.core.limits import MAX_TENSOR_BYTES, human_bytes
+
+                nbytes = math.prod(d["shape"]) * np.dtype(d["dtype"]).itemsize
+                if nbytes > MAX_TENSOR_BYTES:
+                    raise ModelLoadError(f"{where}: input {d['name']!r} would take "
+                                         f"{human_bytes(nbytes)}, over the limit")
 
 
 def artifact_inputs(specs: list[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:

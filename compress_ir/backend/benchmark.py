@@ -33,6 +33,7 @@ import onnx
 from compress_ir.backend.artifact import Artifact, artifact_inputs
 from compress_ir.backend.runner import Session, local_run_blocker
 from compress_ir.core import numeric
+from compress_ir.core.limits import DEFAULT_RPC_TIMEOUT
 
 DEFAULT_REPEAT = 20
 WARMUP = 3
@@ -106,8 +107,8 @@ def _ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
 
 
 def benchmark(original: onnx.ModelProto, compressed: onnx.ModelProto, art: Artifact,
-              repeat: int = DEFAULT_REPEAT, seed: int = 0, rpc: str | None = None
-              ) -> dict[str, Any]:
+              repeat: int = DEFAULT_REPEAT, seed: int = 0, rpc: str | None = None,
+              rpc_timeout: float | None = DEFAULT_RPC_TIMEOUT) -> dict[str, Any]:
     """Latency statistics of the three, their ratios, the environment and warnings."""
     feeds = artifact_inputs(art.inputs, seed)
     result: dict[str, Any] = {"repeat": repeat, "warmup": WARMUP, "seed": seed,
@@ -117,7 +118,7 @@ def benchmark(original: onnx.ModelProto, compressed: onnx.ModelProto, art: Artif
     timers = {"onnxruntime_original": _ort_timer(original, feeds),
               "onnxruntime_compressed": _ort_timer(compressed, feeds)}
     blocker = None if rpc else local_run_blocker(art.meta)
-    session = None if blocker else Session(art, rpc)
+    session = None if blocker else Session(art, rpc, rpc_timeout)
     try:
         if session is not None:
             timers["tvm"] = session.timer(feeds)

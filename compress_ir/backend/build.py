@@ -34,9 +34,11 @@ from compress_ir.backend.artifact import (
     is_artifact_dir,
     load_artifact,
 )
+from compress_ir.backend.elf import elf_machine
 from compress_ir.backend.normalize import normalize_for_tvm
 from compress_ir.core.errors import ModelLoadError, UnsupportedModelError, UsageError
 from compress_ir.core.files import write_atomic
+from compress_ir.core.limits import DEFAULT_RPC_TIMEOUT
 from compress_ir.targets import TargetSpec, resolve_target
 
 DEFAULT_BUILD_TOLERANCE = 1e-4  # fp32 compiled code reassociates sums: ~1e-6 typical
@@ -57,6 +59,7 @@ class BuildOptions:
     rpc: str | None = None
     # input name -> dims (`--input-shape`): fixes symbolic dims, shared by name across inputs
     input_shapes: dict[str, tuple[int, ...]] | None = None
+    rpc_timeout: float = DEFAULT_RPC_TIMEOUT  # seconds per RPC connect and remote call
 
     def __post_init__(self) -> None:
         if self.batch < 1:
@@ -68,6 +71,8 @@ class BuildOptions:
                              f"got {self.sparse_kernels}")
         if not self.tolerance >= 0:
             raise UsageError(f"tolerance must be >= 0, got {self.tolerance}")
+        if not 0 < self.rpc_timeout < float("inf"):
+            raise UsageError(f"rpc-timeout must be > 0 seconds, got {self.rpc_timeout}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -282,15 +287,6 @@ def _export(ex: Any, spec: TargetSpec, target: Any, lib_path: Path, meta: dict[s
         ex.export_library(str(lib_path))
 
 
-def elf_machine(path: str | os.PathLike) -> int:
-    """e_machine of an ELF file (62 x86-64, 183 aarch64)."""
-    with open(path, "rb") as fh:
-        head = fh.read(20)
-    if head[:4] != b"\x7fELF":
-        raise ValueError(f"{path} is not an ELF file")
-    return int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
-
-
 def default_artifact_dir(base: str | os.PathLike, spec: TargetSpec) -> Path:
     """`<dir>/<stem>.<target>`: next to the output model (or the input)."""
     p = Path(base)
@@ -300,14 +296,14 @@ def default_artifact_dir(base: str | os.PathLike, spec: TargetSpec) -> Path:
 @contextlib.contextmanager
 def _staging(out: Path):  # noqa: ANN202 - context manager
     """A temp dir next to `out`, renamed over it on success, removed on failure."""
-    _check_destination(out)
+    check_destination(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=".cir-", dir=out.parent))  # short: long names fit
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            old = Path(tempfile.mkdtemp(prefix=".cir-", dir=out.parent))
             os.replace(out, old / "a")
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
@@ -318,10 +314,15 @@ def _staging(out: Path):  # noqa: ANN202 - context manager
         raise
 
 
-def _check_destination(out: Path) -> None:
-    """Only an earlier artifact (or an empty folder) may be replaced."""
+def check_destination(out: Path) -> None:
+    """Only an earlier artifact holding nothing else (or an empty folder) may be replaced."""
     if out.exists() and not is_artifact_dir(out) and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out} exists and is not a compress-ir artifact; not replacing it")
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if p.name not in (LIBRARY_FILE, META_FILE))
+        if others:
+            raise UsageError(f"{out} holds other files ({', '.join(others[:3])}); replacing "
+                             "the artifact would delete them, so it is left alone")
 
 
 def _umask() -> int:
@@ -347,7 +348,7 @@ def build(model: onnx.ModelProto | str | os.PathLike, target: str | dict | Targe
     options = options or BuildOptions()
     spec = resolve_target(target)
     _check_tools(spec)
-    _check_destination(Path(out_dir))
+    check_destination(Path(out_dir))
     proto, source = _load(model, source)
     inputs = _with_value_kinds(proto, fixed_input_specs(proto, options.batch,
                                                          options.input_shapes))

@@ -7,6 +7,7 @@ library is uploaded, loaded remotely and driven by a Relax VM there.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import platform
 import statistics
@@ -17,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from compress_ir.backend.artifact import Artifact, artifact_inputs, check_inputs, load_artifact
-from compress_ir.core.errors import UsageError
+from compress_ir.backend.elf import EM_AARCH64, EM_X86_64, check_library, host_machine
+from compress_ir.core.errors import ModelLoadError, UsageError
+from compress_ir.core.limits import DEFAULT_RPC_TIMEOUT, deadline
 from compress_ir.targets import host
 
 
@@ -40,6 +43,8 @@ def parse_rpc(text: str) -> RpcAddress:
         port = int(parts[1])
     except ValueError:
         raise UsageError(f"--rpc {text!r}: port {parts[1]!r} is not a number") from None
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--rpc {text!r}: port {port} is not in 1..65535")
     if len(parts) == 3 and not parts[2]:
         raise UsageError(f"--rpc {text!r}: empty tracker key")
     return RpcAddress(parts[0], port, parts[2] if len(parts) == 3 else None)
@@ -55,8 +60,9 @@ def local_run_blocker(art_meta: dict[str, Any]) -> str | None:
         if not tvm.cuda(0).exist:
             return "no CUDA GPU on this machine"
         return None
-    if family == "arm" or str(art_meta.get("tvm_target", {}).get("mtriple", "")).startswith(
-            "aarch64"):
+    tvm_target = art_meta.get("tvm_target", {})
+    mtriple = str(tvm_target.get("mtriple", "")) if isinstance(tvm_target, dict) else ""
+    if family == "arm" or mtriple.startswith("aarch64"):
         return "aarch64 code cannot run on this x86 host (use --rpc or tools/arm)"
     if not host.is_x86_64():
         return f"x86 code cannot run on this {platform.machine()} host"
@@ -69,29 +75,70 @@ def local_run_blocker(art_meta: dict[str, Any]) -> str | None:
 class Session:
     """A loaded artifact: VM + device, local or behind an RPC session."""
 
-    def __init__(self, art: Artifact, rpc: str | None = None) -> None:
+    def __init__(self, art: Artifact, rpc: str | None = None,
+                 timeout: float | None = DEFAULT_RPC_TIMEOUT) -> None:
         import tvm
         from tvm import relax
 
         self.art = art
         self.where = "local"
         self._remote = None
+        self._timeout = timeout
+        self._addr: RpcAddress | None = None
         if rpc:
             addr = parse_rpc(rpc)
-            self._remote = _connect(addr)
+            self._addr = addr
+            check_library(art.library, _expected_machine(art.meta), f"artifact {art.path}")
+            self._remote = _connect(addr, timeout)
             self.where = f"rpc {addr}"
             name = f"{art.meta.get('model_sha256', 'model')[:16]}-{art.library.name}"
-            self._remote.upload(str(art.library), target=name)
-            lib = self._remote.load_module(name)
+            with self._deadline("upload"):
+                self._remote.upload(str(art.library), target=name)
+                lib = self._remote.load_module(name)
             self.device = self._remote.cuda(0) if art.device == "cuda" else self._remote.cpu(0)
         else:
             blocker = local_run_blocker(art.meta)
             if blocker:
                 raise UsageError(f"artifact {art.path} ({art.target}) cannot run here: "
                                  f"{blocker}")
-            lib = tvm.runtime.load_module(str(art.library))
+            check_library(art.library, host_machine(), f"artifact {art.path}")
+            try:
+                lib = tvm.runtime.load_module(str(art.library))
+            except Exception as exc:  # noqa: BLE001 - dlopen/TVM errors on a bad library
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+                raise ModelLoadError(f"artifact {art.path}: cannot load its library: "
+                                     f"{first}") from None
             self.device = tvm.cuda(0) if art.device == "cuda" else tvm.cpu(0)
-        self.vm = relax.VirtualMachine(lib, self.device)
+        with self._deadline("load"):
+            try:
+                self.vm = relax.VirtualMachine(lib, self.device)
+            except UsageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - not a Relax VM executable
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+                raise ModelLoadError(f"artifact {art.path}: its library is not a compiled "
+                                     f"compress-ir model: {first}") from None
+
+    @contextlib.contextmanager
+    def _module_errors(self, step: str) -> Any:
+        """The compiled module refusing what meta.json says it takes: a broken artifact."""
+        try:
+            yield
+        except (UsageError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - TVM raises its own error types
+            if "DeadlineExceeded" in f"{type(exc).__name__} {exc}":
+                raise
+            lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+            first = (lines[-1] if lines else type(exc).__name__)[:300]
+            raise ModelLoadError(f"artifact {self.art.path}: the module fails at {step} "
+                                 f"(does meta.json match model.so?): {first}") from None
+
+    def _deadline(self, step: str) -> Any:
+        """Every remote call is bounded: a server that stops answering cannot hang us."""
+        if self._addr is None:
+            return contextlib.nullcontext()
+        return deadline(self._timeout, f"RPC {self._addr} ({step})")
 
     def close(self) -> None:
         """Drop the VM and the RPC session (a server serves one session at a time)."""
@@ -113,15 +160,18 @@ class Session:
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # set_input/invoke_stateful/get_outputs also fetch tuples through RPC
-        self.vm.set_input("main", *self.tensors(inputs))
-        self.vm.invoke_stateful("main")
-        result = self.vm.get_outputs("main")
-        values = list(result) if isinstance(result, tuple) else [result]
+        args = self.tensors(inputs)
+        with self._deadline("run"), self._module_errors("run"):
+            self.vm.set_input("main", *args)
+            self.vm.invoke_stateful("main")
+            result = self.vm.get_outputs("main")
+            values = list(result) if isinstance(result, tuple) else [result]
+            values = [v.numpy() for v in values]
         names = [o.name for o in self.art.outputs]
         if len(values) != len(names):
-            raise UsageError(f"artifact {self.art.path}: module returned {len(values)} outputs,"
-                             f" meta.json lists {len(names)}")
-        return {n: v.numpy() for n, v in zip(names, values, strict=True)}
+            raise ModelLoadError(f"artifact {self.art.path}: module returned {len(values)} "
+                                 f"outputs, meta.json lists {len(names)}")
+        return dict(zip(names, values, strict=True))
 
     def timer(self, inputs: dict[str, np.ndarray], number: int = 1) -> Any:
         """A callable timing `number` VM calls on the device per call (ms per call).
@@ -137,24 +187,67 @@ class Session:
              ) -> dict[str, Any]:
         """VM `time_evaluator` on the device: `repeat` samples of `number` calls each."""
         args = self.tensors(inputs)
-        self.vm["main"](*args)  # warm-up (first call allocates)
-        evaluator = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
-        samples = [float(s) * 1e3 for s in evaluator(*args).results]
+        with self._deadline("timing"), self._module_errors("timing"):
+            self.vm["main"](*args)  # warm-up (first call allocates)
+            evaluator = self.vm.time_evaluator("main", self.device, number=number,
+                                               repeat=repeat)
+            samples = [float(s) * 1e3 for s in evaluator(*args).results]
         return {"median_ms": statistics.median(samples), "min_ms": min(samples),
                 "repeat": repeat, "number": number, "method": "vm.time_evaluator",
                 "where": self.where}
 
 
-def _connect(addr: RpcAddress) -> Any:
+TRACKER_KEY_GRACE = 5.0  # seconds a tracker gets to list a device key before we give up
+
+
+def _expected_machine(meta: dict[str, Any]) -> int | None:
+    """The ELF machine an artifact's library must have (from meta.json)."""
+    recorded = meta.get("elf_machine")
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        return recorded
+    family = meta.get("target_spec", {}).get("family") if isinstance(
+        meta.get("target_spec"), dict) else None
+    return EM_AARCH64 if family == "arm" else (EM_X86_64 if family == "x86" else None)
+
+
+def _connect(addr: RpcAddress, timeout: float | None = DEFAULT_RPC_TIMEOUT) -> Any:
+    """Connect (server, or tracker + key) with a deadline; an unknown key fails fast."""
     from tvm import rpc
 
+    session_timeout = int(timeout) if timeout else 0
     try:
-        if addr.key:
-            return rpc.connect_tracker(addr.host, addr.port).request(addr.key, session_timeout=0)
-        return rpc.connect(addr.host, addr.port)
+        with deadline(timeout, f"RPC {addr} (connect)"):
+            if addr.key:
+                tracker = rpc.connect_tracker(addr.host, addr.port)
+                keys = _tracker_keys(tracker.summary())
+                wait_until = time.monotonic() + TRACKER_KEY_GRACE
+                while addr.key not in keys and time.monotonic() < wait_until:
+                    time.sleep(0.2)  # a board that just started may still be registering
+                    keys = _tracker_keys(tracker.summary())
+                if addr.key not in keys:
+                    raise UsageError(f"RPC tracker {addr.host}:{addr.port} has no device "
+                                     f"{addr.key!r} (known: {', '.join(sorted(keys)) or 'none'})")
+                return tracker.request(addr.key, session_timeout=session_timeout, max_retry=1)
+            return rpc.connect(addr.host, addr.port, session_timeout=session_timeout)
+    except UsageError:
+        raise
     except Exception as exc:  # noqa: BLE001 - socket errors arrive as TVMError/RuntimeError
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UsageError(f"cannot reach RPC {addr}: {first}") from None
+
+
+def _tracker_keys(summary: Any) -> set[str]:
+    """Device keys a tracker's summary lists (queue and registered servers)."""
+    keys: set[str] = set()
+    if isinstance(summary, dict):
+        for key, info in (summary.get("queue_info") or {}).items():
+            if isinstance(info, dict) and info.get("free", 0):
+                keys.add(str(key))
+        for server in summary.get("server_info") or []:
+            key = str(server.get("key", "")) if isinstance(server, dict) else ""
+            keys.add(key.partition(":")[2] if key.startswith("server:") else key)
+    keys.discard("")
+    return keys
 
 
 def _as_artifact(artifact: str | Artifact) -> Artifact:
@@ -162,17 +255,18 @@ def _as_artifact(artifact: str | Artifact) -> Artifact:
 
 
 def run_artifact(artifact: str | Artifact, inputs: dict[str, np.ndarray] | None = None,
-                 rpc: str | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+                 rpc: str | None = None, seed: int = 0,
+                 rpc_timeout: float | None = DEFAULT_RPC_TIMEOUT) -> dict[str, np.ndarray]:
     """Outputs by name; seeded random inputs (meta.json shapes) when `inputs` is None."""
     art = _as_artifact(artifact)
     feeds = artifact_inputs(art.inputs, seed) if inputs is None else inputs
-    with Session(art, rpc) as session:
+    with Session(art, rpc, rpc_timeout) as session:
         return session.run(feeds)
 
 
 def time_artifact(artifact: str | Artifact, inputs: dict[str, np.ndarray] | None = None,
-                  rpc: str | None = None, repeat: int = 10, number: int = 1, seed: int = 0
-                  ) -> dict[str, Any]:
+                  rpc: str | None = None, repeat: int = 10, number: int = 1, seed: int = 0,
+                  rpc_timeout: float | None = DEFAULT_RPC_TIMEOUT) -> dict[str, Any]:
     """Median/min latency in ms over `repeat` samples, timed on the device by TVM.
 
     `vm.time_evaluator` times only the VM call (inputs already on the device), on
@@ -182,7 +276,7 @@ def time_artifact(artifact: str | Artifact, inputs: dict[str, np.ndarray] | None
         raise UsageError("repeat and number must be >= 1")
     art = _as_artifact(artifact)
     feeds = artifact_inputs(art.inputs, seed) if inputs is None else inputs
-    with Session(art, rpc) as session:
+    with Session(art, rpc, rpc_timeout) as session:
         return session.time(feeds, repeat, number)
 
 

@@ -27,7 +27,7 @@ def verify_artifact(art: Artifact, proto: onnx.ModelProto, options: Any) -> dict
             return {"ran": False, "reason": f"{blocker}; not verified"}
     feeds = artifact_inputs(art.inputs, options.seed)
     want = numeric.run(proto, feeds)  # first: inputs the model cannot take are named here
-    with Session(art, options.rpc) as session:
+    with Session(art, options.rpc, options.rpc_timeout) as session:
         got = session.run(feeds)
     errors = {name: numeric.rel_error(got[name], want[name]) for name in want}
     worst = max(errors.values(), default=0.0)

@@ -9,6 +9,7 @@ bounded by one batch plus whatever statistics the caller keeps.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,12 @@ import numpy as np
 import onnx
 
 from compress_ir.core import numeric
+from compress_ir.core.array_files import is_regular_file, read_npy, read_npz
 from compress_ir.core.errors import ModelRunError, UsageError
 from compress_ir.core.feeds import realistic_inputs
+from compress_ir.core.limits import MAX_CALIB_BYTES, MAX_IMAGE_PIXELS, human_bytes
 from compress_ir.core.shapes import Shapes, resolve_shapes
+from compress_ir.core.validate import random_count
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp"}
 
@@ -57,6 +61,11 @@ def _check_arrays(arrays: dict[str, np.ndarray], proto: onnx.ModelProto, source:
     missing = set(specs) - set(arrays)
     if missing:
         raise UsageError(f"{source}: no calibration data for input(s) {sorted(missing)}")
+    for name, arr in arrays.items():
+        if arr.ndim == 0:
+            raise UsageError(f"{source}: {name!r} is a scalar; expected samples on axis 0")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise UsageError(f"{source}: {name!r} holds NaN or infinite values")
     sizes = {a.shape[0] for a in arrays.values()}
     if len(sizes) != 1 or 0 in sizes:
         raise UsageError(f"{source}: inputs disagree on the number of samples {sorted(sizes)}")
@@ -76,13 +85,17 @@ def _random(proto: onnx.ModelProto, count: int, seed: int,
             shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     """`count` realistic samples (feeds.py: ids in range, 0/1 masks) at the resolved shapes."""
     wanted = {name: (count, *shape[1:]) for name, shape in shapes.items()}
+    total = sum(math.prod(shape) * 8 for shape in wanted.values())
+    if total > MAX_CALIB_BYTES:
+        raise UsageError(f"--calib random:{count}: {count} samples would take "
+                         f"{human_bytes(total)}, over the limit of {human_bytes(MAX_CALIB_BYTES)}")
     return realistic_inputs(proto, wanted, seed)
 
 
 def _images(folder: Path, proto: onnx.ModelProto, opts: ImageOptions,
             shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     try:
-        from PIL import Image
+        from PIL import Image  # noqa: F401 - fail early with the extra to install
     except ImportError:
         raise UsageError(
             "image folders need Pillow: pip install 'compress-ir[images]'"
@@ -95,20 +108,24 @@ def _images(folder: Path, proto: onnx.ModelProto, opts: ImageOptions,
     if len(dims) != 4:
         raise UsageError(f"{folder}: an image folder feeds a 4-D input; {name!r} has dims "
                          f"{list(specs[name][0])}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    # regular files only: a FIFO named x.png would block the reader forever
+    files = sorted(p for p in folder.iterdir()
+                   if p.suffix.lower() in IMAGE_SUFFIXES and is_regular_file(p))
     if not files:
         raise UsageError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     nchw = opts.layout.upper() == "NCHW"
     height, width = opts.size or ((dims[2], dims[3]) if nchw else (dims[1], dims[2]))
+    if not all(isinstance(v, int) and v > 0 for v in (height, width)):
+        raise UsageError(f"{folder}: the model's input size is not fixed ({height}x{width}); "
+                         "give --calib-size HxW")
     mode = "L" if opts.channel_order == "L" else "RGB"
+    per_image = int(height) * int(width) * (1 if mode == "L" else 3) * 4
+    if per_image * len(files) > MAX_CALIB_BYTES:
+        raise UsageError(f"{folder}: {len(files)} images of {height}x{width} would take "
+                         f"{human_bytes(per_image * len(files))}, over the limit")
     images = []
     for path in files:
-        try:
-            with Image.open(path) as img:
-                img = img.convert(mode).resize((int(width), int(height)))
-                arr = np.asarray(img, dtype=np.float32)
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read image ({exc})") from None
+        arr = _read_image(path, mode, int(width), int(height))
         arr = arr[..., None] if arr.ndim == 2 else arr
         if opts.channel_order == "BGR":
             arr = arr[..., ::-1]
@@ -117,6 +134,29 @@ def _images(folder: Path, proto: onnx.ModelProto, opts: ImageOptions,
         )
         images.append(arr.transpose(2, 0, 1) if nchw else arr)
     return {name: np.stack(images).astype(dtype)}
+
+
+def _read_image(path: Path, mode: str, width: int, height: int) -> np.ndarray:
+    """Decode one image, refusing decompression bombs and anything Pillow cannot read."""
+    import warnings
+
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img = img.convert(mode).resize((width, height))
+                return np.asarray(img, dtype=np.float32)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UsageError(f"{path}: image is larger than {MAX_IMAGE_PIXELS} pixels "
+                         "(decompression bomb?)") from None
+    except MemoryError:
+        raise UsageError(f"{path}: image too large to decode") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types on corrupt files
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise UsageError(f"{path}: cannot read image ({first})") from None
 
 
 def load_calibration(
@@ -132,28 +172,25 @@ def load_calibration(
     `random[:N]` and image folders need concrete shapes: `input_shapes` where
     given, else the resolved assumption for each symbolic dim (see shapes.py).
     """
+    if samples is not None and samples < 1:
+        raise UsageError(f"--calib-samples must be >= 1, got {samples}")
     if spec == "random" or spec.startswith("random:"):
-        count_text = spec.partition(":")[2]
-        try:
-            count = int(count_text or samples or 64)
-        except ValueError:
-            raise UsageError(f"--calib {spec!r}: expected random:N with an integer N") from None
-        if count < 1:
-            raise UsageError(f"--calib {spec!r}: the sample count must be >= 1")
+        count = random_count(spec) or samples or 64
         shapes = resolve_shapes(proto, input_shapes).inputs
         return CalibrationSet(_random(proto, count, seed, shapes), spec)
+    if "\x00" in spec:
+        raise UsageError(f"--calib {spec!r}: a path cannot contain a NUL byte")
     path = Path(spec)
     if path.is_dir():
         shapes = resolve_shapes(proto, input_shapes).inputs
         arrays = _images(path, proto, image or ImageOptions(), shapes)
-    elif path.suffix == ".npy" and path.is_file():
+    elif path.suffix == ".npy" and path.exists():
         specs = numeric.graph_inputs(proto)
         if len(specs) != 1:
             raise UsageError(f"{spec}: a .npy file can feed a single-input model only; use .npz")
-        arrays = {next(iter(specs)): np.load(path, allow_pickle=False)}
-    elif path.suffix == ".npz" and path.is_file():
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+        arrays = {next(iter(specs)): read_npy(path)}
+    elif path.suffix == ".npz" and path.exists():
+        arrays = read_npz(path)
         specs = numeric.graph_inputs(proto)
         if len(arrays) == 1 and len(specs) == 1 and next(iter(specs)) not in arrays:
             arrays = {next(iter(specs)): next(iter(arrays.values()))}

@@ -11,6 +11,11 @@ EXIT_NUMERIC = 1
 EXIT_USAGE = 2
 EXIT_MODEL = 3
 EXIT_GATE = 4  # a CI gate failed (compress_ir/gates.py)
+EXIT_INTERNAL = 70  # a bug in compress-ir (EX_SOFTWARE); the message says where to report it
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM; temp files and staging folders are removed
+
+# Every exit code the CLI can return; the fuzz suite checks membership.
+EXIT_CODES = (0, 1, 2, 3, EXIT_GATE, EXIT_INTERNAL, EXIT_INTERRUPTED)
 
 
 class CompressIRError(Exception):
@@ -23,6 +28,10 @@ class UsageError(CompressIRError):
     """Bad command line, pipeline string or pass option."""
 
     exit_code = EXIT_USAGE
+
+
+class OutputError(UsageError):
+    """An output path is unsafe (it is an input, another output, a directory...) or unwritable."""
 
 
 class ModelLoadError(CompressIRError):
@@ -61,3 +70,10 @@ class NumericMismatchError(CompressIRError):
     """A transformed model does not compute what its reference computes."""
 
     exit_code = EXIT_NUMERIC
+
+
+class InternalError(CompressIRError):
+    """An unexpected failure inside compress-ir (a bug): exit 70, please report it."""
+
+    exit_code = EXIT_INTERNAL
+

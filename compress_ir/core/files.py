@@ -22,7 +22,8 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> int:
     """Write `data` to `path` atomically; return the number of bytes written."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    # a short temp name: a 250-character legal target name must still work
+    fd, tmp = tempfile.mkstemp(prefix=".cir-", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

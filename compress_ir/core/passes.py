@@ -7,6 +7,7 @@ report all read that one declaration (MLIR's `Passes.td` idea, in Python).
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -155,7 +156,10 @@ def _convert(raw: Any, annotation: Any, where: str) -> Any:
         if annotation is int:
             return int(raw)
         if annotation is float:
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):  # nan compares false with every bound check
+                raise ValueError(raw)
+            return value
     except (ValueError, KeyError):
         name = getattr(annotation, "__name__", str(annotation))
         raise UsageError(f"{where}: {raw!r} is not a valid {name}") from None

@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compress_ir.core.errors import CompressIRError, NumericMismatchError, PassError, UsageError
+from compress_ir.core.boundary import is_onnxruntime_error
+from compress_ir.core.errors import (
+    EXIT_INTERNAL,
+    CompressIRError,
+    NumericMismatchError,
+    PassError,
+    UsageError,
+)
 from compress_ir.core.model import Model
 from compress_ir.core.passes import PASSES, Pass, PassContext, PassResult, make_options
 
@@ -208,10 +215,17 @@ def run_pipeline(
                         f"output differs from its reference: rel. error {check['rel_error']:.3g}"
                         f" > tolerance {check['tolerance']:.3g}"
                     )
+        except NumericMismatchError as exc:  # callers catch it by class: keep the class
+            raise NumericMismatchError(f"{where}: {exc}") from exc
         except CompressIRError as exc:
             raise PassError(f"{where}: {exc}", getattr(exc, "exit_code", 3)) from exc
-        except Exception as exc:  # a bug or an unforeseen model: still name the pass
-            raise PassError(f"{where}: internal error {type(exc).__name__}: {exc}") from exc
+        except MemoryError:
+            raise PassError(f"{where}: out of memory") from None
+        except Exception as exc:  # a bug: still name the pass; the CLI says where to report
+            if not is_onnxruntime_error(exc):
+                raise PassError(f"{where}: internal error {type(exc).__name__}: {exc}",
+                                EXIT_INTERNAL) from exc
+            raise PassError(f"{where}: onnxruntime cannot run the model: {exc}") from exc
         out.model = result.model
         out.results.append((p, result))
         done.append(p.name)

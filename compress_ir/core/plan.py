@@ -151,10 +151,15 @@ def plan_document(source: str, pipeline: str, passes: list[tuple[str, bool, dict
 
 def write_plan(doc: dict[str, Any], path: str | os.PathLike) -> None:
     """Validate and write atomically (a reader never sees half a plan)."""
+    write_atomic(path, plan_bytes(doc))
+
+
+def plan_bytes(doc: dict[str, Any]) -> bytes:
+    """The validated plan as the JSON text `write_plan` writes."""
     validate_plan(doc)
     text = _NUMBERS.sub(lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]",
                         json.dumps(doc, indent=1))
-    write_atomic(path, (text + "\n").encode())
+    return (text + "\n").encode()
 
 
 def read_plan(plan: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:

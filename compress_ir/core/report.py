@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -111,12 +112,28 @@ def format_shapes(shapes: dict[str, Any] | None) -> list[str]:
 
 
 def to_json(data: dict[str, Any]) -> str:
-    """The report as JSON text (numpy values as lists/numbers, anything else as text)."""
-    return json.dumps(data, indent=2, default=_json_default) + "\n"
+    """The report as strict JSON text (numpy values as lists/numbers, NaN/inf as null,
+    anything else as text)."""
+    return json.dumps(_finite(data), indent=2, default=_json_default) + "\n"
+
+
+def report_json(data: dict[str, Any]) -> bytes:
+    """The report as UTF-8 JSON bytes."""
+    return to_json(data).encode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def write_json_atomic(data: dict[str, Any], path: str | os.PathLike) -> None:
-    write_atomic(path, to_json(data).encode())
+    write_atomic(path, report_json(data))
 
 
 def _json_default(value: Any) -> Any:

@@ -21,6 +21,7 @@ from compress_ir.core.calibration import CalibrationSet
 from compress_ir.core.errors import UsageError
 from compress_ir.core.model import Model, infer_proto_shapes
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
+from compress_ir.core.validate import plot_path
 from compress_ir.passes.analysis import budget  # noqa: F401 - registers sensitivity, budget
 from compress_ir.passes.analysis.allocation import (
     ALLOCATIONS,
@@ -73,6 +74,7 @@ class ChannelPruneOptions:
             raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
         if self.plot and self.scope != "sensitivity":
             raise ValueError("plot needs scope=sensitivity")
+        plot_path(self.plot)
 
     @property
     def budget(self) -> tuple[str, float] | None:
