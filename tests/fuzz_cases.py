@@ -8,8 +8,9 @@ onnxruntime's C++ log lines count too) and returns the promises it broke:
 - a failure prints exactly one line `compress-ir: error: ...`, a success nothing,
   and never a traceback;
 - every input file keeps its bytes;
-- no stray files: on failure the folder is as before, on success only the
-  declared outputs are new.
+- no stray files: on failure the folder is as before except the `--report`
+  (written on every outcome for CI gates, with a non-ok `status`), on success only
+  the declared outputs are new.
 
 Families: `onnx` (mutated model protos, external data), `meta` (mutated
 meta.json of a real artifact), `calib` (mutated .npy/.npz/images, random:N),
@@ -528,14 +529,22 @@ def run_case(case: Case, keep: bool = False) -> list[str]:
         finally:
             os.chdir(cwd)
         after = _snapshot(folder)
-        return _broken(case, code, cap, before, after)
+        return _broken(case, code, cap, before, after, folder)
     finally:
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _report_status(path: Path) -> str | None:
+    """The `status` of a JSON report (None when it is not a readable report)."""
+    try:
+        return json.loads(path.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _broken(case: Case, code: object, cap: dict[str, bytes], before: dict[str, str],
-            after: dict[str, str]) -> list[str]:
+            after: dict[str, str], folder: Path) -> list[str]:
     broken = []
     err = cap["err"].decode("utf-8", "replace")
     lines = [ln for ln in err.splitlines() if ln.strip()]
@@ -554,7 +563,16 @@ def _broken(case: Case, code: object, cap: dict[str, bytes], before: dict[str, s
         if after.get(name) != digest and name not in case.outputs:
             broken.append(f"input changed: {name}")
     new = set(after) - set(before)
-    allowed = set(case.outputs) if code == 0 else set()
+    # issue 11: the --report is written on every outcome (a CI gate reads its status);
+    # on failure it is the only output allowed, and a JSON one must not claim success
+    reports = {a.strip("{}") for k, a in zip(case.argv, case.argv[1:], strict=False)
+               if k == "--report" and a != "-"}
+    allowed = set(case.outputs) if code == 0 else reports & new
+    for name in sorted(allowed if code != 0 else ()):
+        if name.endswith(".json"):
+            status = _report_status(folder / name)
+            if status in (None, "ok"):
+                broken.append(f"report {name} after failure has status {status!r}")
     allowed |= {n for n in new if any(n.startswith(o + "/") for o in allowed)}
     stray = sorted(new - allowed - {p for p in new for o in case.outputs
                                     if code == 0 and o.startswith(p + "/")})
