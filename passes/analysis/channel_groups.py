@@ -271,8 +271,7 @@ class ChannelAnalysis:
                 self.block_inputs(node, f"input {unknown[0]!r} has unknown rank")
             else:
                 self._run_rule(RULES.get(node.op, unknown_op), node, where)
-        self.sym.visit(node)
-        if self.sym.propagates(node):
+        if self.sym.visit(node):
             return
         for idx, t in enumerate(node.inputs):
             deps = self.sym.deps(t)

@@ -14,7 +14,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, Layout
-from compress_ir.passes.analysis.shape_rules import constant_of_shape, expand, reshape, tile
+from compress_ir.passes.analysis.shape_rules import (
+    constant_of_shape,
+    expand,
+    reshape,
+    symbolic_slice,
+    tile,
+)
 
 Rule = Callable[[ChannelAnalysis, gs.Node], None]
 
@@ -314,8 +320,11 @@ def slice_op(a: ChannelAnalysis, node: gs.Node) -> None:
     rank = a.rank(x)
     starts, ends = _ints(a, node, "starts", 1), _ints(a, node, "ends", 2)
     axes, steps = _ints(a, node, "axes", 3), _ints(a, node, "steps", 4)
-    if starts is None or ends is None or (_opt(node, 3) and axes is None):
-        a.block(lay.ids, f"Slice node {node.name!r}: bounds are computed at run time")
+    if (_opt(node, 3) and axes is None) or (_opt(node, 4) and steps is None):
+        a.block(lay.ids, f"Slice node {node.name!r}: axes or steps are computed at run time")
+        return
+    if starts is None or ends is None:
+        symbolic_slice(a, node, lay, axes, steps)  # bounds from Shape (torch's chunk)
         return
     axes = [_norm(v, rank) for v in (axes or range(len(starts)))]
     if lay.axis not in axes:

@@ -11,13 +11,15 @@ rewritten (`shape-element` fixups). Anything else blocks with the node's name.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import onnx_graphsurgeon as gs
 import sympy
 
-from compress_ir.passes.analysis.channel_groups import ChannelAnalysis
+from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, Layout
 from compress_ir.passes.analysis.shape_values import SymValue, concrete, prime_env
 
 SAMPLES = 3  # pruned channel counts tried when checking that a shape follows
@@ -45,8 +47,12 @@ def _block(a: ChannelAnalysis, node: gs.Node, ids: np.ndarray, reason: str) -> N
     a.block(ids, f"{node.op} node {node.name!r}: {reason}")
 
 
-def _reshape_groups(src: list[int], dst: list[int]) -> list[tuple[range, range]] | None:
-    """Pair runs of input and output dims with equal products (None if impossible)."""
+def _reshape_groups(src: list[int], dst: list[int]) -> list[tuple[range, range]]:
+    """Pair runs of input and output dims with equal products, from the left.
+
+    Stops at the first run that cannot be paired (an unknown dim that inference
+    did not relate to the output): the runs before it are exact.
+    """
     groups, i, j = [], 0, 0
     while i < len(src) or j < len(dst):
         si, sj, pi, pj = i, j, 1, 1
@@ -60,9 +66,21 @@ def _reshape_groups(src: list[int], dst: list[int]) -> list[tuple[range, range]]
             elif pj < pi and j < len(dst):
                 pj, j = pj * dst[j], j + 1
             else:
-                return None
+                return groups
         groups.append((range(si, i), range(sj, j)))
     return groups
+
+
+def _aligned_groups(src: list[int], dst: list[int]) -> list[tuple[range, range]]:
+    """Runs paired from the left, then from the right (equal suffix products: same strides).
+
+    `addmm(...).view(B, S, 96)` reshapes [unk, 96] to [B, S, 96]: the leading dims
+    do not pair, the channel dim pairs from the right.
+    """
+    n, m = len(src), len(dst)
+    right = [(range(n - s.stop, n - s.start), range(m - d.stop, m - d.start))
+             for s, d in _reshape_groups(src[::-1], dst[::-1])]
+    return _reshape_groups(src, dst) + right
 
 
 def _resolve(src: list[sympy.Expr], target: list[sympy.Expr], allowzero: bool
@@ -186,6 +204,11 @@ def _couple(a: ChannelAnalysis, node: gs.Node, value: SymValue, ids: np.ndarray,
     return SymValue(elems, value.scalar, value.origins)
 
 
+def _dim(e: sympy.Expr) -> int | str:
+    """A graphsurgeon dim: an int, or a name for a symbolic one."""
+    return int(e) if e.is_Integer else str(e)
+
+
 def _choose_axes(full: np.ndarray) -> list[int]:
     """Output axes that could carry the channels after a split, best first.
 
@@ -237,13 +260,14 @@ def reshape(a: ChannelAnalysis, node: gs.Node) -> None:
             return
     if target is not None:  # its channel counts are now this input's: blocks below cover them
         a.sym.accept(node, 1)
+    a.sym.learn(y, dst)
     env = {**prime_env([*src, *dst], skip={chan}), chan: sympy.Integer(count)}
     src_c = [concrete(e, env) for e in src]
     dst_c = [concrete(e, env) for e in dst]
     if None in src_c or None in dst_c:
         _block(a, node, lay.ids, "target shape is not a whole number of elements")
         return
-    group = next((g for g in _reshape_groups(src_c, dst_c) or [] if lay.axis in g[0]), None)
+    group = next((g for g in _aligned_groups(src_c, dst_c) if lay.axis in g[0]), None)
     if group is None or not len(group[1]):
         _block(a, node, lay.ids, "cannot map the channel axis")
         return
@@ -278,6 +302,8 @@ def reshape(a: ChannelAnalysis, node: gs.Node) -> None:
     for row in slices:
         a.unite(np.full(row.size, row[0]), row)
     a.set_layout(y, new_axis, slices[:, 0])
+    if a.shape(y) is None:  # inference lost the rank (opset-13 computed target): give it back
+        y.shape = [_dim(d.subs(chan, count)) for d in dst]
     if len(dst_axes) > 1 and len(src_dims) == 1:
         a.head_splits.append(HeadSplit(node.name, y.name, list(dst_axes), full, new_axis))
     if target is not None:
@@ -372,3 +398,70 @@ def _follow_shape(a: ChannelAnalysis, node: gs.Node, index: int,
             return
     a.set_layout(node.outputs[0], axis, a.sym.channel_ids[sym])
     a.sym.accept(node, index)
+
+
+def symbolic_slice(a: ChannelAnalysis, node: gs.Node, lay: Layout, axes: list[int] | None,
+                   steps: list[int] | None) -> None:
+    """Slice with bounds computed at run time (torch's `chunk`: `(C + 1) // 2`, ...).
+
+    Bounds on other axes must not depend on channel counts. Bounds on the channel
+    axis must be fixed fractions of the count (0, C/2, C, ...): the axis is then
+    cut into that many equal parts, tied position by position (every part loses
+    the same channels), and the bounds are checked to land on the same fractions
+    of a few pruned counts.
+    """
+    x, out = node.inputs[0], node.outputs[0]
+    starts, ends = a.sym.value(node.inputs[1]), a.sym.value(node.inputs[2])
+    if starts is None or ends is None or len(starts.elems) != len(ends.elems):
+        _block(a, node, lay.ids, "bounds are computed at run time by ops the channel analysis "
+               "does not follow")
+        return
+    rank = a.rank(x)
+    axes = [v + rank if v < 0 else v for v in (axes or range(len(starts.elems)))]
+    chan = a.sym.channel_symbol(x)
+    deps = a.sym.deps(node.inputs[1]) | a.sym.deps(node.inputs[2])
+    if deps - {chan}:
+        _block(a, node, lay.ids, "bounds depend on another tensor's channel count")
+        return
+    if lay.axis not in axes:
+        if deps:
+            _block(a, node, lay.ids, "bounds of another axis depend on the channel count")
+            return
+        a.set_layout(out, lay.axis, lay.ids)
+        a.sym.accept(node, 1)
+        a.sym.accept(node, 2)
+        return
+    pos = axes.index(lay.axis)
+    a.sym.accept(node, 1)  # every failure below blocks these channels
+    a.sym.accept(node, 2)
+    if steps is not None and steps[pos] != 1:
+        _block(a, node, lay.ids, "strided slice of the channel axis")
+        return
+    others = [*starts.elems[:pos], *starts.elems[pos + 1:], *ends.elems[:pos],
+              *ends.elems[pos + 1:]]
+    if any(chan in e.free_symbols for e in others):
+        _block(a, node, lay.ids, "bounds of another axis depend on the channel count")
+        return
+    bounds = (starts.elems[pos], ends.elems[pos])
+    env = prime_env(list(bounds), skip={chan})
+
+    def at(count: int) -> tuple[int, int] | None:
+        values = [concrete(e, {**env, chan: sympy.Integer(count)}) for e in bounds]
+        if None in values:
+            return None
+        return slice(*values).indices(count)[:2]
+
+    count = int(lay.ids.size)
+    full = at(count)
+    if full is None:
+        _block(a, node, lay.ids, "bounds are not whole numbers")
+        return
+    start, stop = full
+    parts = math.lcm(Fraction(start, count).denominator, Fraction(stop, count).denominator)
+    for m in _samples(count // parts, count // parts):
+        if at(parts * m) != (start * m * parts // count, stop * m * parts // count):
+            _block(a, node, lay.ids, f"bounds ({bounds[0]}, {bounds[1]}) do not follow the "
+                   "pruned channel count")
+            return
+    a.tie(lay.ids, parts)
+    a.set_layout(out, lay.axis, lay.ids[start:stop])

@@ -61,6 +61,7 @@ class ShapeValues:
         self._by_ids: dict[bytes, sympy.Symbol] = {}
         self._unknown: dict[tuple[str, int], sympy.Symbol] = {}
         self.accepted: set[tuple[str, int]] = set()  # (node, input) checked by a rule
+        self.aliases: dict[sympy.Symbol, sympy.Expr] = {}  # inference's unk__N -> known value
 
     # -- symbols ------------------------------------------------------------------
     def channel_symbol(self, tensor: gs.Tensor) -> sympy.Symbol:
@@ -88,7 +89,8 @@ class ShapeValues:
             elif isinstance(d, (int, np.integer)) and d >= 0:
                 out.append(sympy.Integer(int(d)))
             elif isinstance(d, str) and d:
-                out.append(sympy.Symbol(d, integer=True, positive=True))
+                sym = sympy.Symbol(d, integer=True, positive=True)
+                out.append(self.aliases.get(sym, sym))
             else:  # unknown and unnamed: a symbol of its own
                 key = (tensor.name, axis)
                 if key not in self._unknown:
@@ -96,6 +98,22 @@ class ShapeValues:
                         f"?{tensor.name}[{axis}]", integer=True, positive=True)
                 out.append(self._unknown[key])
         return out
+
+    def learn(self, tensor: gs.Tensor, dims: list[sympy.Expr]) -> None:
+        """Record what a reshape computed for dims inference could only name (`unk__N`).
+
+        Inference names an unknown dim once and carries the name through later ops,
+        so every tensor sharing it gets the value (e.g. `Min(64, sequence)`).
+        """
+        shape = self.a.shape(tensor)
+        if shape is None or len(shape) != len(dims):
+            return
+        for d, e in zip(shape, dims, strict=True):
+            if isinstance(d, str) and d and not self.channels_of(e) and not any(
+                    str(s).startswith("?") for s in e.free_symbols):
+                sym = sympy.Symbol(d, integer=True, positive=True)
+                if sym != e:
+                    self.aliases.setdefault(sym, e)
 
     def is_channel(self, sym: sympy.Basic) -> bool:
         return sym in self.channel_ids
@@ -131,30 +149,38 @@ class ShapeValues:
         """A rule has checked that input `index` of `node` follows the channel counts."""
         self.accepted.add((node.name, index))
 
-    def visit(self, node: gs.Node) -> None:
-        """Propagate values through `node`; taint what cannot be followed."""
+    def visit(self, node: gs.Node) -> bool:
+        """Propagate values through `node`; True if its outputs now carry what it read.
+
+        A rule that cannot follow its shape-valued data taints the outputs with the
+        channel symbols of its (not accepted) inputs. An op whose data is not a
+        shape value at all (a Slice of activations with computed bounds) is not
+        handled here: the caller's leak check blocks at this node, naming it.
+        """
         rule = RULES.get(node.op)
         if rule is None:
-            return
+            return False
         involved = any(t.name in self.values or self.deps(t) for t in node.inputs)
         if not involved and node.op not in ("Shape", "Size"):
-            return
+            return False
+        if node.op not in ("Shape", "Size") and self.value(node.inputs[0]) is None \
+                and not self.deps(node.inputs[0]):
+            return False
         try:
             outs = rule(self, node)
         except (ArithmeticError, ValueError, TypeError, IndexError, KeyError):
             outs = None
-        if outs is None:
-            deps = set().union(*(self.deps(t) for t in node.inputs)) if node.inputs else set()
+        if outs is None:  # inputs a channel rule accepted are followed; the rest taint
+            deps = set().union(set(), *(self.deps(t) for i, t in enumerate(node.inputs)
+                                        if (node.name, i) not in self.accepted))
             if deps:
                 for out in node.outputs:
                     self.taint[out.name] = deps
-            return
+            return True
         for out, val in zip(node.outputs, outs, strict=False):
             if val is not None:
                 self.values[out.name] = val
-
-    def propagates(self, node: gs.Node) -> bool:
-        return node.op in RULES
+        return True
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -336,7 +362,16 @@ def _reduce_prod(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None
     return [SymValue([sympy.Mul(*val.elems)], scalar=not keep and not val.scalar)]
 
 
+def _reshape(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
+    val = _vec(sv, node.inputs[0])
+    target = _ints(sv, node, "shape", 1)
+    if target is None or len(target) > 1 or (target and target[0] not in (-1, len(val.elems))):
+        return None
+    return [SymValue(list(val.elems), scalar=not target)]
+
+
 RULES: dict[str, SymRule] = {
+    "Reshape": _reshape,
     "Shape": _shape,
     "Size": _size,
     "Identity": _identity,
