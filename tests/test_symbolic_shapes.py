@@ -306,3 +306,37 @@ def test_subgraph_use_of_a_tracked_tensor_blocks():
     assert any("If node 'if' uses 'conv1' inside a subgraph" in r
                for r in row(out, "conv1")["blocked_by"])
     assert row(out, "convb")["status"] == "pruned"
+
+
+def test_resize_sizes_built_from_a_skip_shape():
+    """A U-Net decoder's `Resize(x, sizes=[1, 16] ++ Shape(skip)[2:])`: 16 is rewritten."""
+    n = Net()
+    x = n.input([1, 3, "H", "W"])
+    skip = n.op("Relu", [n.conv(x, 3, 4, "enc")], "skip")
+    t = n.conv(skip, 4, 8, "down", strides=[2, 2])
+    hw = n.op("Slice", [n.op("Shape", [skip], "sshape"), n.ints([2]), n.ints([4])], "hw")
+    sizes = n.op("Concat", [n.ints([1, 8]), hw], "sizes", axis=0)
+    t = n.op("Resize", [t, "", "", sizes], "up", mode="linear")
+    t = n.op("Concat", [t, skip], "cat", axis=1)
+    out = prune_and_check(n.build(n.conv(t, 12, 2, "head")), PRUNE)
+    assert row(out, "down")["status"] == "pruned"
+    assert inp(out.pruned, "sizes", 0).tolist() == [1, 4]
+    agree_at(out, {"x": (1, 3, 8, 12)})
+
+
+def test_expanded_class_token_is_sliced_with_the_stream():
+    """ViT: Concat(Expand(cls[1,1,D], [B,1,1]), patches) along the sequence."""
+    n = Net()
+    x = n.input(["B", 3, 4, 4])
+    t = n.conv(x, 3, 8, "patch", k=2, strides=[2, 2], pads=[0, 0, 0, 0])  # [B, 8, 2, 2]
+    t = n.op("Transpose", [n.op("Reshape", [t, n.ints([0, 8, 4])], "flat")], "tokens",
+             perm=[0, 2, 1])  # [B, 4, 8]
+    b = n.op("Slice", [n.op("Shape", [x], "xshape"), n.ints([0]), n.ints([1])], "b")
+    cls = n.op("Expand", [n.rand((1, 1, 8), "cls"), n.op("Concat", [b, n.ints([1, 1])],
+                                                         "cls_shape", axis=0)], "cls_b")
+    t = n.op("Concat", [cls, t], "seq", axis=1)  # [B, 5, 8]
+    out = prune_and_check(n.build(n.op("MatMul", [t, n.rand((8, 3), "proj.w")], "proj")),
+                          PRUNE)
+    kept = kept_indices(inp(out.original, "patch", 2), inp(out.pruned, "patch", 2))
+    assert np.array_equal(inp(out.pruned, "cls_b", 0), inp(out.original, "cls_b", 0)[..., kept])
+    agree_at(out, {"x": (3, 3, 4, 4)})

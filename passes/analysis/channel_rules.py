@@ -15,6 +15,7 @@ import onnx_graphsurgeon as gs
 
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, Layout
 from compress_ir.passes.analysis.shape_rules import (
+    channel_sized,
     constant_of_shape,
     expand,
     reshape,
@@ -254,9 +255,31 @@ def elementwise(a: ChannelAnalysis, node: gs.Node) -> None:
         if dim == size and a.const(t) is not None:
             a.slice_const(node, idx, local, out)
             continue
+        expanded = _expanded_const(a, t, local, size)
+        if dim == size and expanded is not None:  # ViT's class token: Expand(const, [B, 1, 1])
+            a.slice_const(expanded[0], 0, expanded[1], out)
+            continue
         a.block_inputs(node, f"input {t.name!r} is computed without channel tracking")
         return
     a.set_layout(out, axis, first)
+
+
+def _expanded_const(a: ChannelAnalysis, t: gs.Tensor, axis: int, size: int
+                    ) -> tuple[gs.Node, int] | None:
+    """(Expand node, constant axis) when `t` only broadcasts a constant that holds `size`
+    entries on `axis` and is read by one node: slicing the constant slices `t`."""
+    if len(t.inputs) != 1 or t.inputs[0].op != "Expand" or len(t.outputs) != 1:
+        return None
+    expand = t.inputs[0]
+    data, shape = a.const(expand.inputs[0]), a.sym.value(expand.inputs[1])
+    rank = a.rank(t)
+    if data is None or shape is None or rank is None or a.sym.deps(expand.inputs[1]):
+        return None
+    local = axis - (rank - data.ndim)
+    pos = axis - (rank - len(shape.elems))
+    if local < 0 or data.shape[local] != size or (pos >= 0 and shape.elems[pos] != 1):
+        return None
+    return expand, local
 
 
 def concat(a: ChannelAnalysis, node: gs.Node) -> None:
@@ -371,13 +394,11 @@ def resize(a: ChannelAnalysis, node: gs.Node) -> None:
         a.block(lay.ids, f"{node.op} node {node.name!r} rescales the channel axis")
         return
     if sizes_t is not None:
-        if a.const(sizes_t) is None:
-            a.block(lay.ids, f"{node.op} node {node.name!r}: sizes are computed at run time")
-            return
         if node.attrs.get("axes") is not None:
             a.block(lay.ids, f"{node.op} node {node.name!r}: sizes with axes are not supported")
             return
-        a.fixup("resize-sizes", node, axis=lay.axis, by=x.name)
+        if not channel_sized(a, node, 3, x, node.outputs[0], a.rank(x)):
+            return  # sizes may be built from Shape (a skip's H, W): they must size the channels
     elif scales is None:
         a.block(lay.ids, f"{node.op} node {node.name!r}: scales are computed at run time")
         return

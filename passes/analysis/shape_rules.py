@@ -146,15 +146,10 @@ def _target_mismatch(
                     got.append(-1)
                 else:
                     got.append(concrete(e, pruned))
-            if any(v is None for v in (*src_k, *got)):
-                return next(j for j, v in enumerate(got) if v is None) if None in got else 0
-            if -1 in got:
-                hole = got.index(-1)
-                rest = int(np.prod([v for j, v in enumerate(got) if j != hole], dtype=object))
-                total = int(np.prod(src_k, dtype=object))
-                got[hole] = total // rest if rest and total % rest == 0 else None
+            # a -1 takes what the others leave: right whenever they are (the pruned
+            # input and the wanted output lose the same fraction of elements)
             for j, (g, w) in enumerate(zip(got, want, strict=True)):
-                if g != w:
+                if g != -1 and (g is None or g != w):
                     return j
     return None
 
@@ -179,7 +174,7 @@ def _rewrite_fixup(a: ChannelAnalysis, node: gs.Node, index: int, value: SymValu
 
 
 def _couple(a: ChannelAnalysis, node: gs.Node, value: SymValue, ids: np.ndarray,
-            chan: sympy.Symbol) -> SymValue | None:
+            chan: sympy.Symbol, index: int = 1) -> SymValue | None:
     """Let a shape use another tensor's channel count by coupling it to `ids`.
 
     `Expand(x, Shape(y))` (torch's `expand_as`) or a reshape target read off a
@@ -189,7 +184,7 @@ def _couple(a: ChannelAnalysis, node: gs.Node, value: SymValue, ids: np.ndarray,
     replaced by `chan`. A count of a different size blocks (None).
     """
     others = {s for e in value.elems for s in a.sym.channels_of(e)} - {chan}
-    if a.sym.deps(node.inputs[1]) - {chan} - others:
+    if a.sym.deps(node.inputs[index]) - {chan} - others:
         _block(a, node, ids, "shape is computed from a channel count the analysis cannot follow")
         return None
     for sym in others:
@@ -260,10 +255,17 @@ def reshape(a: ChannelAnalysis, node: gs.Node) -> None:
             return
     if target is not None:  # its channel counts are now this input's: blocks below cover them
         a.sym.accept(node, 1)
-    a.sym.learn(y, dst)
     env = {**prime_env([*src, *dst], skip={chan}), chan: sympy.Integer(count)}
-    src_c = [concrete(e, env) for e in src]
     dst_c = [concrete(e, env) for e in dst]
+    if target is not None and -1 in target.elems and None in dst_c:
+        # inference lost how the input's dims relate (`unk__2 * unk__3` vs `batch`):
+        # the -1 is opaque; the channel dims can still pair from the right
+        hole = target.elems.index(-1)
+        dst[hole] = sympy.Symbol(f"?{y.name}[{hole}]", integer=True, positive=True)
+        env = {**prime_env([*src, *dst], skip={chan}), chan: sympy.Integer(count)}
+        dst_c = [concrete(e, env) for e in dst]
+    a.sym.learn(y, dst)
+    src_c = [concrete(e, env) for e in src]
     if None in src_c or None in dst_c:
         _block(a, node, lay.ids, "target shape is not a whole number of elements")
         return
@@ -311,42 +313,52 @@ def reshape(a: ChannelAnalysis, node: gs.Node) -> None:
             _rewrite_fixup(a, node, 1, target, j, y)
 
 
+def channel_sized(a: ChannelAnalysis, node: gs.Node, index: int, x: gs.Tensor,
+                  by: gs.Tensor, out_rank: int, allow_one: bool = False) -> bool:
+    """Shape input `index` (right-aligned to `out_rank` dims) sizes `x`'s channel axis.
+
+    The element there must follow the channel count (computed from it), or be
+    the literal count (rewritten when pruned), or 1 where broadcasting allows;
+    no other element may use the count. Otherwise the channels are blocked.
+    """
+    lay = a.layout(x)
+    value = a.sym.value(node.inputs[index])
+    if value is None or value.scalar:
+        _block(a, node, lay.ids, "shape is computed at run time by ops the channel analysis "
+               "does not follow")
+        return False
+    chan = a.sym.channel_symbol(x)
+    value = _couple(a, node, value, lay.ids, chan, index)
+    if value is None:
+        return False
+    a.sym.accept(node, index)  # every failure below blocks these channels
+    pos = lay.axis + out_rank - a.rank(x) - (out_rank - len(value.elems))
+    if any(chan in e.free_symbols for j, e in enumerate(value.elems) if j != pos):
+        _block(a, node, lay.ids, "shape uses the channel count on another axis")
+        return False
+    if pos < 0:
+        return True
+    e = value.elems[pos]
+    if e == chan or (allow_one and e == 1):
+        return True
+    if e.is_Integer and int(e) == lay.ids.size:
+        _rewrite_fixup(a, node, index, value, pos, by)
+        return True
+    _block(a, node, lay.ids, f"shape element {pos} ({e}) does not follow the channels")
+    return False
+
+
 def expand(a: ChannelAnalysis, node: gs.Node) -> None:
     """Expand: channels stay on their axis; the shape element there is 1, C or follows C."""
     x, y = node.inputs[0], node.outputs[0]
     lay = a.layout(x)
-    value = a.sym.value(node.inputs[1])
     if lay is None:
         _follow_shape(a, node, 1, a.sym.dims(x))
         return
-    rank = a.rank(x)
-    if value is None or value.scalar:
-        _block(a, node, lay.ids, "shape is computed at run time by ops the channel analysis "
-               "does not follow")
-        return
-    chan = a.sym.channel_symbol(x)
-    value = _couple(a, node, value, lay.ids, chan)
-    if value is None:
-        return
-    out_rank = max(rank, len(value.elems))
-    axis = lay.axis + out_rank - rank
-    pos = axis - (out_rank - len(value.elems))
-    others = [e for j, e in enumerate(value.elems) if j != pos]
-    if any(chan in e.free_symbols for e in others):
-        _block(a, node, lay.ids, "shape uses the channel count on another axis")
-        return
-    rewrite = False
-    if pos >= 0:
-        e = value.elems[pos]
-        if e == lay.ids.size and e != 1:
-            rewrite = True
-        elif e not in (1, chan):
-            _block(a, node, lay.ids, f"shape element {pos} ({e}) does not follow the channels")
-            return
-    a.set_layout(y, axis, lay.ids)
-    a.sym.accept(node, 1)
-    if rewrite:
-        _rewrite_fixup(a, node, 1, value, pos, y)
+    value = a.sym.value(node.inputs[1])
+    out_rank = max(a.rank(x), len(value.elems) if value is not None else 0)
+    if channel_sized(a, node, 1, x, y, out_rank, allow_one=True):
+        a.set_layout(y, lay.axis + out_rank - a.rank(x), lay.ids)
 
 
 def tile(a: ChannelAnalysis, node: gs.Node) -> None:
