@@ -340,3 +340,16 @@ def test_expanded_class_token_is_sliced_with_the_stream():
     kept = kept_indices(inp(out.original, "patch", 2), inp(out.pruned, "patch", 2))
     assert np.array_equal(inp(out.pruned, "cls_b", 0), inp(out.original, "cls_b", 0)[..., kept])
     agree_at(out, {"x": (3, 3, 4, 4)})
+
+
+@pytest.mark.parametrize("op", ["Gemm", "MatMul"])
+def test_macs_take_k_from_the_weight_when_the_input_shape_is_lost(op):
+    """A dynamic view() can leave the head's input without a known shape: K is B's."""
+    from compress_ir.core.metrics import model_metrics
+
+    n = Net(domains={"custom": 1})
+    t = n.op("Mystery", [n.input(["N", 12])], "mystery", domain="custom")
+    w = n.rand((12, 5), "fc.w")
+    y = n.op(op, [t, w], "fc")
+    proto = n.build(y, shapes={y: [1, 5]})
+    assert model_metrics(proto)["macs"] == 1 * 5 * 12
