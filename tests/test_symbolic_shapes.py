@@ -353,3 +353,19 @@ def test_macs_take_k_from_the_weight_when_the_input_shape_is_lost(op):
     y = n.op(op, [t, w], "fc")
     proto = n.build(y, shapes={y: [1, 5]})
     assert model_metrics(proto)["macs"] == 1 * 5 * 12
+
+
+def test_single_channel_broadcast_over_the_others():
+    """MobileViT linear attention: a 1-channel score split off the qkv conv scales 8
+    key channels; it is broadcast, not coupled, and its channel is never removed."""
+    n = Net()
+    qkv = n.conv(n.input(["N", 3, 4, 4]), 3, 17, "qkv", k=1)
+    s, k, v = n.op("Split", [qkv, n.ints([1, 8, 8])], "split", outputs=3, axis=1)
+    scores = n.op("Softmax", [s], "scores", axis=-1)
+    ctx = n.op("ReduceSum", [n.op("Mul", [k, scores], "keys"), n.ints([2, 3])], "ctx")
+    t = n.op("Mul", [n.op("Relu", [v], "relu"), ctx], "attn")
+    out = prune_and_check(n.build(n.conv(t, 8, 4, "proj", k=1)), PRUNE)
+    assert row(out, "qkv")["status"] == "pruned"
+    kept = kept_indices(inp(out.original, "qkv", 2), inp(out.pruned, "qkv", 2))
+    assert kept[0] == 0  # the score channel stays
+    agree_at(out, {"x": (2, 3, 4, 4)})

@@ -236,6 +236,11 @@ def elementwise(a: ChannelAnalysis, node: gs.Node) -> None:
         return
     rank = max(ranks)
     laid = [(t, a.layout(t)) for t in node.inputs if a.layout(t) is not None]
+    # a tracked single channel broadcast over the others (MobileViT's linear attention
+    # scores) is not coupled to them; `nonempty` keeps its tensor from vanishing
+    wide = [(t, lay) for t, lay in laid if lay.ids.size > 1]
+    broadcast = {t.name for t, lay in laid if lay.ids.size == 1} if wide else set()
+    laid = wide or laid
     axes = {lay.axis + rank - a.rank(t) for t, lay in laid}
     sizes = {lay.ids.size for _, lay in laid}
     if len(axes) != 1 or len(sizes) != 1:
@@ -245,6 +250,12 @@ def elementwise(a: ChannelAnalysis, node: gs.Node) -> None:
     first = laid[0][1].ids
     for idx, t in enumerate(node.inputs):
         lay = a.layout(t)
+        if t.name in broadcast:
+            local = axis - (rank - a.rank(t))
+            if local >= 0 and a.shape(t)[local] != 1:
+                a.block_inputs(node, "inputs carry channels on different axes or sizes")
+                return
+            continue
         if lay is not None:
             a.unite(first, lay.ids)
             continue
