@@ -227,6 +227,7 @@ def reshape(a: ChannelAnalysis, node: gs.Node) -> None:
     x, y = node.inputs[0], node.outputs[0]
     lay = a.layout(x)
     if lay is None:
+        _learn_untracked(a, node)
         return
     src = a.sym.dims(x)
     if src is None:
@@ -346,6 +347,18 @@ def channel_sized(a: ChannelAnalysis, node: gs.Node, index: int, x: gs.Tensor,
         return True
     _block(a, node, lay.ids, f"shape element {pos} ({e}) does not follow the channels")
     return False
+
+
+def _learn_untracked(a: ChannelAnalysis, node: gs.Node) -> None:
+    """An untracked Reshape still tells what inference's `unk__N` output dims are."""
+    if node.op != "Reshape":
+        return
+    src, target = a.sym.dims(node.inputs[0]), a.sym.value(node.inputs[1])
+    if src is None or target is None or target.scalar or a.sym.deps(node.inputs[1]):
+        return
+    dst = _resolve(src, target.elems, bool(node.attrs.get("allowzero", 0)))
+    if dst is not None:
+        a.sym.learn(node.outputs[0], dst)
 
 
 def expand(a: ChannelAnalysis, node: gs.Node) -> None:

@@ -109,11 +109,14 @@ class ShapeValues:
         if shape is None or len(shape) != len(dims):
             return
         for d, e in zip(shape, dims, strict=True):
-            if isinstance(d, str) and d and not self.channels_of(e) and not any(
-                    str(s).startswith("?") for s in e.free_symbols):
-                sym = sympy.Symbol(d, integer=True, positive=True)
-                if sym != e:
-                    self.aliases.setdefault(sym, e)
+            if not isinstance(d, str) or not d or self.channels_of(e) or any(
+                    str(s).startswith(("?", "unk__")) for s in e.free_symbols):
+                continue  # only a value in known names (batch, sequence, literals) helps
+            if concrete(e, prime_env([e], set())) is None:
+                continue
+            sym = sympy.Symbol(d, integer=True, positive=True)
+            if sym != e:
+                self.aliases.setdefault(sym, e)
 
     def is_channel(self, sym: sympy.Basic) -> bool:
         return sym in self.channel_ids
