@@ -20,7 +20,7 @@ analysis can block, never guess.
 
 from __future__ import annotations
 
-import itertools
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -392,16 +392,26 @@ RULES: dict[str, SymRule] = {
 
 
 # -- evaluation -----------------------------------------------------------------------
-_PRIMES = (10007, 10009, 10037, 10039, 10061, 10067, 10069, 10079, 10091, 10093)
+@functools.cache
+def _primes(count: int) -> tuple[int, ...]:
+    """`count` distinct primes above any dim a shape tensor holds in practice."""
+    out, p = [], 10_000
+    for _ in range(count):
+        p = int(sympy.nextprime(p))
+        out.append(p)
+    return tuple(out)
 
 
 def prime_env(exprs: list[sympy.Expr], skip: set[sympy.Symbol], shift: int = 0) -> dict:
-    """Distinct large primes for the free symbols (but `skip`): products stay unique."""
+    """Distinct large primes for the free symbols (but `skip`): products stay unique.
+
+    A symbolic dim set to a large prime cannot be mistaken for a product of the
+    static dims, so runs of dims pair exactly when they pair symbolically.
+    `shift` picks another assignment (to check an equality twice).
+    """
     names = sorted({s for e in exprs for s in e.free_symbols} - skip, key=str)
-    primes = itertools.cycle(_PRIMES[shift:] + _PRIMES[:shift])
-    if len(names) > len(_PRIMES):
-        raise ValueError("too many symbolic dims")
-    return {s: sympy.Integer(next(primes)) for s in names}
+    primes = _primes(len(names) + shift)[shift:]
+    return {s: sympy.Integer(p) for s, p in zip(names, primes, strict=True)}
 
 
 def concrete(expr: sympy.Expr, env: dict) -> int | None:
