@@ -369,3 +369,29 @@ def test_single_channel_broadcast_over_the_others():
     kept = kept_indices(inp(out.original, "qkv", 2), inp(out.pruned, "qkv", 2))
     assert kept[0] == 0  # the score channel stays
     agree_at(out, {"x": (2, 3, 4, 4)})
+
+
+def test_tf2onnx_flatten_with_lost_shapes():
+    """tf2onnx's Keras Flatten: NHWC Transpose -> Shape -> Cast(int32) -> Slice ->
+    Concat([n, 576]) -> Cast(int64) -> Reshape; inference loses the rank of
+    everything after it (issue 9: `None - 1` in the MatMul rule). Now it prunes."""
+    n = Net(opset=13)
+    x = n.input(["N", 1, 8, 8])
+    t = n.op("Relu", [n.conv(x, 1, 8, "conv1")], "relu1")
+    t = n.op("MaxPool", [t], "pool", kernel_shape=[2, 2], strides=[2, 2])
+    t = n.op("Transpose", [t], "nhwc", perm=[0, 2, 3, 1])  # [N, 4, 4, 8]
+    shape = n.op("Cast", [n.op("Shape", [t], "shape")], "shape32", to=TensorProto.INT32)
+    b = n.op("Slice", [shape, n.ints([0]), n.ints([1]), n.ints([0])], "b")
+    target = n.op("Concat", [b, n.const(np.array([128], np.int32))], "target", axis=0)
+    t = n.op("Reshape", [t, n.op("Cast", [target], "target64", to=TensorProto.INT64)], "flat")
+    t = n.op("Add", [n.op("MatMul", [t, n.rand((128, 6), "dense.w")], "dense"),
+                     n.rand((6,), "dense.b", fan=4)], "dense_b")
+    t = n.op("MatMul", [n.op("Relu", [t], "relu2"), n.rand((6, 3), "probs.w")], "probs")
+    proto = n.build(t, shapes={t: ["N", 3]})
+    model = load_onnx(proto)
+    assert model.shape(next(v for k, v in model.tensors().items() if k == "flat")) is None
+    out = prune_and_check(proto, PRUNE)
+    assert row(out, "conv1")["status"] == "pruned"
+    assert row(out, "dense")["status"] == "pruned"
+    assert inp(out.pruned, "dense").shape == (64, 3)
+    agree_at(out, {"x": (3, 1, 8, 8)})

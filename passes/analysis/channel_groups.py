@@ -249,7 +249,12 @@ class ChannelAnalysis:
         exception from missing information) blocks the channels that reach the node,
         with a reason naming it: never a guess, never an internal error.
         """
-        from compress_ir.passes.analysis.channel_rules import RANK_FREE, RULES, unknown_op
+        from compress_ir.passes.analysis.channel_rules import (
+            RANK_FREE,
+            RULES,
+            fill_shape,
+            unknown_op,
+        )
 
         where = f"{node.op} node {node.name!r}"
         tracked = [t for t in node.inputs if self.layout(t) is not None]
@@ -265,6 +270,7 @@ class ChannelAnalysis:
             self.block_symbols(deps, f"{where} uses a channel count inside a subgraph")
             self.block_inputs(node, "subgraphs (If/Loop/Scan) are not analysed")
         elif tracked or node.op in RULES:
+            fill_shape(self, node)
             unknown = [t.name for t in tracked
                        if node.op not in RANK_FREE and self.rank(t) is None]
             if unknown:

@@ -491,6 +491,9 @@ def matmul(a: ChannelAnalysis, node: gs.Node) -> None:
     if weight is None or a.const(x) is not None or weight.ndim < 2:
         a.block_inputs(node, "MatMul without a constant right-hand weight matrix")
         return
+    x_shape = a.shape(x)
+    if a.rank(y) is None and x_shape is not None and weight.ndim == 2:
+        y.shape = [*x_shape[:-1], int(weight.shape[1])]  # inference lost it (tf2onnx flatten)
     if a.rank(y) is None:  # e.g. after an op shape inference does not know
         a.block_inputs(node, "output rank unknown")
         ids = a.new_root(node, y, weight.shape[-1], weight=w, weight_axis=weight.ndim - 1)
@@ -565,11 +568,33 @@ UNARY = (
     "Not IsNaN IsInf Identity Cast Dropout Swish"
 ).split()
 BINARY = "Add Sub Mul Div Pow Max Min Mean Sum PRelu Where Equal Less Greater And Or Xor".split()
+ELEMENTWISE = {*UNARY, *BINARY}
 POOL = "MaxPool AveragePool LpPool GlobalAveragePool GlobalMaxPool GlobalLpPool".split()
 REDUCE = (
     "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum "
     "ReduceLogSumExp ReduceSumSquare ArgMax ArgMin"
 ).split()
+
+def fill_shape(a: ChannelAnalysis, node: gs.Node) -> None:
+    """Give an element-wise op's output the broadcast shape when inference lost it.
+
+    Later rules need ranks; a dim is an int where one input has it > 1, else a
+    name some input uses, else 1.
+    """
+    if node.op not in ELEMENTWISE or not node.outputs or a.shape(node.outputs[0]) is not None:
+        return
+    shapes = [a.shape(t) for t in node.inputs if t.name]
+    if not shapes or any(s is None for s in shapes):
+        return
+    rank = max(len(s) for s in shapes)
+    padded = [(1,) * (rank - len(s)) + tuple(s) for s in shapes]
+    out: list[int | str] = []
+    for dims in zip(*padded, strict=True):
+        ints = [d for d in dims if isinstance(d, int) and d > 1]
+        names = [d for d in dims if isinstance(d, str) and d]
+        out.append(ints[0] if ints else names[0] if names else 1)
+    node.outputs[0].shape = out
+
 
 # rules that never read a tracked input's rank (the driver blocks the others when it is unknown)
 RANK_FREE = {*UNARY, *POOL, "Conv", "ConvTranspose", "BatchNormalization",
