@@ -395,3 +395,20 @@ def test_tf2onnx_flatten_with_lost_shapes():
     assert row(out, "dense")["status"] == "pruned"
     assert inp(out.pruned, "dense").shape == (64, 3)
     agree_at(out, {"x": (3, 1, 8, 8)})
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_channel_count_as_data_is_blocked(first):
+    """`out = C * z` (either operand order), `z` not tracked: the count is data."""
+    n = Net()
+    x = n.input(["N", 3, 4, 4])
+    y = n.conv(x, 3, 8, "conv1")
+    c = n.op("Cast", [n.op("Gather", [n.op("Shape", [y], "yshape"),
+                                      n.const(np.array(1, np.int64))], "c", axis=0)],
+             "cf", to=TensorProto.FLOAT)
+    z = n.op("Relu", [x], "z")
+    scaled = n.op("Mul", [c, z] if first else [z, c], "scaled")
+    out = prune_and_check(n.build(n.conv(y, 8, 4, "conv2"), scaled), PRUNE,
+                          expect_modified=False)
+    assert any("channel count" in r and ("'scaled'" in r or "'scaled' is computed" in r)
+               for r in row(out, "conv1")["blocked_by"]), row(out, "conv1")["blocked_by"]

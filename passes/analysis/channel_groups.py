@@ -239,6 +239,8 @@ class ChannelAnalysis:
             lay = self.layout(out)
             if lay is not None:
                 self.block(lay.ids, f"graph output {out.name!r} must keep its shape")
+            self.block_symbols(self.sym.deps(out),
+                               f"graph output {out.name!r} is computed from a channel count")
         self._build_groups()
         return self
 

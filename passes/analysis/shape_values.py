@@ -163,12 +163,12 @@ class ShapeValues:
         rule = RULES.get(node.op)
         if rule is None:
             return False
-        involved = any(t.name in self.values or self.deps(t) for t in node.inputs)
-        if not involved and node.op not in ("Shape", "Size"):
-            return False
-        if node.op not in ("Shape", "Size") and self.value(node.inputs[0]) is None \
-                and not self.deps(node.inputs[0]):
-            return False
+        if node.op not in ("Shape", "Size"):
+            if not any(t.name in self.values or self.deps(t) for t in node.inputs):
+                return False
+            if not all(self.value(t) is not None or self.deps(t)
+                       for t in node.inputs if t.name):
+                return False  # an activation is involved: not shape arithmetic
         try:
             outs = rule(self, node)
         except (ArithmeticError, ValueError, TypeError, IndexError, KeyError):
