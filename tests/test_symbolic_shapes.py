@@ -412,3 +412,38 @@ def test_channel_count_as_data_is_blocked(first):
                           expect_modified=False)
     assert any("channel count" in r and ("'scaled'" in r or "'scaled' is computed" in r)
                for r in row(out, "conv1")["blocked_by"]), row(out, "conv1")["blocked_by"]
+
+
+def test_chunk_with_computed_bounds():
+    """torch `a, b = y.chunk(2, 1)` with a dynamic batch: Slice bounds (C + 1) // 2 and
+    2 * ((C + 1) // 2) from Shape. The halves are tied, so each loses the same channels."""
+    n = Net()
+    y = n.op("Relu", [n.conv(n.input(["N", 3, 4, 4]), 3, 8, "conv1")], "relu1")
+    c = n.op("Gather", [n.op("Shape", [y], "yshape"), n.ints([1])], "c", axis=0)
+    half = n.op("Div", [n.op("Add", [c, n.ints([1])], "c1"), n.ints([2])], "half")
+    end1 = n.op("Mul", [half, n.ints([1])], "end1")
+    end2 = n.op("Mul", [half, n.ints([2])], "end2")
+    a = n.op("Slice", [y, n.ints([0]), end1, n.ints([1])], "first")
+    b = n.op("Slice", [y, end1, end2, n.ints([1])], "second")
+    t = n.op("Concat", [n.conv(a, 4, 4, "conva"), b], "cat", axis=1)
+    out = prune_and_check(n.build(n.conv(t, 8, 2, "head")), PRUNE)
+    kept = kept_indices(inp(out.original, "conv1", 2), inp(out.pruned, "conv1", 2))
+    assert len(kept) == 4 and [k for k in kept if k < 4] == [k - 4 for k in kept if k >= 4]
+    agree_at(out, {"x": (2, 3, 4, 4)})
+
+
+def test_float_shape_arithmetic():
+    """Resize sizes computed in float (H * 2.0, cast back): the value is still followed."""
+    n = Net()
+    x = n.input([1, 3, "H", "W"])
+    t = n.conv(x, 3, 8, "conv1")
+    hw = n.op("Cast", [n.op("Slice", [n.op("Shape", [t], "tshape"), n.ints([2]),
+                                      n.ints([4])], "hw")], "hwf", to=TensorProto.FLOAT)
+    hw2 = n.op("Cast", [n.op("Mul", [hw, n.const(np.array([2.0], np.float32))], "hw2f")],
+               "hw2", to=TensorProto.INT64)
+    sizes = n.op("Concat", [n.op("Slice", [n.op("Shape", [t], "tshape2"), n.ints([0]),
+                                           n.ints([2])], "nc"), hw2], "sizes", axis=0)
+    t = n.op("Resize", [t, "", "", sizes], "up", mode="nearest")
+    out = prune_and_check(n.build(n.conv(t, 8, 2, "head")), PRUNE)
+    assert row(out, "conv1")["status"] == "pruned"
+    agree_at(out, {"x": (1, 3, 4, 6)})

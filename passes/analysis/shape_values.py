@@ -21,11 +21,14 @@ analysis can block, never guess.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 import sympy
 
@@ -118,9 +121,6 @@ class ShapeValues:
             if sym != e:
                 self.aliases.setdefault(sym, e)
 
-    def is_channel(self, sym: sympy.Basic) -> bool:
-        return sym in self.channel_ids
-
     def channels_of(self, expr: sympy.Expr) -> set[sympy.Symbol]:
         return {s for s in expr.free_symbols if s in self.channel_ids}
 
@@ -132,9 +132,13 @@ class ShapeValues:
         const = self.a.const(tensor)
         if const is None or const.ndim > 1 or const.size > MAX_ELEMENTS:
             return None
-        if not np.issubdtype(const.dtype, np.integer):
+        if np.issubdtype(const.dtype, np.integer):
+            elems = [sympy.Integer(int(v)) for v in const.ravel()]
+        elif np.issubdtype(const.dtype, np.floating) and np.isfinite(const).all():
+            elems = [sympy.Rational(float(v)) for v in const.ravel()]  # exact binary value
+        else:
             return None
-        return SymValue([sympy.Integer(int(v)) for v in const.ravel()], scalar=const.ndim == 0)
+        return SymValue(elems, scalar=const.ndim == 0)
 
     def deps(self, tensor: gs.Tensor) -> set[sympy.Symbol]:
         """Channel symbols a tensor's value depends on (known value or taint)."""
@@ -210,10 +214,6 @@ def _vec(sv: ShapeValues, t: gs.Tensor) -> SymValue:
     return val
 
 
-def _same(vals: list[SymValue], scalar: bool) -> list[SymValue | None]:
-    return [SymValue(v.elems, scalar) if v else None for v in vals]
-
-
 # -- rules: each returns one SymValue (or None) per output, or None if not followed ---
 SymRule = Callable[[ShapeValues, gs.Node], "list[SymValue | None] | None"]
 
@@ -239,16 +239,21 @@ def _identity(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
     return [SymValue(list(val.elems), val.scalar)]
 
 
-def _cast(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
-    import onnx
+_INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16,
+              onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
+              onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}
 
+
+def _cast(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
     to = int(node.attrs["to"])
-    if to not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16,
-                  onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
-                  onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.FLOAT,
-                  onnx.TensorProto.DOUBLE):
+    if to not in _INT_TYPES | _FLOAT_TYPES:
         return None
-    return _identity(sv, node)
+    val = _vec(sv, node.inputs[0])
+    elems = list(val.elems)
+    if to in _INT_TYPES and _floating(node.inputs[0]):  # float -> int truncates (dims >= 0)
+        elems = [sympy.floor(e) for e in elems]
+    return [SymValue(elems, val.scalar)]
 
 
 def _unsqueeze(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
@@ -314,6 +319,9 @@ def _broadcast(vals: list[SymValue]) -> tuple[list[list[sympy.Expr]], bool]:
 
 
 def _int_div(x: sympy.Expr, y: sympy.Expr) -> sympy.Expr:
+    """ONNX integer Div truncates; symbolic dims are positive, so floor is the same."""
+    if x.is_Integer and y.is_Integer:
+        return sympy.Integer(math.trunc(Fraction(int(x), int(y))))
     return sympy.floor(x / y)
 
 
@@ -327,12 +335,25 @@ _BINARY: dict[str, Callable[[sympy.Expr, sympy.Expr], sympy.Expr]] = {
 }
 
 
+def _true_div(x: sympy.Expr, y: sympy.Expr) -> sympy.Expr:
+    return x / y
+
+
+def _floating(t: gs.Tensor) -> bool:
+    try:
+        return t.dtype is not None and np.issubdtype(np.dtype(t.dtype), np.floating)
+    except TypeError:
+        return False
+
+
 def _binary(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
     vals = [_vec(sv, t) for t in node.inputs]
     if len(vals) != 2:
         return None
     (xs, ys), scalar = _broadcast(vals)
     fn = _BINARY[node.op]
+    if node.op == "Div" and any(_floating(t) for t in (*node.inputs, *node.outputs)):
+        fn = _true_div  # a float Div divides exactly
     return [SymValue([fn(x, y) for x, y in zip(xs, ys, strict=True)], scalar)]
 
 
