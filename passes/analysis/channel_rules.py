@@ -488,6 +488,9 @@ def gemm(a: ChannelAnalysis, node: gs.Node) -> None:
 def matmul(a: ChannelAnalysis, node: gs.Node) -> None:
     x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
     weight = a.const(w)
+    if weight is None and a.const(x) is None:
+        batched_matmul(a, node)
+        return
     if weight is None or a.const(x) is not None or weight.ndim < 2:
         a.block_inputs(node, "MatMul without a constant right-hand weight matrix")
         return
@@ -508,6 +511,40 @@ def matmul(a: ChannelAnalysis, node: gs.Node) -> None:
     ids = a.new_root(node, y, weight.shape[-1], weight=w, weight_axis=weight.ndim - 1)
     a.set_layout(y, a.rank(y) - 1, ids)
     a.slice_const(node, 1, weight.ndim - 1, y)
+
+
+def batched_matmul(a: ChannelAnalysis, node: gs.Node) -> None:
+    """MatMul of two activations (attention's Q.K^T and P.V): channels on a batch axis.
+
+    Heads carried on a batch axis of both operands stay separate products: they are
+    coupled (removed together from both) and the output carries them. Channels on
+    the two matrix axes are mixed or contracted: a barrier.
+    """
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    laid = [(t, a.layout(t)) for t in (x, w) if a.layout(t) is not None]
+    if not laid:
+        return
+    reason = "MatMul without a constant right-hand weight matrix"
+    ranks = [a.rank(x), a.rank(w), a.rank(y)]
+    if None in ranks or min(ranks[:2]) < 3:
+        a.block_inputs(node, reason)
+        return
+    out_rank = ranks[2]
+    axes = {lay.axis + out_rank - a.rank(t) for t, lay in laid}
+    sizes = {lay.ids.size for _, lay in laid}
+    if any(lay.axis >= a.rank(t) - 2 for t, lay in laid) or len(axes) != 1 or len(sizes) != 1:
+        a.block_inputs(node, reason)
+        return
+    axis = axes.pop()
+    for t in (x, w):
+        local = axis - (out_rank - a.rank(t))
+        if a.layout(t) is None and local >= 0 and a.shape(t)[local] != 1:
+            a.block_inputs(node, f"input {t.name!r} is computed without channel tracking")
+            return
+    first = laid[0][1].ids
+    for _, lay in laid[1:]:
+        a.unite(first, lay.ids)
+    a.set_layout(y, axis, first)
 
 
 def softmax(a: ChannelAnalysis, node: gs.Node) -> None:

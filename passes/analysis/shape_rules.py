@@ -199,6 +199,25 @@ def _couple(a: ChannelAnalysis, node: gs.Node, value: SymValue, ids: np.ndarray,
     return SymValue(elems, value.scalar, value.origins)
 
 
+_ATTENTION_PATH = {"Transpose", "Mul", "Div", "Identity", "Cast"}
+
+
+def _feeds_attention(t: gs.Tensor, hops: int = 3) -> bool:
+    """Does `t` reach, through a few layout/scale ops, a MatMul of two activations?
+
+    Then a `[heads, head_dim]` split should carry the heads: per-head products
+    keep them separate, so whole heads can go (`batched_matmul`).
+    """
+    for consumer in t.outputs:
+        if consumer.op == "MatMul" and not any(isinstance(i, gs.Constant)
+                                               for i in consumer.inputs):
+            return True
+        if hops and consumer.op in _ATTENTION_PATH and consumer.outputs:
+            if _feeds_attention(consumer.outputs[0], hops - 1):
+                return True
+    return False
+
+
 def _dim(e: sympy.Expr) -> int | str:
     """A graphsurgeon dim: an int, or a name for a symbolic one."""
     return int(e) if e.is_Integer else str(e)
@@ -285,7 +304,10 @@ def reshape(a: ChannelAnalysis, node: gs.Node) -> None:
     full = np.broadcast_to(lay.ids.reshape(bshape), in_dims).reshape(
         [dst_c[d] for d in dst_axes])
     failure = None
-    for axis in _choose_axes(full):
+    order = _choose_axes(full)
+    if len(dst_axes) > 1 and len(src_dims) == 1 and _feeds_attention(y):
+        order = [0, *[ax for ax in order if ax != 0]]  # heads: whole heads are separable
+    for axis in order:
         new_axis = dst_axes.start + axis
         rewrite = set()
         if target is not None:
