@@ -447,3 +447,12 @@ def test_float_shape_arithmetic():
     out = prune_and_check(n.build(n.conv(t, 8, 2, "head")), PRUNE)
     assert row(out, "conv1")["status"] == "pruned"
     agree_at(out, {"x": (1, 3, 4, 6)})
+
+
+def test_matmul_of_activations_contracting_channels_blocks():
+    """x.x^T sums over the channels of both operands: a barrier, named."""
+    n = Net()
+    h = n.op("MatMul", [n.input(["B", 4, 6]), n.rand((6, 8), "proj.w")], "proj")
+    gram = n.op("MatMul", [h, n.op("Transpose", [h], "ht", perm=[0, 2, 1])], "gram")
+    out = prune_and_check(n.build(n.op("Relu", [gram], "r")), PRUNE, expect_modified=False)
+    assert any("MatMul node 'gram'" in r for r in row(out, "proj")["blocked_by"])
