@@ -348,7 +348,7 @@ def test_macs_take_k_from_the_weight_when_the_input_shape_is_lost(op):
     from compress_ir.core.metrics import model_metrics
 
     n = Net(domains={"custom": 1})
-    t = n.op("Mystery", [n.input(["N", 12])], "mystery", domain="custom")
+    t = n.op("Mystery", [n.input([1, 12])], "mystery", domain="custom")
     w = n.rand((12, 5), "fc.w")
     y = n.op(op, [t, w], "fc")
     proto = n.build(y, shapes={y: [1, 5]})
