@@ -56,23 +56,24 @@ def test_dynamic_batch_cnn_oracle_at_other_batches(name):
 
 
 @pytest.mark.parametrize("name", ["attention_dyn_ts", "attention_dyn_dynamo"])
-def test_attention_heads(name):
-    """q/k/v are split into 4 heads of 8 from Shape-built targets; the analysis maps
-    each channel to (head, position), keeps them coupled and names the barrier
-    (Q.K^T is a MatMul of two activations); the projections after it prune."""
+def test_attention_whole_heads(name):
+    """q/k/v are split into 4 heads of 8 by Shape-built targets; the split carries the
+    heads (they feed Q.K^T and P.V, per-head products), so q, k and v form one group
+    of 4 heads and ratio 0.5 removes 2 whole heads -- with the out-projection's rows."""
     proto = load(name)
     analysis = analyse_channels(load_onnx(proto))
-    splits = analysis.head_splits
-    assert len(splits) == 3
-    for split in splits:
+    assert len(analysis.head_splits) == 3
+    for split in analysis.head_splits:
         assert split.table.shape == (4, 8)
-    qkv = [g for g in analysis.groups if g.blocked and g.size == 8]  # 8 positions x 4 heads
-    assert len(qkv) == 3
-    for g in qkv:
-        assert any("MatMul without a constant right-hand weight" in r for r in g.blocked)
+        assert split.carried == split.axes[0]  # the heads axis
+    (qkv,) = [g for g in analysis.groups if len(g.roots) == 3]
+    assert qkv.size == 4 and qkv.prunable
     out = prune_and_check(proto, PRUNE)
-    pruned = [r for r in out.result.details["groups"] if r["status"] == "pruned"]
-    assert sorted(r["size"] for r in pruned) == [24, 32]  # out-projection and fc1
+    rows = {r["size"]: r for r in out.result.details["groups"]}
+    assert rows[4]["status"] == "pruned" and rows[4]["kept"] == 2
+    q_w = [i for i in out.pruned.graph.initializer if list(i.dims) == [32, 16]]
+    assert len(q_w) == 3  # q, k, v keep 2 heads x 8
+    assert out.result.details["groups"][-1]["status"] == "blocked"  # the graph output
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 7, 32)).astype(np.float32)
     got = numeric.session(out.pruned).run(None, {"x": x})[0]

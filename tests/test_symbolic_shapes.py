@@ -306,3 +306,153 @@ def test_subgraph_use_of_a_tracked_tensor_blocks():
     assert any("If node 'if' uses 'conv1' inside a subgraph" in r
                for r in row(out, "conv1")["blocked_by"])
     assert row(out, "convb")["status"] == "pruned"
+
+
+def test_resize_sizes_built_from_a_skip_shape():
+    """A U-Net decoder's `Resize(x, sizes=[1, 16] ++ Shape(skip)[2:])`: 16 is rewritten."""
+    n = Net()
+    x = n.input([1, 3, "H", "W"])
+    skip = n.op("Relu", [n.conv(x, 3, 4, "enc")], "skip")
+    t = n.conv(skip, 4, 8, "down", strides=[2, 2])
+    hw = n.op("Slice", [n.op("Shape", [skip], "sshape"), n.ints([2]), n.ints([4])], "hw")
+    sizes = n.op("Concat", [n.ints([1, 8]), hw], "sizes", axis=0)
+    t = n.op("Resize", [t, "", "", sizes], "up", mode="linear")
+    t = n.op("Concat", [t, skip], "cat", axis=1)
+    out = prune_and_check(n.build(n.conv(t, 12, 2, "head")), PRUNE)
+    assert row(out, "down")["status"] == "pruned"
+    assert inp(out.pruned, "sizes", 0).tolist() == [1, 4]
+    agree_at(out, {"x": (1, 3, 8, 12)})
+
+
+def test_expanded_class_token_is_sliced_with_the_stream():
+    """ViT: Concat(Expand(cls[1,1,D], [B,1,1]), patches) along the sequence."""
+    n = Net()
+    x = n.input(["B", 3, 4, 4])
+    t = n.conv(x, 3, 8, "patch", k=2, strides=[2, 2], pads=[0, 0, 0, 0])  # [B, 8, 2, 2]
+    t = n.op("Transpose", [n.op("Reshape", [t, n.ints([0, 8, 4])], "flat")], "tokens",
+             perm=[0, 2, 1])  # [B, 4, 8]
+    b = n.op("Slice", [n.op("Shape", [x], "xshape"), n.ints([0]), n.ints([1])], "b")
+    cls = n.op("Expand", [n.rand((1, 1, 8), "cls"), n.op("Concat", [b, n.ints([1, 1])],
+                                                         "cls_shape", axis=0)], "cls_b")
+    t = n.op("Concat", [cls, t], "seq", axis=1)  # [B, 5, 8]
+    out = prune_and_check(n.build(n.op("MatMul", [t, n.rand((8, 3), "proj.w")], "proj")),
+                          PRUNE)
+    kept = kept_indices(inp(out.original, "patch", 2), inp(out.pruned, "patch", 2))
+    assert np.array_equal(inp(out.pruned, "cls_b", 0), inp(out.original, "cls_b", 0)[..., kept])
+    agree_at(out, {"x": (3, 3, 4, 4)})
+
+
+@pytest.mark.parametrize("op", ["Gemm", "MatMul"])
+def test_macs_take_k_from_the_weight_when_the_input_shape_is_lost(op):
+    """A dynamic view() can leave the head's input without a known shape: K is B's."""
+    from compress_ir.core.metrics import model_metrics
+
+    n = Net(domains={"custom": 1})
+    t = n.op("Mystery", [n.input([1, 12])], "mystery", domain="custom")
+    w = n.rand((12, 5), "fc.w")
+    y = n.op(op, [t, w], "fc")
+    proto = n.build(y, shapes={y: [1, 5]})
+    assert model_metrics(proto)["macs"] == 1 * 5 * 12
+
+
+def test_single_channel_broadcast_over_the_others():
+    """MobileViT linear attention: a 1-channel score split off the qkv conv scales 8
+    key channels; it is broadcast, not coupled, and its channel is never removed."""
+    n = Net()
+    qkv = n.conv(n.input(["N", 3, 4, 4]), 3, 17, "qkv", k=1)
+    s, k, v = n.op("Split", [qkv, n.ints([1, 8, 8])], "split", outputs=3, axis=1)
+    scores = n.op("Softmax", [s], "scores", axis=-1)
+    ctx = n.op("ReduceSum", [n.op("Mul", [k, scores], "keys"), n.ints([2, 3])], "ctx")
+    t = n.op("Mul", [n.op("Relu", [v], "relu"), ctx], "attn")
+    out = prune_and_check(n.build(n.conv(t, 8, 4, "proj", k=1)), PRUNE)
+    assert row(out, "qkv")["status"] == "pruned"
+    kept = kept_indices(inp(out.original, "qkv", 2), inp(out.pruned, "qkv", 2))
+    assert kept[0] == 0  # the score channel stays
+    agree_at(out, {"x": (2, 3, 4, 4)})
+
+
+def test_tf2onnx_flatten_with_lost_shapes():
+    """tf2onnx's Keras Flatten: NHWC Transpose -> Shape -> Cast(int32) -> Slice ->
+    Concat([n, 576]) -> Cast(int64) -> Reshape; inference loses the rank of
+    everything after it (issue 9: `None - 1` in the MatMul rule). Now it prunes."""
+    n = Net(opset=13)
+    x = n.input(["N", 1, 8, 8])
+    t = n.op("Relu", [n.conv(x, 1, 8, "conv1")], "relu1")
+    t = n.op("MaxPool", [t], "pool", kernel_shape=[2, 2], strides=[2, 2])
+    t = n.op("Transpose", [t], "nhwc", perm=[0, 2, 3, 1])  # [N, 4, 4, 8]
+    shape = n.op("Cast", [n.op("Shape", [t], "shape")], "shape32", to=TensorProto.INT32)
+    b = n.op("Slice", [shape, n.ints([0]), n.ints([1]), n.ints([0])], "b")
+    target = n.op("Concat", [b, n.const(np.array([128], np.int32))], "target", axis=0)
+    t = n.op("Reshape", [t, n.op("Cast", [target], "target64", to=TensorProto.INT64)], "flat")
+    t = n.op("Add", [n.op("MatMul", [t, n.rand((128, 6), "dense.w")], "dense"),
+                     n.rand((6,), "dense.b", fan=4)], "dense_b")
+    t = n.op("MatMul", [n.op("Relu", [t], "relu2"), n.rand((6, 3), "probs.w")], "probs")
+    proto = n.build(t, shapes={t: ["N", 3]})
+    model = load_onnx(proto)
+    assert model.shape(next(v for k, v in model.tensors().items() if k == "flat")) is None
+    out = prune_and_check(proto, PRUNE)
+    assert row(out, "conv1")["status"] == "pruned"
+    assert row(out, "dense")["status"] == "pruned"
+    assert inp(out.pruned, "dense").shape == (64, 3)
+    agree_at(out, {"x": (3, 1, 8, 8)})
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_channel_count_as_data_is_blocked(first):
+    """`out = C * z` (either operand order), `z` not tracked: the count is data."""
+    n = Net()
+    x = n.input(["N", 3, 4, 4])
+    y = n.conv(x, 3, 8, "conv1")
+    c = n.op("Cast", [n.op("Gather", [n.op("Shape", [y], "yshape"),
+                                      n.const(np.array(1, np.int64))], "c", axis=0)],
+             "cf", to=TensorProto.FLOAT)
+    z = n.op("Relu", [x], "z")
+    scaled = n.op("Mul", [c, z] if first else [z, c], "scaled")
+    out = prune_and_check(n.build(n.conv(y, 8, 4, "conv2"), scaled), PRUNE,
+                          expect_modified=False)
+    assert any("channel count" in r and ("'scaled'" in r or "'scaled' is computed" in r)
+               for r in row(out, "conv1")["blocked_by"]), row(out, "conv1")["blocked_by"]
+
+
+def test_chunk_with_computed_bounds():
+    """torch `a, b = y.chunk(2, 1)` with a dynamic batch: Slice bounds (C + 1) // 2 and
+    2 * ((C + 1) // 2) from Shape. The halves are tied, so each loses the same channels."""
+    n = Net()
+    y = n.op("Relu", [n.conv(n.input(["N", 3, 4, 4]), 3, 8, "conv1")], "relu1")
+    c = n.op("Gather", [n.op("Shape", [y], "yshape"), n.ints([1])], "c", axis=0)
+    half = n.op("Div", [n.op("Add", [c, n.ints([1])], "c1"), n.ints([2])], "half")
+    end1 = n.op("Mul", [half, n.ints([1])], "end1")
+    end2 = n.op("Mul", [half, n.ints([2])], "end2")
+    a = n.op("Slice", [y, n.ints([0]), end1, n.ints([1])], "first")
+    b = n.op("Slice", [y, end1, end2, n.ints([1])], "second")
+    t = n.op("Concat", [n.conv(a, 4, 4, "conva"), b], "cat", axis=1)
+    out = prune_and_check(n.build(n.conv(t, 8, 2, "head")), PRUNE)
+    kept = kept_indices(inp(out.original, "conv1", 2), inp(out.pruned, "conv1", 2))
+    assert len(kept) == 4 and [k for k in kept if k < 4] == [k - 4 for k in kept if k >= 4]
+    agree_at(out, {"x": (2, 3, 4, 4)})
+
+
+def test_float_shape_arithmetic():
+    """Resize sizes computed in float (H * 2.0, cast back): the value is still followed."""
+    n = Net()
+    x = n.input([1, 3, "H", "W"])
+    t = n.conv(x, 3, 8, "conv1")
+    hw = n.op("Cast", [n.op("Slice", [n.op("Shape", [t], "tshape"), n.ints([2]),
+                                      n.ints([4])], "hw")], "hwf", to=TensorProto.FLOAT)
+    hw2 = n.op("Cast", [n.op("Mul", [hw, n.const(np.array([2.0], np.float32))], "hw2f")],
+               "hw2", to=TensorProto.INT64)
+    sizes = n.op("Concat", [n.op("Slice", [n.op("Shape", [t], "tshape2"), n.ints([0]),
+                                           n.ints([2])], "nc"), hw2], "sizes", axis=0)
+    t = n.op("Resize", [t, "", "", sizes], "up", mode="nearest")
+    out = prune_and_check(n.build(n.conv(t, 8, 2, "head")), PRUNE)
+    assert row(out, "conv1")["status"] == "pruned"
+    agree_at(out, {"x": (1, 3, 4, 6)})
+
+
+def test_matmul_of_activations_contracting_channels_blocks():
+    """x.x^T sums over the channels of both operands: a barrier, named."""
+    n = Net()
+    h = n.op("MatMul", [n.input(["B", 4, 6]), n.rand((6, 8), "proj.w")], "proj")
+    gram = n.op("MatMul", [h, n.op("Transpose", [h], "ht", perm=[0, 2, 1])], "gram")
+    out = prune_and_check(n.build(n.op("Relu", [gram], "r")), PRUNE, expect_modified=False)
+    assert any("MatMul node 'gram'" in r for r in row(out, "proj")["blocked_by"])

@@ -115,21 +115,22 @@ def _conv_transpose(node: onnx.NodeProto, s: Shapes) -> int:
 
 
 def _gemm(node: onnx.NodeProto, s: Shapes) -> int:
-    a, y = s.get(node.input[0]), s.get(node.output[0])
-    if not a or not y:
+    a, b, y = s.get(node.input[0]), s.get(node.input[1]), s.get(node.output[0])
+    if not y:
         return 0
-    k = a[0] if _attr(node, "transA", 0) else a[-1]
-    b = s.get(node.input[1])
-    if b and len(b) == 2:  # a symbolic K in A (counted as 1) is known from B
+    k = (a[0] if _attr(node, "transA", 0) else a[-1]) if a else 1
+    if b and len(b) == 2:  # a symbolic K in A (counted as 1, or A's rank unknown) is B's
         k = max(k, b[1] if _attr(node, "transB", 0) else b[0])
     return int(np.prod(y)) * k
 
 
 def _matmul(node: onnx.NodeProto, s: Shapes) -> int:
     a, b, y = s.get(node.input[0]), s.get(node.input[1]), s.get(node.output[0])
-    if not a or not y:
+    if not y:
         return 0
-    k = max(a[-1], b[-2]) if b and len(b) >= 2 else a[-1]  # a symbolic K is known from B
+    k = a[-1] if a else 1
+    if b and len(b) >= 2:  # a symbolic K in A (or A's rank unknown) is B's
+        k = max(k, b[-2])
     return int(np.prod(y)) * k
 
 

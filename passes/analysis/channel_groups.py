@@ -239,6 +239,8 @@ class ChannelAnalysis:
             lay = self.layout(out)
             if lay is not None:
                 self.block(lay.ids, f"graph output {out.name!r} must keep its shape")
+            self.block_symbols(self.sym.deps(out),
+                               f"graph output {out.name!r} is computed from a channel count")
         self._build_groups()
         return self
 
@@ -249,7 +251,12 @@ class ChannelAnalysis:
         exception from missing information) blocks the channels that reach the node,
         with a reason naming it: never a guess, never an internal error.
         """
-        from compress_ir.passes.analysis.channel_rules import RANK_FREE, RULES, unknown_op
+        from compress_ir.passes.analysis.channel_rules import (
+            RANK_FREE,
+            RULES,
+            fill_shape,
+            unknown_op,
+        )
 
         where = f"{node.op} node {node.name!r}"
         tracked = [t for t in node.inputs if self.layout(t) is not None]
@@ -265,14 +272,14 @@ class ChannelAnalysis:
             self.block_symbols(deps, f"{where} uses a channel count inside a subgraph")
             self.block_inputs(node, "subgraphs (If/Loop/Scan) are not analysed")
         elif tracked or node.op in RULES:
+            fill_shape(self, node)
             unknown = [t.name for t in tracked
                        if node.op not in RANK_FREE and self.rank(t) is None]
             if unknown:
                 self.block_inputs(node, f"input {unknown[0]!r} has unknown rank")
             else:
                 self._run_rule(RULES.get(node.op, unknown_op), node, where)
-        self.sym.visit(node)
-        if self.sym.propagates(node):
+        if self.sym.visit(node):
             return
         for idx, t in enumerate(node.inputs):
             deps = self.sym.deps(t)

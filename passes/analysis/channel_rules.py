@@ -14,7 +14,14 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, Layout
-from compress_ir.passes.analysis.shape_rules import constant_of_shape, expand, reshape, tile
+from compress_ir.passes.analysis.shape_rules import (
+    channel_sized,
+    constant_of_shape,
+    expand,
+    reshape,
+    symbolic_slice,
+    tile,
+)
 
 Rule = Callable[[ChannelAnalysis, gs.Node], None]
 
@@ -229,6 +236,11 @@ def elementwise(a: ChannelAnalysis, node: gs.Node) -> None:
         return
     rank = max(ranks)
     laid = [(t, a.layout(t)) for t in node.inputs if a.layout(t) is not None]
+    # a tracked single channel broadcast over the others (MobileViT's linear attention
+    # scores) is not coupled to them; `nonempty` keeps its tensor from vanishing
+    wide = [(t, lay) for t, lay in laid if lay.ids.size > 1]
+    broadcast = {t.name for t, lay in laid if lay.ids.size == 1} if wide else set()
+    laid = wide or laid
     axes = {lay.axis + rank - a.rank(t) for t, lay in laid}
     sizes = {lay.ids.size for _, lay in laid}
     if len(axes) != 1 or len(sizes) != 1:
@@ -238,6 +250,12 @@ def elementwise(a: ChannelAnalysis, node: gs.Node) -> None:
     first = laid[0][1].ids
     for idx, t in enumerate(node.inputs):
         lay = a.layout(t)
+        if t.name in broadcast:
+            local = axis - (rank - a.rank(t))
+            if local >= 0 and a.shape(t)[local] != 1:
+                a.block_inputs(node, "inputs carry channels on different axes or sizes")
+                return
+            continue
         if lay is not None:
             a.unite(first, lay.ids)
             continue
@@ -248,9 +266,31 @@ def elementwise(a: ChannelAnalysis, node: gs.Node) -> None:
         if dim == size and a.const(t) is not None:
             a.slice_const(node, idx, local, out)
             continue
+        expanded = _expanded_const(a, t, local, size)
+        if dim == size and expanded is not None:  # ViT's class token: Expand(const, [B, 1, 1])
+            a.slice_const(expanded[0], 0, expanded[1], out)
+            continue
         a.block_inputs(node, f"input {t.name!r} is computed without channel tracking")
         return
     a.set_layout(out, axis, first)
+
+
+def _expanded_const(a: ChannelAnalysis, t: gs.Tensor, axis: int, size: int
+                    ) -> tuple[gs.Node, int] | None:
+    """(Expand node, constant axis) when `t` only broadcasts a constant that holds `size`
+    entries on `axis` and is read by one node: slicing the constant slices `t`."""
+    if len(t.inputs) != 1 or t.inputs[0].op != "Expand" or len(t.outputs) != 1:
+        return None
+    expand = t.inputs[0]
+    data, shape = a.const(expand.inputs[0]), a.sym.value(expand.inputs[1])
+    rank = a.rank(t)
+    if data is None or shape is None or rank is None or a.sym.deps(expand.inputs[1]):
+        return None
+    local = axis - (rank - data.ndim)
+    pos = axis - (rank - len(shape.elems))
+    if local < 0 or data.shape[local] != size or (pos >= 0 and shape.elems[pos] != 1):
+        return None
+    return expand, local
 
 
 def concat(a: ChannelAnalysis, node: gs.Node) -> None:
@@ -314,8 +354,11 @@ def slice_op(a: ChannelAnalysis, node: gs.Node) -> None:
     rank = a.rank(x)
     starts, ends = _ints(a, node, "starts", 1), _ints(a, node, "ends", 2)
     axes, steps = _ints(a, node, "axes", 3), _ints(a, node, "steps", 4)
-    if starts is None or ends is None or (_opt(node, 3) and axes is None):
-        a.block(lay.ids, f"Slice node {node.name!r}: bounds are computed at run time")
+    if (_opt(node, 3) and axes is None) or (_opt(node, 4) and steps is None):
+        a.block(lay.ids, f"Slice node {node.name!r}: axes or steps are computed at run time")
+        return
+    if starts is None or ends is None:
+        symbolic_slice(a, node, lay, axes, steps)  # bounds from Shape (torch's chunk)
         return
     axes = [_norm(v, rank) for v in (axes or range(len(starts)))]
     if lay.axis not in axes:
@@ -362,13 +405,11 @@ def resize(a: ChannelAnalysis, node: gs.Node) -> None:
         a.block(lay.ids, f"{node.op} node {node.name!r} rescales the channel axis")
         return
     if sizes_t is not None:
-        if a.const(sizes_t) is None:
-            a.block(lay.ids, f"{node.op} node {node.name!r}: sizes are computed at run time")
-            return
         if node.attrs.get("axes") is not None:
             a.block(lay.ids, f"{node.op} node {node.name!r}: sizes with axes are not supported")
             return
-        a.fixup("resize-sizes", node, axis=lay.axis, by=x.name)
+        if not channel_sized(a, node, 3, x, node.outputs[0], a.rank(x)):
+            return  # sizes may be built from Shape (a skip's H, W): they must size the channels
     elif scales is None:
         a.block(lay.ids, f"{node.op} node {node.name!r}: scales are computed at run time")
         return
@@ -447,9 +488,15 @@ def gemm(a: ChannelAnalysis, node: gs.Node) -> None:
 def matmul(a: ChannelAnalysis, node: gs.Node) -> None:
     x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
     weight = a.const(w)
+    if weight is None and a.const(x) is None:
+        batched_matmul(a, node)
+        return
     if weight is None or a.const(x) is not None or weight.ndim < 2:
         a.block_inputs(node, "MatMul without a constant right-hand weight matrix")
         return
+    x_shape = a.shape(x)
+    if a.rank(y) is None and x_shape is not None and weight.ndim == 2:
+        y.shape = [*x_shape[:-1], int(weight.shape[1])]  # inference lost it (tf2onnx flatten)
     if a.rank(y) is None:  # e.g. after an op shape inference does not know
         a.block_inputs(node, "output rank unknown")
         ids = a.new_root(node, y, weight.shape[-1], weight=w, weight_axis=weight.ndim - 1)
@@ -464,6 +511,40 @@ def matmul(a: ChannelAnalysis, node: gs.Node) -> None:
     ids = a.new_root(node, y, weight.shape[-1], weight=w, weight_axis=weight.ndim - 1)
     a.set_layout(y, a.rank(y) - 1, ids)
     a.slice_const(node, 1, weight.ndim - 1, y)
+
+
+def batched_matmul(a: ChannelAnalysis, node: gs.Node) -> None:
+    """MatMul of two activations (attention's Q.K^T and P.V): channels on a batch axis.
+
+    Heads carried on a batch axis of both operands stay separate products: they are
+    coupled (removed together from both) and the output carries them. Channels on
+    the two matrix axes are mixed or contracted: a barrier.
+    """
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    laid = [(t, a.layout(t)) for t in (x, w) if a.layout(t) is not None]
+    if not laid:
+        return
+    reason = "MatMul without a constant right-hand weight matrix"
+    ranks = [a.rank(x), a.rank(w), a.rank(y)]
+    if None in ranks or min(ranks[:2]) < 3:
+        a.block_inputs(node, reason)
+        return
+    out_rank = ranks[2]
+    axes = {lay.axis + out_rank - a.rank(t) for t, lay in laid}
+    sizes = {lay.ids.size for _, lay in laid}
+    if any(lay.axis >= a.rank(t) - 2 for t, lay in laid) or len(axes) != 1 or len(sizes) != 1:
+        a.block_inputs(node, reason)
+        return
+    axis = axes.pop()
+    for t in (x, w):
+        local = axis - (out_rank - a.rank(t))
+        if a.layout(t) is None and local >= 0 and a.shape(t)[local] != 1:
+            a.block_inputs(node, f"input {t.name!r} is computed without channel tracking")
+            return
+    first = laid[0][1].ids
+    for _, lay in laid[1:]:
+        a.unite(first, lay.ids)
+    a.set_layout(y, axis, first)
 
 
 def softmax(a: ChannelAnalysis, node: gs.Node) -> None:
@@ -524,11 +605,33 @@ UNARY = (
     "Not IsNaN IsInf Identity Cast Dropout Swish"
 ).split()
 BINARY = "Add Sub Mul Div Pow Max Min Mean Sum PRelu Where Equal Less Greater And Or Xor".split()
+ELEMENTWISE = {*UNARY, *BINARY}
 POOL = "MaxPool AveragePool LpPool GlobalAveragePool GlobalMaxPool GlobalLpPool".split()
 REDUCE = (
     "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum "
     "ReduceLogSumExp ReduceSumSquare ArgMax ArgMin"
 ).split()
+
+def fill_shape(a: ChannelAnalysis, node: gs.Node) -> None:
+    """Give an element-wise op's output the broadcast shape when inference lost it.
+
+    Later rules need ranks; a dim is an int where one input has it > 1, else a
+    name some input uses, else 1.
+    """
+    if node.op not in ELEMENTWISE or not node.outputs or a.shape(node.outputs[0]) is not None:
+        return
+    shapes = [a.shape(t) for t in node.inputs if t.name]
+    if not shapes or any(s is None for s in shapes):
+        return
+    rank = max(len(s) for s in shapes)
+    padded = [(1,) * (rank - len(s)) + tuple(s) for s in shapes]
+    out: list[int | str] = []
+    for dims in zip(*padded, strict=True):
+        ints = [d for d in dims if isinstance(d, int) and d > 1]
+        names = [d for d in dims if isinstance(d, str) and d]
+        out.append(ints[0] if ints else names[0] if names else 1)
+    node.outputs[0].shape = out
+
 
 # rules that never read a tracked input's rank (the driver blocks the others when it is unknown)
 RANK_FREE = {*UNARY, *POOL, "Conv", "ConvTranspose", "BatchNormalization",

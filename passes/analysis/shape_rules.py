@@ -11,13 +11,15 @@ rewritten (`shape-element` fixups). Anything else blocks with the node's name.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import onnx_graphsurgeon as gs
 import sympy
 
-from compress_ir.passes.analysis.channel_groups import ChannelAnalysis
+from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, Layout
 from compress_ir.passes.analysis.shape_values import SymValue, concrete, prime_env
 
 SAMPLES = 3  # pruned channel counts tried when checking that a shape follows
@@ -45,8 +47,12 @@ def _block(a: ChannelAnalysis, node: gs.Node, ids: np.ndarray, reason: str) -> N
     a.block(ids, f"{node.op} node {node.name!r}: {reason}")
 
 
-def _reshape_groups(src: list[int], dst: list[int]) -> list[tuple[range, range]] | None:
-    """Pair runs of input and output dims with equal products (None if impossible)."""
+def _reshape_groups(src: list[int], dst: list[int]) -> list[tuple[range, range]]:
+    """Pair runs of input and output dims with equal products, from the left.
+
+    Stops at the first run that cannot be paired (an unknown dim that inference
+    did not relate to the output): the runs before it are exact.
+    """
     groups, i, j = [], 0, 0
     while i < len(src) or j < len(dst):
         si, sj, pi, pj = i, j, 1, 1
@@ -60,9 +66,21 @@ def _reshape_groups(src: list[int], dst: list[int]) -> list[tuple[range, range]]
             elif pj < pi and j < len(dst):
                 pj, j = pj * dst[j], j + 1
             else:
-                return None
+                return groups
         groups.append((range(si, i), range(sj, j)))
     return groups
+
+
+def _aligned_groups(src: list[int], dst: list[int]) -> list[tuple[range, range]]:
+    """Runs paired from the left, then from the right (equal suffix products: same strides).
+
+    `addmm(...).view(B, S, 96)` reshapes [unk, 96] to [B, S, 96]: the leading dims
+    do not pair, the channel dim pairs from the right.
+    """
+    n, m = len(src), len(dst)
+    right = [(range(n - s.stop, n - s.start), range(m - d.stop, m - d.start))
+             for s, d in _reshape_groups(src[::-1], dst[::-1])]
+    return _reshape_groups(src, dst) + right
 
 
 def _resolve(src: list[sympy.Expr], target: list[sympy.Expr], allowzero: bool
@@ -128,15 +146,10 @@ def _target_mismatch(
                     got.append(-1)
                 else:
                     got.append(concrete(e, pruned))
-            if any(v is None for v in (*src_k, *got)):
-                return next(j for j, v in enumerate(got) if v is None) if None in got else 0
-            if -1 in got:
-                hole = got.index(-1)
-                rest = int(np.prod([v for j, v in enumerate(got) if j != hole], dtype=object))
-                total = int(np.prod(src_k, dtype=object))
-                got[hole] = total // rest if rest and total % rest == 0 else None
+            # a -1 takes what the others leave: right whenever they are (the pruned
+            # input and the wanted output lose the same fraction of elements)
             for j, (g, w) in enumerate(zip(got, want, strict=True)):
-                if g != w:
+                if g != -1 and (g is None or g != w):
                     return j
     return None
 
@@ -161,7 +174,7 @@ def _rewrite_fixup(a: ChannelAnalysis, node: gs.Node, index: int, value: SymValu
 
 
 def _couple(a: ChannelAnalysis, node: gs.Node, value: SymValue, ids: np.ndarray,
-            chan: sympy.Symbol) -> SymValue | None:
+            chan: sympy.Symbol, index: int = 1) -> SymValue | None:
     """Let a shape use another tensor's channel count by coupling it to `ids`.
 
     `Expand(x, Shape(y))` (torch's `expand_as`) or a reshape target read off a
@@ -171,7 +184,7 @@ def _couple(a: ChannelAnalysis, node: gs.Node, value: SymValue, ids: np.ndarray,
     replaced by `chan`. A count of a different size blocks (None).
     """
     others = {s for e in value.elems for s in a.sym.channels_of(e)} - {chan}
-    if a.sym.deps(node.inputs[1]) - {chan} - others:
+    if a.sym.deps(node.inputs[index]) - {chan} - others:
         _block(a, node, ids, "shape is computed from a channel count the analysis cannot follow")
         return None
     for sym in others:
@@ -184,6 +197,30 @@ def _couple(a: ChannelAnalysis, node: gs.Node, value: SymValue, ids: np.ndarray,
     subs = {sym: chan for sym in others}
     elems = [e.subs(subs) if subs else e for e in value.elems]
     return SymValue(elems, value.scalar, value.origins)
+
+
+_ATTENTION_PATH = {"Transpose", "Mul", "Div", "Identity", "Cast"}
+
+
+def _feeds_attention(t: gs.Tensor, hops: int = 3) -> bool:
+    """Does `t` reach, through a few layout/scale ops, a MatMul of two activations?
+
+    Then a `[heads, head_dim]` split should carry the heads: per-head products
+    keep them separate, so whole heads can go (`batched_matmul`).
+    """
+    for consumer in t.outputs:
+        if consumer.op == "MatMul" and not any(isinstance(i, gs.Constant)
+                                               for i in consumer.inputs):
+            return True
+        if hops and consumer.op in _ATTENTION_PATH and consumer.outputs:
+            if _feeds_attention(consumer.outputs[0], hops - 1):
+                return True
+    return False
+
+
+def _dim(e: sympy.Expr) -> int | str:
+    """A graphsurgeon dim: an int, or a name for a symbolic one."""
+    return int(e) if e.is_Integer else str(e)
 
 
 def _choose_axes(full: np.ndarray) -> list[int]:
@@ -209,6 +246,7 @@ def reshape(a: ChannelAnalysis, node: gs.Node) -> None:
     x, y = node.inputs[0], node.outputs[0]
     lay = a.layout(x)
     if lay is None:
+        _learn_untracked(a, node)
         return
     src = a.sym.dims(x)
     if src is None:
@@ -238,12 +276,20 @@ def reshape(a: ChannelAnalysis, node: gs.Node) -> None:
     if target is not None:  # its channel counts are now this input's: blocks below cover them
         a.sym.accept(node, 1)
     env = {**prime_env([*src, *dst], skip={chan}), chan: sympy.Integer(count)}
-    src_c = [concrete(e, env) for e in src]
     dst_c = [concrete(e, env) for e in dst]
+    if target is not None and -1 in target.elems and None in dst_c:
+        # inference lost how the input's dims relate (`unk__2 * unk__3` vs `batch`):
+        # the -1 is opaque; the channel dims can still pair from the right
+        hole = target.elems.index(-1)
+        dst[hole] = sympy.Symbol(f"?{y.name}[{hole}]", integer=True, positive=True)
+        env = {**prime_env([*src, *dst], skip={chan}), chan: sympy.Integer(count)}
+        dst_c = [concrete(e, env) for e in dst]
+    a.sym.learn(y, dst)
+    src_c = [concrete(e, env) for e in src]
     if None in src_c or None in dst_c:
         _block(a, node, lay.ids, "target shape is not a whole number of elements")
         return
-    group = next((g for g in _reshape_groups(src_c, dst_c) or [] if lay.axis in g[0]), None)
+    group = next((g for g in _aligned_groups(src_c, dst_c) if lay.axis in g[0]), None)
     if group is None or not len(group[1]):
         _block(a, node, lay.ids, "cannot map the channel axis")
         return
@@ -258,7 +304,10 @@ def reshape(a: ChannelAnalysis, node: gs.Node) -> None:
     full = np.broadcast_to(lay.ids.reshape(bshape), in_dims).reshape(
         [dst_c[d] for d in dst_axes])
     failure = None
-    for axis in _choose_axes(full):
+    order = _choose_axes(full)
+    if len(dst_axes) > 1 and len(src_dims) == 1 and _feeds_attention(y):
+        order = [0, *[ax for ax in order if ax != 0]]  # heads: whole heads are separable
+    for axis in order:
         new_axis = dst_axes.start + axis
         rewrite = set()
         if target is not None:
@@ -278,6 +327,8 @@ def reshape(a: ChannelAnalysis, node: gs.Node) -> None:
     for row in slices:
         a.unite(np.full(row.size, row[0]), row)
     a.set_layout(y, new_axis, slices[:, 0])
+    if a.shape(y) is None:  # inference lost the rank (opset-13 computed target): give it back
+        y.shape = [_dim(d.subs(chan, count)) for d in dst]
     if len(dst_axes) > 1 and len(src_dims) == 1:
         a.head_splits.append(HeadSplit(node.name, y.name, list(dst_axes), full, new_axis))
     if target is not None:
@@ -285,42 +336,64 @@ def reshape(a: ChannelAnalysis, node: gs.Node) -> None:
             _rewrite_fixup(a, node, 1, target, j, y)
 
 
+def channel_sized(a: ChannelAnalysis, node: gs.Node, index: int, x: gs.Tensor,
+                  by: gs.Tensor, out_rank: int, allow_one: bool = False) -> bool:
+    """Shape input `index` (right-aligned to `out_rank` dims) sizes `x`'s channel axis.
+
+    The element there must follow the channel count (computed from it), or be
+    the literal count (rewritten when pruned), or 1 where broadcasting allows;
+    no other element may use the count. Otherwise the channels are blocked.
+    """
+    lay = a.layout(x)
+    value = a.sym.value(node.inputs[index])
+    if value is None or value.scalar:
+        _block(a, node, lay.ids, "shape is computed at run time by ops the channel analysis "
+               "does not follow")
+        return False
+    chan = a.sym.channel_symbol(x)
+    value = _couple(a, node, value, lay.ids, chan, index)
+    if value is None:
+        return False
+    a.sym.accept(node, index)  # every failure below blocks these channels
+    pos = lay.axis + out_rank - a.rank(x) - (out_rank - len(value.elems))
+    if any(chan in e.free_symbols for j, e in enumerate(value.elems) if j != pos):
+        _block(a, node, lay.ids, "shape uses the channel count on another axis")
+        return False
+    if pos < 0:
+        return True
+    e = value.elems[pos]
+    if e == chan or (allow_one and e == 1):
+        return True
+    if e.is_Integer and int(e) == lay.ids.size:
+        _rewrite_fixup(a, node, index, value, pos, by)
+        return True
+    _block(a, node, lay.ids, f"shape element {pos} ({e}) does not follow the channels")
+    return False
+
+
+def _learn_untracked(a: ChannelAnalysis, node: gs.Node) -> None:
+    """An untracked Reshape still tells what inference's `unk__N` output dims are."""
+    if node.op != "Reshape":
+        return
+    src, target = a.sym.dims(node.inputs[0]), a.sym.value(node.inputs[1])
+    if src is None or target is None or target.scalar or a.sym.deps(node.inputs[1]):
+        return
+    dst = _resolve(src, target.elems, bool(node.attrs.get("allowzero", 0)))
+    if dst is not None:
+        a.sym.learn(node.outputs[0], dst)
+
+
 def expand(a: ChannelAnalysis, node: gs.Node) -> None:
     """Expand: channels stay on their axis; the shape element there is 1, C or follows C."""
     x, y = node.inputs[0], node.outputs[0]
     lay = a.layout(x)
-    value = a.sym.value(node.inputs[1])
     if lay is None:
         _follow_shape(a, node, 1, a.sym.dims(x))
         return
-    rank = a.rank(x)
-    if value is None or value.scalar:
-        _block(a, node, lay.ids, "shape is computed at run time by ops the channel analysis "
-               "does not follow")
-        return
-    chan = a.sym.channel_symbol(x)
-    value = _couple(a, node, value, lay.ids, chan)
-    if value is None:
-        return
-    out_rank = max(rank, len(value.elems))
-    axis = lay.axis + out_rank - rank
-    pos = axis - (out_rank - len(value.elems))
-    others = [e for j, e in enumerate(value.elems) if j != pos]
-    if any(chan in e.free_symbols for e in others):
-        _block(a, node, lay.ids, "shape uses the channel count on another axis")
-        return
-    rewrite = False
-    if pos >= 0:
-        e = value.elems[pos]
-        if e == lay.ids.size and e != 1:
-            rewrite = True
-        elif e not in (1, chan):
-            _block(a, node, lay.ids, f"shape element {pos} ({e}) does not follow the channels")
-            return
-    a.set_layout(y, axis, lay.ids)
-    a.sym.accept(node, 1)
-    if rewrite:
-        _rewrite_fixup(a, node, 1, value, pos, y)
+    value = a.sym.value(node.inputs[1])
+    out_rank = max(a.rank(x), len(value.elems) if value is not None else 0)
+    if channel_sized(a, node, 1, x, y, out_rank, allow_one=True):
+        a.set_layout(y, lay.axis + out_rank - a.rank(x), lay.ids)
 
 
 def tile(a: ChannelAnalysis, node: gs.Node) -> None:
@@ -372,3 +445,70 @@ def _follow_shape(a: ChannelAnalysis, node: gs.Node, index: int,
             return
     a.set_layout(node.outputs[0], axis, a.sym.channel_ids[sym])
     a.sym.accept(node, index)
+
+
+def symbolic_slice(a: ChannelAnalysis, node: gs.Node, lay: Layout, axes: list[int] | None,
+                   steps: list[int] | None) -> None:
+    """Slice with bounds computed at run time (torch's `chunk`: `(C + 1) // 2`, ...).
+
+    Bounds on other axes must not depend on channel counts. Bounds on the channel
+    axis must be fixed fractions of the count (0, C/2, C, ...): the axis is then
+    cut into that many equal parts, tied position by position (every part loses
+    the same channels), and the bounds are checked to land on the same fractions
+    of a few pruned counts.
+    """
+    x, out = node.inputs[0], node.outputs[0]
+    starts, ends = a.sym.value(node.inputs[1]), a.sym.value(node.inputs[2])
+    if starts is None or ends is None or len(starts.elems) != len(ends.elems):
+        _block(a, node, lay.ids, "bounds are computed at run time by ops the channel analysis "
+               "does not follow")
+        return
+    rank = a.rank(x)
+    axes = [v + rank if v < 0 else v for v in (axes or range(len(starts.elems)))]
+    chan = a.sym.channel_symbol(x)
+    deps = a.sym.deps(node.inputs[1]) | a.sym.deps(node.inputs[2])
+    if deps - {chan}:
+        _block(a, node, lay.ids, "bounds depend on another tensor's channel count")
+        return
+    if lay.axis not in axes:
+        if deps:
+            _block(a, node, lay.ids, "bounds of another axis depend on the channel count")
+            return
+        a.set_layout(out, lay.axis, lay.ids)
+        a.sym.accept(node, 1)
+        a.sym.accept(node, 2)
+        return
+    pos = axes.index(lay.axis)
+    a.sym.accept(node, 1)  # every failure below blocks these channels
+    a.sym.accept(node, 2)
+    if steps is not None and steps[pos] != 1:
+        _block(a, node, lay.ids, "strided slice of the channel axis")
+        return
+    others = [*starts.elems[:pos], *starts.elems[pos + 1:], *ends.elems[:pos],
+              *ends.elems[pos + 1:]]
+    if any(chan in e.free_symbols for e in others):
+        _block(a, node, lay.ids, "bounds of another axis depend on the channel count")
+        return
+    bounds = (starts.elems[pos], ends.elems[pos])
+    env = prime_env(list(bounds), skip={chan})
+
+    def at(count: int) -> tuple[int, int] | None:
+        values = [concrete(e, {**env, chan: sympy.Integer(count)}) for e in bounds]
+        if None in values:
+            return None
+        return slice(*values).indices(count)[:2]
+
+    count = int(lay.ids.size)
+    full = at(count)
+    if full is None:
+        _block(a, node, lay.ids, "bounds are not whole numbers")
+        return
+    start, stop = full
+    parts = math.lcm(Fraction(start, count).denominator, Fraction(stop, count).denominator)
+    for m in _samples(count // parts, count // parts):
+        if at(parts * m) != (start * m * parts // count, stop * m * parts // count):
+            _block(a, node, lay.ids, f"bounds ({bounds[0]}, {bounds[1]}) do not follow the "
+                   "pruned channel count")
+            return
+    a.tie(lay.ids, parts)
+    a.set_layout(out, lay.axis, lay.ids[start:stop])

@@ -20,12 +20,15 @@ analysis can block, never guess.
 
 from __future__ import annotations
 
-import itertools
+import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 import sympy
 
@@ -61,6 +64,7 @@ class ShapeValues:
         self._by_ids: dict[bytes, sympy.Symbol] = {}
         self._unknown: dict[tuple[str, int], sympy.Symbol] = {}
         self.accepted: set[tuple[str, int]] = set()  # (node, input) checked by a rule
+        self.aliases: dict[sympy.Symbol, sympy.Expr] = {}  # inference's unk__N -> known value
 
     # -- symbols ------------------------------------------------------------------
     def channel_symbol(self, tensor: gs.Tensor) -> sympy.Symbol:
@@ -88,7 +92,8 @@ class ShapeValues:
             elif isinstance(d, (int, np.integer)) and d >= 0:
                 out.append(sympy.Integer(int(d)))
             elif isinstance(d, str) and d:
-                out.append(sympy.Symbol(d, integer=True, positive=True))
+                sym = sympy.Symbol(d, integer=True, positive=True)
+                out.append(self.aliases.get(sym, sym))
             else:  # unknown and unnamed: a symbol of its own
                 key = (tensor.name, axis)
                 if key not in self._unknown:
@@ -97,8 +102,24 @@ class ShapeValues:
                 out.append(self._unknown[key])
         return out
 
-    def is_channel(self, sym: sympy.Basic) -> bool:
-        return sym in self.channel_ids
+    def learn(self, tensor: gs.Tensor, dims: list[sympy.Expr]) -> None:
+        """Record what a reshape computed for dims inference could only name (`unk__N`).
+
+        Inference names an unknown dim once and carries the name through later ops,
+        so every tensor sharing it gets the value (e.g. `Min(64, sequence)`).
+        """
+        shape = self.a.shape(tensor)
+        if shape is None or len(shape) != len(dims):
+            return
+        for d, e in zip(shape, dims, strict=True):
+            if not isinstance(d, str) or not d or self.channels_of(e) or any(
+                    str(s).startswith(("?", "unk__")) for s in e.free_symbols):
+                continue  # only a value in known names (batch, sequence, literals) helps
+            if concrete(e, prime_env([e], set())) is None:
+                continue
+            sym = sympy.Symbol(d, integer=True, positive=True)
+            if sym != e:
+                self.aliases.setdefault(sym, e)
 
     def channels_of(self, expr: sympy.Expr) -> set[sympy.Symbol]:
         return {s for s in expr.free_symbols if s in self.channel_ids}
@@ -111,9 +132,13 @@ class ShapeValues:
         const = self.a.const(tensor)
         if const is None or const.ndim > 1 or const.size > MAX_ELEMENTS:
             return None
-        if not np.issubdtype(const.dtype, np.integer):
+        if np.issubdtype(const.dtype, np.integer):
+            elems = [sympy.Integer(int(v)) for v in const.ravel()]
+        elif np.issubdtype(const.dtype, np.floating) and np.isfinite(const).all():
+            elems = [sympy.Rational(float(v)) for v in const.ravel()]  # exact binary value
+        else:
             return None
-        return SymValue([sympy.Integer(int(v)) for v in const.ravel()], scalar=const.ndim == 0)
+        return SymValue(elems, scalar=const.ndim == 0)
 
     def deps(self, tensor: gs.Tensor) -> set[sympy.Symbol]:
         """Channel symbols a tensor's value depends on (known value or taint)."""
@@ -131,30 +156,38 @@ class ShapeValues:
         """A rule has checked that input `index` of `node` follows the channel counts."""
         self.accepted.add((node.name, index))
 
-    def visit(self, node: gs.Node) -> None:
-        """Propagate values through `node`; taint what cannot be followed."""
+    def visit(self, node: gs.Node) -> bool:
+        """Propagate values through `node`; True if its outputs now carry what it read.
+
+        A rule that cannot follow its shape-valued data taints the outputs with the
+        channel symbols of its (not accepted) inputs. An op whose data is not a
+        shape value at all (a Slice of activations with computed bounds) is not
+        handled here: the caller's leak check blocks at this node, naming it.
+        """
         rule = RULES.get(node.op)
         if rule is None:
-            return
-        involved = any(t.name in self.values or self.deps(t) for t in node.inputs)
-        if not involved and node.op not in ("Shape", "Size"):
-            return
+            return False
+        if node.op not in ("Shape", "Size"):
+            if not any(t.name in self.values or self.deps(t) for t in node.inputs):
+                return False
+            if not all(self.value(t) is not None or self.deps(t)
+                       for t in node.inputs if t.name):
+                return False  # an activation is involved: not shape arithmetic
         try:
             outs = rule(self, node)
         except (ArithmeticError, ValueError, TypeError, IndexError, KeyError):
             outs = None
-        if outs is None:
-            deps = set().union(*(self.deps(t) for t in node.inputs)) if node.inputs else set()
+        if outs is None:  # inputs a channel rule accepted are followed; the rest taint
+            deps = set().union(set(), *(self.deps(t) for i, t in enumerate(node.inputs)
+                                        if (node.name, i) not in self.accepted))
             if deps:
                 for out in node.outputs:
                     self.taint[out.name] = deps
-            return
+            return True
         for out, val in zip(node.outputs, outs, strict=False):
             if val is not None:
                 self.values[out.name] = val
-
-    def propagates(self, node: gs.Node) -> bool:
-        return node.op in RULES
+        return True
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -179,10 +212,6 @@ def _vec(sv: ShapeValues, t: gs.Tensor) -> SymValue:
     if val is None:
         raise ValueError(f"no symbolic value for {t.name!r}")
     return val
-
-
-def _same(vals: list[SymValue], scalar: bool) -> list[SymValue | None]:
-    return [SymValue(v.elems, scalar) if v else None for v in vals]
 
 
 # -- rules: each returns one SymValue (or None) per output, or None if not followed ---
@@ -210,16 +239,21 @@ def _identity(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
     return [SymValue(list(val.elems), val.scalar)]
 
 
-def _cast(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
-    import onnx
+_INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16,
+              onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
+              onnx.TensorProto.UINT32, onnx.TensorProto.UINT64}
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}
 
+
+def _cast(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
     to = int(node.attrs["to"])
-    if to not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16,
-                  onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.UINT16,
-                  onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.FLOAT,
-                  onnx.TensorProto.DOUBLE):
+    if to not in _INT_TYPES | _FLOAT_TYPES:
         return None
-    return _identity(sv, node)
+    val = _vec(sv, node.inputs[0])
+    elems = list(val.elems)
+    if to in _INT_TYPES and _floating(node.inputs[0]):  # float -> int truncates (dims >= 0)
+        elems = [sympy.floor(e) for e in elems]
+    return [SymValue(elems, val.scalar)]
 
 
 def _unsqueeze(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
@@ -285,6 +319,9 @@ def _broadcast(vals: list[SymValue]) -> tuple[list[list[sympy.Expr]], bool]:
 
 
 def _int_div(x: sympy.Expr, y: sympy.Expr) -> sympy.Expr:
+    """ONNX integer Div truncates; symbolic dims are positive, so floor is the same."""
+    if x.is_Integer and y.is_Integer:
+        return sympy.Integer(math.trunc(Fraction(int(x), int(y))))
     return sympy.floor(x / y)
 
 
@@ -298,12 +335,25 @@ _BINARY: dict[str, Callable[[sympy.Expr, sympy.Expr], sympy.Expr]] = {
 }
 
 
+def _true_div(x: sympy.Expr, y: sympy.Expr) -> sympy.Expr:
+    return x / y
+
+
+def _floating(t: gs.Tensor) -> bool:
+    try:
+        return t.dtype is not None and np.issubdtype(np.dtype(t.dtype), np.floating)
+    except TypeError:
+        return False
+
+
 def _binary(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
     vals = [_vec(sv, t) for t in node.inputs]
     if len(vals) != 2:
         return None
     (xs, ys), scalar = _broadcast(vals)
     fn = _BINARY[node.op]
+    if node.op == "Div" and any(_floating(t) for t in (*node.inputs, *node.outputs)):
+        fn = _true_div  # a float Div divides exactly
     return [SymValue([fn(x, y) for x, y in zip(xs, ys, strict=True)], scalar)]
 
 
@@ -336,7 +386,16 @@ def _reduce_prod(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None
     return [SymValue([sympy.Mul(*val.elems)], scalar=not keep and not val.scalar)]
 
 
+def _reshape(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
+    val = _vec(sv, node.inputs[0])
+    target = _ints(sv, node, "shape", 1)
+    if target is None or len(target) > 1 or (target and target[0] not in (-1, len(val.elems))):
+        return None
+    return [SymValue(list(val.elems), scalar=not target)]
+
+
 RULES: dict[str, SymRule] = {
+    "Reshape": _reshape,
     "Shape": _shape,
     "Size": _size,
     "Identity": _identity,
@@ -354,16 +413,26 @@ RULES: dict[str, SymRule] = {
 
 
 # -- evaluation -----------------------------------------------------------------------
-_PRIMES = (10007, 10009, 10037, 10039, 10061, 10067, 10069, 10079, 10091, 10093)
+@functools.cache
+def _primes(count: int) -> tuple[int, ...]:
+    """`count` distinct primes above any dim a shape tensor holds in practice."""
+    out, p = [], 10_000
+    for _ in range(count):
+        p = int(sympy.nextprime(p))
+        out.append(p)
+    return tuple(out)
 
 
 def prime_env(exprs: list[sympy.Expr], skip: set[sympy.Symbol], shift: int = 0) -> dict:
-    """Distinct large primes for the free symbols (but `skip`): products stay unique."""
+    """Distinct large primes for the free symbols (but `skip`): products stay unique.
+
+    A symbolic dim set to a large prime cannot be mistaken for a product of the
+    static dims, so runs of dims pair exactly when they pair symbolically.
+    `shift` picks another assignment (to check an equality twice).
+    """
     names = sorted({s for e in exprs for s in e.free_symbols} - skip, key=str)
-    primes = itertools.cycle(_PRIMES[shift:] + _PRIMES[:shift])
-    if len(names) > len(_PRIMES):
-        raise ValueError("too many symbolic dims")
-    return {s: sympy.Integer(next(primes)) for s in names}
+    primes = _primes(len(names) + shift)[shift:]
+    return {s: sympy.Integer(p) for s, p in zip(names, primes, strict=True)}
 
 
 def concrete(expr: sympy.Expr, env: dict) -> int | None:

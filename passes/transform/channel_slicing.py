@@ -115,12 +115,6 @@ def _fix_shape_element(model: Model, node: gs.Node, f: Fixup, keep: dict) -> Non
         node.inputs[index] = out
 
 
-def _fix_resize(model: Model, node: gs.Node, f: Fixup, keep: dict) -> None:
-    sizes = [int(v) for v in np.atleast_1d(node.inputs[3].values)]
-    sizes[f.data["axis"]] = int(keep[f.data["by"]].sum())
-    _ints_input(node, 3, sizes)
-
-
 def _fix_groupnorm(model: Model, node: gs.Node, f: Fixup, keep: dict) -> None:
     node.attrs["num_groups"] = int(keep[f.data["by"]].sum()) // f.data["per_group"]
 
@@ -136,7 +130,6 @@ FIXUPS: dict[str, Callable[[Model, gs.Node, Fixup, dict], None]] = {
     "split-sizes": _fix_split,
     "slice-range": _fix_slice,
     "shape-element": _fix_shape_element,
-    "resize-sizes": _fix_resize,
     "groupnorm-groups": _fix_groupnorm,
     "groupnorm-param": _fix_groupnorm_param,
 }
