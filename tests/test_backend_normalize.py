@@ -139,3 +139,19 @@ def test_old_opset_is_upgraded() -> None:
     assert stats["opset_upgrade"] == {"from": 9, "to": 17}
     assert out.opset_import[0].version == 17
     _same(model, out)
+
+
+def test_identity_read_by_a_subgraph_is_kept() -> None:
+    """An If branch reads the Identity's output by name from the outer scope."""
+    def branch(op: str) -> onnx.GraphProto:
+        return helper.make_graph([helper.make_node(op, ["i"], ["o"])], op, [],
+                                 [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)])
+
+    model = _model([
+        helper.make_node("Identity", ["x"], ["i"], name="ident"),
+        helper.make_node("If", ["cond"], ["y"], then_branch=branch("Relu"),
+                         else_branch=branch("Neg")),
+    ], [numpy_helper.from_array(np.array(True), "cond")], [("y", ["N", 3, 6, 6])])
+    out, stats = _normalize(model)
+    assert "Identity" in _ops(out) and "removed" not in stats
+    _same(model, out)

@@ -106,9 +106,11 @@ def remove_noops(proto: onnx.ModelProto, stats: Counter) -> None:
     consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer
               if int(np.prod(i.dims)) <= 1}
     used = {name for n in graph.node for name in n.input} | outputs
+    inner = _subgraph_reads(graph)  # outer names read by If/Loop bodies are left alone
     kept = []
     for node in graph.node:
-        if not _is_noop(node, consts, used) or not node.input or not node.input[0]:
+        if not _is_noop(node, consts, used) or not node.input or not node.input[0] or \
+                {node.input[0], node.output[0]} & inner:
             kept.append(node)
             continue
         src, dst = node.input[0], node.output[0]
@@ -124,6 +126,17 @@ def remove_noops(proto: onnx.ModelProto, stats: Counter) -> None:
         stats[node.op_type] += 1
     del graph.node[:]
     graph.node.extend(kept)
+
+
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Every name read by a node inside a subgraph attribute (any depth)."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subs:
+                names |= {i for n in sub.node for i in n.input} | _subgraph_reads(sub)
+    return names
 
 
 def _read_elsewhere(graph: onnx.GraphProto, name: str, skip: onnx.NodeProto) -> bool:
