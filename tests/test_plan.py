@@ -182,6 +182,18 @@ def test_cli_plan_flag(net_path: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert not (tmp_path / "p2.json").exists()
 
 
+def test_plan_from_a_recipe(net_path: Path, tmp_path: Path,
+                            capsys: pytest.CaptureFixture) -> None:
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"model": str(net_path), "passes": [
+        {"channel-prune": {"ratio": 0.25}}], "plan": str(tmp_path / "plan.json")}))
+    assert main(["--config", str(recipe), "--quiet"]) == EXIT_OK
+    assert read_plan(tmp_path / "plan.json")["steps"][0]["pass"] == "channel-prune{ratio=0.25}"
+    assert main(["--config", str(recipe), "--plan", str(tmp_path / "p2.json"),
+                 "--print-config"]) == EXIT_OK
+    assert "p2.json" in capsys.readouterr().out  # the flag overrides the file
+
+
 def test_validate_plan_names_the_bad_key(net_path: Path) -> None:
     plan = json.loads(json.dumps(compress(str(net_path), "channel-prune{ratio=0.5}").plan))
     del plan["steps"][0]["slices"][0]["kept"]
