@@ -52,21 +52,23 @@ class Net(nn.Module):
 
 
 class Attention(nn.Module):
+    """The head count follows the projections' width, so pruning whole heads carries over."""
+
     def __init__(self, d: int = 32, heads: int = 4) -> None:
         super().__init__()
-        self.heads = heads
+        self.dh = d // heads
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        dh = d // self.heads
+        b, t, _ = x.shape
+        dh, heads = self.dh, self.q.out_features // self.dh
 
         def split(z: torch.Tensor) -> torch.Tensor:
-            return z.view(b, t, self.heads, dh).transpose(1, 2)
+            return z.view(b, t, heads, dh).transpose(1, 2)
 
         q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
         a = torch.softmax(q @ k.transpose(-1, -2) / dh**0.5, -1)
-        return self.o((a @ v).transpose(1, 2).reshape(b, t, d))
+        return self.o((a @ v).transpose(1, 2).reshape(b, t, heads * dh))
 
 
 class TinyTransformer(nn.Module):
@@ -177,6 +179,9 @@ def test_apply_plan_transformer_block() -> None:
     model = TinyTransformer().eval()
     small = _assert_matches_pruned_onnx(model, torch.randn(2, 6, 8), "channel-prune{ratio=0.5}")
     assert small.mlp[0].out_features == small.mlp[2].in_features == 64
+    # whole heads go (q, k, v outputs and o's input together); forward() derives the count
+    assert small.attn.q.out_features == small.attn.v.out_features == small.attn.o.in_features
+    assert small.attn.q.out_features % small.attn.dh == 0 and small.attn.q.out_features < 32
 
 
 def test_plan_file_round_trip(tmp_path: Path) -> None:
