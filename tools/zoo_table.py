@@ -12,8 +12,8 @@ fixtures and the corpus of real exports ``tests/fixtures/real/*.onnx`` (issue 9:
 dynamic axes, both torch exporters, transformers, timm, paddle2onnx-style); all
 store weights as ``ConstantOfShape`` placeholders, which are filled with
 ``fill_placeholders(proto, seed)``. MACs of a real-corpus model are counted at its
-stated input shape (``tests/fixtures/real/input_shapes.json``; symbolic dims fixed,
-shapes re-inferred); other models at their own static shapes. Each model gets
+stated input shape (``tests/fixtures/real/input_shapes.json``, passed to
+``model_metrics`` as ``input_shapes``); other models at their own static shapes. Each model gets
 ``channel-prune{ratio=0.5}`` (uniform scope, l2 criterion) via the pass alone
 (no pipeline verification), then the pruned model is compared with
 ``result.reference`` (the channel-masked original) by
@@ -113,24 +113,6 @@ def stated_shapes(path: Path) -> dict[str, list[int]] | None:
     return json.loads(table.read_text()).get(path.stem)
 
 
-def at_shape(proto: onnx.ModelProto, shapes: dict[str, list[int]] | None) -> onnx.ModelProto:
-    """A copy with the graph inputs fixed to `shapes` and every other shape re-inferred."""
-    if not shapes:
-        return proto
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(proto)
-    for vi in fixed.graph.input:
-        if vi.name in shapes:
-            dims = vi.type.tensor_type.shape.dim
-            for d, n in zip(dims, shapes[vi.name], strict=True):
-                d.Clear()
-                d.dim_value = int(n)
-    for vi in fixed.graph.output:
-        vi.type.tensor_type.ClearField("shape")
-    del fixed.graph.value_info[:]
-    return onnx.shape_inference.infer_shapes(fixed, data_prop=True)
-
-
 def dynamic_non_batch(proto: onnx.ModelProto) -> bool:
     """Whether an input has a symbolic dim other than dim 0 (TVM needs it fixed)."""
     inits = {i.name for i in proto.graph.initializer}
@@ -179,7 +161,7 @@ def run_model(path: Path, pipeline: str, seed: int, compile_: bool = False) -> R
         proto = fill_placeholders(onnx.load(str(path)), seed)
         model = load_onnx(proto)
         before = model.to_proto()
-        m = model_metrics(at_shape(before, shapes))
+        m = model_metrics(before, shapes)
         row.macs_before, row.params_before = m["macs"], m["params"]
         (prune,) = build_passes(pipeline)
         stage = "prune"
@@ -191,7 +173,7 @@ def run_model(path: Path, pipeline: str, seed: int, compile_: bool = False) -> R
         row.reasons = dict(Counter(reason for g in result.details["groups"]  # per group
                                    for reason in {shorten(r) for r in g["blocked_by"]}))
         after = result.model.to_proto()
-        m = model_metrics(at_shape(after, shapes))
+        m = model_metrics(after, shapes)
         row.macs_after, row.params_after = m["macs"], m["params"]
         if result.reference is not None:
             stage = "check"
