@@ -23,7 +23,7 @@ import compress_ir.passes  # noqa: F401 - registers the passes
 from compress_ir import __version__
 from compress_ir.core import validate
 from compress_ir.core.boundary import run_guarded
-from compress_ir.core.errors import EXIT_OK, EXIT_USAGE
+from compress_ir.core.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from compress_ir.core.limits import DEFAULT_RPC_TIMEOUT
 from compress_ir.core.passes import PASSES, describe_options
 from compress_ir.core.safety import means_stdout
@@ -336,5 +336,24 @@ def _guarded(args: argparse.Namespace, fn: Callable[[], int]) -> int:
     return run_guarded(fn, debug=bool(getattr(args, "debug", False)))
 
 
+def entry() -> None:
+    """The `compress-ir` executable: `main()`, then exit with its code, whatever arrives late.
+
+    `main()` restores the signal handlers it found, so a Ctrl-C/SIGTERM landing after
+    the run (during interpreter teardown, or one that TVM held back) would otherwise kill
+    the process by signal and hide the exit code that the run already decided.
+    """
+    import signal
+
+    try:
+        code = main()
+    except KeyboardInterrupt:  # arrived between the guarded run and here
+        print("compress-ir: error: interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

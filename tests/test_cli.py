@@ -12,11 +12,12 @@ from pathlib import Path
 
 import onnx
 import pytest
+from cli_helpers import cli, one_error
 from onnx import numpy_helper
 from oracle import tiny_net
 
 from compress_ir import __version__
-from compress_ir.cli import main, passes_help
+from compress_ir.cli import passes_help
 from compress_ir.core.errors import (
     EXIT_MODEL,
     EXIT_NUMERIC,
@@ -56,22 +57,8 @@ def unknown_op(tmp_path: Path) -> Path:
     return path
 
 
-def cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    """main() in-process; argparse's own exits (usage, --help) count as return codes."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def assert_one_line_error(err: str) -> str:
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("compress-ir: error: "), err
-    return lines[0]
 
 
 # --- 0: success ------------------------------------------------------------------------
@@ -198,7 +185,7 @@ def test_usage_errors_exit_2(
     argv = [str(model) if a == "MODEL" else a.replace("FILE/", f"{a_file}/") for a in argv]
     code, stdout, stderr = cli(capsys, *argv)
     assert code == EXIT_USAGE, stderr
-    line = assert_one_line_error(stderr)
+    line = one_error(stderr)
     for fragment in fragments:
         assert fragment in line, f"{fragment!r} not in {line!r}"
     assert stdout == ""
@@ -213,14 +200,14 @@ def test_truncated_model_exits_3(
     out = tmp_path / "out.onnx"
     code, stdout, stderr = cli(capsys, truncated, "--pass", "channel-prune", "-o", out)
     assert code == EXIT_MODEL
-    assert str(truncated) in assert_one_line_error(stderr)
+    assert str(truncated) in one_error(stderr)
     assert stdout == "" and not out.exists()
 
 
 def test_unknown_op_exits_3(capsys: pytest.CaptureFixture[str], unknown_op: Path) -> None:
     code, _, stderr = cli(capsys, unknown_op, "--pass", "channel-prune")
     assert code == EXIT_MODEL
-    line = assert_one_line_error(stderr)
+    line = one_error(stderr)
     for fragment in (str(unknown_op), "'relu1'", "'Frobnicate'"):
         assert fragment in line
 
@@ -228,7 +215,7 @@ def test_unknown_op_exits_3(capsys: pytest.CaptureFixture[str], unknown_op: Path
 def test_missing_model_exits_3(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, stderr = cli(capsys, tmp_path / "nope.onnx", "--pass", "channel-prune")
     assert code == EXIT_MODEL
-    assert "nope.onnx: no such file" in assert_one_line_error(stderr)
+    assert "nope.onnx: no such file" in one_error(stderr)
 
 
 def test_debug_shows_the_exception(capsys: pytest.CaptureFixture[str], truncated: Path) -> None:
@@ -273,7 +260,7 @@ def test_numeric_mismatch_exits_1_writes_no_model_but_the_report(
     code, stdout, stderr = cli(capsys, model, "--pass", f"channel-prune,{wrong_reference_pass}",
                                "-o", out, "--report", report)
     assert code == EXIT_NUMERIC
-    line = assert_one_line_error(stderr)
+    line = one_error(stderr)
     assert f"pass '{wrong_reference_pass}' (after channel-prune)" in line
     assert "differs from its reference" in line and "tolerance" in line
     assert stdout == "" and not out.exists()
@@ -311,10 +298,10 @@ def _run(argv: list[str | Path]) -> subprocess.CompletedProcess[str]:
 def test_module_entry_point_user_errors(model: Path, truncated: Path) -> None:
     usage = _run([sys.executable, "-m", "compress_ir.cli", model, "--pass", "chanel-prune"])
     assert usage.returncode == EXIT_USAGE
-    assert "unknown pass 'chanel-prune'" in assert_one_line_error(usage.stderr)
+    assert "unknown pass 'chanel-prune'" in one_error(usage.stderr)
     bad = _run([sys.executable, "-m", "compress_ir.cli", truncated, "--pass", "channel-prune"])
     assert bad.returncode == EXIT_MODEL
-    assert str(truncated) in assert_one_line_error(bad.stderr)
+    assert str(truncated) in one_error(bad.stderr)
     assert bad.stdout == ""
 
 
@@ -328,7 +315,7 @@ def test_console_script(model: Path, unknown_op: Path, tmp_path: Path) -> None:
     assert out.stat().st_size > 0
     bad = _run([exe, unknown_op, "--pass", "channel-prune"])
     assert bad.returncode == EXIT_MODEL
-    assert "'Frobnicate'" in assert_one_line_error(bad.stderr)
+    assert "'Frobnicate'" in one_error(bad.stderr)
     flag = _run([exe, model, "--pass", "channel-prune", "--frobnicate"])
     assert flag.returncode == EXIT_USAGE
-    assert "--frobnicate" in assert_one_line_error(flag.stderr)
+    assert "--frobnicate" in one_error(flag.stderr)

@@ -12,9 +12,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from cli_helpers import cli
 from oracle import tiny_net
 
-from compress_ir.cli import main
 from compress_ir.core.errors import EXIT_MODEL, EXIT_OK, EXIT_USAGE, UsageError
 from compress_ir.gates import EXIT_GATE, evaluate_gates, gate_metrics, parse_gate
 
@@ -26,13 +26,6 @@ def model(tmp_path: Path) -> Path:
     return path
 
 
-def cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_gate_parser_is_strict_and_never_evaluates() -> None:

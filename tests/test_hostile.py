@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import cli, one_error
 from onnx import TensorProto, helper, numpy_helper
 from oracle import tiny_net
 
@@ -51,21 +53,8 @@ from compress_ir.core.passes import PASSES, Pass, PassContext, PassResult, regis
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
-def one_error(err: str) -> str:
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("compress-ir: error: "), err
-    return lines[0]
 
 
 def listing(folder: Path) -> list[str]:
@@ -864,9 +853,12 @@ def test_run_output_onto_the_artifact_is_refused(
         assert target.read_bytes() == before
 
 
-def test_sigterm_during_a_tvm_build_cleans_up(model: Path, tmp_path: Path) -> None:
+def test_sigterm_during_a_tvm_build_cleans_up(tmp_path: Path) -> None:
     """SIGTERM mid-compile: exit 130, no staging folder, no TVM temp dir left behind."""
     pytest.importorskip("tvm")
+    # a model whose compile lasts long enough to be hit (tiny_net's ends within a second)
+    model = tmp_path / "m.onnx"
+    shutil.copyfile(ROOT / "tools" / "models" / "mnist_resnet.onnx", model)
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     env = {**os.environ, "TMPDIR": str(tmpdir)}
@@ -877,7 +869,7 @@ def test_sigterm_during_a_tvm_build_cleans_up(model: Path, tmp_path: Path) -> No
     while time.monotonic() < deadline and not any(tmp_path.glob(".cir-*")):
         time.sleep(0.05)  # the staging folder exists once the build has started
     assert proc.poll() is None, "the build finished before it could be interrupted"
-    time.sleep(1.0)
+    time.sleep(1.0)  # inside TVM's compile: the ResNet takes several seconds there
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_INTERRUPTED, err

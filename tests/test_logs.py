@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import cli
 from oracle import tiny_net
 
 from compress_ir import logs
-from compress_ir.cli import build_root_parser, main
+from compress_ir.cli import build_root_parser
 from compress_ir.core.errors import EXIT_OK
 
 
@@ -44,13 +45,6 @@ def _reset_logging(monkeypatch: pytest.MonkeyPatch) -> None:
         logger.propagate = True
 
 
-def cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 PRUNE = "channel-prune{criterion=thinet,ratio=0.5}"

@@ -10,10 +10,11 @@ from pathlib import Path
 import onnx
 import pytest
 import yaml
+from cli_helpers import cli
 from oracle import tiny_net
 
 from compress_ir.api import CompressOptions, compress
-from compress_ir.cli import build_parser, main
+from compress_ir.cli import build_parser
 from compress_ir.core.errors import EXIT_OK, EXIT_USAGE, UsageError
 from compress_ir.options import flag_of, recipe_fields, recipe_schema
 from compress_ir.recipe import SCHEMA_FILE, published_schema, step_specs, validate_recipe
@@ -28,13 +29,6 @@ def model(tmp_path: Path) -> Path:
     return path
 
 
-def cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_published_schema_is_the_one_generated_from_the_options() -> None:
