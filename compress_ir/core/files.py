@@ -18,21 +18,34 @@ def new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> int:
-    """Write `data` to `path` atomically; return the number of bytes written."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # a short temp name: a 250-character legal target name must still work
-    fd, tmp = tempfile.mkstemp(prefix=".cir-", dir=target.parent)
+def write_temp(parent: Path, data: bytes) -> Path:
+    """`data` in a new, fsynced temp file in `parent` with a normal file's mode.
+
+    The temp name is short (a 250-character legal target name must still fit) and
+    the file is removed again if writing fails; renaming it into place is the caller's.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=".cir-", dir=parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, new_file_mode())  # mkstemp makes 0600
-        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> int:
+    """Write `data` to `path` atomically; return the number of bytes written."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = write_temp(target.parent, data)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
     return len(data)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from compress_ir.core.errors import OutputError
-from compress_ir.core.files import new_file_mode
+from compress_ir.core.files import write_temp
 
 STDOUT = "-"
 TEMP_PREFIX = ".cir-"  # short: the temp name must fit wherever the final name fits
@@ -240,20 +240,11 @@ class Commit:
             return
         parent = self._parent(dest)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=parent)
+            tmp = write_temp(parent, data)
         except OSError as exc:
             raise OutputError(f"cannot write {dest.label} {dest.path}: "
                               f"{exc.strerror or exc}") from None
-        self._files.append((dest, Path(tmp)))
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, new_file_mode())  # mkstemp makes 0600
-        except OSError as exc:
-            raise OutputError(f"cannot write {dest.label} {dest.path}: "
-                              f"{exc.strerror or exc}") from None
+        self._files.append((dest, tmp))
 
     def stage_dir(self, dest: Destination) -> Path:
         """A not-yet-existing path beside the destination for a builder to create."""
