@@ -114,6 +114,18 @@ def last_line(exc: BaseException) -> str:
 SPREAD_FLOOR = 1e-2
 
 
+def _as_pair(got: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray] | float:
+    """Both as float64, or the error itself when no elementwise comparison is possible
+    (inf for different shapes, 0 for empty outputs)."""
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        return float("inf")
+    if got.size == 0:
+        return 0.0
+    return got, want
+
+
 def rel_error(got: np.ndarray, want: np.ndarray) -> float:
     """The check's error: max |got - want| / (|want| + max(std(want), SPREAD_FLOOR)).
 
@@ -123,12 +135,10 @@ def rel_error(got: np.ndarray, want: np.ndarray) -> float:
     values are judged relative to themselves. Different shapes or a non-finite
     difference (where the two do not agree exactly, NaN included) give inf.
     """
-    got = np.asarray(got, dtype=np.float64)
-    want = np.asarray(want, dtype=np.float64)
-    if got.shape != want.shape:
-        return float("inf")
-    if got.size == 0:
-        return 0.0
+    pair = _as_pair(got, want)
+    if isinstance(pair, float):
+        return pair
+    got, want = pair
     same = (got == want) | (np.isnan(got) & np.isnan(want))
     if not np.all(same | (np.isfinite(got) & np.isfinite(want))):
         return float("inf")
@@ -142,12 +152,10 @@ def rel_error(got: np.ndarray, want: np.ndarray) -> float:
 
 def max_relative_error(got: np.ndarray, want: np.ndarray) -> float:
     """max |got - want| / max |want|: the metric before `rel_error` (kept for comparison)."""
-    got = np.asarray(got, dtype=np.float64)
-    want = np.asarray(want, dtype=np.float64)
-    if got.shape != want.shape:
-        return float("inf")
-    if got.size == 0:
-        return 0.0
+    pair = _as_pair(got, want)
+    if isinstance(pair, float):
+        return pair
+    got, want = pair
     scale = float(np.max(np.abs(want)))
     diff = float(np.max(np.abs(got - want)))
     if not np.isfinite(diff):
