@@ -16,6 +16,7 @@ geometry needs them must say so with `needs_rank` (the analysis then blocks inst
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +112,52 @@ def _matmul_macs(attrs: Attrs, ins: Sequence[Shape], y: Shape) -> int:
     return _prod(y) * k
 
 
+# -- Einsum as a linear layer ----------------------------------------------------------------
+_EINSUM = re.compile(r"^(\.\.\.)?([a-zA-Z]*),([a-zA-Z]{2})->(\.\.\.)?([a-zA-Z]*)$")
+
+
+def einsum_linear(equation: str) -> tuple[int, int] | None:
+    """(in_axis, out_axis) of the weight when `equation` is x[..., k] . W[k, n] -> y[..., n]
+    (either order of W's letters), else None: the linear layers Keras' EinsumDense and
+    `torch.einsum` exports write; anything else mixes more than a feature axis."""
+    m = _EINSUM.match(equation.replace(" ", ""))
+    if m is None or bool(m.group(1)) != bool(m.group(4)):
+        return None
+    data, weight, out = m.group(2), m.group(3), m.group(5)
+    if not data or len(set(data)) != len(data):
+        return None
+    k = data[-1]
+    if k not in weight or weight[0] == weight[1]:
+        return None
+    n = weight[1 - weight.index(k)]
+    if n in data or out != data[:-1] + n:
+        return None
+    return weight.index(k), weight.index(n)
+
+
+def _einsum_axis(which: int) -> Callable[[Attrs, int], int]:
+    def axis(attrs: Attrs, rank: int) -> int:
+        found = einsum_linear(str(attrs.get("equation", "")))
+        if found is None:
+            raise ValueError(f"Einsum equation {attrs.get('equation')!r} is not a linear layer")
+        return found[which]
+
+    return axis
+
+
+def _einsum_refuse(attrs: Attrs, rank: int) -> str | None:
+    if einsum_linear(str(attrs.get("equation", ""))) is None:
+        return (f"equation {attrs.get('equation')!r} is not a linear layer "
+                "(x[..., k] . W[k, n] -> y[..., n])")
+    return None
+
+
+def _einsum_macs(attrs: Attrs, ins: Sequence[Shape], y: Shape) -> int:
+    found = einsum_linear(str(attrs.get("equation", "")))
+    w = ins[1]
+    return _prod(y) * int(w[found[0]]) if found and w and y else 0
+
+
 def _last(attrs: Attrs, rank: int | None) -> int:
     if rank is None:
         raise ValueError("rank unknown")
@@ -141,6 +188,9 @@ WEIGHTED_OPS: dict[str, WeightedOp] = {
         data_axis=_last, in_axis=lambda attrs, rank: rank - 2,
         out_axis=lambda attrs, rank: rank - 1, y_axis=_last,
         macs=_matmul_macs, reads=(0, -1), layer="fc", weight_ranks=(2, 8), needs_rank=True),
+    "Einsum": WeightedOp(
+        data_axis=_last, in_axis=_einsum_axis(0), out_axis=_einsum_axis(1), y_axis=_last,
+        macs=_einsum_macs, reads=(1, -1), needs_rank=True, refuse=_einsum_refuse),
 }
 
 
