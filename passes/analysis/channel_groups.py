@@ -6,6 +6,9 @@ Every output channel of a weight-carrying producer (Conv, Gemm, MatMul, ...) is 
 that axis. Op rules (see `channel_rules`) propagate layouts forward and *unite*
 elements that must go together (residual adds, grouped convs, shuffles, ...).
 
+Imports go one way: this driver imports the rule table (`channel_rules`,
+`shape_rules`, `shape_values`); the rules see `ChannelAnalysis` only as a type.
+
 After propagation, a *unit* is a union-find class of elements (removing a unit
 removes every position, in every tensor, whose element is in it) and a *group* is
 a set of producers whose units are coupled. Anything an op rule does not
@@ -26,6 +29,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from compress_ir.core.model import Model
+from compress_ir.passes.analysis.channel_rules import RANK_FREE, RULES, fill_shape, unknown_op
+from compress_ir.passes.analysis.shape_values import ShapeValues
 
 
 class UnionFind:
@@ -227,8 +232,6 @@ class ChannelAnalysis:
 
     # -- driver -----------------------------------------------------------------
     def run(self) -> ChannelAnalysis:
-        from compress_ir.passes.analysis.shape_values import ShapeValues
-
         graph = self.model.graph
         graph.toposort()
         self.nodes = {n.name: n for n in graph.nodes}
@@ -251,13 +254,6 @@ class ChannelAnalysis:
         exception from missing information) blocks the channels that reach the node,
         with a reason naming it: never a guess, never an internal error.
         """
-        from compress_ir.passes.analysis.channel_rules import (
-            RANK_FREE,
-            RULES,
-            fill_shape,
-            unknown_op,
-        )
-
         where = f"{node.op} node {node.name!r}"
         tracked = [t for t in node.inputs if self.layout(t) is not None]
         if any(isinstance(v, gs.Graph) or (isinstance(v, list) and v

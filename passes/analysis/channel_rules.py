@@ -9,12 +9,12 @@ An op missing from the table is a barrier (`unknown_op`): never guess.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from compress_ir.core.ops import WEIGHTED_OPS
-from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, Layout
 from compress_ir.passes.analysis.shape_rules import (
     channel_sized,
     constant_of_shape,
@@ -24,7 +24,10 @@ from compress_ir.passes.analysis.shape_rules import (
     tile,
 )
 
-Rule = Callable[[ChannelAnalysis, gs.Node], None]
+if TYPE_CHECKING:  # the analysis imports the rules, not the other way round
+    from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, Layout
+
+Rule = Callable[["ChannelAnalysis", gs.Node], None]
 
 
 def _opt(node: gs.Node, index: int) -> gs.Tensor | None:
