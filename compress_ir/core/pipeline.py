@@ -160,7 +160,8 @@ def run_checked(p: Pass, model: Model, ctx: PassContext) -> PassResult:
 
     In place: it must return the model it was given. Functional: it must leave that
     model as it was (graph, attributes, weights: the weights are read-only while it
-    runs, so a write raises) and return a new one when it reports a change.
+    runs, so a write raises) and return a new one when it reports a change. A change
+    drops the cached analyses the pass does not preserve (`Pass.preserves`).
     """
     if p.in_place is None:
         raise TypeError(f"pass {p.name!r} does not declare in_place")
@@ -169,6 +170,8 @@ def run_checked(p: Pass, model: Model, ctx: PassContext) -> PassResult:
         if result.model is not model:
             raise RuntimeError(f"pass {p.name!r} is declared in place but returned a "
                                "different model object")
+        if result.modified:
+            ctx.analyses.invalidate(result.model, p.preserves)
         return result
     before = _fingerprint(model)
     with _read_only(model):
@@ -179,6 +182,8 @@ def run_checked(p: Pass, model: Model, ctx: PassContext) -> PassResult:
     if result.modified and result.model is model:
         raise RuntimeError(f"pass {p.name!r} is declared functional but reported a change "
                            "and returned the model it was given")
+    if result.modified:
+        ctx.analyses.invalidate(result.model, p.preserves)
     return result
 
 

@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
-from compress_ir.core.model import Model
+from compress_ir.core.model import Model, infer_proto_shapes
+from compress_ir.core.passes import PassContext
 from compress_ir.passes.analysis.channel_rules import RANK_FREE, RULES, fill_shape, unknown_op
 from compress_ir.passes.analysis.shape_values import ShapeValues
 
@@ -385,3 +387,30 @@ def _subgraph_inputs(node: gs.Node) -> set[str]:
 def analyse_channels(model: Model) -> ChannelAnalysis:
     """Analyse `model` (which must carry inferred shapes) and return the result."""
     return ChannelAnalysis(model).run()
+
+
+CHANNELS = "channels"  # the channel analysis' name in `PassContext.analyses`
+
+
+@dataclass
+class ChannelView:
+    """The channel analysis of a model: `proto` (the model exported, shapes inferred),
+    `work` (a Model read back from it, which the analysis annotates and channel-prune
+    slices) and `analysis` (run on `work`)."""
+
+    proto: onnx.ModelProto
+    work: Model
+    analysis: ChannelAnalysis
+
+
+def _view(model: Model) -> ChannelView:
+    proto = infer_proto_shapes(model.to_proto())
+    work = Model.from_proto(proto, model.source)
+    work.ir_version, work.opset_imports = model.ir_version, dict(model.opset_imports)
+    return ChannelView(proto, work, analyse_channels(work))
+
+
+def channel_view(model: Model, ctx: PassContext) -> ChannelView:
+    """The channel analysis of `model`, cached on the pass context: computed on first use,
+    reused by later passes until a transform changes the model (`Analyses`)."""
+    return ctx.analyses.get(CHANNELS, model, _view)
