@@ -215,7 +215,7 @@ def run(model: str | os.PathLike | onnx.ModelProto | Model | None, options: Comp
     On failure the exception carries `.report` (its `status` says check-failed or
     error, `error` the message) after the report files are written.
 
-    Output paths (`output`, `report`, `plan`, `artifact`, a pass's `plot`) are checked
+    Output paths (`output`, `report`, `plan`, `artifact`, a pass's `plot`/`dump`) are checked
     before any work: none may be an input, its external data, another output or inside
     the artifact folder (UsageError/OutputError; then no report is written either).
     The model, artifact, plan, plots and reports are committed together at the end.
@@ -338,9 +338,9 @@ def _execute(model: Any, options: CompressOptions, report: dict[str, Any],
     if isinstance(options.calib, str) and not options.calib.startswith("random"):
         plan_out.add_input("calibration data", options.calib)
     dests = _plan_outputs(plan_out, options, passes, spec, ir)
-    restore = [(p, p.options) for p, _ in dests["plots"]]
-    for p, dest in dests["plots"]:  # the pass draws into a temp file, committed later
-        p.options = dataclasses.replace(p.options, plot=str(commit.reserve(dest)))
+    restore = [(p, p.options) for p, _, _ in dests["plots"]]
+    for p, name, dest in dests["plots"]:  # the pass draws into a temp file, committed later
+        p.options = dataclasses.replace(p.options, **{name: str(commit.reserve(dest))})
     try:
         result = _execute_staged(ir, source, options, report, passes, spec, dests, commit,
                                  restore)
@@ -350,14 +350,20 @@ def _execute(model: Any, options: CompressOptions, report: dict[str, Any],
     return result, (dests["artifact"].path if dests["artifact"] is not None else None)
 
 
+# pass options that name a file the pass writes (sensitivity plot, channel-groups dump):
+# planned with the other outputs, drawn into a temp file, committed with them
+PASS_FILE_OPTIONS = ("plot", "dump")
+
+
 def _plan_outputs(plan_out: OutputPlan, options: CompressOptions, passes: list[Pass],
                   spec: TargetSpec | None, ir: Model) -> dict[str, Any]:
     """Check every output path against the inputs and each other before any work."""
     dests: dict[str, Any] = {"plots": []}
     for p in passes:
-        plot = getattr(p.options, "plot", "")
-        if isinstance(plot, str) and plot:
-            dests["plots"].append((p, plan_out.add(f"{p.name}{{plot}}", plot)))
+        for name in PASS_FILE_OPTIONS:
+            path = getattr(p.options, name, "")
+            if isinstance(path, str) and path:
+                dests["plots"].append((p, name, plan_out.add(f"{p.name}{{{name}}}", path)))
     output = options.output
     dests["output"] = plan_out.add("-o", output) if output is not None else None
     dests["plan"] = plan_out.add("--plan", options.plan) if options.plan is not None else None

@@ -18,7 +18,8 @@ import pytest
 from onnx import numpy_helper
 
 import compress_ir.passes  # noqa: F401 - registers the passes
-from compress_ir.core.errors import UsageError
+from compress_ir.api import compress
+from compress_ir.core.errors import OutputError, UsageError
 from compress_ir.core.model import Model
 from compress_ir.core.passes import Pass, PassContext, PassResult
 from compress_ir.core.pipeline import build_passes, run_checked
@@ -122,3 +123,17 @@ def test_dump_graphml_and_dot(tmp_path: Path) -> None:
 def test_dump_needs_a_known_suffix() -> None:
     with pytest.raises(UsageError, match=r"\.dot, \.gv, \.graphml"):
         build_passes("channel-groups{dump=groups.png}")
+
+
+def test_dump_through_the_api_is_planned_and_committed(tmp_path: Path) -> None:
+    """Like a sensitivity plot: checked before any work, written with the other outputs."""
+    source = tmp_path / "m.onnx"
+    onnx.save(model().to_proto(), source)
+    dump, out = tmp_path / "groups.dot", tmp_path / "out.onnx"
+    result = compress(str(source), f"channel-groups{{dump={dump}}}", output=str(out))
+    assert dump.read_text().startswith("digraph channel_groups {") and out.exists()
+    assert result.report["passes"][0]["spec"] == f"channel-groups{{dump={dump}}}"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+    with pytest.raises(OutputError):
+        compress(str(source), f"channel-groups{{dump={tmp_path / 'x.dot'}}}",
+                 output=str(tmp_path / "x.dot"))

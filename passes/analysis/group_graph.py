@@ -105,5 +105,5 @@ def write_groups(view: ChannelView, path: str) -> dict[str, Any]:
         write_atomic(path, text.encode())
     except OSError as exc:
         raise UsageError(f"cannot write the channel groups to {path!r}: {exc}") from None
-    return {"path": path, "format": "graphml" if suffix == ".graphml" else "dot",
+    return {"format": "graphml" if suffix == ".graphml" else "dot",
             "nodes": graph.number_of_nodes(), "edges": graph.number_of_edges()}
