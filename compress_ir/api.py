@@ -44,6 +44,7 @@ from compress_ir.core.errors import (
     UsageError,
 )
 from compress_ir.core.feeds import input_kinds
+from compress_ir.core.files import write_atomic
 from compress_ir.core.model import Model
 from compress_ir.core.passes import Pass, PassContext, PassResult
 from compress_ir.core.pipeline import format_pipeline, run_pipeline
@@ -367,6 +368,9 @@ def _plan_outputs(plan_out: OutputPlan, options: CompressOptions, passes: list[P
     output = options.output
     dests["output"] = plan_out.add("-o", output) if output is not None else None
     dests["plan"] = plan_out.add("--plan", options.plan) if options.plan is not None else None
+    if options.repro is not None and means_stdout(options.repro):
+        raise UsageError("--repro -: the reproducer is an ONNX file; give a path")
+    dests["repro"] = plan_out.add("--repro", options.repro) if options.repro else None
     dests["artifact"] = None
     if spec is not None:
         from compress_ir.backend import default_artifact_dir
@@ -416,8 +420,26 @@ def _execute_staged(ir: Model, source: str, options: CompressOptions, report: di
     ctx = PassContext(seed=seed, calibration=calib, original=before_proto, target=spec,
                       input_shapes=dict(plan.inputs))
     log.info("running %s on %s", report["pipeline"] or "no passes", source)
+    def write_repro(p: Pass, given: Model, failed: dict[str, Any]) -> None:
+        from compress_ir.core.repro import reproducer
+
+        dest = dests["repro"]
+        proto, info = reproducer(p, given, failed)
+        data = proto.SerializeToString()
+        try:  # written now, whatever happens to the run's other outputs
+            if dest.mode == "atomic":
+                write_atomic(dest.final, data)
+            else:
+                with open(dest.final, "wb") as fh:
+                    fh.write(data)
+        except OSError as exc:  # the numeric failure stays the error reported
+            log.warning("cannot write the reproducer %s: %s", dest.path, exc)
+            return
+        report["repro"] = {"path": dest.path, **info}
+
     try:
-        result = run_pipeline(ir, passes, ctx, verify, numeric_check if check else None)
+        result = run_pipeline(ir, passes, ctx, verify, numeric_check if check else None,
+                              write_repro if dests.get("repro") is not None else None)
     finally:
         for p, opts in restore:  # the report shows the user's plot path
             p.options = opts

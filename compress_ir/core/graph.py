@@ -27,8 +27,19 @@ def _label(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"#{index}"
 
 
+def reads(node: onnx.NodeProto) -> list[str]:
+    """The tensors a node reads: its inputs, and outer names its subgraphs (If/Loop/Scan
+    bodies, recursively) read."""
+    names = [n for n in node.input if n]
+    for attr in node.attribute:
+        for sub in ([attr.g] if attr.HasField("g") else list(attr.graphs)):
+            names.extend(name for inner in sub.node for name in reads(inner))
+    return names
+
+
 def node_graph(nodes: Sequence[onnx.NodeProto]) -> nx.MultiDiGraph:
-    """Vertex i is `nodes[i]`; an edge i -> j (attribute `tensor`) per tensor j reads from i.
+    """Vertex i is `nodes[i]`; an edge i -> j (attribute `tensor`) per tensor j reads from i
+    (`reads`: subgraph reads included).
 
     Inputs no node produces (graph inputs, initializers, or missing) add no edge.
     """
@@ -40,8 +51,8 @@ def node_graph(nodes: Sequence[onnx.NodeProto]) -> nx.MultiDiGraph:
     graph = nx.MultiDiGraph()
     graph.add_nodes_from(range(len(nodes)))
     for j, node in enumerate(nodes):
-        for name in node.input:
-            if name and name in producer:
+        for name in reads(node):
+            if name in producer:
                 graph.add_edge(producer[name], j, tensor=name)
     return graph
 
@@ -75,3 +86,26 @@ def upstream(nodes: Sequence[onnx.NodeProto], tensors: Iterable[str]) -> list[in
     for i in seeds:
         keep |= nx.ancestors(graph, i)
     return sorted(keep)
+
+
+def extract(proto: onnx.ModelProto, outputs: Sequence[str]) -> onnx.ModelProto:
+    """The part of `proto` that computes `outputs`: their `upstream` nodes, the graph
+    inputs and initializers those read, and `outputs` as the graph outputs (typed where
+    the graph knows their type). Reads from inside subgraphs (If/Loop bodies) count."""
+    graph = proto.graph
+    nodes = list(graph.node)
+    kept = [nodes[i] for i in upstream(nodes, outputs)]
+    used = set(outputs).union(*(reads(node) for node in kept))
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    g = out.graph
+    produced = {name for node in kept for name in node.output}
+    typed = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
+    del g.node[:], g.input[:], g.output[:], g.initializer[:], g.value_info[:]
+    g.node.extend(kept)
+    g.input.extend(v for v in graph.input if v.name in used)
+    g.initializer.extend(t for t in graph.initializer if t.name in used)
+    g.value_info.extend(v for v in graph.value_info if v.name in produced)
+    g.output.extend(typed[name] if name in typed else onnx.ValueInfoProto(name=name)
+                    for name in outputs)
+    return out

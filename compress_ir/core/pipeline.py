@@ -120,6 +120,7 @@ def _peak_rss_mb() -> float:
 
 Verifier = Callable[[Model], None]
 NumericCheck = Callable[[Pass, PassResult], dict[str, Any]]
+OnMismatch = Callable[[Pass, Model, dict[str, Any]], None]
 
 
 def _fingerprint(model: Model) -> tuple:
@@ -193,11 +194,18 @@ def run_pipeline(
     ctx: PassContext,
     verify: Verifier,
     numeric_check: NumericCheck | None = None,
+    on_mismatch: OnMismatch | None = None,
 ) -> PipelineResult:
-    """Run passes in order; verify after each transform; wrap failures with context."""
+    """Run passes in order; verify after each transform; wrap failures with context.
+
+    `on_mismatch(pass, its input model, check)` is called when a numeric check fails,
+    before the error is raised (a reproducer writer); with it, the input of an in-place
+    pass is copied first, so what it gets is the model as the pass was given it.
+    """
     out = PipelineResult(model=model)
     done: list[str] = []
     for p in passes:
+        given = out.model.copy() if on_mismatch is not None and p.in_place else out.model
         where = f"pass {p.spec()!r}" + (f" (after {', '.join(done)})" if done else "")
         started, rss_before = time.perf_counter(), _peak_rss_mb()
         if tracemalloc.is_tracing():
@@ -216,6 +224,8 @@ def run_pipeline(
                 check = numeric_check(p, result)
                 out.checks.append(check)
                 if not check["ok"]:
+                    if on_mismatch is not None:
+                        on_mismatch(p, given, check)
                     raise NumericMismatchError(
                         f"output differs from its reference: rel. error {check['rel_error']:.3g}"
                         f" > tolerance {check['tolerance']:.3g}"
