@@ -137,3 +137,16 @@ def test_dump_through_the_api_is_planned_and_committed(tmp_path: Path) -> None:
     with pytest.raises(OutputError):
         compress(str(source), f"channel-groups{{dump={tmp_path / 'x.dot'}}}",
                  output=str(tmp_path / "x.dot"))
+
+
+def test_channel_prune_run_directly_twice_analyses_twice() -> None:
+    """Outside a pipeline nobody invalidates: channel-prune must not leave its sliced
+    working copy in the cache for a second run on the same model."""
+    m, ctx = model(), PassContext()
+    (p,) = build_passes("channel-prune{ratio=0.5}")
+    first, second = p.run(m, ctx), p.run(m, ctx)
+    assert first.modified and second.modified
+    assert ctx.analyses.computed[CHANNELS] == 2
+    shapes = [{i.name: tuple(i.dims) for i in r.model.to_proto().graph.initializer}
+              for r in (first, second)]
+    assert shapes[0] == shapes[1] and shapes[0]["w1"] == (4, 3, 3, 3)

@@ -69,7 +69,8 @@ class Analyses:
     other model computes afresh. `run_checked` calls `invalidate` after a pass that
     reports a change; the pass's `preserves` names what stays valid for its result.
     A consumer that edits a cached value (channel-prune slices the channel analysis's
-    working copy) must report the change, which drops the entry.
+    working copy) `forget`s it first, so that even a direct `Pass.run` never hands
+    the edited value to the next reader.
     """
 
     def __init__(self) -> None:
@@ -85,6 +86,10 @@ class Analyses:
         self._cache[name] = (model, value)
         self.computed[name] += 1
         return value
+
+    def forget(self, name: str) -> None:
+        """Drop one analysis now: its owner is about to edit what it holds."""
+        self._cache.pop(name, None)
 
     def cached(self, name: str, model: Model) -> bool:
         hit = self._cache.get(name)

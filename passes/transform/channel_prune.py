@@ -28,7 +28,7 @@ from compress_ir.passes.analysis.allocation import (
     AllocationContext,
     AllocationRequest,
 )
-from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, channel_view
+from compress_ir.passes.analysis.channel_groups import CHANNELS, ChannelAnalysis, channel_view
 from compress_ir.passes.analysis.importance import CRITERIA, Criterion, ScoreContext
 from compress_ir.passes.analysis.importance.base import UnscorableGroup
 from compress_ir.passes.analysis.prune_plan import build_step
@@ -247,6 +247,7 @@ class ChannelPrune(Pass):
             details["allocation"] = allocation
         if not removed:
             return PassResult(model, modified=False, stats=stats, details=details)
+        ctx.analyses.forget(CHANNELS)  # `work` is sliced below: no later reader may get it
         compensated = bool(criterion.compensate(score_ctx, removed))
         if compensated:
             before = work.to_proto()  # the masked oracle starts from the compensated weights
