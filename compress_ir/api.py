@@ -44,6 +44,7 @@ from compress_ir.core.errors import (
     UsageError,
 )
 from compress_ir.core.feeds import input_kinds
+from compress_ir.core.files import write_atomic
 from compress_ir.core.model import Model
 from compress_ir.core.passes import Pass, PassContext, PassResult
 from compress_ir.core.pipeline import format_pipeline, run_pipeline
@@ -215,7 +216,7 @@ def run(model: str | os.PathLike | onnx.ModelProto | Model | None, options: Comp
     On failure the exception carries `.report` (its `status` says check-failed or
     error, `error` the message) after the report files are written.
 
-    Output paths (`output`, `report`, `plan`, `artifact`, a pass's `plot`) are checked
+    Output paths (`output`, `report`, `plan`, `artifact`, a pass's `plot`/`dump`) are checked
     before any work: none may be an input, its external data, another output or inside
     the artifact folder (UsageError/OutputError; then no report is written either).
     The model, artifact, plan, plots and reports are committed together at the end.
@@ -338,9 +339,9 @@ def _execute(model: Any, options: CompressOptions, report: dict[str, Any],
     if isinstance(options.calib, str) and not options.calib.startswith("random"):
         plan_out.add_input("calibration data", options.calib)
     dests = _plan_outputs(plan_out, options, passes, spec, ir)
-    restore = [(p, p.options) for p, _ in dests["plots"]]
-    for p, dest in dests["plots"]:  # the pass draws into a temp file, committed later
-        p.options = dataclasses.replace(p.options, plot=str(commit.reserve(dest)))
+    restore = [(p, p.options) for p, _, _ in dests["plots"]]
+    for p, name, dest in dests["plots"]:  # the pass draws into a temp file, committed later
+        p.options = dataclasses.replace(p.options, **{name: str(commit.reserve(dest))})
     try:
         result = _execute_staged(ir, source, options, report, passes, spec, dests, commit,
                                  restore)
@@ -350,17 +351,26 @@ def _execute(model: Any, options: CompressOptions, report: dict[str, Any],
     return result, (dests["artifact"].path if dests["artifact"] is not None else None)
 
 
+# pass options that name a file the pass writes (sensitivity plot, channel-groups dump):
+# planned with the other outputs, drawn into a temp file, committed with them
+PASS_FILE_OPTIONS = ("plot", "dump")
+
+
 def _plan_outputs(plan_out: OutputPlan, options: CompressOptions, passes: list[Pass],
                   spec: TargetSpec | None, ir: Model) -> dict[str, Any]:
     """Check every output path against the inputs and each other before any work."""
     dests: dict[str, Any] = {"plots": []}
     for p in passes:
-        plot = getattr(p.options, "plot", "")
-        if isinstance(plot, str) and plot:
-            dests["plots"].append((p, plan_out.add(f"{p.name}{{plot}}", plot)))
+        for name in PASS_FILE_OPTIONS:
+            path = getattr(p.options, name, "")
+            if isinstance(path, str) and path:
+                dests["plots"].append((p, name, plan_out.add(f"{p.name}{{{name}}}", path)))
     output = options.output
     dests["output"] = plan_out.add("-o", output) if output is not None else None
     dests["plan"] = plan_out.add("--plan", options.plan) if options.plan is not None else None
+    if options.repro is not None and means_stdout(options.repro):
+        raise UsageError("--repro -: the reproducer is an ONNX file; give a path")
+    dests["repro"] = plan_out.add("--repro", options.repro) if options.repro else None
     dests["artifact"] = None
     if spec is not None:
         from compress_ir.backend import default_artifact_dir
@@ -410,8 +420,26 @@ def _execute_staged(ir: Model, source: str, options: CompressOptions, report: di
     ctx = PassContext(seed=seed, calibration=calib, original=before_proto, target=spec,
                       input_shapes=dict(plan.inputs))
     log.info("running %s on %s", report["pipeline"] or "no passes", source)
+    def write_repro(p: Pass, given: Model, failed: dict[str, Any]) -> None:
+        from compress_ir.core.repro import reproducer
+
+        dest = dests["repro"]
+        proto, info = reproducer(p, given, failed)
+        data = proto.SerializeToString()
+        try:  # written now, whatever happens to the run's other outputs
+            if dest.mode == "atomic":
+                write_atomic(dest.final, data)
+            else:
+                with open(dest.final, "wb") as fh:
+                    fh.write(data)
+        except OSError as exc:  # the numeric failure stays the error reported
+            log.warning("cannot write the reproducer %s: %s", dest.path, exc)
+            return
+        report["repro"] = {"path": dest.path, **info}
+
     try:
-        result = run_pipeline(ir, passes, ctx, verify, numeric_check if check else None)
+        result = run_pipeline(ir, passes, ctx, verify, numeric_check if check else None,
+                              write_repro if dests.get("repro") is not None else None)
     finally:
         for p, opts in restore:  # the report shows the user's plot path
             p.options = opts

@@ -123,6 +123,10 @@ def _add_compress_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plan", metavar="FILE",
                         help="write the pruning plan (JSON: groups, module paths, kept/removed "
                         "indices, scores) here; needs channel-prune")
+    parser.add_argument("--repro", metavar="FILE",
+                        help="when a numeric check fails, write a reproducer here: the failing "
+                        "pass's input cut to the outputs that differ (ONNX, the pass in its "
+                        "metadata)")
     parser.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
                         help="fix an input's shape, e.g. x=1,3,640,640 (repeatable): symbolic "
                         "dims for the check, MACs, --calib random and --target; dims shared "

@@ -69,6 +69,9 @@ class CompressOptions:
                            "producer/consumer nodes, module paths, kept/removed indices, "
                            "scores; see compress_ir/core/plan.py); needs channel-prune",
                            _OPT_STR)
+    repro: str | None = opt(None, "when a numeric check fails, write a reproducer here: the "
+                            "failing pass's input cut to the outputs that differ (ONNX; the "
+                            "pass in its metadata)", _OPT_STR)
     check: bool = opt(True, "compare each pass with its numeric reference in onnxruntime",
                       {"type": "boolean"}, flag="--no-check")
     tolerance: float = opt(DEFAULT_TOLERANCE, "max error of the numeric check: max |got-want|"

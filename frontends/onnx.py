@@ -18,6 +18,7 @@ from onnx import numpy_helper
 
 from compress_ir.core.errors import CompressIRError, ModelLoadError, UnsupportedModelError
 from compress_ir.core.files import write_atomic
+from compress_ir.core.graph import find_cycle
 from compress_ir.core.limits import MAX_FOLD_BYTES, human_bytes
 from compress_ir.core.model import Model, ensure_node_names, infer_proto_shapes
 from compress_ir.frontends.external_data import all_tensors as _all_tensors
@@ -239,9 +240,10 @@ def _toposort(graph: onnx.GraphProto, source: str) -> None:
             waiting[user] -= 1
             if waiting[user] == 0:
                 ready.append(user)
-    if len(order) != len(graph.node):
-        stuck = [graph.node[i].name or f"#{i}" for i, w in enumerate(waiting) if w > 0]
-        raise _fail(source, f"the graph has a cycle through nodes {stuck[:5]}")
+    if len(order) != len(graph.node):  # name the cycle itself, not what waits behind it
+        cycle = find_cycle(graph.node) or []
+        raise _fail(source, "the graph has a cycle: " + " -> ".join(
+            repr(n) for n in [*cycle, *cycle[:1]]))
     nodes = [graph.node[i] for i in order]
     del graph.node[:]
     graph.node.extend(nodes)

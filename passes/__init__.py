@@ -4,7 +4,12 @@ Importing this package registers every pass, criterion and allocation, and the
 size table's report section.
 """
 
-from compress_ir.passes.analysis import allocation, importance, size_report  # noqa: F401
+from compress_ir.passes.analysis import (  # noqa: F401
+    allocation,
+    groups_pass,
+    importance,
+    size_report,
+)
 from compress_ir.passes.transform import (  # noqa: F401
     channel_prune,
     fold_bn,

@@ -28,12 +28,13 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from compress_ir.core.model import Model
+from compress_ir.core.ops import WEIGHTED_OPS
 from compress_ir.formats.view import has_view, unview, view_shape, weight_view
 
-# op -> layer kind; the kind picks defaults that differ between convolutions and fully
-# connected layers (index bits of the size report, share-weights bits). The matrix view
-# of each op is `compress_ir.formats.view.VIEWS`.
-WEIGHT_OPS: dict[str, str] = {"Conv": "conv", "Gemm": "fc", "MatMul": "fc"}
+# op -> layer kind, from the op table (`compress_ir.core.ops`, `layer`); the kind picks
+# defaults that differ between convolutions and fully connected layers (index bits of the
+# size report, share-weights bits). The matrix view of each op is `formats.view`.
+WEIGHT_OPS: dict[str, str] = {op: spec.layer for op, spec in WEIGHTED_OPS.items() if spec.layer}
 
 
 def attrs(node: gs.Node | onnx.NodeProto) -> dict[str, Any]:

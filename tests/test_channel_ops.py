@@ -17,6 +17,7 @@ from oracle import TOLERANCE, prune_and_check
 
 from compress_ir.core import numeric
 from compress_ir.core.errors import VerificationError
+from compress_ir.core.metrics import model_metrics
 from compress_ir.core.model import infer_shapes
 from compress_ir.core.verify import output_shapes, verify_model
 from compress_ir.frontends.onnx import load_onnx
@@ -222,6 +223,37 @@ def test_conv_transpose():
     assert inp(out.pruned, "deconv").shape == (4, 3, 3, 3)
     assert inp(out.pruned, "deconv", 2).shape == (3,)
     assert inp(out.pruned, "conv3").shape == (4, 3, 3, 3)
+
+
+def _einsum_net(second: str, y: str = "2, 5, 4") -> onnx.ModelProto:
+    proto = onnx.parser.parse_model(f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        einsum (float[2, 5, 6] x) => (float[{y}] y) {{
+            [mm1] h = Einsum <equation = "bsk,kn->bsn"> (x, mm1_w)
+            [relu] r = Relu (h)
+            [mm2] y = Einsum <equation = "{second}"> (r, mm2_w)
+        }}""")
+    rng = np.random.default_rng(0)
+    proto.graph.initializer.extend([
+        numpy_helper.from_array((rng.standard_normal((6, 8)) / 6**0.5).astype(np.float32), "mm1_w"),
+        numpy_helper.from_array((rng.standard_normal((4, 8)) / 8**0.5).astype(np.float32), "mm2_w"),
+    ])
+    return proto
+
+
+def test_einsum_linear_layers():
+    """Einsum as a linear layer (Keras' EinsumDense, torch.einsum), W held as [k, n] or [n, k]."""
+    out = prune_and_check(_einsum_net("...k,nk->...n"), PRUNE)
+    kept = kept_indices(inp(out.original, "mm1"), inp(out.pruned, "mm1"), axis=1)
+    assert len(kept) == 4
+    assert np.array_equal(inp(out.pruned, "mm2"), inp(out.original, "mm2")[:, kept])
+    # MACs: y[2, 5, n] x k per layer: 2*5*8*6 + 2*5*4*8 before, 2*5*4*6 + 2*5*4*4 after
+    assert model_metrics(out.original)["macs"] == 800
+    assert model_metrics(out.pruned)["macs"] == 400
+    # an equation that is not x[..., k] . W[k, n] -> y[..., n] is a barrier naming the node
+    blocked = prune_and_check(_einsum_net("bsk,nk->bns", "2, 4, 5"), PRUNE, expect_modified=False)
+    assert any("Einsum node 'mm2'" in r and "not a linear layer" in r
+               for r in row(blocked, "mm1")["blocked_by"])
 
 
 # -- normalisations -----------------------------------------------------------------

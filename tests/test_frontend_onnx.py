@@ -107,6 +107,7 @@ def _cycle(tmp: Path) -> Path:
     model.graph.node.extend([
         helper.make_node("Relu", ["cyc_b_out"], ["cyc_a_out"], name="cyc_a"),
         helper.make_node("Relu", ["cyc_a_out"], ["cyc_b_out"], name="cyc_b"),
+        helper.make_node("Relu", ["cyc_b_out"], ["after_out"], name="after"),  # not in it
     ])
     return _save(model, tmp / "m.onnx")
 
@@ -167,7 +168,7 @@ MALFORMED = {
     "empty": (_empty, ["no graph"]),
     "missing-file": (_missing, ["no such file"]),
     "missing-initializer": (_missing_initializer, ["'conv2'", "'conv2.missing'"]),
-    "cycle": (_cycle, ["cycle", "cyc_a", "cyc_b"]),
+    "cycle": (_cycle, ["cycle: 'cyc_a' -> 'cyc_b' -> 'cyc_a'"]),
     "unknown-op": (_unknown_op, ["'relu1'", "unknown op", "'Frobnicate'"]),
     "wrong-weight-channels": (_wrong_weight_channels, ["conv2", "conv2.w", "channels"]),
     "wrong-bias-length": (_wrong_bias_length, ["conv1", "conv1.b"]),

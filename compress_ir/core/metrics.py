@@ -1,8 +1,8 @@
 """Size and cost of a model: parameters, multiply-accumulates, serialized bytes.
 
-MACs are counted for the ops that dominate CNN and transformer cost (Conv,
-ConvTranspose, Gemm, MatMul) from static shapes; element-wise ops are not
-counted, as is customary in the pruning literature.
+MACs are counted for the ops that dominate CNN and transformer cost (the weighted
+ops of `core.ops`: Conv, ConvTranspose, Gemm, MatMul, ...) from static shapes;
+element-wise ops are not counted, as is customary in the pruning literature.
 
 MACs depend on the input shapes. A model with symbolic dims is counted at
 concrete input shapes (given, or `shapes.resolve_shapes`' assumption: batch 1,
@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from compress_ir.core.model import infer_proto_shapes
+from compress_ir.core.ops import WEIGHTED_OPS, count_macs
 from compress_ir.core.shapes import Shapes as InputShapes
 from compress_ir.core.shapes import declared_dims, resolve_shapes, with_input_shapes
 
@@ -100,50 +101,9 @@ def tensor_shapes(proto: onnx.ModelProto, input_shapes: InputShapes | None = Non
             for k, v in value_shapes(proto, input_shapes).items()}
 
 
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    return next((a.i for a in node.attribute if a.name == name), default)
-
-
-def _conv(node: onnx.NodeProto, s: Shapes) -> int:
-    w, y = s.get(node.input[1]), s.get(node.output[0])
-    return int(np.prod(y)) * int(np.prod(w[1:])) if w and y else 0
-
-
-def _conv_transpose(node: onnx.NodeProto, s: Shapes) -> int:
-    x, w = s.get(node.input[0]), s.get(node.input[1])
-    return int(np.prod(x)) * int(np.prod(w[1:])) if w and x else 0
-
-
-def _gemm(node: onnx.NodeProto, s: Shapes) -> int:
-    a, b, y = s.get(node.input[0]), s.get(node.input[1]), s.get(node.output[0])
-    if not y:
-        return 0
-    k = (a[0] if _attr(node, "transA", 0) else a[-1]) if a else 1
-    if b and len(b) == 2:  # a symbolic K in A (counted as 1, or A's rank unknown) is B's
-        k = max(k, b[1] if _attr(node, "transB", 0) else b[0])
-    return int(np.prod(y)) * k
-
-
-def _matmul(node: onnx.NodeProto, s: Shapes) -> int:
-    a, b, y = s.get(node.input[0]), s.get(node.input[1]), s.get(node.output[0])
-    if not y:
-        return 0
-    k = a[-1] if a else 1
-    if b and len(b) >= 2:  # a symbolic K in A (or A's rank unknown) is B's
-        k = max(k, b[-2])
-    return int(np.prod(y)) * k
-
-
+# one counter per weighted op, all from the op table (`compress_ir.core.ops`)
 MAC_COUNTERS: dict[str, Callable[[onnx.NodeProto, Shapes], int]] = {
-    "Conv": _conv,
-    "ConvTranspose": _conv_transpose,
-    "Gemm": _gemm,
-    "MatMul": _matmul,
-}
-
-
-# operands each counter reads (-1: the output), to tell which counts rest on unknown dims
-_READS = {"Conv": (1, -1), "ConvTranspose": (0, 1), "Gemm": (0, -1), "MatMul": (0, -1)}
+    op: count_macs for op in WEIGHTED_OPS}
 
 
 def mac_count(
@@ -156,8 +116,9 @@ def mac_count(
     for node in proto.graph.node:
         if node.op_type not in MAC_COUNTERS:
             continue
-        macs += MAC_COUNTERS[node.op_type](node, shapes)
-        names = [node.output[0] if i < 0 else node.input[i] for i in _READS[node.op_type]]
+        macs += count_macs(node, shapes)
+        reads = WEIGHTED_OPS[node.op_type].reads
+        names = [node.output[0] if i < 0 else node.input[i] for i in reads]
         if any(n not in full or None in full[n] for n in names):
             unresolved.append(node.name or node.output[0])
     return int(macs), unresolved
@@ -198,6 +159,6 @@ def layer_metrics(
         if node.op_type not in MAC_COUNTERS:
             continue
         name = node.name or f"{node.op_type}_{i}"
-        out[name] = {"op": node.op_type, "macs": int(MAC_COUNTERS[node.op_type](node, shapes)),
+        out[name] = {"op": node.op_type, "macs": count_macs(node, shapes),
                      "params": sum(inits.get(t, 0) for t in node.input[1:])}
     return out

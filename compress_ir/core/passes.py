@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import onnx
 
@@ -54,9 +56,57 @@ class NoOptions:
     """Options of a pass that takes none."""
 
 
+T = TypeVar("T")
+
+
+class Analyses:
+    """Analyses of the model a pipeline works on, computed once and kept until a transform
+    changes that model (MLIR's analysis manager and preserved analyses).
+
+    Why: several passes read the same analysis (the channel analysis costs most of a
+    channel-prune run on ResNet-50); recomputing it per pass is waste, and keeping it
+    across an edit would be wrong. An entry belongs to one `Model` object (identity): any
+    other model computes afresh. `run_checked` calls `invalidate` after a pass that
+    reports a change; the pass's `preserves` names what stays valid for its result.
+    A consumer that edits a cached value (channel-prune slices the channel analysis's
+    working copy) `forget`s it first, so that even a direct `Pass.run` never hands
+    the edited value to the next reader.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[Model, Any]] = {}
+        self.computed: Counter[str] = Counter()  # per analysis name: times computed
+
+    def get(self, name: str, model: Model, compute: Callable[[Model], T]) -> T:
+        """The analysis `name` of `model`, computed by `compute(model)` if not cached."""
+        hit = self._cache.get(name)
+        if hit is not None and hit[0] is model:
+            return hit[1]
+        value = compute(model)
+        self._cache[name] = (model, value)
+        self.computed[name] += 1
+        return value
+
+    def forget(self, name: str) -> None:
+        """Drop one analysis now: its owner is about to edit what it holds."""
+        self._cache.pop(name, None)
+
+    def cached(self, name: str, model: Model) -> bool:
+        hit = self._cache.get(name)
+        return hit is not None and hit[0] is model
+
+    def invalidate(self, model: Model, preserved: Iterable[str] = ()) -> None:
+        """A transform produced `model`: drop every analysis it did not preserve; the
+        preserved ones now describe `model`."""
+        keep = set(preserved)
+        self._cache = {name: (model, value) for name, (_, value) in self._cache.items()
+                       if name in keep}
+
+
 @dataclass
 class PassContext:
-    """What passes may read besides the model: calibration data, target, seed."""
+    """What passes may read besides the model: calibration data, target, seed, and the
+    analyses cached for the current model."""
 
     seed: int = 0
     calibration: CalibrationSet | None = None
@@ -64,6 +114,7 @@ class PassContext:
     target: TargetSpec | None = None  # the build target; passes read e.g. its round_to
     # concrete shape per graph input (given or assumed, see shapes.py): cost models read it
     input_shapes: dict[str, tuple[int, ...]] | None = None
+    analyses: Analyses = field(default_factory=Analyses)
 
 
 @dataclass
@@ -90,7 +141,10 @@ class Pass:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
-    transforms: ClassVar[bool] = True
+    transforms: ClassVar[bool] = True  # False: an analysis (reads, reports, changes nothing)
+    # analyses (`Analyses` names) a transform leaves valid for the model it returns;
+    # every other cached analysis is dropped when it reports a change
+    preserves: ClassVar[frozenset[str]] = frozenset()
     # Whether `run` edits the Model it is given (onnx-ir's `in_place`). In place: edits
     # and returns that same object. Functional (False): leaves it untouched (weights,
     # graph, attributes) and returns a new Model when it changes anything. Every

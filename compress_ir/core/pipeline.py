@@ -120,6 +120,7 @@ def _peak_rss_mb() -> float:
 
 Verifier = Callable[[Model], None]
 NumericCheck = Callable[[Pass, PassResult], dict[str, Any]]
+OnMismatch = Callable[[Pass, Model, dict[str, Any]], None]
 
 
 def _fingerprint(model: Model) -> tuple:
@@ -160,7 +161,8 @@ def run_checked(p: Pass, model: Model, ctx: PassContext) -> PassResult:
 
     In place: it must return the model it was given. Functional: it must leave that
     model as it was (graph, attributes, weights: the weights are read-only while it
-    runs, so a write raises) and return a new one when it reports a change.
+    runs, so a write raises) and return a new one when it reports a change. A change
+    drops the cached analyses the pass does not preserve (`Pass.preserves`).
     """
     if p.in_place is None:
         raise TypeError(f"pass {p.name!r} does not declare in_place")
@@ -169,6 +171,8 @@ def run_checked(p: Pass, model: Model, ctx: PassContext) -> PassResult:
         if result.model is not model:
             raise RuntimeError(f"pass {p.name!r} is declared in place but returned a "
                                "different model object")
+        if result.modified:
+            ctx.analyses.invalidate(result.model, p.preserves)
         return result
     before = _fingerprint(model)
     with _read_only(model):
@@ -179,6 +183,8 @@ def run_checked(p: Pass, model: Model, ctx: PassContext) -> PassResult:
     if result.modified and result.model is model:
         raise RuntimeError(f"pass {p.name!r} is declared functional but reported a change "
                            "and returned the model it was given")
+    if result.modified:
+        ctx.analyses.invalidate(result.model, p.preserves)
     return result
 
 
@@ -188,11 +194,18 @@ def run_pipeline(
     ctx: PassContext,
     verify: Verifier,
     numeric_check: NumericCheck | None = None,
+    on_mismatch: OnMismatch | None = None,
 ) -> PipelineResult:
-    """Run passes in order; verify after each transform; wrap failures with context."""
+    """Run passes in order; verify after each transform; wrap failures with context.
+
+    `on_mismatch(pass, its input model, check)` is called when a numeric check fails,
+    before the error is raised (a reproducer writer); with it, the input of an in-place
+    pass is copied first, so what it gets is the model as the pass was given it.
+    """
     out = PipelineResult(model=model)
     done: list[str] = []
     for p in passes:
+        given = out.model.copy() if on_mismatch is not None and p.in_place else out.model
         where = f"pass {p.spec()!r}" + (f" (after {', '.join(done)})" if done else "")
         started, rss_before = time.perf_counter(), _peak_rss_mb()
         if tracemalloc.is_tracing():
@@ -211,6 +224,8 @@ def run_pipeline(
                 check = numeric_check(p, result)
                 out.checks.append(check)
                 if not check["ok"]:
+                    if on_mismatch is not None:
+                        on_mismatch(p, given, check)
                     raise NumericMismatchError(
                         f"output differs from its reference: rel. error {check['rel_error']:.3g}"
                         f" > tolerance {check['tolerance']:.3g}"

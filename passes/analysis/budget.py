@@ -41,8 +41,9 @@ import onnx
 
 from compress_ir.core.calibration import CalibrationSet, batch_size_for, load_calibration
 from compress_ir.core.errors import UsageError
-from compress_ir.core.metrics import MAC_COUNTERS, tensor_shapes
+from compress_ir.core.metrics import tensor_shapes
 from compress_ir.core.numeric import session
+from compress_ir.core.ops import WEIGHTED_OPS, count_macs, node_attrs
 from compress_ir.logs import progress
 from compress_ir.passes.analysis.allocation import (
     ALLOCATIONS,
@@ -247,29 +248,23 @@ class CostModel:
                 self._index[name] = len(self._index)
             return [self._index[name]]
 
-        def axis_is(name: str, axis: int) -> bool:
-            lay, shape = layouts.get(name), shapes.get(name)
-            return lay is not None and shape is not None and lay.axis == axis % len(shape)
-
         if metric == "macs":
             for node in proto.graph.node:
-                if node.op_type not in MAC_COUNTERS:
+                spec = WEIGHTED_OPS.get(node.op_type)
+                if spec is None:
                     continue
-                base = MAC_COUNTERS[node.op_type](node, shapes)
+                base = count_macs(node, shapes)
                 if not base:
                     continue
-                factors: list[int] = []
-                if node.op_type in ("Conv", "ConvTranspose"):
-                    io = node.input[0] if node.op_type == "ConvTranspose" else node.output[0]
-                    factors += tensor(io)
-                    for s in weight_slices.get((node.name, 1), []):
-                        if s.axis >= 1:
+                # the driver's channels times the weight's other sliced axes (`core.ops`)
+                factors = tensor(node.output[0] if spec.driver < 0 else node.input[spec.driver])
+                weight = shapes.get(node.input[1])
+                slices = weight_slices.get((node.name, 1), [])
+                if slices and weight is not None:
+                    driver_axis = spec.driver_axis(node_attrs(node), len(weight))
+                    for s in slices:
+                        if s.axis != driver_axis:
                             factors += tensor(s.by)
-                else:
-                    factors += tensor(node.output[0])
-                    trans_a = any(a.name == "transA" and a.i for a in node.attribute)
-                    if axis_is(node.input[0], 0 if trans_a else -1):
-                        factors += tensor(node.input[0])
                 self.terms.append((float(base), tuple(factors)))
         elif metric == "params":
             sliced: dict[str, set] = defaultdict(set)

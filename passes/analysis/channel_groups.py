@@ -6,6 +6,9 @@ Every output channel of a weight-carrying producer (Conv, Gemm, MatMul, ...) is 
 that axis. Op rules (see `channel_rules`) propagate layouts forward and *unite*
 elements that must go together (residual adds, grouped convs, shuffles, ...).
 
+Imports go one way: this driver imports the rule table (`channel_rules`,
+`shape_rules`, `shape_values`); the rules see `ChannelAnalysis` only as a type.
+
 After propagation, a *unit* is a union-find class of elements (removing a unit
 removes every position, in every tensor, whose element is in it) and a *group* is
 a set of producers whose units are coupled. Anything an op rule does not
@@ -23,9 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
-from compress_ir.core.model import Model
+from compress_ir.core.model import Model, infer_proto_shapes
+from compress_ir.core.passes import PassContext
+from compress_ir.passes.analysis.channel_rules import RANK_FREE, RULES, fill_shape, unknown_op
+from compress_ir.passes.analysis.shape_values import ShapeValues
 
 
 class UnionFind:
@@ -227,8 +234,6 @@ class ChannelAnalysis:
 
     # -- driver -----------------------------------------------------------------
     def run(self) -> ChannelAnalysis:
-        from compress_ir.passes.analysis.shape_values import ShapeValues
-
         graph = self.model.graph
         graph.toposort()
         self.nodes = {n.name: n for n in graph.nodes}
@@ -251,13 +256,6 @@ class ChannelAnalysis:
         exception from missing information) blocks the channels that reach the node,
         with a reason naming it: never a guess, never an internal error.
         """
-        from compress_ir.passes.analysis.channel_rules import (
-            RANK_FREE,
-            RULES,
-            fill_shape,
-            unknown_op,
-        )
-
         where = f"{node.op} node {node.name!r}"
         tracked = [t for t in node.inputs if self.layout(t) is not None]
         if any(isinstance(v, gs.Graph) or (isinstance(v, list) and v
@@ -389,3 +387,30 @@ def _subgraph_inputs(node: gs.Node) -> set[str]:
 def analyse_channels(model: Model) -> ChannelAnalysis:
     """Analyse `model` (which must carry inferred shapes) and return the result."""
     return ChannelAnalysis(model).run()
+
+
+CHANNELS = "channels"  # the channel analysis' name in `PassContext.analyses`
+
+
+@dataclass
+class ChannelView:
+    """The channel analysis of a model: `proto` (the model exported, shapes inferred),
+    `work` (a Model read back from it, which the analysis annotates and channel-prune
+    slices) and `analysis` (run on `work`)."""
+
+    proto: onnx.ModelProto
+    work: Model
+    analysis: ChannelAnalysis
+
+
+def _view(model: Model) -> ChannelView:
+    proto = infer_proto_shapes(model.to_proto())
+    work = Model.from_proto(proto, model.source)
+    work.ir_version, work.opset_imports = model.ir_version, dict(model.opset_imports)
+    return ChannelView(proto, work, analyse_channels(work))
+
+
+def channel_view(model: Model, ctx: PassContext) -> ChannelView:
+    """The channel analysis of `model`, cached on the pass context: computed on first use,
+    reused by later passes until a transform changes the model (`Analyses`)."""
+    return ctx.analyses.get(CHANNELS, model, _view)

@@ -9,11 +9,12 @@ An op missing from the table is a barrier (`unknown_op`): never guess.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, Layout
+from compress_ir.core.ops import WEIGHTED_OPS
 from compress_ir.passes.analysis.shape_rules import (
     channel_sized,
     constant_of_shape,
@@ -23,7 +24,10 @@ from compress_ir.passes.analysis.shape_rules import (
     tile,
 )
 
-Rule = Callable[[ChannelAnalysis, gs.Node], None]
+if TYPE_CHECKING:  # the analysis imports the rules, not the other way round
+    from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, Layout
+
+Rule = Callable[["ChannelAnalysis", gs.Node], None]
 
 
 def _opt(node: gs.Node, index: int) -> gs.Tensor | None:
@@ -101,59 +105,71 @@ def channel_passthrough(a: ChannelAnalysis, node: gs.Node) -> None:
     a.set_layout(node.outputs[0], 1, lay.ids)
 
 
-def conv(a: ChannelAnalysis, node: gs.Node) -> None:
-    x, w, b, y = node.inputs[0], node.inputs[1], _opt(node, 2), node.outputs[0]
+def weighted(a: ChannelAnalysis, node: gs.Node) -> None:
+    """Any op of the weighted-op table (`compress_ir.core.ops`), from its entry alone.
+
+    The weight sums over input 0's channels on `data_axis` (sliced on `in_axis`, and
+    zeroed by the oracle: `reduces`) and makes fresh channels on output 0 (`out_axis`
+    of the weight, `y_axis` of the output, plus the bias). A grouped op ties position
+    j of every group, so that groups stay rectangular; a depthwise one (one input
+    channel per group) passes its input's channels on instead, and the group count
+    follows the kept channels.
+    """
+    spec = WEIGHTED_OPS[node.op]
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
     weight = a.const(w)
-    lay = a.layout(x)
-    if weight is None or (b is not None and a.const(b) is None):
-        a.block_inputs(node, "weight or bias is computed at run time")
+    if weight is None or a.const(x) is not None:
+        a.block_inputs(node, "the weight is computed at run time")
         return
-    groups = int(node.attrs.get("group", 1))
-    cout, cin_g = weight.shape[0], weight.shape[1]
-    if lay is not None and lay.axis != 1:
-        a.block(lay.ids, f"Conv node {node.name!r}: channels are not on axis 1")
+    attrs = node.attrs
+    low, high = spec.weight_ranks
+    reason = spec.refuse(attrs, weight.ndim) if low <= weight.ndim <= high else (
+        f"weight of rank {weight.ndim} is not supported")
+    if reason:
+        a.block_inputs(node, reason)
+        return
+    in_axis, out_axis = spec.in_axis(attrs, weight.ndim), spec.out_axis(attrs, weight.ndim)
+    groups = spec.groups(attrs)
+    cout = int(weight.shape[out_axis])
+    y_axis = spec.y_axis(attrs, a.rank(y))
+    lay = a.layout(x)
+    if lay is not None and lay.axis != spec.data_axis(attrs, a.rank(x)):
+        a.block(lay.ids, f"{node.op} node {node.name!r}: channels are not on the axis it "
+                         "sums over")
         lay = None
-    if lay is not None and cin_g == 1 and groups > 1:
+    b = _opt(node, spec.bias) if spec.bias is not None else None
+    if lay is not None and groups > 1 and weight.shape[in_axis] == 1:
         # depthwise: each group is one input channel and its outputs follow it
-        a.set_layout(y, 1, np.repeat(lay.ids, cout // groups))
-        a.slice_const(node, 1, 0, y)
-        if b is not None:
-            a.slice_const(node, 2, 0, y)
+        a.set_layout(y, y_axis, np.repeat(lay.ids, cout // groups))
+        a.slice_const(node, 1, out_axis, y)
+        _bias(a, node, spec.bias, b, cout, None, y)
         a.fixup("conv-group", node, by=x.name)
         return
     if lay is not None:
         if groups > 1:
             a.tie(lay.ids, groups)
-        a.slice_const(node, 1, 1, x, reduces=True, groups=groups)
-    ids = a.new_root(node, y, cout, weight=w, weight_axis=0)
+        a.slice_const(node, 1, in_axis, x, reduces=True, groups=groups)
+    ids = a.new_root(node, y, cout, weight=w, weight_axis=out_axis)
     if groups > 1:
         a.tie(ids, groups)
-    a.set_layout(y, 1, ids)
-    a.slice_const(node, 1, 0, y)
-    if b is not None:
-        a.slice_const(node, 2, 0, y)
+    a.set_layout(y, y_axis, ids)
+    a.slice_const(node, 1, out_axis, y)
+    _bias(a, node, spec.bias, b, cout, ids, y)
 
 
-def conv_transpose(a: ChannelAnalysis, node: gs.Node) -> None:
-    x, w, b, y = node.inputs[0], node.inputs[1], _opt(node, 2), node.outputs[0]
-    weight = a.const(w)
-    if weight is None or (b is not None and a.const(b) is None):
-        a.block_inputs(node, "weight or bias is computed at run time")
+def _bias(a: ChannelAnalysis, node: gs.Node, index: int | None, b: gs.Tensor | None,
+          cout: int, ids: np.ndarray | None, y: gs.Tensor) -> None:
+    """Slice a per-output bias (its last axis); one computed at run time blocks the outputs."""
+    if b is None:
         return
-    if int(node.attrs.get("group", 1)) != 1:
-        a.block_inputs(node, "grouped ConvTranspose is not supported yet")
+    shape, value = a.shape(b), a.const(b)
+    if value is None:
+        if shape is None or shape[-1] == cout:
+            a.block(ids if ids is not None else a.layout(y).ids,
+                    f"{node.op} node {node.name!r}: its bias is computed at run time")
         return
-    lay = a.layout(x)
-    if lay is not None:
-        if lay.axis != 1:
-            a.block(lay.ids, f"ConvTranspose node {node.name!r}: channels are not on axis 1")
-        else:
-            a.slice_const(node, 1, 0, x, reduces=True)
-    ids = a.new_root(node, y, weight.shape[1], weight=w, weight_axis=1)
-    a.set_layout(y, 1, ids)
-    a.slice_const(node, 1, 1, y)
-    if b is not None:
-        a.slice_const(node, 2, 0, y)
+    if value.ndim and value.shape[-1] == cout:
+        a.slice_const(node, index, value.ndim - 1, y)
 
 
 def _per_channel_params(first: int, last: int) -> Rule:
@@ -458,34 +474,8 @@ def transpose(a: ChannelAnalysis, node: gs.Node) -> None:
     a.set_layout(node.outputs[0], perm.index(lay.axis), lay.ids)
 
 
-def gemm(a: ChannelAnalysis, node: gs.Node) -> None:
-    x, w, c, y = node.inputs[0], node.inputs[1], _opt(node, 2), node.outputs[0]
-    weight = a.const(w)
-    if weight is None or a.const(x) is not None:
-        a.block_inputs(node, "B is computed at run time")
-        return
-    trans_a, trans_b = int(node.attrs.get("transA", 0)), int(node.attrs.get("transB", 0))
-    n_axis, k_axis = (0, 1) if trans_b else (1, 0)
-    lay = a.layout(x)
-    if lay is not None:
-        if lay.axis == (0 if trans_a else 1):
-            a.slice_const(node, 1, k_axis, x, reduces=True)
-        else:
-            a.block(lay.ids, f"Gemm node {node.name!r}: channels on the rows of A")
-    n = weight.shape[n_axis]
-    ids = a.new_root(node, y, n, weight=w, weight_axis=n_axis)
-    a.set_layout(y, 1, ids)
-    a.slice_const(node, 1, n_axis, y)
-    if c is not None:
-        shape = a.shape(c)
-        if shape and shape[-1] == n and n != 1:
-            if a.const(c) is None:
-                a.block(ids, f"Gemm node {node.name!r}: C is computed at run time")
-            else:
-                a.slice_const(node, 2, len(shape) - 1, y)
-
-
 def matmul(a: ChannelAnalysis, node: gs.Node) -> None:
+    """MatMul: a weighted op when B is constant, else a product of activations."""
     x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
     weight = a.const(w)
     if weight is None and a.const(x) is None:
@@ -502,15 +492,7 @@ def matmul(a: ChannelAnalysis, node: gs.Node) -> None:
         ids = a.new_root(node, y, weight.shape[-1], weight=w, weight_axis=weight.ndim - 1)
         a.block(ids, f"MatMul node {node.name!r}: output rank unknown")
         return
-    lay = a.layout(x)
-    if lay is not None:
-        if lay.axis == a.rank(x) - 1:
-            a.slice_const(node, 1, weight.ndim - 2, x, reduces=True)
-        else:
-            a.block(lay.ids, f"MatMul node {node.name!r}: channels not on the reduced axis")
-    ids = a.new_root(node, y, weight.shape[-1], weight=w, weight_axis=weight.ndim - 1)
-    a.set_layout(y, a.rank(y) - 1, ids)
-    a.slice_const(node, 1, weight.ndim - 1, y)
+    weighted(a, node)
 
 
 def batched_matmul(a: ChannelAnalysis, node: gs.Node) -> None:
@@ -634,16 +616,16 @@ def fill_shape(a: ChannelAnalysis, node: gs.Node) -> None:
 
 
 # rules that never read a tracked input's rank (the driver blocks the others when it is unknown)
-RANK_FREE = {*UNARY, *POOL, "Conv", "ConvTranspose", "BatchNormalization",
-             "InstanceNormalization", "GroupNormalization", "Gemm", "Shape", "Size"}
+RANK_FREE = {*UNARY, *POOL, "BatchNormalization", "InstanceNormalization",
+             "GroupNormalization", "Shape", "Size",
+             *(op for op, spec in WEIGHTED_OPS.items() if not spec.needs_rank)}
 
 RULES: dict[str, Rule] = {
     **{op: passthrough for op in UNARY},
     **{op: elementwise for op in BINARY},
     **{op: channel_passthrough for op in POOL},
     **{op: reduce for op in REDUCE},
-    "Conv": conv,
-    "ConvTranspose": conv_transpose,
+    **{op: weighted for op in WEIGHTED_OPS},  # one entry each in compress_ir.core.ops
     "BatchNormalization": _per_channel_params(1, 4),
     "InstanceNormalization": _per_channel_params(1, 2),
     "GroupNormalization": group_norm,
@@ -663,8 +645,7 @@ RULES: dict[str, Rule] = {
     "Squeeze": squeeze,
     "Unsqueeze": unsqueeze,
     "Transpose": transpose,
-    "Gemm": gemm,
-    "MatMul": matmul,
+    "MatMul": matmul,  # weighted, or attention's product of two activations
     "Softmax": softmax,
     "LogSoftmax": softmax,
     "Hardmax": softmax,

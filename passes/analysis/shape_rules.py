@@ -14,13 +14,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_graphsurgeon as gs
 import sympy
 
-from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, Layout
 from compress_ir.passes.analysis.shape_values import SymValue, concrete, prime_env
+
+if TYPE_CHECKING:  # the analysis imports the rules, not the other way round
+    from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, Layout
 
 SAMPLES = 3  # pruned channel counts tried when checking that a shape follows
 

@@ -28,7 +28,7 @@ from compress_ir.passes.analysis.allocation import (
     AllocationContext,
     AllocationRequest,
 )
-from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, analyse_channels
+from compress_ir.passes.analysis.channel_groups import CHANNELS, ChannelAnalysis, channel_view
 from compress_ir.passes.analysis.importance import CRITERIA, Criterion, ScoreContext
 from compress_ir.passes.analysis.importance.base import UnscorableGroup
 from compress_ir.passes.analysis.prune_plan import build_step
@@ -217,10 +217,8 @@ class ChannelPrune(Pass):
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         round_to = effective_round_to(self.options.round_to, ctx)
         options = dataclasses.replace(self.options, round_to=round_to)
-        before = infer_proto_shapes(model.to_proto())
-        work = Model.from_proto(before, model.source)
-        work.ir_version, work.opset_imports = model.ir_version, dict(model.opset_imports)
-        analysis = analyse_channels(work)
+        view = channel_view(model, ctx)  # cached: an earlier analysis pass may have run it
+        before, work, analysis = view.proto, view.work, view.analysis
         criterion = CRITERIA.get(self.options.criterion)()
         score_ctx = ScoreContext(work, analysis, calibration=calibration_stats(
             criterion, ctx, before, analysis))
@@ -249,6 +247,7 @@ class ChannelPrune(Pass):
             details["allocation"] = allocation
         if not removed:
             return PassResult(model, modified=False, stats=stats, details=details)
+        ctx.analyses.forget(CHANNELS)  # `work` is sliced below: no later reader may get it
         compensated = bool(criterion.compensate(score_ctx, removed))
         if compensated:
             before = work.to_proto()  # the masked oracle starts from the compensated weights

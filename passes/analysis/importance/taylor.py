@@ -40,6 +40,7 @@ from onnx import helper
 
 from compress_ir.core.calibration import ActivationCapture
 from compress_ir.core.errors import UsageError
+from compress_ir.core.graph import GraphCycle, topological_order
 from compress_ir.passes.analysis.channel_groups import ChannelGroup
 from compress_ir.passes.analysis.importance.activation import (
     _by_tensor,
@@ -96,24 +97,14 @@ def probe_model(proto: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
             info.type.CopyFrom(typed[name].type)
         work.graph.input.append(info)
         adds.append(helper.make_node("Add", [name, probe], [f"{probe}_sum"], name=f"{probe}_add"))
-    # topological order: each Add right where its inputs become available
+    # topological order, each Add as early as its inputs allow
     nodes = [*work.graph.node, *adds]
-    avail = {i.name for i in work.graph.input} | {i.name for i in work.graph.initializer}
-    avail.add("")
-    ordered: list[onnx.NodeProto] = []
-    while nodes:
-        rest = []
-        for node in nodes:
-            if all(x in avail for x in node.input):
-                ordered.append(node)
-                avail.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(nodes):
-            raise UsageError("criterion 'taylor': cannot order the probed graph")
-        nodes = rest
+    try:
+        order = topological_order(nodes)
+    except GraphCycle as exc:
+        raise UsageError(f"criterion 'taylor': cannot order the probed graph ({exc})") from None
     del work.graph.node[:]
-    work.graph.node.extend(ordered)
+    work.graph.node.extend(nodes[i] for i in order)
     return work
 
 

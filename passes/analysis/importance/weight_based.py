@@ -16,6 +16,7 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from compress_ir.core.ops import WEIGHTED_OPS
 from compress_ir.passes.analysis.channel_groups import (
     ChannelAnalysis,
     ChannelGroup,
@@ -479,14 +480,15 @@ def _augmented(ctx: ScoreContext, root: Root, need_bias: bool) -> np.ndarray | N
         return None
     rows = _rows(weight)
     node = ctx.analysis.nodes.get(root.node)
-    if node is None or node.op not in ("Conv", "ConvTranspose", "Gemm"):
+    spec = WEIGHTED_OPS.get(node.op) if node is not None else None
+    if spec is None or spec.bias is None:
         return rows
     weight_scale, bias_scale = output_scales(node)
     if weight_scale != 1.0:
         rows = rows * weight_scale
-    if len(node.inputs) < 3 or not node.inputs[2].name:
+    if len(node.inputs) <= spec.bias or not node.inputs[spec.bias].name:
         return rows
-    bias = ctx.model.constant(node.inputs[2])
+    bias = ctx.model.constant(node.inputs[spec.bias])
     if bias is not None and bias_scale != 1.0:
         bias = bias * bias_scale
     if bias is not None and bias.size in (1, root.size):
