@@ -116,6 +116,36 @@ def test_gpt2_fused_qkv_heads_through_the_causal_mask(name: str) -> None:
         _agree(out, batch, seq)
 
 
+@pytest.mark.parametrize("name", list(LLAMA))
+def test_llama_gqa_rope_heads(name: str) -> None:
+    block = LLAMA[name]
+    proto = _load(name)
+    analysis = analyse_channels(load_onnx(proto))
+    group = _group_of(analysis, block.q)
+    assert group.prunable, group.blocked
+    assert {r.node for r in group.roots} == {block.q, block.k, block.v}
+    rep = HEADS // KV_HEADS
+    units = sorted(_unit_positions(analysis, group), key=lambda m: m[block.k][0])
+    assert len(units) == KV_HEADS  # a unit is a K/V head and the Q heads sharing it
+    for g, members in enumerate(units):
+        assert members == {block.q: _cols(list(range(g * rep, g * rep + rep))),
+                           block.k: _cols([g]), block.v: _cols([g])}
+    ffn = _group_of(analysis, block.gate)  # SwiGLU: gate and up pruned together
+    assert {r.node for r in ffn.roots} == {block.gate, block.up} and ffn.prunable
+    out = prune_and_check(proto, PRUNE)
+    assert row(out, block.q)["kept"] == 1
+    k_kept = kept_indices(inp(out.original, block.k), inp(out.pruned, block.k), axis=1)
+    (g,) = {c // HEAD_DIM for c in k_kept}
+    q_heads = list(range(g * rep, g * rep + rep))
+    assert k_kept == _cols([g])
+    assert kept_indices(inp(out.original, block.v), inp(out.pruned, block.v), axis=1) == _cols([g])
+    assert kept_indices(inp(out.original, block.q), inp(out.pruned, block.q),
+                        axis=1) == _cols(q_heads)
+    assert kept_indices(inp(out.original, block.o), inp(out.pruned, block.o)) == _cols(q_heads)
+    for batch, seq in ((2, 7), (1, 1), (3, 12)):
+        _agree(out, batch, seq)
+
+
 def _causal_attention(mask_over_heads: bool) -> onnx.ModelProto:
     """x[B,S,16] -> qkv(48) -> Split -> 2 heads of 8 -> scores -> Where(mask) -> softmax
     -> P.V -> merge -> proj(5). The mask is `bias[:, :, :S, :S]` with S from Shape, as

@@ -32,6 +32,8 @@ import onnx
 import onnx_graphsurgeon as gs
 import sympy
 
+from compress_ir.passes.analysis.static_dims import INFERRED, sym_dim
+
 if TYPE_CHECKING:
     from compress_ir.passes.analysis.channel_groups import ChannelAnalysis
 
@@ -92,6 +94,11 @@ class ShapeValues:
                 out.append(self.channel_symbol(tensor))
             elif isinstance(d, (int, np.integer)) and d >= 0:
                 out.append(sympy.Integer(int(d)))
+            elif isinstance(d, str) and d and not d.startswith(INFERRED):
+                sym = sympy.Symbol(d, integer=True, positive=True)
+                out.append(self.aliases.get(sym, sym))
+            elif (known := sym_dim(self.a, tensor, axis)) is not None:
+                out.append(known)  # inference lost it; the producers still say what it is
             elif isinstance(d, str) and d:
                 sym = sympy.Symbol(d, integer=True, positive=True)
                 out.append(self.aliases.get(sym, sym))
