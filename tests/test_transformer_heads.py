@@ -1,7 +1,8 @@
 """Whole attention heads of decoder-only transformers (issue 14): GPT-2 and LLaMA.
 
 The fixtures are the real `transformers` exports of `tests/fixtures/real/` (random,
-seeded weights). What used to block the heads, and what each test proves:
+seeded weights), from both torch exporters (`dynamo=True` and TorchScript). What
+used to block the heads, and what each test proves:
 
 - GPT-2: the causal mask `bias[:, :, :S, :S]` (a Slice with bounds from `Shape`,
   whose dims onnx's inference loses) broadcast over the heads of the scores, and
@@ -50,9 +51,19 @@ class Block:
     up: str = ""
 
 
-GPT2 = {"gpt2": Block(q="node_addmm", o="node_addmm_1")}
-LLAMA = {"llama": Block(q="node_linear", k="node_linear_1", v="node_linear_2",
-                        o="node_linear_3", gate="node_linear_4", up="node_linear_5")}
+_TS_ATTN, _TS_LAYER = "/model/model/layers.0/self_attn/", "/model/model/layers.0/mlp/"
+GPT2 = {  # dynamo=True and TorchScript (dynamo=False) exports of the same model
+    "gpt2": Block(q="node_addmm", o="node_addmm_1"),
+    "gpt2_ts": Block(q="/model/transformer/h.0/attn/c_attn/Gemm",
+                     o="/model/transformer/h.0/attn/c_proj/Gemm"),
+}
+LLAMA = {
+    "llama": Block(q="node_linear", k="node_linear_1", v="node_linear_2", o="node_linear_3",
+                   gate="node_linear_4", up="node_linear_5"),
+    "llama_ts": Block(q=f"{_TS_ATTN}q_proj/MatMul", k=f"{_TS_ATTN}k_proj/MatMul",
+                      v=f"{_TS_ATTN}v_proj/MatMul", o=f"{_TS_ATTN}o_proj/MatMul",
+                      gate=f"{_TS_LAYER}gate_proj/MatMul", up=f"{_TS_LAYER}up_proj/MatMul"),
+}
 HEADS, KV_HEADS, HEAD_DIM, HIDDEN = 4, 2, 8, 32  # both fixtures (tools/make_real_corpus.py)
 
 

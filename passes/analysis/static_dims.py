@@ -193,12 +193,30 @@ def _target(a: ChannelAnalysis, node: gs.Node, axis: int, rank: int) -> Expr | N
 
 def _reshape(a: ChannelAnalysis, node: gs.Node, axis: int, rank: int, depth: int
              ) -> Expr | None:
-    d = _target(a, node, axis, rank)
-    if d == 0 and not node.attrs.get("allowzero", 0):
-        return sym_dim(a, node.inputs[0], axis, depth)  # 0 copies the input's dim
-    if d is None or a.sym.channels_of(d) or (d.is_Integer and int(d) <= 0):
-        return None  # -1, or a value that follows pruned channels
-    return d
+    """A target element: a 0 copies the input's dim, a -1 takes what the others leave."""
+    x, value = node.inputs[0], a.sym.value(node.inputs[1])
+    if value is None or value.scalar or len(value.elems) != rank:
+        return None
+    keep_zero = bool(node.attrs.get("allowzero", 0))
+    dims: list[Expr | None] = []
+    for j, e in enumerate(value.elems):
+        if a.sym.channels_of(e):
+            dims.append(None)  # follows pruned channels: not a fixed size
+        else:
+            dims.append(sym_dim(a, x, j, depth) if e == 0 and not keep_zero else e)
+    d = dims[axis]
+    if d != -1:
+        return d if d is None or not d.is_Integer or int(d) > 0 else None
+    r = a.rank(x)
+    if a.layout(x) is not None or r is None or any(e is None or e == -1 for j, e in
+                                                   enumerate(dims) if j != axis):
+        return None  # the input's size changes with pruning, or the rest is unknown
+    total = [sym_dim(a, x, j, depth) for j in range(r)]
+    if None in total:
+        return None
+    hole = sympy.cancel(sympy.Mul(*total) / sympy.Mul(*[e for j, e in enumerate(dims)
+                                                         if j != axis]))
+    return hole if hole.is_polynomial() else None
 
 
 def _expand(a: ChannelAnalysis, node: gs.Node, axis: int, rank: int, depth: int
