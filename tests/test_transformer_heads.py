@@ -16,10 +16,13 @@ used to block the heads, and what each test proves:
 Every prune is checked against the masked oracle, also at batch/sequence sizes
 other than the ones the default check uses; the kept weight columns are compared
 with the original ones to show whole heads went, in the same places everywhere.
+The report says how many heads and neurons each block keeps, and warns (report and
+log) when the MACs removed fall far short of the request.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +32,15 @@ import pytest
 from oracle import TOLERANCE, prune_and_check
 from test_channel_ops import Net, inp, kept_indices, row
 
+from compress_ir.api import compress
 from compress_ir.core import numeric
+from compress_ir.core.report import format_report
 from compress_ir.frontends.onnx import load_onnx
 from compress_ir.frontends.placeholders import fill_placeholders
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, analyse_channels
+from compress_ir.passes.analysis.prune_summary import shortfall
 from compress_ir.passes.analysis.static_dims import static_dim, sym_dim
+from compress_ir.report_html import render_html
 
 REAL = Path(__file__).parent / "fixtures" / "real"
 PRUNE = "channel-prune{ratio=0.5}"
@@ -220,3 +227,61 @@ def test_causal_mask_broadcast_over_heads(mask_over_heads: bool) -> None:
         got = numeric.session(out.pruned).run(None, {"x": x})[0]
         want = numeric.session(out.result.reference).run(None, {"x": x})[0]
         assert np.abs(got - want).max() <= TOLERANCE * max(1.0, float(np.abs(want).max()))
+
+
+# -- the report: heads and neurons per block, and a warning when the request falls short --
+def test_report_counts_heads_and_neurons_per_block() -> None:
+    result = compress(_load("llama_ts"), PRUNE, check=True)
+    details = result.report["passes"][0]["details"]
+    rows = {r["producers"][0]: r for r in details["groups"]}
+    attn = rows[LLAMA["llama_ts"].q]
+    assert (attn["unit"], attn["heads"], attn["heads_kept"], attn["kv_heads"],
+            attn["kv_heads_kept"], attn["head_dim"]) == ("kv-group", 4, 2, 2, 1, HEAD_DIM)
+    ffn = rows[LLAMA["llama_ts"].gate]
+    assert (ffn["unit"], ffn["size"], ffn["kept"]) == ("neuron", 64, 32)
+    assert details["kept"] == {"heads": [4, 8], "neurons": [64, 128]}
+    assert "warnings" not in details  # 0.5 asked, ~0.46 of the MACs removed
+    text = format_report(result.report)
+    assert "[q heads 2/4, kv heads 1/2 (head_dim 8)]" in text and "[neurons 32/64]" in text
+    assert "kept: heads 4/8, neurons 64/128" in text
+    assert "q heads 2/4, kv heads 1/2 (head_dim 8)" in render_html(result.report)
+    gpt2 = compress(_load("gpt2"), PRUNE, check=True).report["passes"][0]["details"]
+    (head,) = [r for r in gpt2["groups"] if r["producers"] == [GPT2["gpt2"].q]]
+    assert (head["unit"], head["heads"], head["heads_kept"]) == ("head", HEADS, 2)
+
+
+def test_shortfall_is_a_warning_that_names_the_blocked_groups(caplog) -> None:
+    """ratio 0.5 with the attention blocks excluded removes ~15 % of the MACs."""
+    with caplog.at_level(logging.WARNING, logger="compress_ir"):
+        result = compress(_load("gpt2_ts"), "channel-prune{ratio=0.5,exclude=[*attn*]}",
+                          check=True)
+    details = result.report["passes"][0]["details"]
+    found = details["shortfall"]
+    assert found["requested"] == 0.5
+    assert found["achieved"] == pytest.approx(1 - result.report["ratios"]["macs"], abs=1e-3)
+    assert found["achieved"] < 0.2
+    assert found["held_by"][0]["reason"] == "excluded by the exclude option"
+    assert found["held_by"][0]["groups"] == 2
+    (warning,) = details["warnings"]
+    assert warning.startswith("channel-prune: ratio=0.5 asks for about 50% fewer MACs, got ")
+    assert [r.getMessage() for r in caplog.records if "fewer MACs" in r.getMessage()] == [warning]
+    assert f"warning: {warning}" in format_report(result.report)
+    assert 'class="warn"' in render_html(result.report)
+
+
+def test_shortfall_counts_the_macs_of_the_groups_left_whole() -> None:
+    before = {"a": {"macs": 300}, "b": {"macs": 100}, "c": {"macs": 600}}
+    after = {"a": {"macs": 150}, "b": {"macs": 100}, "c": {"macs": 600}}
+    rows = [{"producers": ["a"], "status": "pruned", "size": 8, "kept": 4},
+            {"producers": ["b"], "status": "blocked", "size": 4, "kept": 4,
+             "blocked_by": ["Add node 'x': residual"]},
+            {"producers": ["c"], "status": "blocked", "size": 4, "kept": 4,
+             "blocked_by": ["graph output 'y' must keep its shape"]}]
+    found = shortfall(0.3, before, after, rows, "ratio=0.3")
+    assert found["achieved"] == pytest.approx(0.15)  # 150 of 1000 MACs
+    assert [(h["reason"], h["macs_fraction"]) for h in found["held_by"]] == [
+        ("graph output 'y' must keep its shape", 0.6), ("Add node 'x': residual", 0.1)]
+    assert found["held_macs_fraction"] == pytest.approx(0.7)
+    assert shortfall(0.2, before, after, rows, "ratio=0.2") is None  # 0.15 >= 2/3 * 0.2
+    nothing = shortfall(0.3, before, None, rows, "ratio=0.3")
+    assert nothing["achieved"] == 0.0
