@@ -285,3 +285,29 @@ def test_shortfall_counts_the_macs_of_the_groups_left_whole() -> None:
     assert shortfall(0.2, before, after, rows, "ratio=0.2") is None  # 0.15 >= 2/3 * 0.2
     nothing = shortfall(0.3, before, None, rows, "ratio=0.3")
     assert nothing["achieved"] == 0.0
+
+
+def test_torchscript_expand_minus_one_shape_is_followed() -> None:
+    """TorchScript writes `mask.expand(B, -1, -1, -1)` as Where(shape == -1, ones, shape)
+    with ones = ConstantOfShape(Shape(shape)); B is a positive dim, so B == -1 is False
+    and the shape is [B, 1, 1, 1]: the expanded mask is still 1 on the heads axis."""
+    n = Net()
+    x = n.input(["B", "S", 16])
+    batch = n.op("Slice", [n.op("Shape", [x], "shape"), n.ints([0]), n.ints([1])], "batch")
+    want = n.op("Concat", [batch, n.ints([-1, -1, -1])], "want", axis=0)
+    ones = n.op("ConstantOfShape", [n.op("Shape", [want], "want_shape")], "ones",
+                value=onnx.helper.make_tensor("one", onnx.TensorProto.INT64, [1], [1]))
+    is_free = n.op("Equal", [want, n.op("Mul", [ones, n.ints([-1])], "minus")], "is_free")
+    shape = n.op("Where", [is_free, ones, want], "expand_shape")
+    mask = n.op("Expand", [n.const(np.ones((1, 1, 4, 4), np.float32)), shape], "mask")
+    out = n.op("Relu", [mask], "out")
+    model = load_onnx(n.build(out, shapes={"out": ["B", 1, 4, 4]}))
+    analysis = analyse_channels(model)
+    values = analysis.sym.values
+    assert [str(e) for e in values["ones"].elems] == ["1"] * 4
+    assert [str(e) for e in values["is_free"].elems] == ["0", "1", "1", "1"]
+    assert [str(e) for e in values["expand_shape"].elems] == ["B", "1", "1", "1"]
+    tensors = model.graph.tensors()
+    assert model.shape(tensors["mask"])[1] != 1  # onnx's inference cannot tell
+    assert [str(sym_dim(analysis, tensors["mask"], axis)) for axis in range(4)] == [
+        "B", "1", "4", "4"]
