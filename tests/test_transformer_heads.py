@@ -328,3 +328,33 @@ def test_torchscript_expand_minus_one_shape_is_followed() -> None:
     assert model.shape(tensors["mask"])[1] != 1  # onnx's inference cannot tell
     assert [str(sym_dim(analysis, tensors["mask"], axis)) for axis in range(4)] == [
         "B", "1", "4", "4"]
+
+
+@pytest.mark.parametrize("pipeline", ["channel-prune{ratio=0.5,round-to=8}",
+                                      "channel-prune{target-macs=0.5,round-to=8}"])
+def test_round_to_counts_channels_not_heads(pipeline: str) -> None:
+    """round-to (the target's vector width) keeps channel counts multiples of 8: a head of
+    head_dim 8 already is one, so 2 KV groups can become 1 (the head count is not rounded
+    up to 8, which would keep every head); FFN neurons are rounded to 8."""
+    out = prune_and_check(_load("llama"), pipeline)
+    rows = {r["producers"][0]: r for r in out.result.details["groups"]}
+    assert rows[LLAMA["llama"].q]["kept"] == 1
+    ffn = rows[LLAMA["llama"].gate]
+    assert ffn["kept"] < ffn["size"] and ffn["kept"] % 8 == 0
+    k_w = inp(out.pruned, LLAMA["llama"].k)
+    assert k_w.shape[1] == HEAD_DIM
+
+
+def test_unit_multiples() -> None:
+    """k units of c channels: k a multiple of round_to / gcd(round_to, c) in every producer."""
+    from compress_ir.passes.analysis.channel_groups import ChannelGroup
+    from compress_ir.passes.transform.channel_prune import unit_multiples
+
+    def group(index: int, per_unit: dict[int, int]) -> ChannelGroup:
+        members = {u: [(root, np.arange(c)) for root, c in per_unit.items()] for u in range(4)}
+        return ChannelGroup(index, [], np.arange(4), members)
+
+    groups = [group(0, {0: 1}), group(1, {0: 24}), group(2, {0: 16, 1: 8, 2: 8}),
+              group(3, {0: 4}), group(4, {0: 12, 1: 2})]
+    assert unit_multiples(groups, 8) == {1: 1, 2: 1, 3: 2, 4: 4}
+    assert unit_multiples(groups, 1) == {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,6 +148,7 @@ def plan_removal(
     allocation = ALLOCATIONS.get("budget" if opts.budget else opts.scope)()
     request = AllocationRequest(opts.ratio, opts.round_to, opts.min_channels, opts.tolerance,
                                 opts.plot, opts.budget)
+    request.unit_round = unit_multiples(candidates, opts.round_to)
     if allocation.needs_model:
         if proto is None:
             proto = infer_proto_shapes(score_ctx.model.to_proto())
@@ -175,6 +177,33 @@ def plan_removal(
             row["removed"] = gone  # indices into the group's units (sorted unit ids)
         rows.append(row)
     return removed, rows
+
+
+def unit_multiples(groups: list[Any], round_to: int) -> dict[int, int]:
+    """Per group, the multiple of units that keeps every producer's channel count a
+    multiple of `round_to`.
+
+    A unit of c channels in a producer (an attention head: head_dim columns of Q, K
+    and V) needs k units with k * c a multiple of round_to, i.e. k a multiple of
+    round_to / gcd(round_to, c); for heads of head_dim 64 and round-to 8 any head
+    count will do. Rounding the head count itself to 8 would keep every head of a
+    model with fewer. Producers whose units differ in size keep `round_to`.
+    """
+    out: dict[int, int] = {}
+    if round_to <= 1:
+        return out
+    for g in groups:
+        per_root: dict[int, set[int]] = {}
+        for members in g.members.values():
+            for root, positions in members:
+                per_root.setdefault(root, set()).add(int(positions.size))
+        need = 1
+        for sizes in per_root.values():
+            c = sizes.pop() if len(sizes) == 1 else 1
+            need = math.lcm(need, round_to // math.gcd(round_to, c))
+        if need != round_to:
+            out[g.index] = need
+    return out
 
 
 def calibration_stats(
