@@ -18,6 +18,7 @@ from compress_ir.passes.analysis.channel_groups import ChannelAnalysis
 FAR_BELOW = 2 / 3  # warn when the achieved MAC reduction is under this share of the request
 _NEURON_OPS = {"Gemm", "MatMul"}
 _LEFT_WHOLE = {"excluded": "excluded by the exclude option"}
+_KEPT_WHOLE = "nothing removed (min-channels, or round-to: by default the target's vector width)"
 
 
 def unit_rows(analysis: ChannelAnalysis, rows: list[dict[str, Any]], removed: set[int]) -> None:
@@ -103,7 +104,7 @@ def shortfall(requested: float, macs_before: dict[str, dict[str, Any]],
             continue
         macs = sum(int(macs_before.get(p, {}).get("macs", 0)) for p in row["producers"])
         reason = (row.get("blocked_by") or [row.get("unscored") or _LEFT_WHOLE.get(
-            row["status"], "nothing removed (size, min-channels or rounding)")])[0]
+            row["status"], _KEPT_WHOLE)])[0]
         entry = held.setdefault(reason, [0, 0])
         entry[0] += 1
         entry[1] += macs
