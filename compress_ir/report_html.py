@@ -72,6 +72,15 @@ def _blocked(report: dict[str, Any]) -> list[tuple[str, int, list[str]]]:
     return sorted(((r, c, e) for r, (c, e) in reasons.items()), key=lambda t: -t[1])
 
 
+def _pass_lines(entry: dict[str, Any]) -> list[str]:
+    """What the pass itself formats from its details (`Pass.format_details`)."""
+    from compress_ir.core.passes import PASSES
+
+    if entry.get("name") not in PASSES:
+        return []
+    return PASSES.get(entry["name"]).format_details(entry.get("details") or {}, 50)
+
+
 def _top_layers(report: dict[str, Any], n: int = MAX_LAYERS) -> list[dict[str, Any]]:
     layers = report.get("layers") or []
     return sorted(layers, key=lambda r: -r["macs_before"])[:n]
@@ -342,6 +351,13 @@ def render_html(report: dict[str, Any]) -> str:
               f"{checks[p['name']]['rel_error']:.2e}" if p["name"] in checks else "-",
               ", ".join(f"{k}={v}" for k, v in list(p.get("stats", {}).items())[:6])]
              for p in passes], left={0, 4}))
+        for p in passes:  # the pass's own lines (channel-prune: heads/neurons kept per block)
+            for warning in (p.get("details") or {}).get("warnings", []):
+                parts.append(f'<div class="warn">warning: {esc(warning)}</div>')
+            lines = _pass_lines(p)
+            if lines:
+                parts.append(f"<details><summary>{esc(p['spec'])}: details</summary><pre>"
+                             + esc("\n".join(lines)) + "</pre></details>")
     layers = _top_layers(report)
     if layers:
         labels = [r["node"] for r in layers]
@@ -467,6 +483,10 @@ def render_markdown(report: dict[str, Any], max_layers: int = 15) -> str:
             [f"`{r['node']}`", r["op"], _human(r["macs_before"]), _human(r["macs_after"]),
              _ratio(r["macs_after"], r["macs_before"])] for r in layers])
         lines += ["", "</details>", ""]
+    warnings = [w for entry in report.get("passes") or []
+                for w in (entry.get("details") or {}).get("warnings", [])]
+    if warnings:
+        lines += [f"> ⚠️ {_md_cell(w)}  " for w in warnings] + [""]
     blocked = _blocked(report)
     if blocked:
         lines += ["Blocked channel groups:", ""]

@@ -71,6 +71,8 @@ CASES: dict[str, Case] = {
     "vit": Case(),
     "gpt2": Case(),
     "llama": Case(),
+    "gpt2_ts": Case(),
+    "llama_ts": Case(),
     "timm_resnet": Case(),
     "timm_mobilevit": Case(),
     "keras_cnn": Case(),

@@ -40,6 +40,7 @@ printed summary.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import sys
 import warnings
@@ -144,18 +145,21 @@ def torch_export(
     dynamo: bool,
     opset: int,
     dynamic_axes: dict[str, dict[int, str]] | None = None,
+    tracing: Callable[[], Any] | None = None,
 ) -> Export:
     """Export `model` like a user would and record torch's outputs for every feed.
 
     TorchScript (``dynamo=False``) takes ``dynamic_axes``; the dynamo exporter gets
     the same dims as ``dynamic_shapes`` (``torch.export.Dim`` per named dim).
+    ``tracing`` is a context manager entered around the export only (not around the
+    reference run).
     """
     torch = _torch()
     model = model.eval()
     names = list(inputs)
     args = tuple(inputs.values())
     buf = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), (tracing or contextlib.nullcontext)():
         warnings.simplefilter("ignore")
         if dynamo:
             dims: dict[str, Any] = {}
@@ -580,7 +584,8 @@ def vit() -> Export:
                         opset=18, dynamic_axes=axes)
 
 
-def _decoder(model_cls: str, config_cls: str, vocab: int, **config: Any) -> Callable[[], Export]:
+def _decoder(model_cls: str, config_cls: str, vocab: int, dynamo: bool = True,
+             **config: Any) -> Callable[[], Export]:
     def build() -> Export:
         model = _Logits(_hf(model_cls, config_cls, vocab_size=vocab, **config), "logits",
                         ["input_ids", "attention_mask"])
@@ -589,16 +594,44 @@ def _decoder(model_cls: str, config_cls: str, vocab: int, **config: Any) -> Call
         dims = {0: "batch", 1: "sequence"}
         axes = {"input_ids": dims, "attention_mask": dims, "logits": dims}
         return torch_export(model, _tokens(g, 2, 12, vocab), [_tokens(g, 1, 7, vocab)],
-                            ["logits"], dynamo=True, opset=18, dynamic_axes=axes)
+                            ["logits"], dynamo=dynamo, opset=18 if dynamo else 17,
+                            dynamic_axes=axes,
+                            tracing=None if dynamo else _vmap_free_causal_mask)
 
     return build
 
 
-gpt2 = _decoder("GPT2LMHeadModel", "GPT2Config", 96, n_embd=32, n_layer=2, n_head=4,
-                n_positions=64, n_inner=64)
-llama = _decoder("LlamaForCausalLM", "LlamaConfig", 96, hidden_size=32, intermediate_size=64,
-                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 max_position_embeddings=64, tie_word_embeddings=False)
+@contextlib.contextmanager
+def _vmap_free_causal_mask() -> Any:
+    """Build the causal mask without `torch.vmap` while tracing for TorchScript.
+
+    transformers 4.57 builds every causal mask with `vmap` on torch >= 2.6, which the
+    TorchScript tracer cannot record (``RuntimeError: unordered_map::at``,
+    pytorch/pytorch#172880). transformers ships a vmap-free equivalent for its own
+    export path (`integrations.executorch.sdpa_mask_without_vmap`, used by its
+    ExecuTorch export); eager attention's mask is built from it here, the way a user
+    would patch it. The reference outputs come from the unpatched model, so the
+    verification proves the two masks agree.
+    """
+    from transformers import masking_utils
+    from transformers.integrations.executorch import sdpa_mask_without_vmap
+
+    original = masking_utils.sdpa_mask
+    masking_utils.sdpa_mask = sdpa_mask_without_vmap
+    try:
+        yield
+    finally:
+        masking_utils.sdpa_mask = original
+
+
+GPT2_CONFIG = {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64, "n_inner": 64}
+LLAMA_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2,
+                "max_position_embeddings": 64, "tie_word_embeddings": False}
+gpt2 = _decoder("GPT2LMHeadModel", "GPT2Config", 96, **GPT2_CONFIG)
+llama = _decoder("LlamaForCausalLM", "LlamaConfig", 96, **LLAMA_CONFIG)
+gpt2_ts = _decoder("GPT2LMHeadModel", "GPT2Config", 96, dynamo=False, **GPT2_CONFIG)
+llama_ts = _decoder("LlamaForCausalLM", "LlamaConfig", 96, dynamo=False, **LLAMA_CONFIG)
 
 
 # ----------------------------------------------------------------------------- timm / keras
@@ -729,6 +762,10 @@ CORPUS: dict[str, Spec] = {
                  "Conv1D (MatMul), fused qkv Split, causal mask, tied lm head"),
     "llama": Spec(llama, "transformers 4.57.6 LlamaForCausalLM, dynamo=True, opset 18",
                   "RMSNorm, SwiGLU, GQA (4 q / 2 kv heads), rotary embeddings"),
+    "gpt2_ts": Spec(gpt2_ts, "transformers 4.57.6 GPT2LMHeadModel, dynamo=False, opset 17",
+                    "the same GPT-2 through TorchScript"),
+    "llama_ts": Spec(llama_ts, "transformers 4.57.6 LlamaForCausalLM, dynamo=False, opset 17",
+                     "the same LLaMA through TorchScript"),
     "timm_resnet": Spec(timm_model("resnet10t", 64), "timm resnet10t, dynamo=False, opset 17",
                         "deep stem, avg-pool downsample shortcut"),
     "timm_mobilevit": Spec(timm_model("mobilevitv2_050", 64),

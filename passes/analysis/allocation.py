@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -47,9 +47,25 @@ class AllocationRequest:
     plot: str = ""  # sensitivity: where to draw the curves
     budget: tuple[str, float] | None = None  # ("macs" | "params", fraction kept)
     model: AllocationContext | None = None  # set for allocations with needs_model
+    # per group, the unit multiple that keeps its channel counts multiples of round_to:
+    # a unit of several channels (an attention head of head_dim) needs fewer (see
+    # channel_prune.unit_multiples); groups not listed use round_to
+    unit_round: dict[int, int] = field(default_factory=dict)
+
+    def round_for(self, group: int) -> int:
+        """The multiple a group's kept unit count is rounded up to."""
+        return self.unit_round.get(group, self.round_to)
+
+    def rounding(self) -> Rounding:
+        return self.round_to if not self.unit_round else self.round_for
 
 
 Keep = dict[int, np.ndarray]
+Rounding = int | Callable[[int], int]  # one multiple for all groups, or one per group
+
+
+def _multiple(rounding: Rounding, group: int) -> int:
+    return rounding(group) if callable(rounding) else rounding
 
 
 class Allocation:
@@ -92,7 +108,7 @@ class Uniform(Allocation):
 
     def allocate(self, scores: dict[int, np.ndarray], req: AllocationRequest
                  ) -> tuple[Keep, dict[str, Any]]:
-        return uniform(scores, req.ratio, req.round_to, req.min_keep), {}
+        return uniform(scores, req.ratio, req.rounding(), req.min_keep), {}
 
 
 @ALLOCATIONS.register("global")
@@ -101,22 +117,22 @@ class Global(Allocation):
 
     def allocate(self, scores: dict[int, np.ndarray], req: AllocationRequest
                  ) -> tuple[Keep, dict[str, Any]]:
-        return global_(scores, req.ratio, req.round_to, req.min_keep), {}
+        return global_(scores, req.ratio, req.rounding(), req.min_keep), {}
 
 
 def uniform(
-    scores: dict[int, np.ndarray], ratio: float, round_to: int, min_keep: int
+    scores: dict[int, np.ndarray], ratio: float, round_to: Rounding, min_keep: int
 ) -> Keep:
     """Remove `ratio` of every group's units, the lowest-scored ones."""
     return {
-        g: top_mask(s, keep_count(s.size, math.floor(ratio * s.size + 1e-9), round_to,
-                                  min_keep))
+        g: top_mask(s, keep_count(s.size, math.floor(ratio * s.size + 1e-9),
+                                  _multiple(round_to, g), min_keep))
         for g, s in scores.items()
     }
 
 
 def global_(
-    scores: dict[int, np.ndarray], ratio: float, round_to: int, min_keep: int
+    scores: dict[int, np.ndarray], ratio: float, round_to: Rounding, min_keep: int
 ) -> Keep:
     """Rank all units across groups by score / group mean; remove the lowest `ratio`."""
     entries = []
@@ -133,6 +149,6 @@ def global_(
             removed[g] += 1
             budget -= 1
     return {
-        g: top_mask(s, keep_count(s.size, removed[g], round_to, min_keep))
+        g: top_mask(s, keep_count(s.size, removed[g], _multiple(round_to, g), min_keep))
         for g, s in scores.items()
     }

@@ -188,7 +188,8 @@ def sensitivity_allocation(
         chosen_keep, cache = s.size, {}
         passing = True
         for r in SENSITIVITY_RATIOS:
-            k = keep_count(s.size, math.floor(r * s.size + 1e-9), req.round_to, req.min_keep)
+            k = keep_count(s.size, math.floor(r * s.size + 1e-9), req.round_for(g),
+                           req.min_keep)
             if k not in cache:
                 if not passing and not plot:
                     break
@@ -356,7 +357,7 @@ def budget_allocation(
     neighbours = {g: [h for h in scores if terms[g] & terms[h]] for g in scores}
 
     def candidate(g: int) -> tuple[float, np.ndarray] | None:
-        nxt = _next_keep(keep[g], req.round_to, floor[g])
+        nxt = _next_keep(keep[g], req.round_for(g), floor[g])
         if nxt is None:
             return None
         size = scores[g].size

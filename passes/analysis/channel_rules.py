@@ -23,6 +23,7 @@ from compress_ir.passes.analysis.shape_rules import (
     symbolic_slice,
     tile,
 )
+from compress_ir.passes.analysis.static_dims import static_dim
 
 if TYPE_CHECKING:  # the analysis imports the rules, not the other way round
     from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, Layout
@@ -268,7 +269,7 @@ def elementwise(a: ChannelAnalysis, node: gs.Node) -> None:
         lay = a.layout(t)
         if t.name in broadcast:
             local = axis - (rank - a.rank(t))
-            if local >= 0 and a.shape(t)[local] != 1:
+            if local >= 0 and static_dim(a, t, local) != 1:
                 a.block_inputs(node, "inputs carry channels on different axes or sizes")
                 return
             continue
@@ -276,8 +277,8 @@ def elementwise(a: ChannelAnalysis, node: gs.Node) -> None:
             a.unite(first, lay.ids)
             continue
         local = axis - (rank - a.rank(t))
-        dim = a.shape(t)[local] if local >= 0 else 1
-        if dim == 1:
+        dim = static_dim(a, t, local) if local >= 0 else 1
+        if dim == 1:  # broadcast along the channels (a mask, a bias): nothing to track
             continue
         if dim == size and a.const(t) is not None:
             a.slice_const(node, idx, local, out)
@@ -520,7 +521,7 @@ def batched_matmul(a: ChannelAnalysis, node: gs.Node) -> None:
     axis = axes.pop()
     for t in (x, w):
         local = axis - (out_rank - a.rank(t))
-        if a.layout(t) is None and local >= 0 and a.shape(t)[local] != 1:
+        if a.layout(t) is None and local >= 0 and static_dim(a, t, local) != 1:
             a.block_inputs(node, f"input {t.name!r} is computed without channel tracking")
             return
     first = laid[0][1].ids

@@ -202,14 +202,19 @@ def _couple(a: ChannelAnalysis, node: gs.Node, value: SymValue, ids: np.ndarray,
     return SymValue(elems, value.scalar, value.origins)
 
 
-_ATTENTION_PATH = {"Transpose", "Mul", "Div", "Identity", "Cast"}
+# ops between a head split and the per-head products that keep heads apart: scaling,
+# rotary embeddings (Mul/Add by cos/sin, rotate_half's Slice/Neg/Concat inside a head),
+# and grouped-query attention's repeat_kv (Unsqueeze -> Expand -> Reshape)
+_ATTENTION_PATH = {"Transpose", "Mul", "Div", "Identity", "Cast", "Add", "Sub", "Neg",
+                   "Slice", "Concat", "Unsqueeze", "Expand", "Reshape"}
 
 
-def _feeds_attention(t: gs.Tensor, hops: int = 3) -> bool:
+def _feeds_attention(t: gs.Tensor, hops: int = 8) -> bool:
     """Does `t` reach, through a few layout/scale ops, a MatMul of two activations?
 
     Then a `[heads, head_dim]` split should carry the heads: per-head products
-    keep them separate, so whole heads can go (`batched_matmul`).
+    keep them separate, so whole heads can go (`batched_matmul`). It is only a
+    preference: the rules downstream still check every op the heads pass through.
     """
     for consumer in t.outputs:
         if consumer.op == "MatMul" and not any(isinstance(i, gs.Constant)

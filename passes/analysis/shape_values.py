@@ -32,6 +32,8 @@ import onnx
 import onnx_graphsurgeon as gs
 import sympy
 
+from compress_ir.passes.analysis.static_dims import INFERRED, sym_dim
+
 if TYPE_CHECKING:
     from compress_ir.passes.analysis.channel_groups import ChannelAnalysis
 
@@ -65,6 +67,7 @@ class ShapeValues:
         self._unknown: dict[tuple[str, int], sympy.Symbol] = {}
         self.accepted: set[tuple[str, int]] = set()  # (node, input) checked by a rule
         self.aliases: dict[sympy.Symbol, sympy.Expr] = {}  # inference's unk__N -> known value
+        self.dim_cache: dict[tuple[str, int], sympy.Expr | None] = {}  # static_dims.sym_dim
 
     # -- symbols ------------------------------------------------------------------
     def channel_symbol(self, tensor: gs.Tensor) -> sympy.Symbol:
@@ -91,6 +94,11 @@ class ShapeValues:
                 out.append(self.channel_symbol(tensor))
             elif isinstance(d, (int, np.integer)) and d >= 0:
                 out.append(sympy.Integer(int(d)))
+            elif isinstance(d, str) and d and not d.startswith(INFERRED):
+                sym = sympy.Symbol(d, integer=True, positive=True)
+                out.append(self.aliases.get(sym, sym))
+            elif (known := sym_dim(self.a, tensor, axis)) is not None:
+                out.append(known)  # inference lost it; the producers still say what it is
             elif isinstance(d, str) and d:
                 sym = sympy.Symbol(d, integer=True, positive=True)
                 out.append(self.aliases.get(sym, sym))
@@ -167,7 +175,7 @@ class ShapeValues:
         rule = RULES.get(node.op)
         if rule is None:
             return False
-        if node.op not in ("Shape", "Size"):
+        if node.op not in ("Shape", "Size", "ConstantOfShape"):  # these read shapes only
             if not any(t.name in self.values or self.deps(t) for t in node.inputs):
                 return False
             if not all(self.value(t) is not None or self.deps(t)
@@ -358,15 +366,35 @@ def _binary(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
 
 
 def _equal(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
+    """Equal decides when the difference is a number, or by the dims' signs: a dim is
+    positive, so TorchScript's `expand(B, -1, -1)` test `shape == -1` is False for B."""
     vals = [_vec(sv, t) for t in node.inputs]
     (xs, ys), scalar = _broadcast(vals)
     out = []
     for x, y in zip(xs, ys, strict=True):
         diff = sympy.simplify(x - y)
-        if not diff.is_number:
+        if diff.is_number:
+            out.append(sympy.Integer(int(diff == 0)))
+        elif diff.is_zero is False:  # from the symbols' assumptions (positive integers)
+            out.append(sympy.Integer(0))
+        else:
             return None
-        out.append(sympy.Integer(int(diff == 0)))
     return [SymValue(out, scalar)]
+
+
+def _constant_of_shape(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
+    """A 1-D ConstantOfShape of a literal length: TorchScript's `ones_like(shape)`."""
+    shape = _vec(sv, node.inputs[0])
+    if len(shape.elems) != 1 or not shape.elems[0].is_Integer:
+        return None
+    count = int(shape.elems[0])
+    fill = node.attrs.get("value")
+    fill = np.zeros(1) if fill is None else np.asarray(getattr(fill, "values", fill)).ravel()
+    if not 0 <= count <= MAX_ELEMENTS or fill.size != 1 or not np.isfinite(fill).all():
+        return None
+    value = fill[0]
+    elem = sympy.Integer(int(value)) if float(value).is_integer() else sympy.Rational(float(value))
+    return [SymValue([elem] * count)]
 
 
 def _where(sv: ShapeValues, node: gs.Node) -> list[SymValue | None] | None:
@@ -407,6 +435,7 @@ RULES: dict[str, SymRule] = {
     "Concat": _concat,
     **{op: _binary for op in _BINARY},
     "Equal": _equal,
+    "ConstantOfShape": _constant_of_shape,
     "Where": _where,
     "ReduceProd": _reduce_prod,
 }

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,7 @@ import numpy as np
 
 from compress_ir.core.calibration import CalibrationSet
 from compress_ir.core.errors import UsageError
+from compress_ir.core.metrics import layer_metrics
 from compress_ir.core.model import Model, infer_proto_shapes
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
 from compress_ir.core.validate import plot_path
@@ -32,7 +35,16 @@ from compress_ir.passes.analysis.channel_groups import CHANNELS, ChannelAnalysis
 from compress_ir.passes.analysis.importance import CRITERIA, Criterion, ScoreContext
 from compress_ir.passes.analysis.importance.base import UnscorableGroup
 from compress_ir.passes.analysis.prune_plan import build_step
+from compress_ir.passes.analysis.prune_summary import (
+    describe,
+    requested_reduction,
+    shortfall,
+    totals,
+    unit_rows,
+)
 from compress_ir.passes.transform.channel_slicing import apply_removal, masked_reference
+
+log = logging.getLogger("compress_ir.channel_prune")
 
 
 @dataclass(frozen=True)
@@ -136,6 +148,7 @@ def plan_removal(
     allocation = ALLOCATIONS.get("budget" if opts.budget else opts.scope)()
     request = AllocationRequest(opts.ratio, opts.round_to, opts.min_channels, opts.tolerance,
                                 opts.plot, opts.budget)
+    request.unit_round = unit_multiples(candidates, opts.round_to)
     if allocation.needs_model:
         if proto is None:
             proto = infer_proto_shapes(score_ctx.model.to_proto())
@@ -164,6 +177,33 @@ def plan_removal(
             row["removed"] = gone  # indices into the group's units (sorted unit ids)
         rows.append(row)
     return removed, rows
+
+
+def unit_multiples(groups: list[Any], round_to: int) -> dict[int, int]:
+    """Per group, the multiple of units that keeps every producer's channel count a
+    multiple of `round_to`.
+
+    A unit of c channels in a producer (an attention head: head_dim columns of Q, K
+    and V) needs k units with k * c a multiple of round_to, i.e. k a multiple of
+    round_to / gcd(round_to, c); for heads of head_dim 64 and round-to 8 any head
+    count will do. Rounding the head count itself to 8 would keep every head of a
+    model with fewer. Producers whose units differ in size keep `round_to`.
+    """
+    out: dict[int, int] = {}
+    if round_to <= 1:
+        return out
+    for g in groups:
+        per_root: dict[int, set[int]] = {}
+        for members in g.members.values():
+            for root, positions in members:
+                per_root.setdefault(root, set()).add(int(positions.size))
+        need = 1
+        for sizes in per_root.values():
+            c = sizes.pop() if len(sizes) == 1 else 1
+            need = math.lcm(need, round_to // math.gcd(round_to, c))
+        if need != round_to:
+            out[g.index] = need
+    return out
 
 
 def calibration_stats(
@@ -202,16 +242,22 @@ class ChannelPrune(Pass):
         pruned = [g for g in groups if g["status"] == "pruned"]
         for g in pruned[:max_rows]:
             prods = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
+            unit = describe(g)
             lines.append(f"  {g['group']:>5} {g['size']:>6} {g['kept']:>6}  "
-                         f"{g['status']:9} {prods}")
+                         f"{g['status']:9} {prods}" + (f"  [{unit}]" if unit else ""))
         if len(pruned) > max_rows:
             lines.append(f"  ... {len(pruned) - max_rows} more pruned groups (see --report)")
+        kept = details.get("kept") or {}
+        if kept:
+            lines.append("  kept: " + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in kept.items())
+                         + " (heads: all attention blocks; others: pruned groups)")
         reasons: dict[str, int] = {}
         for g in groups:
             for r in g["blocked_by"]:
                 reasons[r] = reasons.get(r, 0) + 1
         for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])[:10]:
             lines.append(f"  blocked ({count} group{'s' if count > 1 else ''}): {reason}")
+        lines += [f"  warning: {w}" for w in details.get("warnings", [])]
         return lines
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
@@ -228,6 +274,9 @@ class ChannelPrune(Pass):
             analysis, criterion, score_ctx, options, proto=before,
             calibration=ctx.calibration, seed=ctx.seed, info=allocation,
             input_shapes=ctx.input_shapes, scores_out=scores)
+        unit_rows(analysis, rows, removed)
+        requested = requested_reduction(options.ratio, options.scope, options.budget)
+        macs_before = layer_metrics(before, ctx.input_shapes) if requested else None
         removed_list = np.array(sorted(removed), dtype=np.int64)
         channels_removed = sum(
             int(np.isin(analysis.unit_of[r.first : r.first + r.size], removed_list).sum())
@@ -242,10 +291,14 @@ class ChannelPrune(Pass):
             "channels_removed": channels_removed,
             "round_to": round_to,
         }
-        details: dict[str, Any] = {"groups": rows}
+        details: dict[str, Any] = {"groups": rows, "kept": totals(rows)}
         if allocation:
             details["allocation"] = allocation
+        what = (f"target-macs={options.target_macs}" if options.budget
+                else f"ratio={options.ratio}")
         if not removed:
+            if requested:
+                _warn_shortfall(details, shortfall(requested, macs_before, None, rows, what))
             return PassResult(model, modified=False, stats=stats, details=details)
         ctx.analyses.forget(CHANNELS)  # `work` is sliced below: no later reader may get it
         compensated = bool(criterion.compensate(score_ctx, removed))
@@ -255,6 +308,9 @@ class ChannelPrune(Pass):
         plan = build_step(analysis, removed, rows, scores, work.node_metadata, self.spec(),
                           self.options.criterion, compensated)
         apply_removal(work, analysis, removed)
+        if requested:
+            macs_after = layer_metrics(work.to_proto(), ctx.input_shapes)
+            _warn_shortfall(details, shortfall(requested, macs_before, macs_after, rows, what))
         if self.options.budget:
             from compress_ir.core.metrics import model_metrics
 
@@ -264,3 +320,12 @@ class ChannelPrune(Pass):
             allocation["achieved_fraction"] = round(achieved / max(allocation["original"], 1), 6)
         return PassResult(work, modified=True, stats=stats, details=details, reference=reference,
                           plan=plan)
+
+
+def _warn_shortfall(details: dict[str, Any], found: dict[str, Any] | None) -> None:
+    """Record a shortfall in the details (report) and say it in the log."""
+    if found is None:
+        return
+    details["shortfall"] = found
+    details.setdefault("warnings", []).append(found["message"])
+    log.warning("%s", found["message"])
