@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
@@ -382,6 +382,8 @@ def test_obs_moves_a_pruned_weight_onto_its_duplicate_input() -> None:
 
 @FAST
 @given(seed=st.integers(0, 10_000), sparsity=st.floats(0.1, 0.9))
+@example(seed=1598, sparsity=0.875)  # chunked masks lost to magnitude on these two
+@example(seed=1572, sparsity=0.75)
 def test_obs_error_not_above_magnitude(seed: int, sparsity: float) -> None:
     from compress_ir.passes.analysis.sparsegpt import HessianAccumulator, obs_prune
     from compress_ir.passes.analysis.sparsity_masks import Pattern
