@@ -64,6 +64,7 @@ def _check_artifact_module() -> ModuleType:
                                                   HERE / "arm" / "check_artifact.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
