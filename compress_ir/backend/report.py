@@ -19,7 +19,7 @@ def target_section(spec: TargetSpec, art: Artifact, bench: dict[str, Any] | None
         "build": art.meta["build"],
         "verify": art.meta["verify"],
     }
-    for key in ("gpu_code", "elf_machine", "sparse", "schedule"):
+    for key in ("gpu_code", "elf_machine", "sparse", "schedule", "tuning_rpc"):
         if key in art.meta:
             section[key] = art.meta[key]
     if bench is not None:

@@ -318,6 +318,42 @@ def _connect(addr: RpcAddress, timeout: float | None = DEFAULT_RPC_TIMEOUT
         raise UsageError(f"cannot reach RPC {addr}: {first}") from None
 
 
+def tracker_servers(addr: RpcAddress, timeout: float | None = DEFAULT_RPC_TIMEOUT
+                    ) -> tuple[int, int]:
+    """(registered, free) servers under `addr.key`; a UsageError when there are none.
+
+    Why: tuning sizes its worker pool by the boards a key has, and must fail at once,
+    in one line, on a tracker that is down or has no such key.
+    """
+    from tvm import rpc
+
+    assert addr.key
+    try:
+        with deadline(timeout, f"RPC {addr} (tracker)"):
+            tracker = rpc.connect_tracker(addr.host, addr.port)
+            wait_until = time.monotonic() + TRACKER_KEY_GRACE
+            while True:
+                summary = tracker.summary()
+                keys = _tracker_keys(summary)
+                if addr.key in keys or time.monotonic() >= wait_until:
+                    break
+                time.sleep(0.2)  # a board that just started may still be registering
+            tracker.close()
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - socket errors arrive as TVMError/RuntimeError
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"cannot reach RPC tracker {addr.host}:{addr.port}: {first}") from None
+    if addr.key not in keys:
+        raise UsageError(f"RPC tracker {addr.host}:{addr.port} has no device "
+                         f"{addr.key!r} (known: {', '.join(sorted(keys)) or 'none'})")
+    servers = [s for s in summary.get("server_info") or []
+               if isinstance(s, dict) and str(s.get("key", "")) in (f"server:{addr.key}",
+                                                                      addr.key)]
+    free = int(((summary.get("queue_info") or {}).get(addr.key) or {}).get("free", 0))
+    return max(len(servers), free), free
+
+
 def _request(tracker: Any, key: str, session_timeout: int) -> tuple[str, Any]:
     """`TrackerSession.request`, keeping the address of the server it hands out.
 
