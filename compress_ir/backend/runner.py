@@ -160,7 +160,8 @@ class Session:
         """Whether the RPC session still answers a trivial call (within 5 s)."""
         try:
             with deadline(min(self._timeout or 5.0, 5.0), "RPC probe"):
-                self._remote.cpu(0).exist  # noqa: B018 - a remote round trip
+                # a real round trip (device.exist is answered from a local cache)
+                self._remote.get_function("runtime.GetDeviceAttr")
             return True
         except Exception:  # noqa: BLE001 - any failure means it does not answer
             return False
@@ -329,7 +330,7 @@ def tracker_servers(addr: RpcAddress, timeout: float | None = DEFAULT_RPC_TIMEOU
 
     assert addr.key
     try:
-        with deadline(timeout, f"RPC {addr} (tracker)"):
+        with deadline(timeout, f"cannot reach RPC tracker {addr.host}:{addr.port}"):
             tracker = rpc.connect_tracker(addr.host, addr.port)
             wait_until = time.monotonic() + TRACKER_KEY_GRACE
             while True:
