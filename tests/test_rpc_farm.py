@@ -204,6 +204,9 @@ def test_tuning_through_the_tracker_uses_every_board(farm, tmp_path: Path) -> No
                                   "session_timeout_s": 120.0}
     assert stats["tuned_tasks"] == 1 and stats["measured_candidates"] >= 1, stats
     assert stats["measured_defaults"] == 1 and not stats["default_errors"], stats
+    # real times on both sides (a failed candidate would be recorded at 1e10 s)
+    (choice,) = stats["choices"].values()
+    assert 0 < choice["tuned_us"] < 1e6 and 0 < choice["default_us"] < 1e6, choice
     # every candidate and the default were measured in sessions on the farm's servers,
     # both servers took part (2 candidates go out at once, one worker per board)
     served = {port: after[port] - before.get(port, 0) for port in after}
@@ -239,3 +242,33 @@ def test_a_server_dying_mid_run_is_one_line(farm, pruned_artifact: Path) -> None
     message = str(info.value)
     assert message.startswith(f"RPC {farm.address()}: lost the device during "), message
     assert f"server 127.0.0.1:{port}" in message and "\n" not in message, message
+
+
+class _Record:
+    def __init__(self, secs: float) -> None:
+        self.run_secs = [secs]
+
+
+class _Db:
+    """The three database calls `measured_tasks` makes, over {workload: best seconds}."""
+
+    def __init__(self, best: dict[str, float]) -> None:
+        self.best = best
+
+    def has_workload(self, mod: str) -> bool:
+        return mod in self.best
+
+    def commit_workload(self, mod: str) -> str:
+        return mod
+
+    def get_top_k(self, workload: str, k: int) -> list[_Record]:
+        return [_Record(self.best[workload])][:k]
+
+
+def test_failed_candidates_do_not_count_as_measured() -> None:
+    pytest.importorskip("tvm.s_tir.meta_schedule")
+    from compress_ir.backend.schedule.remote import measured_tasks
+
+    # MetaSchedule commits a candidate that failed to build or run with 1e10 s
+    assert measured_tasks(_Db({"a": 1e10, "b": 1e10}), ["a", "b", "c"]) == 0
+    assert measured_tasks(_Db({"a": 1e10, "b": 2e-5}), ["a", "b", "c"]) == 1

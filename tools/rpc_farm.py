@@ -258,8 +258,10 @@ class Farm:
         return [sys.executable, *self._server_args(port, key)]
 
     def _qemu_server_cmd(self, fs: Any, port: int, key: str) -> list[str]:
+        # tools/arm/rpc_server.py: TVM's listener without its exec'd PopenWorker (no
+        # binfmt_misc needed); same arguments as tvm.exec.rpc_server
         return [fs.qemu, "-L", str(fs.path), str(fs.python), "-s", "-B",
-                *self._server_args(port, key)]
+                str(HERE / "arm" / "rpc_server.py"), *self._server_args(port, key)[2:]]
 
     def _python_env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -64,11 +64,26 @@ def export_shared(mod: Any) -> str:
 
 def export_aarch64(mod: Any) -> str:
     """MetaSchedule export for aarch64 boards: cross-linked here, a board has no compiler."""
-    from tvm.contrib import cc
+    from tvm.support import cc
 
     path = os.path.join(tempfile.mkdtemp(prefix="cir-ms-"), "candidate.so")
     mod.export_library(path, fcompile=cc.cross_compiler("aarch64-linux-gnu-gcc"))
     return path
+
+
+FAILED_RUN_S = 1e9  # MetaSchedule records a failed build/run with a run time of 1e10 s
+
+
+def measured_tasks(db: Any, wl_mods: list[Any]) -> int:
+    """How many workloads have a best record with a real time (not a failure's 1e10 s)."""
+    count = 0
+    for mod in wl_mods:
+        if not db.has_workload(mod):
+            continue
+        top = db.get_top_k(db.commit_workload(mod), 1)
+        if top and top[0].run_secs and min(float(s) for s in top[0].run_secs) < FAILED_RUN_S:
+            count += 1
+    return count
 
 
 def export_function(target: Target) -> Any:

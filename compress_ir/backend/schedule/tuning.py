@@ -119,10 +119,14 @@ def tune_missing(mod: tvm.IRModule, target: Target, trials_per_task: int,
         if todo:
             _tune(todo, target, trials_per_task, db, builder, run, work_dir or str(db_dir),
                   stats)
-            if remote is not None and stats.measured_candidates == 0:
+            # failed candidates are recorded too (1e10 s): no real time at all means the
+            # boards never ran one, which must not pass as a tuned build
+            if remote is not None and not remote_schedule.measured_tasks(
+                    db, [t.dispatched[0] for t in todo]):
                 raise UsageError(f"RPC {remote}: no tuning candidate could be measured on a "
                                  f"{remote.key!r} device (boards gone, busy or over "
-                                 f"{remote.timeout:g} s per session; --rpc-timeout)")
+                                 f"{remote.timeout:g} s per session, or candidates fail to "
+                                 "build or load there; --rpc-timeout, -v for the log)")
         # the default rules compete: every task gets its default schedule measured once
         missing = [t for t in tasks
                    if not compete.has_default_record(db, t.dispatched[0], target, cpu)]
