@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import sys
 import time
@@ -272,3 +273,23 @@ def test_failed_candidates_do_not_count_as_measured() -> None:
     # MetaSchedule commits a candidate that failed to build or run with 1e10 s
     assert measured_tasks(_Db({"a": 1e10, "b": 1e10}), ["a", "b", "c"]) == 0
     assert measured_tasks(_Db({"a": 1e10, "b": 2e-5}), ["a", "b", "c"]) == 1
+
+
+@pytest.mark.skipif(not os.environ.get("COMPRESS_IR_ARM_ROOTFS"),
+                    reason="opt-in: COMPRESS_IR_ARM_ROOTFS names the rootfs of "
+                           "tools/arm/setup_rootfs.sh (qemu servers take ~1 min to start)")
+def test_arm_server_under_qemu_runs_an_arm_artifact(tmp_path: Path) -> None:
+    """A qemu-aarch64 server of the farm, through the tracker: the arm build is checked there."""
+    from compress_ir.backend import BuildOptions, build, run_artifact
+
+    pruned = onnx.load(TINY_CNN)
+    with _farm_module().Farm(servers=0, arm_servers=1,
+                             rootfs=os.environ["COMPRESS_IR_ARM_ROOTFS"]) as arm:
+        address = arm.address(arm.arm_key)
+        art = build(pruned, "arm", tmp_path / "cnn.arm", BuildOptions(rpc=address))
+        assert art.meta["verify"]["ran"] and art.meta["verify"]["ok"], art.meta["verify"]
+        x = np.random.default_rng(7).standard_normal((1, 3, 32, 32)).astype(np.float32)
+        got = run_artifact(art, {"input": x}, rpc=address)
+    want = ort_outputs(pruned, {"input": x})
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
