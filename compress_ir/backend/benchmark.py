@@ -123,6 +123,8 @@ def benchmark(original: onnx.ModelProto, compressed: onnx.ModelProto, art: Artif
                               "method": "interleaved rounds",
                               "inputs": {s.name: list(s.shape) for s in art.inputs},
                               "environment": environment()}
+    if rpc:  # the CPU above is this machine's: where onnxruntime ran, not the device
+        result["environment"]["applies_to"] = "onnxruntime (this machine); TVM ran over RPC"
     timers = {"onnxruntime_original": _ort_timer(original, feeds),
               "onnxruntime_compressed": _ort_timer(compressed, feeds)}
     blocker = None if rpc else local_run_blocker(art.meta)
@@ -164,8 +166,9 @@ def benchmark(original: onnx.ModelProto, compressed: onnx.ModelProto, art: Artif
         "ort_compressed_vs_original": _ratio(ort_c, ort_o),
         "tvm_vs_ort_compressed": _ratio(tvm, ort_c) if same_device else None,
         "tvm_vs_ort_original": _ratio(tvm, ort_o) if same_device else None,
-        "tvm_vs_tvm_original": _ratio(tvm, result.get("tvm_original") or {}),
     }
+    if "median_ms" in (result.get("tvm_original") or {}):  # timed only with original_art
+        result["ratios"]["tvm_vs_tvm_original"] = _ratio(tvm, result["tvm_original"])
     warnings = []
     for name, entry in result.items():
         if not isinstance(entry, dict) or "cv" not in entry:
