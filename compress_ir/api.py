@@ -570,7 +570,21 @@ def _build_target(
     out = Path(artifact) if artifact is not None else default_artifact_dir(base, spec)
     art = build(proto, spec, out, options, source=source)
     bench = None
-    if benchmark:
+    if benchmark and options.rpc:
+        # the device's own baseline: the original built alike, timed in the same session
+        import tempfile
+        import time
+
+        with tempfile.TemporaryDirectory(prefix="cir-original-") as tmp:
+            t0 = time.perf_counter()
+            original_art = build(original, spec, Path(tmp) / "original", options,
+                                 source=f"{source} (original)")
+            seconds = round(time.perf_counter() - t0, 3)
+            bench = run_benchmark(original, proto, art, repeat=repeat, seed=options.seed,
+                                  rpc=options.rpc, rpc_timeout=options.rpc_timeout,
+                                  original_art=original_art)
+        bench["original_build_s"] = seconds
+    elif benchmark:
         bench = run_benchmark(original, proto, art, repeat=repeat, seed=options.seed,
-                              rpc=options.rpc)
+                              rpc=options.rpc, rpc_timeout=options.rpc_timeout)
     return art, target_section(spec, art, bench)

@@ -15,6 +15,7 @@ import os
 import sys
 from typing import Any
 
+from compress_ir.backend.report import BENCH_ENTRIES
 from compress_ir.core.files import write_atomic
 from compress_ir.core.report import to_json
 
@@ -112,9 +113,7 @@ def _shapes_line(report: dict[str, Any]) -> str | None:
 def _latency(report: dict[str, Any]) -> list[tuple[str, float]]:
     bench = (report.get("target") or {}).get("benchmark") or {}
     out = []
-    for key, label in (("onnxruntime_original", "onnxruntime, original"),
-                       ("onnxruntime_compressed", "onnxruntime, compressed"),
-                       ("tvm", "TVM artifact")):
+    for key, label in BENCH_ENTRIES:
         entry = bench.get(key) or {}
         if "median_ms" in entry:
             out.append((label, float(entry["median_ms"])))
@@ -395,9 +394,7 @@ def render_html(report: dict[str, Any]) -> str:
         rows = [[label, *(f"{e[k]:.4f}" if k in e else "-" for k in
                           ("median_ms", "p90_ms", "min_ms")),
                  f"{e['cv']:.1%}" if "cv" in e else "-"]
-                for key, label in (("onnxruntime_original", "onnxruntime, original"),
-                                   ("onnxruntime_compressed", "onnxruntime, compressed"),
-                                   ("tvm", "TVM artifact"))
+                for key, label in BENCH_ENTRIES
                 if "median_ms" in (e := bench.get(key) or {})]
         parts.append(html_table(["runtime", "median ms", "p90 ms", "min ms", "CV"], rows))
         env = bench.get("environment") or {}

@@ -15,6 +15,9 @@ timed by wall clock around `session.run`; the artifact is timed by TVM's VM
 `time_evaluator` on the device (inputs already there). Ratios are time ratios: < 1
 means the numerator is faster. Ratios between TVM and onnxruntime are only given when
 both ran on the same machine (not for --rpc, where TVM runs on the remote device).
+Over RPC the original model is built for the same target too (`original_art`) and
+both artifacts are loaded into ONE session, so they are timed, interleaved, on the
+same device: `tvm_vs_tvm_original` is the ratio a latency gate then uses.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 import onnx
 
 from compress_ir.backend.artifact import Artifact, artifact_inputs
-from compress_ir.backend.runner import Session, local_run_blocker
+from compress_ir.backend.runner import Remote, Session, local_run_blocker, open_remote
 from compress_ir.core import numeric
 from compress_ir.core.limits import DEFAULT_RPC_TIMEOUT
 
@@ -108,31 +111,54 @@ def _ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
 
 def benchmark(original: onnx.ModelProto, compressed: onnx.ModelProto, art: Artifact,
               repeat: int = DEFAULT_REPEAT, seed: int = 0, rpc: str | None = None,
-              rpc_timeout: float | None = DEFAULT_RPC_TIMEOUT) -> dict[str, Any]:
-    """Latency statistics of the three, their ratios, the environment and warnings."""
+              rpc_timeout: float | None = DEFAULT_RPC_TIMEOUT,
+              original_art: Artifact | None = None) -> dict[str, Any]:
+    """Latency statistics of each runtime, their ratios, the environment and warnings.
+
+    `original_art` (the original model built for the same target) is timed next to
+    `art` in the same session: on the same device, also over `rpc`.
+    """
     feeds = artifact_inputs(art.inputs, seed)
     result: dict[str, Any] = {"repeat": repeat, "warmup": WARMUP, "seed": seed,
                               "method": "interleaved rounds",
                               "inputs": {s.name: list(s.shape) for s in art.inputs},
                               "environment": environment()}
+    if rpc:  # the CPU above is this machine's: where onnxruntime ran, not the device
+        result["environment"]["applies_to"] = "onnxruntime (this machine); TVM ran over RPC"
     timers = {"onnxruntime_original": _ort_timer(original, feeds),
               "onnxruntime_compressed": _ort_timer(compressed, feeds)}
     blocker = None if rpc else local_run_blocker(art.meta)
-    session = None if blocker else Session(art, rpc, rpc_timeout)
+    original_note = None
+    if original_art is not None and [(s.name, tuple(s.shape), s.dtype) for s in
+                                     original_art.inputs] != [(s.name, tuple(s.shape), s.dtype)
+                                                              for s in art.inputs]:
+        original_note = "the original artifact takes other inputs than the compressed one"
+        original_art = None
+    sessions: dict[str, Session] = {}
+    remote: Remote | None = None
     try:
-        if session is not None:
-            timers["tvm"] = session.timer(feeds)
+        if not blocker:
+            remote = open_remote(rpc, rpc_timeout) if rpc else None
+            sessions["tvm"] = Session(art, None, rpc_timeout, remote=remote)
+            if original_art is not None:
+                sessions["tvm_original"] = Session(original_art, None, rpc_timeout,
+                                                   remote=remote)
+        for name, session in sessions.items():
+            timers[name] = session.timer(feeds)
         samples = interleaved(timers, repeat)
     finally:
-        if session is not None:
+        for session in sessions.values():
             session.close()
+        remote = None
     for name, values in samples.items():
         entry = summarize(values)
-        entry["method"] = "vm.time_evaluator" if name == "tvm" else "wall clock"
-        entry["where"] = session.where if name == "tvm" else "local"
+        entry["method"] = "wall clock" if name.startswith("onnxruntime") else "vm.time_evaluator"
+        entry["where"] = sessions[name].where if name in sessions else "local"
         result[name] = entry
     if blocker:
         result["tvm"] = {"ran": False, "reason": blocker}
+    if original_note:
+        result["tvm_original"] = {"ran": False, "reason": original_note}
     ort_o, ort_c, tvm = (result[k] for k in ("onnxruntime_original", "onnxruntime_compressed",
                                              "tvm"))
     same_device = not rpc
@@ -141,6 +167,8 @@ def benchmark(original: onnx.ModelProto, compressed: onnx.ModelProto, art: Artif
         "tvm_vs_ort_compressed": _ratio(tvm, ort_c) if same_device else None,
         "tvm_vs_ort_original": _ratio(tvm, ort_o) if same_device else None,
     }
+    if "median_ms" in (result.get("tvm_original") or {}):  # timed only with original_art
+        result["ratios"]["tvm_vs_tvm_original"] = _ratio(tvm, result["tvm_original"])
     warnings = []
     for name, entry in result.items():
         if not isinstance(entry, dict) or "cv" not in entry:
@@ -150,7 +178,9 @@ def benchmark(original: onnx.ModelProto, compressed: onnx.ModelProto, art: Artif
                             f"{entry['cv']:.0%}: the spread is too wide to trust a ratio (use "
                             "an idle machine or more --repeat)")
     if not same_device:
-        warnings.append("TVM ran on the RPC device, onnxruntime here: no TVM/onnxruntime ratio")
+        warnings.append("TVM ran on the RPC device, onnxruntime here: no TVM/onnxruntime ratio"
+                        + ("" if "median_ms" in (result.get("tvm_original") or {}) else
+                           " and no original TVM timing on that device"))
     for line in warnings:
         log.warning("benchmark: %s", line)
     result["warnings"] = warnings

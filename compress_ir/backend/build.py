@@ -73,6 +73,12 @@ class BuildOptions:
             raise UsageError(f"tolerance must be >= 0, got {self.tolerance}")
         if not 0 < self.rpc_timeout < float("inf"):
             raise UsageError(f"rpc-timeout must be > 0 seconds, got {self.rpc_timeout}")
+        if self.tune_trials and self.rpc:
+            from compress_ir.backend.runner import parse_rpc
+
+            if not parse_rpc(self.rpc).key:  # before any work: RPCRunner needs a tracker
+                raise UsageError(f"--rpc {self.rpc}: tuning over RPC needs a tracker and "
+                                 "device key (HOST:PORT:KEY)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -349,6 +355,11 @@ def build(model: onnx.ModelProto | str | os.PathLike, target: str | dict | Targe
     spec = resolve_target(target)
     _check_tools(spec)
     check_destination(Path(out_dir))
+    remote = None
+    if options.tune_trials and options.rpc:  # candidates measured on the tracker's devices
+        from compress_ir.backend.schedule.remote import remote_tuning
+
+        remote = remote_tuning(options.rpc, options.rpc_timeout)
     proto, source = _load(model, source)
     inputs = _with_value_kinds(proto, fixed_input_specs(proto, options.batch,
                                                          options.input_shapes))
@@ -369,7 +380,8 @@ def build(model: onnx.ModelProto | str | os.PathLike, target: str | dict | Targe
         try:
             ex, build_stats = compile_relax(mod, tvm_target, spec,
                                             tune_trials=options.tune_trials,
-                                            tuning_db=options.tuning_db, work_dir=work)
+                                            tuning_db=options.tuning_db, work_dir=work,
+                                            remote=remote)
         except (UsageError, UnsupportedModelError):
             raise
         except Exception as exc:  # noqa: BLE001 - TVM lowering errors
@@ -377,6 +389,8 @@ def build(model: onnx.ModelProto | str | os.PathLike, target: str | dict | Targe
                                         f"{_first_line(exc)}") from exc
         seconds["compile"] = time.perf_counter() - t1
         meta["schedule"] = build_stats.as_dict()
+        if remote is not None:
+            meta["tuning_rpc"] = remote.to_dict()
         t2 = time.perf_counter()
         _export(ex, spec, tvm_target, tmp / LIBRARY_FILE, meta)
         seconds["export"] = time.perf_counter() - t2

@@ -19,12 +19,19 @@ def target_section(spec: TargetSpec, art: Artifact, bench: dict[str, Any] | None
         "build": art.meta["build"],
         "verify": art.meta["verify"],
     }
-    for key in ("gpu_code", "elf_machine", "sparse", "schedule"):
+    for key in ("gpu_code", "elf_machine", "sparse", "schedule", "tuning_rpc"):
         if key in art.meta:
             section[key] = art.meta[key]
     if bench is not None:
         section["benchmark"] = bench
     return section
+
+
+# benchmark entries in display order: (key in report["target"]["benchmark"], label)
+BENCH_ENTRIES = (("onnxruntime_original", "onnxruntime, original"),
+                 ("onnxruntime_compressed", "onnxruntime, compressed"),
+                 ("tvm_original", "TVM artifact, original"),
+                 ("tvm", "TVM artifact"))
 
 
 def _block(block: Any) -> str:
@@ -67,10 +74,11 @@ def format_target(section: dict[str, Any]) -> list[str]:
     bench = section.get("benchmark")
     if bench:
         lines.append(f"  latency (median of {bench['repeat']}):")
-        for key, label in (("onnxruntime_original", "onnxruntime, original"),
-                           ("onnxruntime_compressed", "onnxruntime, compressed"),
-                           ("tvm", "TVM artifact")):
-            lines.append(f"    {label:26}{_ms(bench[key])}")
+        for key, label in BENCH_ENTRIES:
+            if key in bench:
+                where = bench[key].get("where", "local")
+                lines.append(f"    {label:26}{_ms(bench[key])}"
+                             + ("" if where == "local" else f" on {where}"))
         ratios = ", ".join(f"{k}={v}" for k, v in bench["ratios"].items() if v is not None)
         if ratios:
             lines.append(f"    ratios: {ratios}")

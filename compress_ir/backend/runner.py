@@ -20,7 +20,7 @@ import numpy as np
 from compress_ir.backend.artifact import Artifact, artifact_inputs, check_inputs, load_artifact
 from compress_ir.backend.elf import EM_AARCH64, EM_X86_64, check_library, host_machine
 from compress_ir.core.errors import ModelLoadError, UsageError
-from compress_ir.core.limits import DEFAULT_RPC_TIMEOUT, deadline
+from compress_ir.core.limits import DEFAULT_RPC_TIMEOUT, RPC_SESSION_MAX_S, deadline
 from compress_ir.targets import host
 
 
@@ -76,7 +76,8 @@ class Session:
     """A loaded artifact: VM + device, local or behind an RPC session."""
 
     def __init__(self, art: Artifact, rpc: str | None = None,
-                 timeout: float | None = DEFAULT_RPC_TIMEOUT) -> None:
+                 timeout: float | None = DEFAULT_RPC_TIMEOUT,
+                 remote: Remote | None = None) -> None:
         import tvm
         from tvm import relax
 
@@ -85,14 +86,15 @@ class Session:
         self._remote = None
         self._timeout = timeout
         self._addr: RpcAddress | None = None
-        if rpc:
-            addr = parse_rpc(rpc)
-            self._addr = addr
+        if rpc or remote is not None:
+            # a shared `remote` puts several artifacts on one device (same-device ratios)
+            remote = remote or open_remote(rpc or "", timeout)
+            self._addr = remote.addr
             check_library(art.library, _expected_machine(art.meta), f"artifact {art.path}")
-            self._remote = _connect(addr, timeout)
-            self.where = f"rpc {addr}"
+            self._remote = remote.session
+            self.where = remote.where
             name = f"{art.meta.get('model_sha256', 'model')[:16]}-{art.library.name}"
-            with self._deadline("upload"):
+            with self._deadline("upload"), self._transport_errors("upload"):
                 self._remote.upload(str(art.library), target=name)
                 lib = self._remote.load_module(name)
             self.device = self._remote.cuda(0) if art.device == "cuda" else self._remote.cpu(0)
@@ -109,7 +111,7 @@ class Session:
                 raise ModelLoadError(f"artifact {art.path}: cannot load its library: "
                                      f"{first}") from None
             self.device = tvm.cuda(0) if art.device == "cuda" else tvm.cpu(0)
-        with self._deadline("load"):
+        with self._deadline("load"), self._transport_errors("load"):
             try:
                 self.vm = relax.VirtualMachine(lib, self.device)
             except UsageError:
@@ -131,8 +133,38 @@ class Session:
                 raise
             lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
             first = (lines[-1] if lines else type(exc).__name__)[:300]
+            if self._addr is not None and not self._remote_alive():
+                raise UsageError(f"RPC {self._addr}: lost the device during {step} "
+                                 f"({self.where}): {first}") from None
             raise ModelLoadError(f"artifact {self.art.path}: the module fails at {step} "
                                  f"(does meta.json match model.so?): {first}") from None
+
+    @contextlib.contextmanager
+    def _transport_errors(self, step: str) -> Any:
+        """A server that dies (or a session that expires) while we talk to it: one line."""
+        try:
+            yield
+        except (UsageError, ModelLoadError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - TVM raises its own error types
+            if self._addr is None or "DeadlineExceeded" in f"{type(exc).__name__} {exc}":
+                raise
+            if self._remote_alive():
+                raise
+            lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+            first = (lines[-1] if lines else type(exc).__name__)[:300]
+            raise UsageError(f"RPC {self._addr}: lost the device during {step} "
+                             f"({self.where}): {first}") from None
+
+    def _remote_alive(self) -> bool:
+        """Whether the RPC session still answers a trivial call (within 5 s)."""
+        try:
+            with deadline(min(self._timeout or 5.0, 5.0), "RPC probe"):
+                # a real round trip (device.exist is answered from a local cache)
+                self._remote.get_function("runtime.GetDeviceAttr")
+            return True
+        except Exception:  # noqa: BLE001 - any failure means it does not answer
+            return False
 
     def _deadline(self, step: str) -> Any:
         """Every remote call is bounded: a server that stops answering cannot hang us."""
@@ -160,7 +192,8 @@ class Session:
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # set_input/invoke_stateful/get_outputs also fetch tuples through RPC
-        args = self.tensors(inputs)
+        with self._deadline("inputs"), self._transport_errors("inputs"):
+            args = self.tensors(inputs)
         with self._deadline("run"), self._module_errors("run"):
             self.vm.set_input("main", *args)
             self.vm.invoke_stateful("main")
@@ -176,17 +209,26 @@ class Session:
     def timer(self, inputs: dict[str, np.ndarray], number: int = 1) -> Any:
         """A callable timing `number` VM calls on the device per call (ms per call).
 
-        For interleaved benchmarks: one sample per call, timed by TVM on the device.
+        For interleaved benchmarks: one sample per call, timed by TVM on the device;
+        over RPC every call is bounded by the timeout and a dead server is named.
         """
-        args = self.tensors(inputs)
-        self.vm["main"](*args)  # warm-up (first call allocates)
-        evaluator = self.vm.time_evaluator("main", self.device, number=number, repeat=1)
-        return lambda: float(evaluator(*args).results[0]) * 1e3
+        with self._deadline("inputs"), self._transport_errors("inputs"):
+            args = self.tensors(inputs)
+        with self._deadline("timing"), self._module_errors("timing"):
+            self.vm["main"](*args)  # warm-up (first call allocates)
+            evaluator = self.vm.time_evaluator("main", self.device, number=number, repeat=1)
+
+        def once() -> float:
+            with self._deadline("timing"), self._module_errors("timing"):
+                return float(evaluator(*args).results[0]) * 1e3
+
+        return once
 
     def time(self, inputs: dict[str, np.ndarray], repeat: int, number: int = 1
              ) -> dict[str, Any]:
         """VM `time_evaluator` on the device: `repeat` samples of `number` calls each."""
-        args = self.tensors(inputs)
+        with self._deadline("inputs"), self._transport_errors("inputs"):
+            args = self.tensors(inputs)
         with self._deadline("timing"), self._module_errors("timing"):
             self.vm["main"](*args)  # warm-up (first call allocates)
             evaluator = self.vm.time_evaluator("main", self.device, number=number,
@@ -210,30 +252,149 @@ def _expected_machine(meta: dict[str, Any]) -> int | None:
     return EM_AARCH64 if family == "arm" else (EM_X86_64 if family == "x86" else None)
 
 
-def _connect(addr: RpcAddress, timeout: float | None = DEFAULT_RPC_TIMEOUT) -> Any:
-    """Connect (server, or tracker + key) with a deadline; an unknown key fails fast."""
+@dataclass(frozen=True)
+class Remote:
+    """An open RPC session: the address asked for, the server that answered, the session."""
+
+    addr: RpcAddress
+    server: str  # host:port of the RPC server the session runs on
+    session: Any
+
+    @property
+    def where(self) -> str:
+        """For reports: which key and which server ran it."""
+        return f"rpc {self.addr}" + (f" (server {self.server})" if self.addr.key else "")
+
+
+def open_remote(rpc: str, timeout: float | None = DEFAULT_RPC_TIMEOUT) -> Remote:
+    """One RPC session (to a server, or to a free device of a tracker key), bounded in time."""
+    addr = parse_rpc(rpc)
+    server, session = _connect(addr, timeout)
+    return Remote(addr, server, session)
+
+
+def _connect(addr: RpcAddress, timeout: float | None = DEFAULT_RPC_TIMEOUT
+             ) -> tuple[str, Any]:
+    """Connect (server, or tracker + key) with a deadline; an unknown key fails fast.
+
+    Returns the answering server's `host:port` and the session. A key the tracker
+    knows but whose devices are all busy is waited for until the deadline.
+    """
     from tvm import rpc
 
-    session_timeout = int(timeout) if timeout else 0
+    # the server ends a session after this long whatever happens (a stuck client cannot
+    # hold a board forever); each call is bounded by `timeout` on our side
+    session_timeout = int(max(timeout or 0, RPC_SESSION_MAX_S))
     try:
-        with deadline(timeout, f"RPC {addr} (connect)"):
-            if addr.key:
+        if addr.key:
+            with deadline(timeout, f"RPC {addr} (connect)"):
                 tracker = rpc.connect_tracker(addr.host, addr.port)
-                keys = _tracker_keys(tracker.summary())
+                summary = tracker.summary()
+                keys = _tracker_keys(summary)
                 wait_until = time.monotonic() + TRACKER_KEY_GRACE
                 while addr.key not in keys and time.monotonic() < wait_until:
                     time.sleep(0.2)  # a board that just started may still be registering
-                    keys = _tracker_keys(tracker.summary())
+                    summary = tracker.summary()
+                    keys = _tracker_keys(summary)
                 if addr.key not in keys:
                     raise UsageError(f"RPC tracker {addr.host}:{addr.port} has no device "
                                      f"{addr.key!r} (known: {', '.join(sorted(keys)) or 'none'})")
-                return tracker.request(addr.key, session_timeout=session_timeout, max_retry=1)
-            return rpc.connect(addr.host, addr.port, session_timeout=session_timeout)
+            busy = _busy_note(summary, addr.key)
+            try:
+                with deadline(timeout, f"RPC {addr} (request)"):
+                    return _request(tracker, addr.key, session_timeout)
+            except UsageError as exc:
+                if busy and "no answer within" in str(exc):
+                    raise UsageError(f"RPC tracker {addr.host}:{addr.port}: no free {addr.key!r} "
+                                     f"device within {timeout:g} s ({busy}; --rpc-timeout)"
+                                     ) from None
+                raise
+        with deadline(timeout, f"RPC {addr} (connect)"):
+            return (f"{addr.host}:{addr.port}",
+                    rpc.connect(addr.host, addr.port, session_timeout=session_timeout))
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - socket errors arrive as TVMError/RuntimeError
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UsageError(f"cannot reach RPC {addr}: {first}") from None
+
+
+def tracker_servers(addr: RpcAddress, timeout: float | None = DEFAULT_RPC_TIMEOUT
+                    ) -> tuple[int, int]:
+    """(registered, free) servers under `addr.key`; a UsageError when there are none.
+
+    Why: tuning sizes its worker pool by the boards a key has, and must fail at once,
+    in one line, on a tracker that is down or has no such key.
+    """
+    from tvm import rpc
+
+    assert addr.key
+    try:
+        with deadline(timeout, f"cannot reach RPC tracker {addr.host}:{addr.port}"):
+            tracker = rpc.connect_tracker(addr.host, addr.port)
+            wait_until = time.monotonic() + TRACKER_KEY_GRACE
+            while True:
+                summary = tracker.summary()
+                keys = _tracker_keys(summary)
+                if addr.key in keys or time.monotonic() >= wait_until:
+                    break
+                time.sleep(0.2)  # a board that just started may still be registering
+            tracker.close()
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - socket errors arrive as TVMError/RuntimeError
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"cannot reach RPC tracker {addr.host}:{addr.port}: {first}") from None
+    if addr.key not in keys:
+        raise UsageError(f"RPC tracker {addr.host}:{addr.port} has no device "
+                         f"{addr.key!r} (known: {', '.join(sorted(keys)) or 'none'})")
+    servers = [s for s in summary.get("server_info") or []
+               if isinstance(s, dict) and str(s.get("key", "")) in (f"server:{addr.key}",
+                                                                      addr.key)]
+    free = int(((summary.get("queue_info") or {}).get(addr.key) or {}).get("free", 0))
+    return max(len(servers), free), free
+
+
+def _request(tracker: Any, key: str, session_timeout: int) -> tuple[str, Any]:
+    """`TrackerSession.request`, keeping the address of the server it hands out.
+
+    Why not the TVM call: it does not say which server answered, and a report must
+    say which device ran what. A server that died after its last heartbeat is retried
+    once (the tracker drops it when its connection closes).
+    """
+    from tvm import rpc
+    from tvm.rpc import base
+
+    last: Exception | None = None
+    for _ in range(2):
+        try:
+            if tracker._sock is None:  # noqa: SLF001 - reconnect as TrackerSession does
+                tracker._connect()  # noqa: SLF001
+            base.sendjson(tracker._sock, [base.TrackerCode.REQUEST, key, "", 1])  # noqa: SLF001
+            value = base.recvjson(tracker._sock)  # noqa: SLF001
+            if value[0] != base.TrackerCode.SUCCESS:
+                raise RuntimeError(f"tracker answered {value!s}")
+            url, port, matchkey = value[1]
+            return f"{url}:{port}", rpc.connect(url, port, matchkey, session_timeout)
+        except Exception as exc:  # noqa: BLE001 - one retry on a stale server, as TVM does
+            if "DeadlineExceeded" in f"{type(exc).__name__} {exc}":
+                raise
+            last = exc
+            tracker.close()
+    assert last is not None
+    raise last
+
+
+def _busy_note(summary: Any, key: str) -> str | None:
+    """'all N busy' when the tracker lists servers for `key` but none free, else None."""
+    if not isinstance(summary, dict):
+        return None
+    info = (summary.get("queue_info") or {}).get(key) or {}
+    if info.get("free", 0):
+        return None
+    servers = [s for s in summary.get("server_info") or []
+               if isinstance(s, dict) and str(s.get("key", "")) in (f"server:{key}", key)]
+    return f"all {len(servers)} busy" if servers else "none free"
 
 
 def _tracker_keys(summary: Any) -> set[str]:

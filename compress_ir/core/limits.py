@@ -38,6 +38,8 @@ MAX_CALIB_BYTES = _env_bytes("COMPRESS_IR_MAX_CALIB_BYTES", 4 * GIB)
 MAX_IMAGE_PIXELS = 64 * MIB
 # Remote (TVM RPC) connection and each remote call, in seconds.
 DEFAULT_RPC_TIMEOUT = 120.0
+# A whole RPC session (upload, runs, benchmark rounds): the server ends it after this.
+RPC_SESSION_MAX_S = 3600.0
 
 
 def human_bytes(n: int) -> str:

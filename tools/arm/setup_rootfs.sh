@@ -20,9 +20,11 @@ SUITE="${SUITE:-bookworm}"
 TVM_VERSION="${TVM_VERSION:-0.27.0.post1}"
 TVM_FFI_VERSION="${TVM_FFI_VERSION:-0.1.14.post1}"
 NUMPY_VERSION="${NUMPY_VERSION:-2.2.6}"
+# the RPC server (tools/rpc_farm.py --arm) starts its worker through TVM's PopenWorker
+CLOUDPICKLE_VERSION="${CLOUDPICKLE_VERSION:-2.1.0}"
 SITE=/opt/compress-ir/site-packages          # path inside the rootfs (PYTHONPATH for runner.py)
 STAMP="$DIR/.compress-ir-rootfs"
-WANT="suite=$SUITE tvm=$TVM_VERSION tvm-ffi=$TVM_FFI_VERSION numpy=$NUMPY_VERSION"
+WANT="suite=$SUITE tvm=$TVM_VERSION tvm-ffi=$TVM_FFI_VERSION numpy=$NUMPY_VERSION cloudpickle=$CLOUDPICKLE_VERSION"
 
 die() { echo "setup_rootfs.sh: $*" >&2; exit 2; }
 
@@ -63,7 +65,8 @@ pip_platform=(--platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64
               --platform manylinux_2_28_aarch64 --only-binary=:all:
               --python-version 3.11 --implementation cp --abi cp311)
 python3 -m pip download -q -d "$wheels" "${pip_platform[@]}" \
-    "apache-tvm==$TVM_VERSION" "apache-tvm-ffi==$TVM_FFI_VERSION" "numpy==$NUMPY_VERSION"
+    "apache-tvm==$TVM_VERSION" "apache-tvm-ffi==$TVM_FFI_VERSION" "numpy==$NUMPY_VERSION" \
+    "cloudpickle==$CLOUDPICKLE_VERSION"
 rm -rf "$DIR$SITE"
 python3 -m pip install -q --no-deps --no-compile --target "$DIR$SITE" "${pip_platform[@]}" \
     "$wheels"/*.whl
@@ -81,7 +84,7 @@ fi
 # 5. Smoke test under qemu; QEMU_LD_PREFIX makes the rootfs the prefix for the loader and libs.
 QEMU_LD_PREFIX="$DIR" PYTHONPATH="$DIR$SITE" PYTHONDONTWRITEBYTECODE=1 \
     qemu-aarch64-static "$DIR/usr/bin/python3.11" -c \
-    "import platform, numpy, tvm; print('arm64 python', platform.machine(), 'numpy', numpy.__version__, 'tvm', tvm.__version__)"
+    "import platform, numpy, tvm, tvm.rpc.server, cloudpickle; print('arm64 python', platform.machine(), 'numpy', numpy.__version__, 'tvm', tvm.__version__)"
 
 echo "$WANT" > "$STAMP"
 echo "arm64 rootfs ready: $DIR ($(du -sh "$DIR" | cut -f1), $(( $(date +%s) - start )) s)"

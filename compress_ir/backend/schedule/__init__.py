@@ -7,8 +7,8 @@
   tuning-database record, the default rules of `cpu.py` (deterministic), TVM's default.
 * GPU (cuda): fusion + dlight rules (unscheduled GPU code does not build).
 * `tune_trials > 0`: MetaSchedule tunes every task that the database has no record for,
-  with at most `tune_trials` measured candidates **per task** (x86 hosts only: cross
-  targets cannot be measured without a device runner). Each task's default-rule schedule
+  with at most `tune_trials` measured candidates **per task** (on this host, or on the
+  devices of an RPC tracker key: `remote.py`). Each task's default-rule schedule
   is measured the same way and stored as an ordinary record (`compete.py`), so the
   database's best record is never slower than the default: a small budget cannot make a
   model slower than no tuning. The stats' `choices` show the winner per function
@@ -29,8 +29,8 @@ __all__ = ["BuildStats", "compile_relax"]
 
 
 def compile_relax(mod: Any, target: Any, spec: Any = None, *, tune_trials: int = 0,
-                  tuning_db: str | None = None, work_dir: str | None = None
-                  ) -> tuple[Any, BuildStats]:
+                  tuning_db: str | None = None, work_dir: str | None = None,
+                  remote: Any = None) -> tuple[Any, BuildStats]:
     """Compile a Relax module for `target`, fast by default, tuned on request.
 
     Returns `(executable, stats)`: the `relax.Executable` and the `BuildStats` of this
@@ -40,9 +40,11 @@ def compile_relax(mod: Any, target: Any, spec: Any = None, *, tune_trials: int =
     `tune_trials` is the MetaSchedule budget per task (0: no tuning, no measuring).
     `tuning_db` is a directory holding a JSON database reused across runs and models;
     without tuning its best records are still applied. `work_dir` holds tuning logs
-    (defaults to `tuning_db`, else a temporary directory).
+    (defaults to `tuning_db`, else a temporary directory). `remote` (a
+    `remote.RemoteTuning`, from `--rpc HOST:PORT:KEY`) measures candidates on the
+    tracker's devices, so cross targets can be tuned.
     """
     from compress_ir.backend.schedule.build import build_executable
 
     return build_executable(mod, target, spec, tune_trials=tune_trials, tuning_db=tuning_db,
-                 work_dir=work_dir)
+                            work_dir=work_dir, remote=remote)

@@ -16,6 +16,7 @@ from compress_ir.backend.schedule.pipeline import (
     schedule_cpu,
     schedule_gpu,
 )
+from compress_ir.backend.schedule.remote import RemoteTuning
 from compress_ir.core.errors import UsageError
 from compress_ir.targets.registry import spec_of_tvm_target
 from compress_ir.targets.spec import TargetSpec
@@ -27,7 +28,8 @@ def _as_target(target: Target | str | dict) -> Target:
 
 def build_executable(mod: tvm.IRModule, target: Target | str | dict,
                      spec: TargetSpec | None = None, *, tune_trials: int = 0,
-                     tuning_db: str | None = None, work_dir: str | None = None
+                     tuning_db: str | None = None, work_dir: str | None = None,
+                     remote: RemoteTuning | None = None
                      ) -> tuple[relax.Executable, BuildStats]:
     """Compile `mod`; see `compress_ir.backend.schedule.compile_relax` for the contract."""
     target = _as_target(target)
@@ -39,7 +41,7 @@ def build_executable(mod: tvm.IRModule, target: Target | str | dict,
     if tune_trials > 0:
         from compress_ir.backend.schedule.tuning import check_tunable
 
-        check_tunable(target)
+        check_tunable(target, remote)
     with Timer(stats, "prepare"):
         mod = prepare(mod, target)
     if tuning_db is not None:
@@ -47,7 +49,8 @@ def build_executable(mod: tvm.IRModule, target: Target | str | dict,
 
         if tune_trials > 0:
             with Timer(stats, "tune"):
-                tune_missing(mod, target, tune_trials, tuning_db, work_dir, stats, cpu)
+                tune_missing(mod, target, tune_trials, tuning_db, work_dir, stats, cpu,
+                             remote)
         with Timer(stats, "apply_db"):
             mod = apply_database(mod, target, tuning_db, stats, cpu)
     elif tune_trials > 0:
@@ -57,7 +60,7 @@ def build_executable(mod: tvm.IRModule, target: Target | str | dict,
 
         with tempfile.TemporaryDirectory(prefix="cir-tune-") as tmp:
             with Timer(stats, "tune"):
-                tune_missing(mod, target, tune_trials, tmp, work_dir, stats, cpu)
+                tune_missing(mod, target, tune_trials, tmp, work_dir, stats, cpu, remote)
             with Timer(stats, "apply_db"):
                 mod = apply_database(mod, target, tmp, stats, cpu)
     with Timer(stats, "schedule"):

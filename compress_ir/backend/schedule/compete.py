@@ -85,7 +85,8 @@ def has_default_record(db: ms.database.Database, wl_mod: tvm.IRModule, target: T
 
 def measure_defaults(wl_mods: list[tvm.IRModule], target: Target, db: ms.database.Database,
                      builder: ms.builder.Builder, timeout_s: float,
-                     cpu: CpuParams | None) -> dict[int, str]:
+                     cpu: CpuParams | None, runner: ms.runner.Runner | None = None
+                     ) -> dict[int, str]:
     """Build + run each workload's default schedule and commit it as a TuningRecord.
 
     Returns {index in `wl_mods`: reason} for defaults that could not be measured (those simply
@@ -113,7 +114,8 @@ def measure_defaults(wl_mods: list[tvm.IRModule], target: Target, db: ms.databas
         args = ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
         inputs.append(ms.runner.RunnerInput(res.artifact_path, "cpu", args))
         ok.append((i, mod, default, args))
-    runner = ms.runner.LocalRunner(timeout_sec=timeout_s, evaluator_config=DEFAULT_EVAL)
+    # `runner`: the tuning's own (an RPC runner for remote devices), else a local one
+    runner = runner or ms.runner.LocalRunner(timeout_sec=timeout_s, evaluator_config=DEFAULT_EVAL)
     for (i, mod, default, args), future in zip(ok, runner.run(inputs), strict=True):
         result = future.result()
         if result.error_msg or not result.run_secs:

@@ -21,9 +21,11 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from compress_ir.backend.schedule import compete
+from compress_ir.backend.schedule import remote as remote_schedule
 from compress_ir.backend.schedule.analysis import is_scheduled
 from compress_ir.backend.schedule.cpu import CpuParams
 from compress_ir.backend.schedule.pipeline import BuildStats, is_gpu
+from compress_ir.backend.schedule.remote import RemoteTuning
 from compress_ir.core.errors import UsageError
 from compress_ir.logs import stdout_to_log
 
@@ -37,8 +39,13 @@ XGB_MIN_TRIALS = 64
 _HOST_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
-def check_tunable(target: Target) -> None:
-    """Tuning measures on this machine: refuse targets it cannot run (no silent fallback)."""
+def check_tunable(target: Target, remote: RemoteTuning | None = None) -> None:
+    """Tuning measures on this machine: refuse targets it cannot run (no silent fallback).
+
+    With `remote` (a tracker key) candidates are measured on those devices instead.
+    """
+    if remote is not None:
+        return
     if is_gpu(target):
         raise UsageError(f"cannot tune for {target.kind.name}: tuning measures candidates on "
                          "the device and no GPU runner is configured (use tune_trials=0)")
@@ -89,7 +96,7 @@ def _has_record(db: ms.database.JSONDatabase, mod: tvm.IRModule) -> bool:
 
 def tune_missing(mod: tvm.IRModule, target: Target, trials_per_task: int,
                  db_dir: str | os.PathLike, work_dir: str | None, stats: BuildStats,
-                 cpu: CpuParams | None) -> None:
+                 cpu: CpuParams | None, remote: RemoteTuning | None = None) -> None:
     """Tune, with `trials_per_task` measurements each, the tasks `db_dir` has no record for.
 
     Then every task whose default-rule schedule is not in the database yet (new tasks, or
@@ -102,16 +109,31 @@ def tune_missing(mod: tvm.IRModule, target: Target, trials_per_task: int,
     todo = [t for t in tasks if not _has_record(db, t.dispatched[0])]
     stats.reused_tasks += len(tasks) - len(todo)
     stats.tuned_tasks += len(todo)
-    builder = ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S, f_build=build_without_intrin)
+    builder = ms.builder.LocalBuilder(
+        timeout_sec=BUILD_TIMEOUT_S, f_build=build_without_intrin,
+        f_export=remote_schedule.export_function(target) if remote else None)
+    run = (remote_schedule.runner(remote) if remote
+           else ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S))
     # MetaSchedule logs to stdout by default: keep stdout for results, send it to the log
     with stdout_to_log("tvm.meta_schedule.stdout"):
         if todo:
-            _tune(todo, target, trials_per_task, db, builder, work_dir or str(db_dir), stats)
+            _tune(todo, target, trials_per_task, db, builder, run, work_dir or str(db_dir),
+                  stats)
+            # failed candidates are recorded too (1e10 s): no real time at all means the
+            # boards never ran one, which must not pass as a tuned build
+            if remote is not None and not remote_schedule.measured_tasks(
+                    db, [t.dispatched[0] for t in todo]):
+                raise UsageError(f"RPC {remote}: no tuning candidate could be measured on a "
+                                 f"{remote.key!r} device (boards gone, busy or over "
+                                 f"{remote.timeout:g} s per session, or candidates fail to "
+                                 "build or load there; --rpc-timeout, -v for the log)")
         # the default rules compete: every task gets its default schedule measured once
         missing = [t for t in tasks
                    if not compete.has_default_record(db, t.dispatched[0], target, cpu)]
-        failed = compete.measure_defaults([t.dispatched[0] for t in missing], target, db,
-                                          builder, RUN_TIMEOUT_S, cpu) if missing else {}
+        failed = compete.measure_defaults(
+            [t.dispatched[0] for t in missing], target, db, builder, RUN_TIMEOUT_S, cpu,
+            runner=remote_schedule.runner(remote, compete.DEFAULT_EVAL) if remote else None,
+        ) if missing else {}
     if missing:
         stats.measured_defaults += len(missing) - len(failed)
         for idx, reason in failed.items():
@@ -119,7 +141,8 @@ def tune_missing(mod: tvm.IRModule, target: Target, trials_per_task: int,
 
 
 def _tune(todo: list, target: Target, trials_per_task: int, db: ms.database.Database,
-          builder: ms.builder.Builder, logs: str, stats: BuildStats) -> None:
+          builder: ms.builder.Builder, runner: ms.runner.Runner, logs: str,
+          stats: BuildStats) -> None:
     before = len(db)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         todo, work_dir=logs, seed=0)
@@ -129,7 +152,7 @@ def _tune(todo: list, target: Target, trials_per_task: int, db: ms.database.Data
         max_trials_per_task=trials_per_task,
         num_trials_per_iter=min(64, max(1, trials_per_task)),
         builder=builder,
-        runner=ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S),
+        runner=runner,
         database=db,
         cost_model="xgb" if trials_per_task >= XGB_MIN_TRIALS else "random",
     )
