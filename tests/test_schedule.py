@@ -93,6 +93,13 @@ CASES = {
     "conv_k7_stride2_no_relu": lambda r: _conv(r, 3, 16, 7, stride=2, pad=3, relu=False, size=16),
     "conv_grouped": lambda r: _conv(r, 8, 16, 3, pad=1, group=2),
     "conv_depthwise": lambda r: _conv(r, 16, 16, 3, pad=1, group=16),
+    # depthwise kernel: stride 2 with an odd size, channels not a multiple of the lanes,
+    # a channel multiplier of 2, a 5x5 window without activation
+    "conv_depthwise_stride2_odd": lambda r: _conv(r, 12, 12, 3, stride=2, pad=1, group=12,
+                                                  size=13),
+    "conv_depthwise_multiplier2": lambda r: _conv(r, 8, 16, 3, pad=1, group=8),
+    "conv_depthwise_k5_no_relu": lambda r: _conv(r, 24, 24, 5, pad=2, group=24, relu=False,
+                                                 size=10),
     "conv_odd_channels": lambda r: _conv(r, 5, 13, 3, pad=1, size=7),
     # 196 positions tiled by 4: tiles span two image rows (write-back must stay exact)
     "conv_tiles_cross_rows": lambda r: _conv(r, 16, 16, 3, pad=1, size=14),
@@ -136,7 +143,9 @@ def test_default_build_matches_onnxruntime(case: str) -> None:
     rules = list(stats.rules.values())
     assert "fallback" not in rules, stats.rules
     # every conv / gemm in these models is a multiply-accumulate reduction: a rule must own it
-    assert any(r.startswith("contraction-") for r in rules), stats.rules
+    assert any(r.startswith("contraction-") or r == "depthwise-tile" for r in rules), stats.rules
+    if case.startswith("conv_depthwise"):  # its own kernel, not the generic one
+        assert "depthwise-tile" in rules, stats.rules
     if "pool" in case:
         assert any(r.startswith("reduction-") for r in rules), stats.rules
     if case == "gemm":  # batch 3 rows: the weight-streaming GEMV kernel
