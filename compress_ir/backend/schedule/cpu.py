@@ -89,9 +89,22 @@ def _vectorize_inner(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> Non
 
 def schedule_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
                        cpu: CpuParams) -> None:
-    """Fuse all loops of a root spatial block, vectorise `lanes` and parallelise the rest."""
+    """Parallel + vector loops for a root spatial block.
+
+    When the innermost axis is a whole number of vectors, it is vectorised on its own and
+    the rest fused and parallelised: vector lanes then never straddle an outer index (a
+    padding copy or transpose vectorised over fused loops computes a div/mod per lane and
+    gathers). Otherwise all loops are fused, vectorised by `lanes`, the rest parallel
+    (element-wise ops on flat data, where the fused index is the address).
+    """
     loops = sch.get_loops(block)
     if not loops:
+        return
+    last = _extent(sch, loops[-1])
+    if len(loops) > 1 and last is not None and last % cpu.lanes == 0:
+        outer, inner = sch.split(loops[-1], [None, cpu.lanes])
+        sch.parallel(sch.fuse(*loops[:-1], outer))
+        sch.vectorize(inner)
         return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     ext = _extent(sch, fused)
