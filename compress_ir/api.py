@@ -476,7 +476,8 @@ def _execute_staged(ir: Model, source: str, options: CompressOptions, report: di
         from compress_ir.logs import phase
 
         log.info("building for %s", spec.name)
-        with phase(f"TVM build for {spec.name}" + (" (tuning)" if options.tune_trials else "")):
+        tuning = options.tune_trials or options.tune_budget
+        with phase(f"TVM build for {spec.name}" + (" (tuning)" if tuning else "")):
             staged = commit.stage_dir(dests["artifact"])
             _art, section = _build_target(before_proto, proto, spec, staged, None,
                                           build_options, options.benchmark, options.repeat,

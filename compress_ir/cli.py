@@ -164,6 +164,9 @@ def _add_compress_arguments(parser: argparse.ArgumentParser) -> None:
                        help="value of a dynamic batch dim in the compiled model (default 1)")
     build.add_argument("--tune-trials", type=int, default=0, metavar="N",
                        help="MetaSchedule trials per task (0: default schedules, no tuning)")
+    build.add_argument("--tune-budget", type=float, default=0.0, metavar="SECONDS",
+                       help="tune for about this many seconds, the ops with the most run "
+                            "time first; the faster of tuned and default build is kept")
     build.add_argument("--tuning-db", metavar="DIR", help="tuning database reused across runs")
     build.add_argument("--sparse-kernels", type=float, nargs="?", const=0.7, default=None,
                        metavar="MIN_SPARSITY", help="use sparse TVM kernels for weights at "

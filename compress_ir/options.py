@@ -101,6 +101,9 @@ class CompressOptions:
                      {"type": "integer", "minimum": 1})
     tune_trials: int = opt(0, "MetaSchedule trials per task (0: no tuning)",
                            {"type": "integer", "minimum": 0})
+    tune_budget: float = opt(0.0, "tune for about this many seconds, the ops with the most "
+                             "run time first (0: no budget; --tune-trials then caps "
+                             "trials per op)", {"type": "number", "minimum": 0})
     tuning_db: str | None = opt(None, "tuning database reused across runs", _OPT_STR)
     sparse_kernels: float | None = opt(None, "sparse TVM kernels for weights this sparse",
                                        {"type": ["number", "null"], "minimum": 0,
@@ -161,6 +164,7 @@ class CompressOptions:
         from compress_ir.backend import BuildOptions
 
         return BuildOptions(batch=self.batch, tune_trials=self.tune_trials,
+                            tune_budget=self.tune_budget,
                             tuning_db=self.tuning_db, sparse_kernels=self.sparse_kernels,
                             verify=self.check, tolerance=self.tolerance, seed=self.seed,
                             rpc=self.rpc, rpc_timeout=self.rpc_timeout,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,6 +94,13 @@ CASES = {
     "conv_k7_stride2_no_relu": lambda r: _conv(r, 3, 16, 7, stride=2, pad=3, relu=False, size=16),
     "conv_grouped": lambda r: _conv(r, 8, 16, 3, pad=1, group=2),
     "conv_depthwise": lambda r: _conv(r, 16, 16, 3, pad=1, group=16),
+    # depthwise kernel: stride 2 with an odd size, channels not a multiple of the lanes,
+    # a channel multiplier of 2, a 5x5 window without activation
+    "conv_depthwise_stride2_odd": lambda r: _conv(r, 12, 12, 3, stride=2, pad=1, group=12,
+                                                  size=13),
+    "conv_depthwise_multiplier2": lambda r: _conv(r, 8, 16, 3, pad=1, group=8),
+    "conv_depthwise_k5_no_relu": lambda r: _conv(r, 24, 24, 5, pad=2, group=24, relu=False,
+                                                 size=10),
     "conv_odd_channels": lambda r: _conv(r, 5, 13, 3, pad=1, size=7),
     # 196 positions tiled by 4: tiles span two image rows (write-back must stay exact)
     "conv_tiles_cross_rows": lambda r: _conv(r, 16, 16, 3, pad=1, size=14),
@@ -136,7 +144,9 @@ def test_default_build_matches_onnxruntime(case: str) -> None:
     rules = list(stats.rules.values())
     assert "fallback" not in rules, stats.rules
     # every conv / gemm in these models is a multiply-accumulate reduction: a rule must own it
-    assert any(r.startswith("contraction-") for r in rules), stats.rules
+    assert any(r.startswith("contraction-") or r == "depthwise-tile" for r in rules), stats.rules
+    if case.startswith("conv_depthwise"):  # its own kernel, not the generic one
+        assert "depthwise-tile" in rules, stats.rules
     if "pool" in case:
         assert any(r.startswith("reduction-") for r in rules), stats.rules
     if case == "gemm":  # batch 3 rows: the weight-streaming GEMV kernel
@@ -239,9 +249,90 @@ def test_tuning_never_picks_a_slower_schedule_than_the_default(tuned: dict) -> N
         assert c["default_us"] is not None and c["tuned_us"] is not None, c
         assert c["chosen_us"] == min(c["default_us"], c["tuned_us"]), c
         assert c["chosen_us"] <= c["default_us"], c
-        assert stats.rules[name] == c["winner"], (stats.rules, c)
         assert c["winner"] == ("database" if c["tuned_us"] < c["default_us"]
                                else "contraction-tile"), c
+        # the rules describe the returned executable: the per-function winners, unless
+        # the whole default build was timed faster than the whole tuned one
+        kept = stats.whole_model["kept"]
+        assert stats.rules[name] == (c["winner"] if kept == "tuned" else "contraction-tile"), (
+            stats.rules, c, stats.whole_model)
+    whole = stats.whole_model
+    assert whole["kept"] == ("tuned" if whole["tuned_ms"] < whole["default_ms"] else "default")
+
+
+def _two_matmuls(rng: np.random.Generator) -> onnx.ModelProto:
+    """A big (16 x 512 -> 256) and a small (16 x 256 -> 16) matmul: two tasks whose default
+    run times differ by ~30x, so the costlier one must be tuned first."""
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2"], ["y"])]
+    return _model(nodes, [_w(rng, "W1", (512, 256)), _w(rng, "W2", (256, 16))], [16, 512])
+
+
+def _fake_budget_run(monkeypatch, model: onnx.ModelProto, budget: float, cap: int,
+                     round_s: float) -> tuple[BuildStats, list[str]]:
+    """tune_within_budget with measuring replaced by fakes (a task's default time is its
+    output size x 1 us, a tuning round sleeps `round_s`; the real ones run in the
+    `tuned` fixture and the 1 ms budget test). What is left is the budget logic: which task
+    is tuned when, how many trials, when it stops."""
+    from compress_ir.backend.schedule import compete as compete_mod
+    from compress_ir.backend.schedule import tuning as tuning_mod
+
+    def default_seconds(db, wl_mod, target, cpu):
+        out = wl_mod["main"].params[-1]
+        return float(np.prod([int(d) for d in out.shape])) * 1e-6
+
+    calls: list[str] = []
+
+    def fake_round(task, target, trials, db, builder, logs, stats, seed):
+        calls.append(task.task_name)
+        time.sleep(round_s)
+
+    monkeypatch.setattr(compete_mod, "measure_defaults", lambda *a, **k: {})
+    monkeypatch.setattr(compete_mod, "default_seconds", default_seconds)
+    monkeypatch.setattr(tuning_mod, "_tune_round", fake_round)
+    # its constructor checks a builder worker process (seconds): no builds here
+    monkeypatch.setattr(tuning_mod.ms.builder, "LocalBuilder", lambda **_k: None)
+    mod, _ = _import(model)
+    target = tvm.target.Target(X86)
+    prepared = prepare(mod, target)
+    tuning_mod.ms.relax_integration.extract_tasks(prepared, target)  # imports: not the budget
+    stats = BuildStats()
+    with tempfile.TemporaryDirectory() as tmp:
+        tuning_mod.tune_within_budget(prepared, target, budget, cap, tmp, None, stats, None)
+    return stats, calls
+
+
+def test_tune_budget_spends_rounds_on_the_costliest_task_first(monkeypatch) -> None:
+    stats, calls = _fake_budget_run(monkeypatch, _two_matmuls(np.random.default_rng(5)),
+                                    budget=4.0, cap=0, round_s=0.3)
+    b = stats.budget
+    cost = b["default_ms_per_inference"]
+    assert cost[b["order"][0]] > cost[b["order"][1]], b  # 16x256 output before 16x16
+    assert len(calls) >= 2 and calls[0] == b["order"][0], (calls, b["used_s"])
+    # passes in cost order until the next round would not fit: it never starts a round
+    # with less than one round's time left, so it ends within one round of the budget
+    assert calls == [b["order"][i % 2] for i in range(len(calls))], calls
+    assert 4.0 - 0.3 <= b["used_s"] <= 4.0 + 0.5, b
+    assert sum(b["trials"].values()) == len(calls) * 16
+
+
+def test_tune_budget_trial_cap_ends_early(monkeypatch) -> None:
+    stats, calls = _fake_budget_run(monkeypatch, _two_matmuls(np.random.default_rng(5)),
+                                    budget=60.0, cap=2, round_s=0.0)
+    assert stats.budget["trials"] == {name: 2 for name in stats.budget["order"]}
+    assert sorted(calls) == sorted(stats.budget["order"]) and stats.budget["used_s"] < 30
+
+
+def test_tune_budget_zero_trials_left_when_budget_is_spent(tmp_path: Path) -> None:
+    """A budget smaller than the default measurements runs no tuning round at all."""
+    pytest.importorskip("xgboost", reason="MetaSchedule needs xgboost-cpu installed")
+    mod, _shape = _import(_dense_relu(np.random.default_rng(6)))
+    _ex, stats = compile_relax(mod, tvm.target.Target(X86), tune_budget_s=1e-3,
+                               tuning_db=str(tmp_path / "db"))
+    assert set(stats.budget["trials"].values()) == {0}, stats.budget
+    assert stats.measured_candidates == 0 and stats.tuned_tasks == 0
+    with pytest.raises(UsageError, match="tune_budget"):
+        compile_relax(mod, tvm.target.Target(X86), tune_budget_s=-1.0)
 
 
 def test_tuned_build_matches_onnxruntime(tuned: dict) -> None:

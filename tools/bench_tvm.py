@@ -90,7 +90,8 @@ def tvm_build(proto: onnx.ModelProto, target: tvm.target.Target, args: argparse.
     import_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     executable, build_stats = compile_relax(mod, target, tune_trials=args.tune_trials,
-                                            tuning_db=args.tuning_db)
+                                            tuning_db=args.tuning_db,
+                                            tune_budget_s=args.tune_budget)
     build_s = time.perf_counter() - t0
     stats = build_stats.as_dict()
     vm = relax.VirtualMachine(executable, tvm.cpu())
@@ -204,6 +205,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", default="1,2", help="comma list of thread counts")
     ap.add_argument("--tune-trials", type=int, default=0,
                     help="MetaSchedule trials per task for both TVM builds (0: default build)")
+    ap.add_argument("--tune-budget", type=float, default=0.0,
+                    help="seconds of tuning per TVM build (0: none; see compile_relax)")
     ap.add_argument("--tuning-db", default=None, help="persistent tuning database directory")
     ap.add_argument("--pipeline", default=DEFAULT_PIPELINE)
     ap.add_argument("--target", default=None,

@@ -51,6 +51,7 @@ class BuildOptions:
 
     batch: int = 1
     tune_trials: int = 0
+    tune_budget: float = 0.0  # seconds of tuning (wall clock); 0: trials only
     tuning_db: str | None = None
     sparse_kernels: float | None = None  # min sparsity of a weight to use sparse kernels
     verify: bool = True
@@ -66,6 +67,8 @@ class BuildOptions:
             raise UsageError(f"batch must be >= 1, got {self.batch}")
         if self.tune_trials < 0:
             raise UsageError(f"tune-trials must be >= 0, got {self.tune_trials}")
+        if not 0 <= self.tune_budget < float("inf"):
+            raise UsageError(f"tune-budget must be >= 0 seconds, got {self.tune_budget}")
         if self.sparse_kernels is not None and not 0.0 <= self.sparse_kernels < 1.0:
             raise UsageError(f"sparse-kernels min sparsity must be in [0, 1), "
                              f"got {self.sparse_kernels}")
@@ -380,6 +383,7 @@ def build(model: onnx.ModelProto | str | os.PathLike, target: str | dict | Targe
         try:
             ex, build_stats = compile_relax(mod, tvm_target, spec,
                                             tune_trials=options.tune_trials,
+                                            tune_budget_s=options.tune_budget,
                                             tuning_db=options.tuning_db, work_dir=work,
                                             remote=remote)
         except (UsageError, UnsupportedModelError):

@@ -155,3 +155,15 @@ def choice(db: ms.database.Database, func: tirx.PrimFunc, target: Target,
         "default_us": min(defaults) * 1e6 if defaults else None,
         "tuned_us": min(tuned) * 1e6 if tuned else None,
     }
+
+
+def default_seconds(db: ms.database.Database, wl_mod: tvm.IRModule, target: Target,
+                    cpu: CpuParams | None) -> float | None:
+    """Measured run time of a workload's default-rule schedule (its record), if any: the
+    per-task profile that budgeted tuning orders its work by."""
+    default = default_of(wl_mod, target, cpu)
+    if default is None or not db.has_workload(wl_mod):
+        return None
+    times = [_mean(r) for r in db.get_top_k(db.commit_workload(wl_mod), 1 << 30)
+             if r.run_secs and _trace_key(r.trace) == default.key]
+    return min(times) if times else None

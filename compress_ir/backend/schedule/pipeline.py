@@ -39,7 +39,9 @@ class BuildStats:
 
     `choices` (functions that had a database record): the winner ('database' for a tuned
     schedule, else the default rule's name) and the measured latencies of the chosen,
-    best default and best tuned schedule in microseconds.
+    best default and best tuned schedule in microseconds. `budget`: what a
+    `tune_budget_s` run did (task order, trials, time used); `whole_model`: the tuned and
+    the default build timed side by side after tuning, and which one was kept.
     """
 
     target_kind: str = ""
@@ -52,6 +54,8 @@ class BuildStats:
     default_errors: dict[str, str] = field(default_factory=dict)
     choices: dict[str, dict] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    budget: dict = field(default_factory=dict)
+    whole_model: dict = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -68,7 +72,8 @@ class BuildStats:
                 "measured_defaults": self.measured_defaults,
                 "default_errors": dict(self.default_errors),
                 "choices": {k: dict(v) for k, v in self.choices.items()},
-                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+                "budget": dict(self.budget), "whole_model": dict(self.whole_model)}
 
 
 def is_gpu(target: Target) -> bool:

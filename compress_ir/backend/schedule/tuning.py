@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,112 @@ def apply_database(mod: tvm.IRModule, target: Target, db_dir: str | os.PathLike,
             if found:
                 stats.choices[name] = found
     return mod
+
+
+# Budgeted tuning (`--tune-budget SECONDS`): rounds of this many trials, one task at a time
+BUDGET_ROUND_TRIALS = 16
+
+
+def tune_within_budget(mod: tvm.IRModule, target: Target, budget_s: float,
+                       trial_cap: int, db_dir: str | os.PathLike, work_dir: str | None,
+                       stats: BuildStats, cpu: CpuParams | None) -> None:
+    """Tune for about `budget_s` seconds of wall clock, the costliest tasks first.
+
+    Why: a trial count says nothing about time (8 trials/task cost ResNet-18 18 minutes),
+    and the time is best spent where the model spends its time. First every task's
+    default schedule is measured (it competes, see `compete.py`, and it is the profile):
+    a task costs its default run time x its calls per inference. Then, in that order,
+    each task gets rounds of `BUDGET_ROUND_TRIALS` candidates (MetaSchedule's search
+    restarts from the best records of earlier rounds), pass after pass, until the next
+    round would not fit in what is left of the budget (judged by the last round's
+    duration, the first by the default measurements' batch; a round can still overrun on
+    a busy machine: `stats.budget["used_s"]` says by how much); `trial_cap` > 0 caps the
+    candidates per task. `stats.budget` records the
+    order, the trials per task and the time used.
+    """
+    start = time.monotonic()
+    deadline = start + budget_s
+    target = tuning_target(target)
+    db = open_database(db_dir, create=True)
+    tasks = [t for t in ms.relax_integration.extract_tasks(mod, target)
+             if not is_scheduled(t.dispatched[0]["main"])]
+    builder = ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S, f_build=build_without_intrin)
+    logs = work_dir or str(db_dir)
+    with stdout_to_log("tvm.meta_schedule.stdout"):
+        missing = [t for t in tasks
+                   if not compete.has_default_record(db, t.dispatched[0], target, cpu)]
+        t0 = time.monotonic()
+        failed = compete.measure_defaults([t.dispatched[0] for t in missing], target, db,
+                                          builder, RUN_TIMEOUT_S, cpu) if missing else {}
+        # one build + run batch, like a tuning round: the first round's time estimate
+        defaults_s = time.monotonic() - t0 if missing else 0.0
+        stats.measured_defaults += len(missing) - len(failed)
+        for idx, reason in failed.items():
+            stats.default_errors[missing[idx].task_name] = reason
+        cost = {}
+        for task in tasks:
+            secs = compete.default_seconds(db, task.dispatched[0], target, cpu)
+            cost[task.task_name] = None if secs is None else secs * int(task.weight)
+        known = [c for c in cost.values() if c is not None]
+        unknown = max(known) if known else 0.0  # no default measured: tune it early
+        order = sorted(tasks, key=lambda t: -(cost[t.task_name]
+                                              if cost[t.task_name] is not None else unknown))
+        trials = {t.task_name: 0 for t in order}
+        last_round, rounds, out_of_time = defaults_s, 0, False
+        # the search seeds each round with the best records of its database, and replaying
+        # a default-rule record there fails in MetaSchedule (its traces carry the packed
+        # argument layout): rounds tune into a scratch database, copied over at the end
+        scratch = ms.database.MemoryDatabase(module_equality="structural")
+        while not out_of_time:
+            progressed = False
+            for task in order:
+                left = deadline - time.monotonic()
+                if left <= 0 or left < last_round:
+                    out_of_time = True
+                    break
+                n = BUDGET_ROUND_TRIALS
+                if trial_cap > 0:
+                    n = min(n, trial_cap - trials[task.task_name])
+                if n <= 0:
+                    continue
+                t0 = time.monotonic()
+                _tune_round(task, target, n, scratch, builder, logs, stats, seed=rounds)
+                last_round = time.monotonic() - t0
+                trials[task.task_name] += n
+                rounds += 1
+                progressed = True
+            if not progressed:
+                break
+        _copy_records(scratch, db)
+    stats.tuned_tasks += sum(1 for n in trials.values() if n)
+    stats.budget = {
+        "budget_s": budget_s, "used_s": round(time.monotonic() - start, 2),
+        "order": [t.task_name for t in order],
+        "default_ms_per_inference": {k: None if v is None else round(v * 1e3, 4)
+                                     for k, v in cost.items()},
+        "trials": trials}
+
+
+def _tune_round(task: Any, target: Target, trials: int, db: ms.database.Database,
+                builder: ms.builder.Builder, logs: str, stats: BuildStats, seed: int) -> None:
+    """One round of `trials` candidates for one task (a new seed each round: the search
+    starts from the database's best records, not from the same random population)."""
+    before = len(db)
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        [task], work_dir=logs, seed=seed)
+    ms.tune.tune_tasks(
+        tasks=contexts, task_weights=weights, work_dir=logs, max_trials_global=trials,
+        max_trials_per_task=trials, num_trials_per_iter=trials, builder=builder,
+        runner=ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S), database=db,
+        cost_model="random")
+    stats.measured_candidates += len(db) - before
+
+
+def _copy_records(src: ms.database.Database, dst: ms.database.Database) -> None:
+    """Commit every measured record of `src` into `dst` (workloads re-keyed in `dst`)."""
+    for rec in src.get_all_tuning_records():
+        if not rec.run_secs:
+            continue
+        dst.commit_tuning_record(ms.database.TuningRecord(
+            rec.trace, dst.commit_workload(rec.workload.mod), list(rec.run_secs),
+            rec.target, rec.args_info))
