@@ -32,7 +32,8 @@ OTHER_MS = 0.5  # per non-weighted node, whatever its width: MACs cannot see it
 
 
 def fake_latency(proto: onnx.ModelProto) -> float:
-    """ms: every weighted node's MACs (depthwise DEPTHWISE_COST x dearer) + 0.01 each; OTHER_MS per other node."""
+    """ms: weighted nodes by MACs (depthwise DEPTHWISE_COST x dearer, + 0.01 each);
+    OTHER_MS per other node."""
     shapes = tensor_shapes(proto, None)
     total = 0.0
     for node in proto.graph.node:
@@ -80,7 +81,8 @@ def test_latency_budget_hits_the_fraction_and_predicts_exactly(tmp_path) -> None
 
 
 def test_latency_is_not_macs(tmp_path) -> None:
-    """Width-independent time (OTHER_MS) is invisible to MACs: half the MACs is not half the time."""
+    """Width-independent time (OTHER_MS) is invisible to MACs: half the MACs is not half
+    the time."""
     proto = _cnn()
     by_latency = _prune(proto, tmp_path)
     by_macs = compress(proto, "channel-prune{target-macs=0.5}")
