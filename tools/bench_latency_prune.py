@@ -67,8 +67,9 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "predicted_ratio": alloc["estimated_fraction"], "rest_ms": alloc["rest_ms"],
         "measured_dense_ms": meas["dense"]["median_ms"],
         "measured_pruned_ms": meas["pruned"]["median_ms"],
-        "measured_ratio": ratio, "spread": {k: {"cv": meas[k]["cv"], "tail": meas[k]["tail"]}
-                                            for k in ("dense", "pruned")},
+        "measured_ratio": ratio, "measured_ratio_min": meas["ratio_min"],
+        "scale": alloc["tables"]["scale"],
+        "spread": {k: {"cv": meas[k]["cv"], "tail": meas[k]["tail"]} for k in ("dense", "pruned")},
         "vs_budget": round(ratio / args.fraction - 1, 4), "within_10pct":
             abs(ratio / args.fraction - 1) <= 0.10, "macs_ratio": round(macs, 4),
         "reached": alloc["reached"], "steps": alloc["steps"],
@@ -77,8 +78,9 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = ("| model | F | pred. dense ms | meas. dense ms | pred. pruned ms | meas. pruned ms "
-            "| pred. ratio | meas. ratio | vs budget (goal ±10 %) | MACs ratio | CV d/p "
-            "| layers / points | measured / cached | table s | pass s |")
+            "| pred. ratio | meas. ratio (median) | meas. ratio (min) | vs budget (goal ±10 %) "
+            "| MACs ratio | CV d/p "
+            "| table scale | layers / points | measured / cached | table s | pass s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         t = r["tables"]
@@ -86,9 +88,11 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['model']} | {r['fraction']} | {r['predicted_dense_ms']:.2f} "
             f"| {r['measured_dense_ms']:.2f} | {r['predicted_pruned_ms']:.2f} "
             f"| {r['measured_pruned_ms']:.2f} | {r['predicted_ratio']:.3f} "
-            f"| {r['measured_ratio']:.3f} | {r['vs_budget']:+.1%} | {r['macs_ratio']:.3f} "
+            f"| {r['measured_ratio']:.3f} | {r['measured_ratio_min']:.3f} "
+            f"| {r['vs_budget']:+.1%} | {r['macs_ratio']:.3f} "
             f"| {r['spread']['dense']['cv']:.0%}/{r['spread']['pruned']['cv']:.0%} "
-            f"| {t['layers']} / {t['points']} | {t['measured']} / {t['cached']} "
+            f"| {r['scale']:.2f} | {t['layers']} / {t['points']} "
+            f"| {t['measured']} / {t['cached']} "
             f"| {t['table_seconds']:.0f} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 

@@ -333,7 +333,7 @@ class CostModel:
                         ins += self._tensor(s.by)
             self.roles[len(self.terms)] = (table, out[0] if out else None,
                                            ins[0] if ins else None)
-            self.terms.append((table.full, tuple(out + ins)))
+            self.terms.append((tables.scale * table.full, tuple(out + ins)))
         self.terms.append((tables.rest_ms, ()))
 
     def _term(self, i: int, kept: np.ndarray) -> float:
@@ -343,7 +343,7 @@ class CostModel:
             layer = table.layer
             cout = layer.full_out * (kept[out] / self.size[out] if out is not None else 1.0)
             cin = layer.full_in * (kept[inp] / self.size[inp] if inp is not None else 1.0)
-            return table.at(cout, cin)
+            return self.latency_tables.scale * table.at(cout, cin)
         base, factors = self.terms[i]
         value = base
         for t in factors:

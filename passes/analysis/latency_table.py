@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ TimerFactory = Callable[[Any], Prepare]  # TargetSpec -> Prepare
 
 LATENCY_TIMERS: dict[str, TimerFactory] = {}
 GRID = (1.0, 0.75, 0.5, 0.25)
-SAMPLES = 7  # per table point: median of these after one warm-up
+SAMPLES = 7  # per table point: the fastest of these after one warm-up
 CACHE_ENV = "COMPRESS_IR_LATENCY_CACHE"
 
 
@@ -73,10 +72,12 @@ def default_cache_dir() -> Path:
     return base / "compress-ir" / "latency"
 
 
-def median_ms(sample: Sample, count: int = SAMPLES) -> float:
-    """Median of `count` samples after one warm-up."""
+def best_ms(sample: Sample, count: int = SAMPLES) -> float:
+    """Fastest of `count` samples after one warm-up: table points are timed one after
+    another, not interleaved, so on a shared machine the minimum (the run least
+    disturbed) is the comparable statistic; a median would carry each moment's load."""
     sample()
-    return float(statistics.median(sample() for _ in range(count)))
+    return float(min(sample() for _ in range(count)))
 
 
 # -- one-layer models -------------------------------------------------------------------
@@ -181,7 +182,12 @@ class LayerTable:
     layer: Layer
     outs: list[int]  # ascending
     ins: list[int]  # ascending ([full_in] for depthwise: width follows `out`)
-    ms: np.ndarray  # [len(outs), len(ins)]
+    ms: np.ndarray  # [len(outs), len(ins)], made non-decreasing in both widths
+
+    def __post_init__(self) -> None:
+        # a narrower layer measured slower than a wider one is taken as noise (or a schedule
+        # cliff the greedy should not chase): the envelope keeps the prediction monotone
+        self.ms = np.maximum.accumulate(np.maximum.accumulate(self.ms, axis=0), axis=1)
 
     def at(self, cout: float, cin: float) -> float:
         """Interpolated ms at `cout` x `cin` kept channels (clamped to the grid)."""
@@ -195,20 +201,26 @@ class LayerTable:
 
 @dataclass
 class LatencyTables:
-    """Every covered layer's table, the `rest` constant, and how they were obtained."""
+    """Every covered layer's table, the `rest` constant, and how they were obtained.
+
+    Layers timed alone can add up to more than the whole model (their own layout
+    transforms, no fusion): then `rest` would be negative, and instead every table is
+    scaled by `scale` = dense / sum of the tables at full width, with `rest` 0.
+    """
 
     tables: dict[str, LayerTable]
     dense_ms: float
     rest_ms: float
     uncovered: dict[str, str]
     stats: dict[str, Any] = field(default_factory=dict)
+    scale: float = 1.0
 
     def predict(self, widths: dict[str, tuple[float, float]]) -> float:
         """Predicted ms with each table's layer at (out, in) kept channels (missing: full)."""
         total = self.rest_ms
         for name, table in self.tables.items():
             cout, cin = widths.get(name, (table.layer.full_out, table.layer.full_in))
-            total += table.at(cout, cin)
+            total += self.scale * table.at(cout, cin)
         return total
 
 
@@ -253,8 +265,10 @@ class LatencyCache:
 
 def measure_tables(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
                    prepare: Prepare, lanes: int, cache: LatencyCache,
-                   dense_ms: float | None = None) -> LatencyTables:
-    """Time every covered layer on its width grid (cached), and the dense model once."""
+                   prepare_model: Prepare | None = None) -> LatencyTables:
+    """Time every covered layer on its width grid (cached), and the dense model once
+    (with `prepare_model` if given: a caller that times the dense model again later
+    can keep its build)."""
     start = time.perf_counter()
     tables: dict[str, LayerTable] = {}
     uncovered: dict[str, str] = {}
@@ -272,19 +286,23 @@ def measure_tables(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
         ms = np.zeros((len(outs), len(ins)))
         for i, co in enumerate(outs):
             for j, ci in enumerate(ins):
-                ms[i, j] = cache.get(layer.key(co, ci), lambda co=co, ci=ci, layer=layer: median_ms(
+                ms[i, j] = cache.get(layer.key(co, ci), lambda co=co, ci=ci, layer=layer: best_ms(
                     prepare(layer_model(layer, co, ci))))
         tables[node.name] = LayerTable(layer, outs, ins, ms)
         cache.save()
     table_s = time.perf_counter() - start
-    if dense_ms is None:
-        dense_ms = cache.get({"model": hashlib.sha256(proto.SerializeToString()).hexdigest()},
-                             lambda: median_ms(prepare(proto)))
-        cache.save()
+    whole = prepare_model or prepare
+    dense_ms = cache.get({"model": hashlib.sha256(proto.SerializeToString()).hexdigest()},
+                         lambda: best_ms(whole(proto)))
+    cache.save()
     layers_full = sum(t.full for t in tables.values())
+    rest, scale = dense_ms - layers_full, 1.0
+    if rest < 0 and layers_full > 0:
+        rest, scale = 0.0, dense_ms / layers_full
     stats = {"layers": len(tables), "points": int(sum(t.ms.size for t in tables.values())),
              "measured": cache.misses, "cached": cache.hits,
              "table_seconds": round(table_s, 2),
              "seconds": round(time.perf_counter() - start, 2),
-             "cache": str(cache.path) if cache.path else None}
-    return LatencyTables(tables, float(dense_ms), float(dense_ms - layers_full), uncovered, stats)
+             "cache": str(cache.path) if cache.path else None,
+             "layers_alone_ms": round(layers_full, 4), "scale": round(scale, 4)}
+    return LatencyTables(tables, float(dense_ms), float(rest), uncovered, stats, scale)
