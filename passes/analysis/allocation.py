@@ -34,6 +34,8 @@ class AllocationContext:
     calibration: CalibrationSet | None = None
     seed: int = 0
     input_shapes: dict[str, tuple[int, ...]] | None = None  # MACs at these (else assumed)
+    # target-latency: the model -> its LatencyTables (measured on the target, cached)
+    latency: Callable[[onnx.ModelProto], Any] | None = None
 
 
 @dataclass
@@ -45,7 +47,7 @@ class AllocationRequest:
     min_keep: int = 1
     tolerance: float = 0.01  # sensitivity: largest output loss per group
     plot: str = ""  # sensitivity: where to draw the curves
-    budget: tuple[str, float] | None = None  # ("macs" | "params", fraction kept)
+    budget: tuple[str, float] | None = None  # ("macs" | "params" | "latency", fraction kept)
     model: AllocationContext | None = None  # set for allocations with needs_model
     # per group, the unit multiple that keeps its channel counts multiples of round_to:
     # a unit of several channels (an attention head of head_dim) needs fewer (see

@@ -225,14 +225,19 @@ def sensitivity_allocation(
 
 # -- the cost model -------------------------------------------------------------------
 class CostModel:
-    """MACs or parameters of the model as a function of the units removed.
+    """MACs, parameters or predicted latency of the model as a function of the units removed.
 
-    cost = sum over terms of base * prod over the term's tensors of kept / size.
+    MACs / parameters: cost = sum over terms of base * prod over the term's tensors of
+    kept / size. Latency: each tabled layer's measured table at its kept (out, in)
+    widths, plus the measured rest (`latency_table.py`).
     """
 
     def __init__(self, proto: onnx.ModelProto, analysis: ChannelAnalysis, metric: str,
-                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+                 input_shapes: dict[str, tuple[int, ...]] | None = None,
+                 latency_tables: Any = None) -> None:
         self.analysis = analysis
+        self.latency_tables = latency_tables  # metric "latency": a LatencyTables
+        self.roles = {}
         self._index: dict[str, int] = {}
         self.terms: list[tuple[float, tuple[int, ...]]] = []
         shapes = tensor_shapes(proto, input_shapes)
@@ -242,13 +247,36 @@ class CostModel:
         for s in analysis.slices:
             weight_slices[(s.node, s.input_index)].append(s)
 
-        def tensor(name: str) -> list[int]:
-            if name not in layouts:
-                return []
-            if name not in self._index:
-                self._index[name] = len(self._index)
-            return [self._index[name]]
+        self._layouts = layouts
+        self._add_terms(proto, metric, shapes, nodes, weight_slices)
+        names = sorted(self._index, key=self._index.get)
+        self.size = np.array([layouts[n].ids.size for n in names], dtype=np.float64)
+        self.kept = self.size.copy()
+        self.total = sum(base for base, _ in self.terms)
+        # which tensors (and how many positions in each) every unit occupies
+        self.unit_positions: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for name in names:
+            units, counts = np.unique(analysis.unit_of[layouts[name].ids], return_counts=True)
+            for u, c in zip(units, counts, strict=True):
+                self.unit_positions[int(u)].append((self._index[name], int(c)))
+        self.terms_of_tensor: dict[int, list[int]] = defaultdict(list)
+        for i, (_, factors) in enumerate(self.terms):
+            for t in set(factors):
+                self.terms_of_tensor[t].append(i)
 
+    def _tensor(self, name: str) -> list[int]:
+        if name not in self._layouts:
+            return []
+        if name not in self._index:
+            self._index[name] = len(self._index)
+        return [self._index[name]]
+
+    def _add_terms(self, proto: onnx.ModelProto, metric: str,
+                   shapes: dict[str, tuple[int, ...]], nodes: dict[str, onnx.NodeProto],
+                   weight_slices: dict[tuple[str, int], list]) -> None:
+        """One term per counted quantity: its value at full width and the tensors sizing it."""
+        tensor = self._tensor
+        analysis = self.analysis
         if metric == "macs":
             for node in proto.graph.node:
                 spec = WEIGHTED_OPS.get(node.op_type)
@@ -278,24 +306,44 @@ class CostModel:
                 for _, by in sorted(sliced.get(init.name, ())):
                     factors += tensor(by)
                 self.terms.append((float(np.prod(init.dims)), tuple(factors)))
+        elif metric == "latency":
+            self._latency_terms(proto, shapes, weight_slices)
         else:
             raise ValueError(f"unknown cost metric {metric!r}")
-        names = sorted(self._index, key=self._index.get)
-        self.size = np.array([layouts[n].ids.size for n in names], dtype=np.float64)
-        self.kept = self.size.copy()
-        self.total = sum(base for base, _ in self.terms)
-        # which tensors (and how many positions in each) every unit occupies
-        self.unit_positions: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        for name in names:
-            units, counts = np.unique(analysis.unit_of[layouts[name].ids], return_counts=True)
-            for u, c in zip(units, counts, strict=True):
-                self.unit_positions[int(u)].append((self._index[name], int(c)))
-        self.terms_of_tensor: dict[int, list[int]] = defaultdict(list)
-        for i, (_, factors) in enumerate(self.terms):
-            for t in set(factors):
-                self.terms_of_tensor[t].append(i)
+
+    def _latency_terms(self, proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
+                       weight_slices: dict[tuple[str, int], list]) -> None:
+        """One term per tabled layer (its table at the kept out x in widths) plus the rest."""
+        tables = self.latency_tables
+        if tables is None:
+            raise UsageError("target-latency needs latency tables")
+        self.roles: dict[int, tuple[Any, int | None, int | None]] = {}
+        for node in proto.graph.node:
+            table = tables.tables.get(node.name)
+            if table is None:
+                continue
+            spec = WEIGHTED_OPS[node.op_type]
+            out = self._tensor(node.output[0])
+            ins: list[int] = []
+            weight = shapes.get(node.input[1])
+            if weight is not None and not table.layer.depthwise:
+                in_axis = spec.in_axis(node_attrs(node), len(weight))
+                for s in weight_slices.get((node.name, 1), []):
+                    if s.axis == in_axis:
+                        ins += self._tensor(s.by)
+            self.roles[len(self.terms)] = (table, out[0] if out else None,
+                                           ins[0] if ins else None)
+            self.terms.append((tables.scale * table.full, tuple(out + ins)))
+        self.terms.append((tables.rest_ms, ()))
 
     def _term(self, i: int, kept: np.ndarray) -> float:
+        role = self.roles.get(i)
+        if role is not None:  # a latency table
+            table, out, inp = role
+            layer = table.layer
+            cout = layer.full_out * (kept[out] / self.size[out] if out is not None else 1.0)
+            cin = layer.full_in * (kept[inp] / self.size[inp] if inp is not None else 1.0)
+            return self.latency_tables.scale * table.at(cout, cin)
         base, factors = self.terms[i]
         value = base
         for t in factors:
@@ -343,7 +391,12 @@ def budget_allocation(
     """Greedy: remove the least harmful slice per unit of cost saved until the budget holds."""
     actx = _model(req)
     start = time.perf_counter()
-    model = CostModel(actx.proto, actx.analysis, metric, actx.input_shapes)
+    tables = None
+    if metric == "latency":
+        if actx.latency is None:
+            raise UsageError("target-latency needs a latency timer (use it through channel-prune)")
+        tables = actx.latency(actx.proto)
+    model = CostModel(actx.proto, actx.analysis, metric, actx.input_shapes, tables)
     target = fraction * model.total
     cost = model.cost()
     # removal order per group: the reverse of `top_mask`'s keep order (same tie-breaking)
@@ -394,4 +447,11 @@ def budget_allocation(
         "steps": steps,
         "seconds": round(time.perf_counter() - start, 3),
     }
+    if tables is not None:  # ms are not counts
+        info.update({
+            "original": round(model.total, 4), "target": round(target, 4),
+            "estimated": round(model.cost(), 4), "unit": "ms (predicted)",
+            "dense_measured_ms": round(tables.dense_ms, 4), "rest_ms": round(tables.rest_ms, 4),
+            "tables": tables.stats, "uncovered": tables.uncovered,
+        })
     return masks, info

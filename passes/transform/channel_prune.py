@@ -14,6 +14,7 @@ import dataclasses
 import fnmatch
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,16 @@ class ChannelPruneOptions:
                                 " ratio and scope are ignored)")
     target_params: float = option(0.0, "keep this fraction of the parameters (greedy; 0 = off;"
                                   " ratio and scope are ignored)")
+    target_latency: float = option(0.0, "keep this fraction of the latency on the --target,"
+                                   " predicted from per-layer tables timed with the compiled"
+                                   " kernels (greedy; 0 = off; ratio and scope are ignored)")
+    latency_timer: str = option("tvm", "target-latency: how layers are timed (tvm: built and"
+                                " run on this host)")
+    latency_cache: str = option("", "target-latency: directory caching the layer timings"
+                                " (default $COMPRESS_IR_LATENCY_CACHE or ~/.cache/compress-ir"
+                                "/latency)")
+    latency_repeat: int = option(20, "target-latency: interleaved rounds timing the dense and"
+                                 " pruned models afterwards (0: do not measure)")
     tolerance: float = option(0.01, "sensitivity: largest output loss (1 - cosine) per group")
     plot: str = option("", "sensitivity: write the loss-vs-ratio curves to this PNG")
 
@@ -73,13 +84,21 @@ class ChannelPruneOptions:
         CRITERIA.get(self.criterion)
         if not ALLOCATIONS.get(self.scope).by_scope:
             raise ValueError(f"scope={self.scope} is chosen by target-macs/target-params")
-        for name in ("target_macs", "target_params"):
+        for name in ("target_macs", "target_params", "target_latency"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:  # also rejects nan
                 raise ValueError(f"{name.replace('_', '-')} must be in (0, 1] (0 = off), "
                                  f"got {value}")
-        if self.target_macs and self.target_params:
-            raise ValueError("target-macs and target-params are mutually exclusive")
+        if sum(1 for v in (self.target_macs, self.target_params, self.target_latency) if v) > 1:
+            raise ValueError("target-macs, target-params and target-latency are mutually"
+                             " exclusive")
+        from compress_ir.passes.analysis.latency_table import LATENCY_TIMERS
+
+        if self.latency_timer not in LATENCY_TIMERS:
+            raise ValueError(f"unknown latency-timer {self.latency_timer!r}; known: "
+                             f"{', '.join(LATENCY_TIMERS)}")
+        if self.latency_repeat < 0:
+            raise ValueError(f"latency-repeat must be >= 0, got {self.latency_repeat}")
         if self.budget and self.scope == "sensitivity":
             raise ValueError("scope=sensitivity cannot be combined with target-macs/params")
         if not self.tolerance >= 0.0:
@@ -95,6 +114,8 @@ class ChannelPruneOptions:
             return "macs", self.target_macs
         if self.target_params:
             return "params", self.target_params
+        if self.target_latency:
+            return "latency", self.target_latency
         return None
 
 
@@ -115,6 +136,7 @@ def plan_removal(
     opts: ChannelPruneOptions, *, proto: Any = None, calibration: CalibrationSet | None = None,
     seed: int = 0, info: dict | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None, scores_out: dict | None = None,
+    latency: Any = None,
 ) -> tuple[set[int], list[dict]]:
     """Choose the units to remove; return them and the per-group plan for the report.
 
@@ -156,7 +178,7 @@ def plan_removal(
         request.model = AllocationContext(
             model_proto, analysis, {g.index: g for g in candidates},
             lambda removed: masked_reference(model_proto, analysis, removed), calibration, seed,
-            input_shapes)
+            input_shapes, latency)
     keep, extra = allocation.allocate(scores, request)
     if info is not None:
         info.update(extra)
@@ -226,6 +248,64 @@ def effective_round_to(round_to: int, ctx: PassContext) -> int:
     return ctx.target.round_to if ctx.target is not None else 1
 
 
+class LatencyProbe:
+    """target-latency: the tables for the allocation, and the measurement of the result.
+
+    The dense model is timed once for the tables' `rest` constant; afterwards the dense
+    and pruned models are timed in interleaved rounds (`benchmark.interleaved`), so the
+    measured ratio is not skewed by the machine's phases.
+    """
+
+    def __init__(self, options: ChannelPruneOptions, ctx: PassContext) -> None:
+        from compress_ir.passes.analysis.latency_table import (
+            LATENCY_TIMERS,
+            LatencyCache,
+            default_cache_dir,
+        )
+        from compress_ir.targets import resolve_target
+
+        self.spec = ctx.target if ctx.target is not None else resolve_target("x86")
+        self.options = options
+        self.input_shapes = ctx.input_shapes
+        self._prepare = LATENCY_TIMERS[options.latency_timer](self.spec)
+        self._built: dict[str, Any] = {}  # model sha256 -> its timer (dense: built once)
+        scope = {"timer": options.latency_timer, "target": self.spec.name,
+                 "tvm": self.spec.tvm, "lanes": self.spec.lanes,
+                 "threads": os.environ.get("TVM_NUM_THREADS"), "statistic": "min"}
+        cache_dir = options.latency_cache or default_cache_dir()
+        self.cache = LatencyCache(cache_dir, scope)
+
+    def prepare(self, proto: Any) -> Any:
+        """The timer's build of `proto`, reused when the same model comes again."""
+        import hashlib
+
+        key = hashlib.sha256(proto.SerializeToString()).hexdigest()
+        if key not in self._built:
+            self._built[key] = self._prepare(proto)
+        return self._built[key]
+
+    def tables(self, proto: Any) -> Any:
+        from compress_ir.core.metrics import tensor_shapes
+        from compress_ir.passes.analysis.latency_table import measure_tables
+
+        return measure_tables(proto, tensor_shapes(proto, self.input_shapes), self._prepare,
+                              max(self.spec.lanes, 1), self.cache, prepare_model=self.prepare)
+
+    def measure(self, dense: Any, pruned: Any) -> dict[str, Any]:
+        """Dense and pruned timed interleaved: medians, ratio, and the spread."""
+        if not self.options.latency_repeat:
+            return {"ran": False, "reason": "latency-repeat=0"}
+        from compress_ir.backend.benchmark import interleaved, summarize
+
+        timers = {"dense": self.prepare(dense), "pruned": self.prepare(pruned)}
+        samples = interleaved(timers, self.options.latency_repeat)
+        out: dict[str, Any] = {k: summarize(v) for k, v in samples.items()}
+        out["ratio"] = round(out["pruned"]["median_ms"] / out["dense"]["median_ms"], 4)
+        out["ratio_min"] = round(out["pruned"]["min_ms"] / out["dense"]["min_ms"], 4)
+        out["method"] = "interleaved rounds, median"
+        return out
+
+
 @register_pass("channel-prune")
 class ChannelPrune(Pass):
     summary = "remove whole channels (filters) and slice every coupled layer"
@@ -270,10 +350,12 @@ class ChannelPrune(Pass):
             criterion, ctx, before, analysis))
         allocation: dict[str, Any] = {}
         scores: dict[int, np.ndarray] = {}
+        latency = LatencyProbe(options, ctx) if options.target_latency else None
         removed, rows = plan_removal(
             analysis, criterion, score_ctx, options, proto=before,
             calibration=ctx.calibration, seed=ctx.seed, info=allocation,
-            input_shapes=ctx.input_shapes, scores_out=scores)
+            input_shapes=ctx.input_shapes, scores_out=scores,
+            latency=latency.tables if latency else None)
         unit_rows(analysis, rows, removed)
         requested = requested_reduction(options.ratio, options.scope, options.budget)
         macs_before = layer_metrics(before, ctx.input_shapes) if requested else None
@@ -311,7 +393,9 @@ class ChannelPrune(Pass):
         if requested:
             macs_after = layer_metrics(work.to_proto(), ctx.input_shapes)
             _warn_shortfall(details, shortfall(requested, macs_before, macs_after, rows, what))
-        if self.options.budget:
+        if latency is not None:
+            allocation["measured"] = latency.measure(before, work.to_proto())
+        elif self.options.budget:
             from compress_ir.core.metrics import model_metrics
 
             metric, _ = self.options.budget
