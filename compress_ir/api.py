@@ -377,6 +377,8 @@ def _plan_outputs(plan_out: OutputPlan, options: CompressOptions, passes: list[P
         from compress_ir.backend.build import check_destination
 
         base = output if output is not None and not means_stdout(output) else ir.source
+        if base and str(base).startswith("<"):  # an in-memory model ("<ModelProto>") has no path
+            base = None
         if options.artifact is None and not base:
             raise UsageError("give an artifact directory (--artifact) for a model without a path")
         path = Path(options.artifact) if options.artifact is not None else \
