@@ -345,7 +345,7 @@ def test_usage_error_inside_a_pass_keeps_exit_code_2() -> None:
 
 
 def test_in_memory_model_with_a_target_needs_an_artifact_path(tmp_path, monkeypatch) -> None:  # noqa: ANN001
-    """A ModelProto has no path to name the artifact after: a usage error, not `<ModelProto>.x86/`."""
+    """A ModelProto has no path to name the artifact after: a usage error, no `<ModelProto>.x86`."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UsageError, match="--artifact"):
         compress(tiny_net(), "fold-bn", target="x86")
