@@ -43,6 +43,19 @@ def held_out(sample_index: np.ndarray, period: int) -> np.ndarray:
     return np.asarray(sample_index) % period == period - 1
 
 
+def sample_of(positions: object, x: np.ndarray, conv: bool, start: int) -> np.ndarray:
+    """Global calibration-sample index of each sampled row (`RowSampler` positions).
+
+    A Conv's positions carry their sample; a Gemm/MatMul row index of the input
+    flattened to [-1, K] belongs to sample index // (rows per sample). `start` is the
+    index of the batch's first sample.
+    """
+    if conv:
+        return start + np.asarray(positions[0])  # type: ignore[index]
+    per_sample = max(1, int(np.prod(x.shape[:-1])) // max(1, x.shape[0]))
+    return start + np.asarray(positions) // per_sample
+
+
 @dataclass
 class Normal:
     """Normal equations of [X 1] -> Y, accumulated in float64 without keeping rows."""

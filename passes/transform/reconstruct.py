@@ -66,7 +66,14 @@ from compress_ir.core.passes import Pass, PassContext, PassResult, option, regis
 from compress_ir.formats.view import unview
 from compress_ir.logs import progress
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, analyse_channels
-from compress_ir.passes.analysis.heldout import RIDGES, Normal, choose, held_out, period_for
+from compress_ir.passes.analysis.heldout import (
+    RIDGES,
+    Normal,
+    choose,
+    held_out,
+    period_for,
+    sample_of,
+)
 from compress_ir.passes.weight_layers import (
     WEIGHT_OPS,
     RowSampler,
@@ -377,9 +384,7 @@ def _capture_level(
             rows, rows_o = s_now.rows_at(x, pos), s_then.rows_at(xo, pos)
             w_o, b_o = _linear(o)
             y = (rows_o @ w_o.T.astype(np.float64) + b_o)[:, t.out_keep]
-            sample = b * batch + (pos[0] if t.kind == "conv"
-                                  else pos // max(1, s_now.available(x) // x.shape[0]))
-            held = held_out(sample, period)
+            held = held_out(sample_of(pos, x, t.kind == "conv", b * batch), period)
             t.sums.setdefault("fit", Normal()).add(rows[~held], y[~held])
             t.sums.setdefault("held", Normal()).add(rows[held], y[held])
             t.rows += rows.shape[0]
