@@ -172,3 +172,27 @@ def test_report_has_calibration_and_heldout_errors(holdout: float) -> None:
     (layer,) = result.report["passes"][1]["details"]["layers"]
     assert {"rel_error_before", "rel_error_after", "refit", "ridge"} <= set(layer)
     assert ("heldout_rel_error_after" in layer) == (holdout > 0)
+
+
+def test_wanda_scores_are_weight_times_input_rms() -> None:
+    """Structured Wanda on x -> MatMul -> Relu -> MatMul: neuron j scores
+    RMS(h_j) * sum_i |W2[j, i]| (computed here with numpy from the model's tensors)."""
+    from compress_ir.core.model import Model, infer_proto_shapes
+    from compress_ir.passes.analysis.calibration_stats import CalibrationStats
+    from compress_ir.passes.analysis.channel_groups import analyse_channels
+    from compress_ir.passes.analysis.importance import CRITERIA, ScoreContext
+
+    n = Net(seed=4)
+    x = n.input(["N", 6])
+    h = n.op("Relu", [n.op("MatMul", [x, n.rand((6, 10), "w1")], "m1")], "r1")
+    proto = infer_proto_shapes(n.build(n.op("MatMul", [h, n.rand((10, 3), "w2")], "m2")))
+    calib = _calib((6,), 64)
+    model = Model.from_proto(proto, "test")
+    analysis = analyse_channels(model)
+    stats = CalibrationStats(proto, analysis, calib)
+    (group,) = [g for g in analysis.groups if any(r.node == "m1" for r in g.roots)]
+    scores = CRITERIA.get("wanda")().score(group, ScoreContext(model, analysis, stats))
+    inits = _inits(proto)
+    hidden = np.maximum(calib.arrays["x"].astype(np.float64) @ inits["w1"], 0.0)
+    want = np.sqrt((hidden**2).mean(0)) * np.abs(inits["w2"]).sum(1)
+    np.testing.assert_allclose(scores, want, rtol=1e-4)
