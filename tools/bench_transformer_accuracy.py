@@ -7,8 +7,10 @@ torch's TorchScript exporter; the metric is recall@1 of docstring summary -> bod
 retrieval on Python's own standard-library docstrings (tools/transformer_data.py).
 Nothing downloads at run time.
 
-Structured: `channel-prune{criterion=C,target-macs=M}` (whole heads and FFN neurons;
-MACs of every MatMul at sequence 128) for each criterion, with and without
+Structured: `channel-prune{criterion=C,ratio=1-M}` (whole heads and FFN neurons, the same
+fraction of every group, as Torch-Pruning's and onnxsim's transformer examples do; MACs of
+every MatMul at sequence 128 are then exactly M) for each criterion, or with
+`--allocation target-macs` the greedy per-group allocation, with and without
 `reconstruct` (held-out ridge refit of the attention output and FFN down projections).
 Sparsity: `sparsify` 50 % unstructured and 2:4 with OBS (default options, and
 `correct=false`), and magnitude. Every run goes through `compress()` with the numeric
@@ -95,10 +97,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     parser.add_argument("--pairs", type=int, default=500, help="evaluation pairs")
-    parser.add_argument("--calib", type=int, default=128, help="calibration windows of 128 tokens")
+    parser.add_argument("--calib", type=int, default=64, help="calibration windows of 128 tokens")
     parser.add_argument("--criteria", default=",".join(CRITERIA))
     parser.add_argument("--macs", default=",".join(map(str, MACS)))
-    parser.add_argument("--reconstruct", default="reconstruct{samples=16384}")
+    parser.add_argument("--reconstruct", default="reconstruct{samples=8192}")
+    parser.add_argument("--allocation", choices=("uniform", "target-macs"), default="uniform")
     parser.add_argument("--only", choices=("prune", "sparsify"), default=None)
     parser.add_argument("--replot", action="store_true", help="only redraw from results.json")
     args = parser.parse_args()
@@ -141,7 +144,9 @@ def main() -> None:
     if args.only in (None, "prune"):
         for macs in map(float, args.macs.split(",")):
             for crit in args.criteria.split(","):
-                prune = f"channel-prune{{criterion={crit},target-macs={macs}}}"
+                prune = (f"channel-prune{{criterion={crit},target-macs={macs}}}"
+                         if args.allocation == "target-macs" else
+                         f"channel-prune{{criterion={crit},ratio={round(1 - macs, 6)}}}")
                 for label, pipeline in ((crit, [prune]),
                                         (f"{crit} + reconstruct", [prune, args.reconstruct])):
                     p = run_one(model, pipeline, calib, metric, "prune", label, f"{macs}")
@@ -170,8 +175,8 @@ def write(out: Path, meta: dict, points: list[Point]) -> None:
         f"evaluation pairs). Post-training, no fine-tuning. Dense recall@1: **{dense}**. "
         f"Peak RSS of the run: {meta.get('peak_rss_mb')} MB.",
         "",
-        "### Heads + FFN neurons (`channel-prune{criterion=C,target-macs=M}`; MACs of all "
-        "MatMuls at sequence 128)",
+        "### Heads + FFN neurons (`channel-prune{criterion=C,ratio=1-M}`, the same fraction of "
+        "every head and FFN group; MACs of all MatMuls at sequence 128)",
         "",
         "| criterion | reconstruct | target MACs | MACs kept | recall@1 | vs dense | seconds |",
         "|---|---|---:|---:|---:|---:|---:|",
