@@ -49,6 +49,10 @@ MACS = (0.75, 0.5)
 SPARSE = (
     ("obs (default: correct)", "sparsify{sparsity=0.5,criterion=obs}", "50%"),
     ("obs (default: correct)", "sparsify{pattern=2:4,criterion=obs}", "2:4"),
+    ("obs, correct unchecked (holdout=0: before held-out)",
+     "sparsify{sparsity=0.5,criterion=obs,holdout=0}", "50%"),
+    ("obs, correct unchecked (holdout=0: before held-out)",
+     "sparsify{pattern=2:4,criterion=obs,holdout=0}", "2:4"),
     ("obs, correct=false", "sparsify{sparsity=0.5,criterion=obs,correct=false}", "50%"),
     ("obs, correct=false", "sparsify{pattern=2:4,criterion=obs,correct=false}", "2:4"),
     ("magnitude", "sparsify{sparsity=0.5}", "50%"),

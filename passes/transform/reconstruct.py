@@ -96,6 +96,8 @@ class ReconstructOptions:
                             " and to skip a refit that would not help on them (0: off)")
     samples: int = option(4096, "at most this many sampled rows per layer")
     bn: bool = option(True, "recalibrate BatchNormalization layers downstream of a change")
+    downstream: bool = option(False, "also refit weight layers that lost no inputs but whose"
+                              " inputs changed upstream (stops error compounding; slower)")
 
     def __post_init__(self) -> None:
         if not self.ridge >= 0.0 or not all(r >= 0.0 for r in self.ridges):
@@ -285,6 +287,7 @@ def _bias_ok(node: gs.Node) -> bool:
 
 def _plan(
     model: Model, original: dict[str, gs.Node], keep: dict[str, np.ndarray], use_bn: bool,
+    downstream: bool = False,
 ) -> tuple[list[Target], list[dict]]:
     """Targets with their levels (topological), and the layers skipped (with why)."""
     model.graph.toposort()
@@ -303,7 +306,9 @@ def _plan(
         target = None
         if orig is not None and orig.op == node.op and node.op in WEIGHT_OPS:
             k_now, k_orig = _in_features(node), _in_features(orig)
-            if k_now is not None and k_orig is not None and k_now < k_orig:
+            inputs_changed = node.inputs[0].name in dirty
+            if k_now is not None and k_orig is not None and (
+                    k_now < k_orig or (downstream and k_now == k_orig and inputs_changed)):
                 kind = "conv" if node.op == "Conv" else "rows"
                 reason = None
                 if not _bias_ok(node) or not _bias_ok(orig):
@@ -454,7 +459,7 @@ class Reconstruct(Pass):
         original = {n.name: n for n in orig_model.graph.nodes}
         current = {n.name: n for n in model.graph.nodes}
         keep, removed = recover_keep(analysis, current)
-        targets, skipped = _plan(model, original, keep, opts.bn)
+        targets, skipped = _plan(model, original, keep, opts.bn, opts.downstream)
         layers: list[dict] = []
         norms: list[dict] = []
         by_level: dict[int, list[Target]] = defaultdict(list)
