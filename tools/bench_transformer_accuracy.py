@@ -48,9 +48,9 @@ CRITERIA = ("l2", "act-mean", "wanda", "taylor")  # taylor: needs a classifier (
 MACS = (0.75, 0.5)
 SPARSE = (
     ("obs (default: correct)", "sparsify{sparsity=0.5,criterion=obs}", "50%"),
-    ("obs (default: correct)", "sparsify{pattern=2:4,criterion=obs}", "2:4"),
     ("obs, correct unchecked (holdout=0: before held-out)",
      "sparsify{sparsity=0.5,criterion=obs,holdout=0}", "50%"),
+    ("obs (default: correct)", "sparsify{pattern=2:4,criterion=obs}", "2:4"),
     ("obs, correct unchecked (holdout=0: before held-out)",
      "sparsify{pattern=2:4,criterion=obs,holdout=0}", "2:4"),
     ("obs, correct=false", "sparsify{sparsity=0.5,criterion=obs,correct=false}", "50%"),
@@ -107,7 +107,11 @@ def main() -> None:
     parser.add_argument("--reconstruct", default="reconstruct{samples=8192}")
     parser.add_argument("--allocation", choices=("uniform", "target-macs"), default="uniform")
     parser.add_argument("--only", choices=("prune", "sparsify"), default=None)
+    parser.add_argument("--sparse", default="", help="comma list of indices into SPARSE "
+                        "(default: all)")
     parser.add_argument("--replot", action="store_true", help="only redraw from results.json")
+    parser.add_argument("--fresh", action="store_true", help="ignore an earlier results.json "
+                        "(default: keep its points and skip what it measured)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.json"
@@ -128,10 +132,10 @@ def main() -> None:
             "python": metric.python, "calibration": calib.source,
             "machine": platform.processor() or platform.machine()}
     points: list[Point] = []
-    if results.exists():  # resume: keep what another part wrote
+    if results.exists() and not args.fresh:  # resume: keep what earlier runs measured
         points = [Point(**p) for p in json.loads(results.read_text())["points"]
-                  if (args.only is None) or p["kind"] != args.only]
-        points = [p for p in points if p.kind != "dense"]
+                  if p["kind"] != "dense" and not p["error"]]
+    done = {(p.method, p.setting) for p in points}
 
     def save() -> None:
         meta["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -153,6 +157,8 @@ def main() -> None:
                          f"channel-prune{{criterion={crit},ratio={round(1 - macs, 6)}}}")
                 for label, pipeline in ((crit, [prune]),
                                         (f"{crit} + reconstruct", [prune, args.reconstruct])):
+                    if (label, f"{macs}") in done:
+                        continue
                     p = run_one(model, pipeline, calib, metric, "prune", label, f"{macs}")
                     points.append(p)
                     print(f"{label:28s} macs {p.macs:.3f} recall {p.recall} {p.seconds:.0f} s "
@@ -161,7 +167,10 @@ def main() -> None:
                     if p.error:
                         break
     if args.only in (None, "sparsify"):
-        for label, spec, setting in SPARSE:
+        chosen = [SPARSE[int(i)] for i in args.sparse.split(",")] if args.sparse else SPARSE
+        for label, spec, setting in chosen:
+            if (label, setting) in done:
+                continue
             p = run_one(model, [spec], calib, metric, "sparsify", label, setting)
             points.append(p)
             print(f"{label:28s} {setting} recall {p.recall} {p.seconds:.0f} s {p.error}",
