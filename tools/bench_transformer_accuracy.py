@@ -106,6 +106,9 @@ def main() -> None:
     parser.add_argument("--macs", default=",".join(map(str, MACS)))
     parser.add_argument("--reconstruct", default="reconstruct{samples=8192}")
     parser.add_argument("--allocation", choices=("uniform", "target-macs"), default="uniform")
+    parser.add_argument("--calib-kind", choices=("windows", "texts"), default="windows",
+                        help="packed 128-token windows, or single texts padded to 64 tokens "
+                        "like the evaluation's (labels of its rows get ' [texts]')")
     parser.add_argument("--only", choices=("prune", "sparsify"), default=None)
     parser.add_argument("--sparse", default="", help="comma list of indices into SPARSE "
                         "(default: all)")
@@ -122,8 +125,13 @@ def main() -> None:
         return
     pairs, rest = td.split(args.pairs)
     tok = td.tokenizer()
-    calib = CalibrationSet(td.calibration_windows(tok, rest, args.calib),
-                           f"python-docstrings:{args.calib}x{td.SEQ}")
+    if args.calib_kind == "texts":
+        calib = CalibrationSet(td.calibration_texts(tok, rest, args.calib),
+                               f"python-docstring-texts:{args.calib}x64")
+    else:
+        calib = CalibrationSet(td.calibration_windows(tok, rest, args.calib),
+                               f"python-docstrings:{args.calib}x{td.SEQ}")
+    tag = " [texts]" if args.calib_kind == "texts" else ""
     metric = td.Retrieval(pairs)
     with tempfile.TemporaryDirectory() as tmp:
         model = onnx.load(td.export_onnx(Path(tmp) / "minilm.onnx"))
@@ -155,8 +163,8 @@ def main() -> None:
                 prune = (f"channel-prune{{criterion={crit},target-macs={macs}}}"
                          if args.allocation == "target-macs" else
                          f"channel-prune{{criterion={crit},ratio={round(1 - macs, 6)}}}")
-                for label, pipeline in ((crit, [prune]),
-                                        (f"{crit} + reconstruct", [prune, args.reconstruct])):
+                for label, pipeline in ((crit + tag, [prune]),
+                                        (f"{crit} + reconstruct{tag}", [prune, args.reconstruct])):
                     if (label, f"{macs}") in done:
                         continue
                     p = run_one(model, pipeline, calib, metric, "prune", label, f"{macs}")

@@ -164,6 +164,7 @@ def calibration_windows(tok, docs: list[Docstring], count: int,  # noqa: ANN001
     """`count` full windows of `seq` tokens ([CLS] text... [SEP]) of packed docstrings."""
     ids: list[int] = []
     need = count * (seq - 2)
+    tok.model_max_length = 10**9  # whole docstrings are packed, not fed to the model as is
     for d in docs:
         ids += tok(f"{d.summary} {d.body}", add_special_tokens=False)["input_ids"]
         if len(ids) >= need:
@@ -176,6 +177,17 @@ def calibration_windows(tok, docs: list[Docstring], count: int,  # noqa: ANN001
     input_ids = np.concatenate([cls, body, sep], axis=1)
     return {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids),
             "token_type_ids": np.zeros_like(input_ids)}
+
+
+def calibration_texts(tok, docs: list[Docstring], count: int,  # noqa: ANN001
+                      seq: int = 64) -> dict[str, np.ndarray]:
+    """`count` texts shaped like the evaluation's: summaries and bodies alternately, each
+    its own sequence padded (attention mask 0) or truncated to `seq` tokens."""
+    texts = [t for d in docs for t in (d.summary, d.body)][:count]
+    if len(texts) < count:
+        raise SystemExit(f"only {len(texts)} calibration texts, need {count}")
+    enc = tok(texts, padding="max_length", truncation=True, max_length=seq, return_tensors="np")
+    return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
 class Retrieval:
