@@ -87,6 +87,10 @@ def run_one(model: onnx.ModelProto, pipeline: list[str], calib: CalibrationSet,
              for p in result.report["passes"]}
     for p in result.report["passes"]:
         layers = p.get("details", {}).get("layers") if isinstance(p.get("details"), dict) else None
+        if p["name"].startswith("sparsify") and layers:
+            decided = [c for r in layers for c in r.get("correct", [])]
+            stats[p["name"]]["layers_refit_correct"] = sum(decided)
+            stats[p["name"]]["layers_correct_decided"] = len(decided)
         if p["name"].startswith("reconstruct") and layers:
             stats[p["name"]]["per_layer"] = [
                 {k: r.get(k) for k in ("node", "refit", "ridge", "rel_error_before",

@@ -404,10 +404,11 @@ def _choose_correction(
 ) -> tuple[float | None, dict]:
     """Refit-then-prune (`correct`) or plain OBS for one layer group, by held-out error.
 
-    The refit's ridge is the one whose *unpruned* refit predicts the dense outputs of
-    the held-out samples best; then plain OBS and OBS of that refit, both from the fit
-    samples' Hessian, are compared on the held-out samples against the dense layer
-    output. Returns the ridge to refit with on all rows (None: no refit) and the record.
+    Candidates, all pruned by OBS from the fit samples' Hessian and compared on the
+    held-out samples against the dense layer output: no refit, the refit whose
+    *unpruned* version predicts the held-out dense outputs best (ridge from `ridges`),
+    and the refit with ridge `damp` (the unchecked default). Returns the ridge to refit
+    with on all rows (None: no refit) and the record.
     """
     held = acc.held
     h, cross = acc.hessian(), acc.cross()
@@ -415,10 +416,16 @@ def _choose_correction(
     best = min(opts.ridges, key=lambda r: output_error(w_g, dense_target(w_g, h, cross, r),
                                                        hh, hc, hd))
     plain = obs_prune(w_g, h, pattern, count, opts.chunk, opts.damp)[0]
-    refit = obs_prune(dense_target(w_g, h, cross, best), h, pattern, count, opts.chunk,
-                      opts.damp)[0]
     e_plain = output_error(w_g, plain, hh, hc, hd)
-    e_refit = output_error(w_g, refit, hh, hc, hd)
+    # the unpruned refit's best ridge need not be the pruned one's: also try `damp`
+    # (the ridge of the unchecked refit), judged after OBS like the rest
+    pruned_errors = {}
+    for ridge in dict.fromkeys((best, opts.damp)):
+        refit = obs_prune(dense_target(w_g, h, cross, ridge), h, pattern, count, opts.chunk,
+                          opts.damp)[0]
+        pruned_errors[ridge] = output_error(w_g, refit, hh, hc, hd)
+    best = min(pruned_errors, key=pruned_errors.get)
+    e_refit = pruned_errors[best]
     use = e_refit < e_plain
     return (best if use else None), {
         "correct": bool(use), "ridge": best if use else None, "heldout_rows": held.rows,
