@@ -33,7 +33,7 @@ def _error(model: onnx.ModelProto, original: onnx.ModelProto, x: np.ndarray) -> 
                  / sum(np.linalg.norm(v) for v in want.values()))
 
 
-SPEC = "sparsify{sparsity=0.7,criterion=obs"
+SPEC = "sparsify{sparsity=0.7,criterion=obs,holdout=0.25"
 
 
 def test_correction_decisions_are_reported_and_consistent() -> None:
