@@ -46,6 +46,7 @@ class HessianAccumulator:
         self.xtd = np.zeros((features, features)) if paired else None
         self.dtd = np.zeros((features, features)) if paired else None
         self.rows = 0
+        self.held: HessianAccumulator | None = None  # held-out samples' rows (sparsify)
 
     def add(self, rows: np.ndarray, dense_rows: np.ndarray | None = None) -> None:
         x = np.asarray(rows, dtype=np.float32)  # float32 product (2x faster), float64 sum
@@ -55,6 +56,16 @@ class HessianAccumulator:
             self.xtd += x.T @ d
             self.dtd += d.T @ d
         self.rows += x.shape[0]
+
+    def merged(self, other: HessianAccumulator) -> HessianAccumulator:
+        """The accumulator of both row sets (for a final solve on all rows)."""
+        out = HessianAccumulator(self.xtx.shape[0], paired=self.xtd is not None)
+        out.xtx = self.xtx + other.xtx
+        if out.xtd is not None:
+            out.xtd = self.xtd + other.xtd
+            out.dtd = self.dtd + other.dtd
+        out.rows = self.rows + other.rows
+        return out
 
     def hessian(self) -> np.ndarray:
         """`2 X^T X / S` (averaged so that `damp` means the same for any sample count)."""

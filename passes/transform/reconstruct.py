@@ -30,8 +30,22 @@ the kept rows of each producer's weight (restricted to its kept input channels)
 are aligned, in order, with the original rows. Run `reconstruct` directly after
 `channel-prune` (before `fold-bn`, which rescales the weights it aligns).
 
-The pass changes numerics on purpose, so it has no numeric reference; its stats
-report each layer's relative reconstruction error before and after the refit.
+Transformers: exporters write a Linear as MatMul followed by an Add of a constant
+bias vector (`bias_add`); that Add is the layer's bias, so the refit bias replaces
+its constant (no extra node). Pruned attention heads reach the output projection as
+missing input rows, which is refit like any MatMul; the FFN down projection likewise.
+
+Generalisation (`passes/analysis/heldout.py`): every `period`-th calibration sample
+(`holdout`, default a quarter) is held out; each ridge of `ridges` is fit on the
+rest, the one with the lowest held-out error wins, and the layer keeps its pruned
+weights when no refit beats them on the held-out samples. The chosen ridge is then
+solved on all rows. Without held-out samples (holdout=0 or one sample) the fixed
+`ridge` is used, unguarded.
+
+The pass changes numerics on purpose, so it has no numeric reference; its details
+report per layer the calibration error before and after (`rel_error_*`), the
+held-out error before and after (`heldout_rel_error_*`), the ridge and whether the
+refit was applied.
 """
 
 from __future__ import annotations
@@ -49,8 +63,17 @@ from compress_ir.core.calibration import ActivationCapture, CalibrationSet, batc
 from compress_ir.core.errors import UsageError
 from compress_ir.core.model import Model, infer_proto_shapes
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
+from compress_ir.formats.view import unview
 from compress_ir.logs import progress
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, analyse_channels
+from compress_ir.passes.analysis.heldout import (
+    RIDGES,
+    Normal,
+    choose,
+    held_out,
+    period_for,
+    sample_of,
+)
 from compress_ir.passes.weight_layers import (
     WEIGHT_OPS,
     RowSampler,
@@ -65,14 +88,24 @@ EPS = 1e-12
 
 @dataclass(frozen=True)
 class ReconstructOptions:
-    ridge: float = option(1e-3, "ridge penalty, relative to the mean diagonal of the"
-                          " (centred) X^T X")
+    ridge: float = option(1e-3, "ridge penalty (relative to the mean diagonal of the centred"
+                          " X^T X) when nothing is held out (holdout=0 or 1 sample)")
+    ridges: tuple[float, ...] = option(RIDGES, "ridge penalties tried; the one with the lowest"
+                                       " held-out error wins")
+    holdout: float = option(0.25, "fraction of calibration samples held out to choose the ridge"
+                            " and to skip a refit that would not help on them (0: off)")
     samples: int = option(4096, "at most this many sampled rows per layer")
     bn: bool = option(True, "recalibrate BatchNormalization layers downstream of a change")
+    downstream: bool = option(False, "also refit weight layers that lost no inputs but whose"
+                              " inputs changed upstream (stops error compounding; slower)")
 
     def __post_init__(self) -> None:
-        if not self.ridge >= 0.0:
-            raise ValueError(f"ridge must be >= 0, got {self.ridge}")
+        if not self.ridge >= 0.0 or not all(r >= 0.0 for r in self.ridges):
+            raise ValueError(f"ridge must be >= 0, got {self.ridge} / {list(self.ridges)}")
+        if not self.ridges:
+            raise ValueError("ridges must list at least one value")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
         if self.samples < 1:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
 
@@ -196,10 +229,53 @@ def _in_features(node: gs.Node) -> int | None:
     return WeightLayer(node, node.inputs[1]).shape()[1]
 
 
+def bias_add(node: gs.Node) -> tuple[gs.Node, int] | None:
+    """The `Add` of a constant bias vector right after a MatMul, as exporters write Linear.
+
+    (the Add, the index of its constant input) when the MatMul's output feeds only that
+    Add, whose other input is a constant of one value per output feature; else None.
+    """
+    if node.op != "MatMul" or len(node.outputs) != 1 or weight_of(node) is None:
+        return None
+    out = node.outputs[0]
+    consumers = list(out.outputs)
+    if len(consumers) != 1 or consumers[0].op != "Add" or len(consumers[0].inputs) != 2:
+        return None
+    add = consumers[0]
+    index = 1 if add.inputs[0] is out else 0
+    if add.inputs[1 - index] is not out or not isinstance(add.inputs[index], gs.Constant):
+        return None
+    bias = np.asarray(add.inputs[index].values)
+    features = WeightLayer(node, node.inputs[1]).shape()[0]
+    if bias.ndim != 1 or bias.size != features or not np.issubdtype(bias.dtype, np.floating):
+        return None
+    return add, index
+
+
 def _linear(node: gs.Node) -> tuple[np.ndarray, np.ndarray]:
-    """(weight as [O, K], bias [O]) of what the node computes, alpha/beta folded in."""
+    """(weight as [O, K], bias [O]) of what the node computes, alpha/beta folded in.
+
+    A MatMul's bias is that of the `Add` right after it (`bias_add`), if any.
+    """
     weight, bias = linear(node, _const(node, 1), _const(node, 2))
+    found = bias_add(node)
+    if found is not None:
+        bias = np.asarray(found[0].inputs[found[1]].values)
     return weight, (np.zeros(weight.shape[0]) if bias is None else bias)
+
+
+def _write(model: Model, node: gs.Node, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Store a refit; a MatMul with a bias `Add` gets the new bias in that Add."""
+    found = bias_add(node)
+    if found is None:
+        write_linear(model, node, weight, bias)
+        return
+    add, index = found
+    old = np.asarray(node.inputs[1].values)
+    node.inputs[1] = gs.Constant(f"{node.name}__w_reconstructed",
+                                 unview(node.op, weight, old.shape, False).astype(old.dtype))
+    dtype = np.asarray(add.inputs[index].values).dtype
+    add.inputs[index] = gs.Constant(f"{node.name}__b_reconstructed", bias.astype(dtype))
 
 
 def _bias_ok(node: gs.Node) -> bool:
@@ -211,6 +287,7 @@ def _bias_ok(node: gs.Node) -> bool:
 
 def _plan(
     model: Model, original: dict[str, gs.Node], keep: dict[str, np.ndarray], use_bn: bool,
+    downstream: bool = False,
 ) -> tuple[list[Target], list[dict]]:
     """Targets with their levels (topological), and the layers skipped (with why)."""
     model.graph.toposort()
@@ -229,7 +306,9 @@ def _plan(
         target = None
         if orig is not None and orig.op == node.op and node.op in WEIGHT_OPS:
             k_now, k_orig = _in_features(node), _in_features(orig)
-            if k_now is not None and k_orig is not None and k_now < k_orig:
+            inputs_changed = node.inputs[0].name in dirty
+            if k_now is not None and k_orig is not None and (
+                    k_now < k_orig or (downstream and k_now == k_orig and inputs_changed)):
                 kind = "conv" if node.op == "Conv" else "rows"
                 reason = None
                 if not _bias_ok(node) or not _bias_ok(orig):
@@ -278,6 +357,7 @@ def _proto(model: Model) -> onnx.ModelProto:
 def _capture_level(
     targets: list[Target], cur: onnx.ModelProto, orig: onnx.ModelProto,
     original: dict[str, gs.Node], calib: CalibrationSet, samples: int, seed: int,
+    holdout: float = 0.0,
 ) -> None:
     """Stream both models once; accumulate normal equations and BN statistics."""
     cur_names, orig_names = set(), set()
@@ -293,6 +373,7 @@ def _capture_level(
         strict=True,
     )
     per_batch = max(1, math.ceil(samples / batches))
+    period = period_for(holdout, calib.size)
     for b, (now, then) in enumerate(streams):
         for n, t in enumerate(targets):
             o = original[t.node.name]
@@ -308,11 +389,9 @@ def _capture_level(
             rows, rows_o = s_now.rows_at(x, pos), s_then.rows_at(xo, pos)
             w_o, b_o = _linear(o)
             y = (rows_o @ w_o.T.astype(np.float64) + b_o)[:, t.out_keep]
-            xa = np.concatenate([rows, np.ones((rows.shape[0], 1))], axis=1)
-            s = t.sums
-            s["xx"] = s.get("xx", 0) + xa.T @ xa
-            s["xy"] = s.get("xy", 0) + xa.T @ y
-            s["yy"] = s.get("yy", 0) + float((y**2).sum())
+            held = held_out(sample_of(pos, x, t.kind == "conv", b * batch), period)
+            t.sums.setdefault("fit", Normal()).add(rows[~held], y[~held])
+            t.sums.setdefault("held", Normal()).add(rows[held], y[held])
             t.rows += rows.shape[0]
 
 
@@ -327,43 +406,17 @@ def _bn_sums(t: Target, x: np.ndarray, y: np.ndarray) -> None:
     s["n"] = s.get("n", 0) + x.size // x.shape[1]
 
 
-def _residual(s: dict, coef: np.ndarray) -> float:
-    """Relative error ||X c - Y|| / ||Y|| from the accumulated normal equations."""
-    res = np.trace(coef.T @ s["xx"] @ coef) - 2.0 * np.trace(coef.T @ s["xy"]) + s["yy"]
-    return float(math.sqrt(max(res, 0.0) / s["yy"])) if s["yy"] > 0 else 0.0
-
-
-def _ridge_solve(xx: np.ndarray, xy: np.ndarray, ridge: float) -> np.ndarray:
-    """[W^T; b] from the normal equations of [X 1]: ridge on the centred X, free bias.
-
-    Centring keeps the penalty from pulling the bias (the mean of X is not shrunk),
-    so an exactly predictable layer is recovered up to a tiny bias.
-    """
-    k = xx.shape[0] - 1
-    n = xx[k, k]
-    mean_x, mean_y = xx[k, :k] / n, xy[k] / n
-    cov = xx[:k, :k] - n * np.outer(mean_x, mean_x)
-    cross = xy[:k] - n * np.outer(mean_x, mean_y)
-    lam = ridge * float(np.mean(np.diag(cov))) if k else 0.0
-    cov[np.arange(k), np.arange(k)] += lam
-    if lam > 0:
-        weight = np.linalg.solve(cov, cross)
-    else:
-        weight = np.linalg.lstsq(cov, cross, rcond=None)[0]
-    return np.vstack([weight, (mean_y - mean_x @ weight)[None, :]])
-
-
-def _refit(model: Model, t: Target, ridge: float) -> dict:
-    s = t.sums
+def _refit(model: Model, t: Target, opts: ReconstructOptions) -> dict:
+    """Refit the layer if that lowers its held-out error (see `heldout.choose`)."""
+    fit, held = t.sums.get("fit", Normal()), t.sums.get("held", Normal())
     weight, bias = _linear(t.node)
-    before = _residual(s, np.vstack([weight.T, bias[None, :]]).astype(np.float64))
-    coef = _ridge_solve(s["xx"], s["xy"], ridge)
-    after = _residual(s, coef)
-    k = coef.shape[0] - 1
-    write_linear(model, t.node, coef[:k].T, coef[k])
+    current = np.vstack([weight.T, bias[None, :]]).astype(np.float64)
+    choice = choose(fit, held, current, opts.ridges, opts.ridge)
+    k = current.shape[0] - 1
+    if choice.applied:
+        _write(model, t.node, choice.coef[:k].T, choice.coef[k])
     return {"node": t.node.name, "op": t.node.op, "level": t.level, "rows": t.rows,
-            "features": k, "rel_error_before": round(before, 6),
-            "rel_error_after": round(after, 6)}
+            "heldout_rows": held.rows, "features": k, **choice.report()}
 
 
 def _recalibrate(t: Target) -> dict:
@@ -406,7 +459,7 @@ class Reconstruct(Pass):
         original = {n.name: n for n in orig_model.graph.nodes}
         current = {n.name: n for n in model.graph.nodes}
         keep, removed = recover_keep(analysis, current)
-        targets, skipped = _plan(model, original, keep, opts.bn)
+        targets, skipped = _plan(model, original, keep, opts.bn, opts.downstream)
         layers: list[dict] = []
         norms: list[dict] = []
         by_level: dict[int, list[Target]] = defaultdict(list)
@@ -415,14 +468,16 @@ class Reconstruct(Pass):
         for lvl in progress(sorted(by_level), desc="reconstruct", unit="level"):
             level_targets = by_level[lvl]
             _capture_level(level_targets, _proto(model), orig_proto, original,
-                           ctx.calibration, opts.samples, ctx.seed)
+                           ctx.calibration, opts.samples, ctx.seed, opts.holdout)
             for t in level_targets:
                 if t.kind == "bn":
                     norms.append(_recalibrate(t))
                 else:
-                    layers.append(_refit(model, t, opts.ridge))
+                    layers.append(_refit(model, t, opts))
+        refit = [r for r in layers if r["refit"]]
         stats: dict[str, float] = {
-            "layers_refit": len(layers),
+            "layers_refit": len(refit),
+            "layers_kept": len(layers) - len(refit),
             "bn_recalibrated": len(norms),
             "levels": len(by_level),
             "units_recovered_removed": len(removed),
@@ -433,8 +488,14 @@ class Reconstruct(Pass):
             stats["mean_rel_error_after"] = round(
                 float(np.mean([r["rel_error_after"] for r in layers])), 6)
             stats["max_rel_error_after"] = max(r["rel_error_after"] for r in layers)
+            held = [r for r in layers if "heldout_rel_error_before" in r]
+            if held:
+                stats["mean_heldout_rel_error_before"] = round(
+                    float(np.mean([r["heldout_rel_error_before"] for r in held])), 6)
+                stats["mean_heldout_rel_error_after"] = round(
+                    float(np.mean([r["heldout_rel_error_after"] for r in held])), 6)
         details = {"layers": layers, "bn": norms, "skipped": skipped,
                    "calibration": {"source": ctx.calibration.source,
                                    "samples": ctx.calibration.size}}
-        modified = bool(layers or norms)
+        modified = bool(refit or norms)
         return PassResult(model, modified=modified, stats=stats, details=details)

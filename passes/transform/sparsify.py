@@ -30,6 +30,12 @@ Criteria:
   residual plus the OBS objective, so upstream error is compensated instead of
   carried along (plain SparseGPT: `correct=false`; on the MNIST models it is what
   keeps the ResNet/MobileNet usable at 70 %, see tools/results/sparsity_accuracy).
+  The refit can overfit a small calibration set (issue 14), so with `holdout`
+  (default a quarter of the samples, `passes/analysis/heldout.py`) the refit's ridge
+  is the one of `ridges` that best predicts the held-out samples' dense outputs, and
+  a layer is refit only if OBS of the refit beats plain OBS on those samples; the
+  details give both held-out errors per layer (`heldout_rel_error_correct`,
+  `heldout_rel_error_no_correct`) next to the calibration error.
 
 Scope: `layer` gives every layer the sparsity; `global` ranks all layers' units
 by layer-normalised magnitude (score / layer mean) under one threshold, so the
@@ -57,6 +63,7 @@ from compress_ir.core.calibration import ActivationCapture, CalibrationSet, batc
 from compress_ir.core.errors import UsageError
 from compress_ir.core.model import Model, infer_proto_shapes
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
+from compress_ir.passes.analysis.heldout import RIDGES, held_out, period_for, sample_of
 from compress_ir.passes.analysis.sparsegpt import (
     HessianAccumulator,
     dense_target,
@@ -106,7 +113,13 @@ class SparsifyOptions:
     sequential: bool = option(True, "obs: capture each layer's inputs with the layers above it"
                               " already sparsified (SparseGPT); false: one pass on the input")
     correct: bool = option(True, "obs, sequential: prune the weight refit to the dense model's"
-                           " layer outputs from the sparsified inputs (corrects upstream error)")
+                           " layer outputs from the sparsified inputs (corrects upstream error)"
+                           " where that lowers the error on held-out calibration samples")
+    holdout: float = option(0.25, "obs, correct: fraction of calibration samples held out to"
+                            " choose the refit's ridge and whether to refit a layer (0: always"
+                            " refit with ridge = damp, unchecked)")
+    ridges: tuple[float, ...] = option(RIDGES, "obs, correct: refit ridges tried (relative to"
+                                       " the mean diagonal of X^T X)")
 
     def __post_init__(self) -> None:
         pattern = self.parsed_pattern  # validates pattern and block
@@ -131,6 +144,10 @@ class SparsifyOptions:
             raise ValueError("min-size must be >= 0, samples and chunk >= 1")
         if not self.damp > 0.0:
             raise ValueError(f"damp must be > 0, got {self.damp}")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
+        if not self.ridges or not all(r > 0.0 for r in self.ridges):
+            raise ValueError(f"ridges must be > 0, got {list(self.ridges)}")
         self.overrides  # noqa: B018 - validates the syntax
 
     @property
@@ -274,22 +291,24 @@ def _magnitude(layer: Layer, pattern: Pattern) -> None:
 
 # -- obs -------------------------------------------------------------------------------------
 def _layer_rows(
-    layer: Layer, xs: list[np.ndarray], count: int, rng: np.random.Generator,
-) -> list[np.ndarray]:
-    """Input rows of the layer at the same random positions of each of `xs` (im2col for Conv)."""
+    layer: Layer, xs: list[np.ndarray], count: int, rng: np.random.Generator, start: int = 0,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Input rows of the layer at the same random positions of each of `xs` (im2col for
+    Conv), and the calibration-sample index of each row (`start`: the batch's first)."""
     sampler = RowSampler(layer.node, tuple(layer.weight.values.shape))
     pos = sampler.positions(xs[0], min(count, sampler.available(xs[0])), rng)
-    return [sampler.rows_at(x, pos) for x in xs]
+    return [sampler.rows_at(x, pos) for x in xs], sample_of(pos, xs[0], sampler.conv, start)
 
 
 def _capture_hessians(
     proto: onnx.ModelProto, layers: list[Layer], calib: CalibrationSet, samples: int, seed: int,
-    dense: onnx.ModelProto | None = None,
+    dense: onnx.ModelProto | None = None, holdout: float = 0.0,
 ) -> list[list[HessianAccumulator]]:
     """Stream the calibration set once; per layer and group, accumulate X^T X of its inputs.
 
     With `dense` (the input model), its inputs D at the same positions are streamed
-    alongside, for X^T D and D^T D.
+    alongside, for X^T D and D^T D. With `holdout` (and `dense`), the rows of every
+    held-out sample go to a second accumulator, `acc.held` (see `_obs`).
     """
     names = sorted({layer.node.inputs[0].name for layer in layers})
     batch = batch_size_for(proto, 64)
@@ -297,6 +316,10 @@ def _capture_hessians(
     per_batch = max(1, math.ceil(samples / batches))
     accs = [[HessianAccumulator(layer.shape()[1], paired=dense is not None)
              for _ in range(layer.groups)] for layer in layers]
+    period = period_for(holdout, calib.size) if dense is not None else 0
+    for per_layer in accs:
+        for acc in per_layer:
+            acc.held = (HessianAccumulator(acc.xtx.shape[0], paired=True) if period else None)
     streams = [ActivationCapture(proto, names).stream(calib, batch)]
     if dense is not None:
         streams.append(ActivationCapture(dense, names).stream(calib, batch))
@@ -304,10 +327,16 @@ def _capture_hessians(
         for i, layer in enumerate(layers):
             xs = [np.asarray(a[layer.node.inputs[0].name], dtype=np.float32) for a in acts]
             rng = np.random.default_rng([seed, i, b])
-            rows = _layer_rows(layer, xs, per_batch, rng)
+            rows, sample = _layer_rows(layer, xs, per_batch, rng, b * batch)
+            held = held_out(sample, period)
             width = rows[0].shape[1] // layer.groups
             for g, acc in enumerate(accs[i]):
-                acc.add(*(r[:, g * width:(g + 1) * width] for r in rows))
+                parts = [r[:, g * width:(g + 1) * width] for r in rows]
+                if acc.held is None:
+                    acc.add(*parts)
+                else:
+                    acc.add(*(p[~held] for p in parts))
+                    acc.held.add(*(p[held] for p in parts))
     return accs
 
 
@@ -338,11 +367,17 @@ def _obs(layer: Layer, pattern: Pattern, accs: list[HessianAccumulator], opts: S
     new = np.zeros_like(weight)
     keep = np.ones(weight.shape, dtype=bool)
     err_obs = err_mag = den = 0.0
+    decisions = []
     for g, (acc, count) in enumerate(zip(accs, split_count(layer.count, sizes), strict=True)):
         rows = slice(g * out, (g + 1) * out)
-        h, cross, dense = acc.hessian(), acc.cross(), acc.dense_hessian()
         w_g = weight[rows]
-        start = w_g if acc.xtd is None else dense_target(w_g, h, cross, opts.damp)
+        ridge = opts.damp
+        if acc.xtd is not None and acc.held is not None and acc.held.rows:
+            ridge, decision = _choose_correction(w_g, acc, pattern, count, opts)
+            decisions.append(decision)
+            acc = acc.merged(acc.held)
+        h, cross, dense = acc.hessian(), acc.cross(), acc.dense_hessian()
+        start = w_g if acc.xtd is None or ridge is None else dense_target(w_g, h, cross, ridge)
         new[rows], keep[rows] = obs_prune(start, h, pattern, count, opts.chunk, opts.damp)
         scale = float(np.einsum("ok,kl,ol->", w_g, dense, w_g))
         mag_keep = (layer_mask(w_g**2, pattern, 0.0) if pattern.kind == "nm" else
@@ -353,7 +388,49 @@ def _obs(layer: Layer, pattern: Pattern, accs: list[HessianAccumulator], opts: S
     layer.new, layer.keep = new, keep
     layer.info = {"layer_rel_error": round(math.sqrt(err_obs / den), 6) if den else 0.0,
                   "layer_rel_error_magnitude": round(math.sqrt(err_mag / den), 6) if den else 0.0,
-                  "calib_rows": accs[0].rows}
+                  "calib_rows": accs[0].rows + (accs[0].held.rows if accs[0].held else 0)}
+    if decisions:
+        layer.info["correct"] = [d["correct"] for d in decisions]
+        layer.info["correct_ridge"] = [d["ridge"] for d in decisions]
+        for key in ("heldout_rel_error_no_correct", "heldout_rel_error_correct",
+                    "heldout_rows"):
+            layer.info[key] = decisions[0][key] if len(decisions) == 1 else [
+                d[key] for d in decisions]
+
+
+def _choose_correction(
+    w_g: np.ndarray, acc: HessianAccumulator, pattern: Pattern, count: int,
+    opts: SparsifyOptions,
+) -> tuple[float | None, dict]:
+    """Refit-then-prune (`correct`) or plain OBS for one layer group, by held-out error.
+
+    Candidates, all pruned by OBS from the fit samples' Hessian and compared on the
+    held-out samples against the dense layer output: no refit, the refit whose
+    *unpruned* version predicts the held-out dense outputs best (ridge from `ridges`),
+    and the refit with ridge `damp` (the unchecked default). Returns the ridge to refit
+    with on all rows (None: no refit) and the record.
+    """
+    held = acc.held
+    h, cross = acc.hessian(), acc.cross()
+    hh, hc, hd = held.hessian(), held.cross(), held.dense_hessian()
+    best = min(opts.ridges, key=lambda r: output_error(w_g, dense_target(w_g, h, cross, r),
+                                                       hh, hc, hd))
+    plain = obs_prune(w_g, h, pattern, count, opts.chunk, opts.damp)[0]
+    e_plain = output_error(w_g, plain, hh, hc, hd)
+    # the unpruned refit's best ridge need not be the pruned one's: also try `damp`
+    # (the ridge of the unchecked refit), judged after OBS like the rest
+    pruned_errors = {}
+    for ridge in dict.fromkeys((best, opts.damp)):
+        refit = obs_prune(dense_target(w_g, h, cross, ridge), h, pattern, count, opts.chunk,
+                          opts.damp)[0]
+        pruned_errors[ridge] = output_error(w_g, refit, hh, hc, hd)
+    best = min(pruned_errors, key=pruned_errors.get)
+    e_refit = pruned_errors[best]
+    use = e_refit < e_plain
+    return (best if use else None), {
+        "correct": bool(use), "ridge": best if use else None, "heldout_rows": held.rows,
+        "heldout_rel_error_no_correct": round(e_plain, 6),
+        "heldout_rel_error_correct": round(e_refit, 6)}
 
 
 def _store(layer: Layer) -> np.ndarray:
@@ -423,7 +500,8 @@ class Sparsify(Pass):
             for n, stage in enumerate(stages):
                 proto = before if n == 0 else infer_proto_shapes(model.to_proto())
                 accs = _capture_hessians(proto, stage, ctx.calibration, opts.samples,
-                                         ctx.seed + n, before if n and opts.correct else None)
+                                         ctx.seed + n, before if n and opts.correct else None,
+                                         opts.holdout)
                 for layer, acc in zip(stage, accs, strict=True):
                     _obs(layer, pattern, acc, opts)
                     _store(layer)

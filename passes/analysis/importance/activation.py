@@ -243,3 +243,44 @@ class HRank(Criterion):
             count += next(iter(batch.values())).shape[0]
         for name in names:
             self._extra[name] = np.asarray(sums[name], np.float64) / max(count, 1)
+
+
+@CRITERIA.register("wanda")
+class Wanda(Criterion):
+    """Structured Wanda (Sun et al. 2023, "A Simple and Effective Pruning Approach for
+    LLMs"; per unit as in FLAP / onnxsim's structured Wanda).
+
+    Wanda scores a weight by |W_ij| * ||X_j||_2: its magnitude times the norm of the
+    input feature it multiplies, over calibration tokens. A unit's score is the sum of
+    that over the weights its channels meet in every weighted reducing consumer (the
+    FFN down projection's rows for a neuron, the attention output projection's rows
+    for a head): sum_j ||X_j|| * sum_i |W_ij|, with ||X_j|| the RMS of the channel at
+    the consumer's input. Consumers without a constant weight (the attention score
+    MatMuls) do not contribute. A unit that reaches no weighted consumer scores 0.
+    """
+
+    summary: ClassVar[str] = "sum of |W| x input RMS over the consumers' weights (Sun 2023)"
+    needs_calibration: ClassVar[bool] = True
+
+    def score(self, group: ChannelGroup, ctx: ScoreContext) -> np.ndarray:
+        stats = require_calibration(ctx, self.name)
+        tensors = ctx.model.tensors()
+        scores = np.zeros(group.size)
+        for site in consumer_sites(group, ctx):
+            s = site.slice
+            node = ctx.analysis.nodes.get(s.node)
+            if node is None or s.input_index >= len(node.inputs):
+                continue
+            weight = tensors.get(node.inputs[s.input_index].name)
+            values = getattr(weight, "values", None)
+            if values is None:
+                continue
+            w = np.abs(np.moveaxis(np.asarray(values, np.float64), s.axis, 0))
+            col = w.reshape(w.shape[0], -1).sum(1)
+            ch = stats.channel_stats(s.by)
+            rms = np.sqrt(np.maximum(ch.var + ch.mean**2, 0.0))
+            pos = site.positions
+            local = pos % col.size if s.groups > 1 else pos
+            scores += np.bincount(site.unit_index, weights=col[local] * rms[pos],
+                                  minlength=group.size)
+        return scores
