@@ -414,3 +414,13 @@ def channel_view(model: Model, ctx: PassContext) -> ChannelView:
     """The channel analysis of `model`, cached on the pass context: computed on first use,
     reused by later passes until a transform changes the model (`Analyses`)."""
     return ctx.analyses.get(CHANNELS, model, _view)
+
+
+def blocked_lines(groups: list[dict], top: int = 10) -> list[str]:
+    """Report lines: the `top` blocking reasons by how many groups each holds whole."""
+    reasons: dict[str, int] = {}
+    for g in groups:
+        for r in g["blocked_by"]:
+            reasons[r] = reasons.get(r, 0) + 1
+    return [f"  blocked ({count} group{'s' if count > 1 else ''}): {reason}"
+            for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])[:top]]

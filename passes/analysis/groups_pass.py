@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from compress_ir.core.model import Model
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
-from compress_ir.passes.analysis.channel_groups import channel_view
+from compress_ir.passes.analysis.channel_groups import blocked_lines, channel_view
 from compress_ir.passes.analysis.group_graph import FORMATS, write_groups
 
 
@@ -47,12 +47,7 @@ class ChannelGroups(Pass):
             lines.append(f"  {g['group']:>5} {g['units']:>6}  {status:9} {prods}")
         if len(groups) > max_rows:
             lines.append(f"  ... {len(groups) - max_rows} more groups (see --report)")
-        reasons: dict[str, int] = {}
-        for g in groups:
-            for r in g["blocked_by"]:
-                reasons[r] = reasons.get(r, 0) + 1
-        for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])[:10]:
-            lines.append(f"  blocked ({count} group{'s' if count > 1 else ''}): {reason}")
+        lines += blocked_lines(groups)
         return lines
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:

@@ -32,7 +32,12 @@ from compress_ir.passes.analysis.allocation import (
     AllocationContext,
     AllocationRequest,
 )
-from compress_ir.passes.analysis.channel_groups import CHANNELS, ChannelAnalysis, channel_view
+from compress_ir.passes.analysis.channel_groups import (
+    CHANNELS,
+    ChannelAnalysis,
+    blocked_lines,
+    channel_view,
+)
 from compress_ir.passes.analysis.importance import CRITERIA, Criterion, ScoreContext
 from compress_ir.passes.analysis.importance.base import UnscorableGroup
 from compress_ir.passes.analysis.prune_plan import build_step
@@ -331,12 +336,7 @@ class ChannelPrune(Pass):
         if kept:
             lines.append("  kept: " + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in kept.items())
                          + " (heads: all attention blocks; others: pruned groups)")
-        reasons: dict[str, int] = {}
-        for g in groups:
-            for r in g["blocked_by"]:
-                reasons[r] = reasons.get(r, 0) + 1
-        for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])[:10]:
-            lines.append(f"  blocked ({count} group{'s' if count > 1 else ''}): {reason}")
+        lines += blocked_lines(groups)
         lines += [f"  warning: {w}" for w in details.get("warnings", [])]
         return lines
 
