@@ -257,7 +257,11 @@ def test_tuning_never_picks_a_slower_schedule_than_the_default(tuned: dict) -> N
         assert stats.rules[name] == (c["winner"] if kept == "tuned" else "contraction-tile"), (
             stats.rules, c, stats.whole_model)
     whole = stats.whole_model
-    assert whole["kept"] == ("tuned" if whole["tuned_ms"] < whole["default_ms"] else "default")
+    if "database" in [c["winner"] for c in stats.choices.values()]:  # then timed side by side
+        assert whole["kept"] == ("tuned" if whole["tuned_ms"] < whole["default_ms"]
+                                 else "default"), whole
+    else:
+        assert whole["kept"] == "default" and "reason" in whole, whole
 
 
 def _two_matmuls(rng: np.random.Generator) -> onnx.ModelProto:
@@ -383,11 +387,15 @@ def test_tuning_database_is_reused(tuned: dict) -> None:
     second_s = time.perf_counter() - t0
     assert (second.tuned_tasks, second.measured_candidates, second.measured_defaults,
             second.reused_tasks) == (0, 0, 0, 1), second.as_dict()
-    assert second_s < tuned["seconds"] / 5, (tuned["seconds"], second_s)
+    # (the whole-model comparison after tuning is not tuning: its phases are left out)
+    compare_s = second.seconds.get("default_build", 0.0) + second.seconds.get("compare", 0.0)
+    assert second_s - compare_s < tuned["seconds"] / 5, (tuned["seconds"], second_s, compare_s)
 
     # no budget: the database's best record (tuned or default) is applied without measuring
     executable, again = compile_relax(mod, target, tuning_db=str(db))
-    assert again.rules == first.rules and again.choices == first.choices, again.as_dict()
+    assert again.choices == first.choices, again.as_dict()
+    # per function, the database's winner (the first build may have kept the whole default)
+    assert all(again.rules[n] == c["winner"] for n, c in first.choices.items()), again.as_dict()
     x = rng.standard_normal(shape).astype(np.float32)
     got, want = _run_tvm(executable, x), _ort(other, x)
     assert np.abs(got - want).max() <= RTOL * np.abs(want).max()

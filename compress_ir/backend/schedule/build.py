@@ -46,6 +46,9 @@ def _keep_faster(original: tvm.IRModule, tuned: relax.Executable, target: Target
     """Tuning never makes the model slower: time tuned vs default build, return the faster."""
     from compress_ir.backend.schedule.keep_faster import compare, model_inputs
 
+    if "database" not in stats.rules.values():  # every function kept its default schedule
+        stats.whole_model = {"kept": "default", "reason": "no tuned schedule won a function"}
+        return tuned
     args = model_inputs(original)
     if args is None:
         stats.whole_model = {"kept": "tuned", "reason": "inputs not static: not compared"}
