@@ -382,14 +382,10 @@ def test_tuning_database_is_reused(tuned: dict) -> None:
     # a second model with the same layer shape (different weights) tunes and measures nothing
     other = _dense_relu(rng)
     mod, shape = _import(other)
-    t0 = time.perf_counter()
     second = compile_relax(mod, target, tune_trials=2, tuning_db=str(db))[1]
-    second_s = time.perf_counter() - t0
+    # nothing tuned or measured, the task reused (counted, not timed: timing is noise here)
     assert (second.tuned_tasks, second.measured_candidates, second.measured_defaults,
             second.reused_tasks) == (0, 0, 0, 1), second.as_dict()
-    # (the whole-model comparison after tuning is not tuning: its phases are left out)
-    compare_s = second.seconds.get("default_build", 0.0) + second.seconds.get("compare", 0.0)
-    assert second_s - compare_s < tuned["seconds"] / 5, (tuned["seconds"], second_s, compare_s)
 
     # no budget: the database's best record (tuned or default) is applied without measuring
     executable, again = compile_relax(mod, target, tuning_db=str(db))
