@@ -41,12 +41,15 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import tvm  # noqa: E402
+import tvm_models  # noqa: E402
 from tvm import relax  # noqa: E402
 from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 
 import compress_ir.passes  # noqa: F401,E402 - registers the passes
 from compress_ir.api import compress  # noqa: E402
+from compress_ir.backend.build import fixed_input_specs  # noqa: E402
 from compress_ir.backend.schedule import compile_relax  # noqa: E402
+from compress_ir.core.feeds import realistic_inputs  # noqa: E402
 from compress_ir.core.files import write_atomic  # noqa: E402
 from compress_ir.core.metrics import model_metrics  # noqa: E402
 from compress_ir.frontends.placeholders import fill_placeholders  # noqa: E402
@@ -64,11 +67,24 @@ def load_fixture(name: str, seed: int) -> onnx.ModelProto:
 
 
 def input_spec(proto: onnx.ModelProto) -> tuple[str, list[int]]:
-    """Name and static shape (batch 1) of the single graph input."""
+    """Name and static shape (batch 1) of the first graph input (image models)."""
     inits = {i.name for i in proto.graph.initializer}
     inp = next(i for i in proto.graph.input if i.name not in inits)
     dims = [d.dim_value if d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim]
     return inp.name, dims
+
+
+def model_feeds(proto: onnx.ModelProto, seed: int,
+                shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
+    """Seeded feeds for every real graph input, in graph order.
+
+    Why: transformers take several inputs (ids, masks, token types); shapes resolve as the
+    CLI's `--input-shape` does (a dynamic batch becomes 1) and values are drawn by how the
+    model uses each input (ids inside the embedding table, 0/1 masks), as `compress-ir`'s
+    own build check does, so the timed run is one a user would make.
+    """
+    specs = fixed_input_specs(proto, 1, shapes)
+    return realistic_inputs(proto, {s.name: s.shape for s in specs}, seed)
 
 
 def ort_session(proto: onnx.ModelProto, threads: int, spin: bool) -> ort.InferenceSession:
@@ -81,12 +97,16 @@ def ort_session(proto: onnx.ModelProto, threads: int, spin: bool) -> ort.Inferen
                                 providers=["CPUExecutionProvider"])
 
 
-def tvm_build(proto: onnx.ModelProto, target: tvm.target.Target, args: argparse.Namespace
-              ) -> tuple[Any, dict[str, Any]]:
-    """Import + compile_relax; returns the VM and the timings/stats of the build."""
-    name, shape = input_spec(proto)
+def tvm_build(proto: onnx.ModelProto, target: tvm.target.Target, args: argparse.Namespace,
+              feeds: dict[str, np.ndarray] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Import (at the shapes of `feeds`) + compile_relax; the VM and the build's stats."""
+    if feeds is None:
+        name, shape = input_spec(proto)
+        shape_dict = {name: shape}
+    else:
+        shape_dict = {k: list(v.shape) for k, v in feeds.items()}
     t0 = time.perf_counter()
-    mod = from_onnx(proto, shape_dict={name: shape}, keep_params_in_input=False)
+    mod = from_onnx(proto, shape_dict=shape_dict, keep_params_in_input=False)
     import_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     executable, build_stats = compile_relax(mod, target, tune_trials=args.tune_trials,
@@ -128,20 +148,30 @@ def time_side_by_side(runners: dict[str, Any], repeat: int, warmup: int = 2
     return times
 
 
+def load_model(name: str, args: argparse.Namespace
+               ) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]] | None, str]:
+    """A fixture CNN (one image input) or a `tvm_models` transformer at its deployment shape;
+    returns the model, its input shapes (None: the single input at batch 1) and the pipeline."""
+    if name in tvm_models.ROWS:
+        proto, row = tvm_models.load(name)
+        return proto, row.shapes, row.pipeline
+    return load_fixture(name, args.seed), None, args.pipeline
+
+
 def bench_model(name: str, args: argparse.Namespace, target: tvm.target.Target
                 ) -> list[dict[str, Any]]:
-    dense = load_fixture(name, args.seed)
+    dense, shapes, pipeline = load_model(name, args)
     t0 = time.perf_counter()
-    pruned = compress(dense, args.pipeline, check=False).model
+    pruned = compress(dense, pipeline, check=False, input_shapes=shapes).model
     prune_s = time.perf_counter() - t0
-    macs_d, macs_p = model_metrics(dense)["macs"], model_metrics(pruned)["macs"]
-    in_name, shape = input_spec(dense)
-    x = np.random.default_rng(args.seed).standard_normal(shape).astype(np.float32)
-    xt = tvm.runtime.tensor(x)
+    feeds = model_feeds(dense, args.seed, shapes)
+    macs_d = model_metrics(dense, input_shapes=shapes)["macs"]
+    macs_p = model_metrics(pruned, input_shapes=shapes)["macs"]
+    args_tvm = [tvm.runtime.tensor(v) for v in feeds.values()]
     builds = {}
     vms = {}
     for key, proto in (("dense", dense), ("pruned", pruned)):
-        vms[key], builds[key] = tvm_build(proto, target, args)
+        vms[key], builds[key] = tvm_build(proto, target, args, feeds)
         print(f"# {name} {key}: build {builds[key]['build_s']} s, rules "
               f"{builds[key]['schedule']['counts']}", file=sys.stderr)
     rows = []
@@ -149,19 +179,19 @@ def bench_model(name: str, args: argparse.Namespace, target: tvm.target.Target
         set_tvm_threads(threads)
         sessions = {k: ort_session(p, threads, args.spin)
                     for k, p in (("dense", dense), ("pruned", pruned))}
-        errs = {k: rel_error(_first(vms[k]["main"](xt)), sessions[k].run(None, {in_name: x})[0])
+        errs = {k: rel_error(_first(vms[k]["main"](*args_tvm)), sessions[k].run(None, feeds)[0])
                 for k in vms}
         runners = {
-            "ort_dense": lambda s=sessions["dense"]: s.run(None, {in_name: x}),
-            "ort_pruned": lambda s=sessions["pruned"]: s.run(None, {in_name: x}),
-            "tvm_dense": lambda: vms["dense"]["main"](xt),
-            "tvm_pruned": lambda: vms["pruned"]["main"](xt),
+            "ort_dense": lambda s=sessions["dense"]: s.run(None, feeds),
+            "ort_pruned": lambda s=sessions["pruned"]: s.run(None, feeds),
+            "tvm_dense": lambda: vms["dense"]["main"](*args_tvm),
+            "tvm_pruned": lambda: vms["pruned"]["main"](*args_tvm),
         }
         times = time_side_by_side(runners, args.repeat)
         med = {k: statistics.median(v) for k, v in times.items()}
         macs_ratio = macs_p / macs_d
         rows.append({
-            "model": name, "threads": threads, "pipeline": args.pipeline,
+            "model": name, "threads": threads, "pipeline": pipeline,
             "tune_trials": args.tune_trials, "median_ms": {k: round(v, 3) for k, v in med.items()},
             "min_ms": {k: round(min(v), 3) for k, v in times.items()},
             "macs": {"dense": macs_d, "pruned": macs_p}, "macs_ratio": round(macs_ratio, 4),
@@ -200,7 +230,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                    help="comma list of tests/fixtures/torchvision names")
+                    help="comma list of tests/fixtures/torchvision names and/or "
+                    f"transformers from tools/tvm_models.py ({', '.join(tvm_models.ROWS)})")
     ap.add_argument("--repeat", type=int, default=10, help="timed rounds per engine")
     ap.add_argument("--threads", default="1,2", help="comma list of thread counts")
     ap.add_argument("--tune-trials", type=int, default=0,

@@ -44,7 +44,8 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import tvm  # noqa: E402
-from bench_tvm import host_target, input_spec, load_fixture, set_tvm_threads  # noqa: E402
+import tvm_models  # noqa: E402
+from bench_tvm import host_target, load_fixture, model_feeds, set_tvm_threads  # noqa: E402
 from tvm import relax  # noqa: E402
 from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 
@@ -68,13 +69,20 @@ CLASS_ORDER = ("conv 3x3", "conv 7x7", "conv 1x1", "depthwise conv", "grouped co
                "other", OVERHEAD)
 
 
-def load_model(model: str, seed: int, prune: str | None) -> onnx.ModelProto:
-    """A fixture name or an .onnx path, optionally compressed by `prune` (no numeric check:
-    the profile compares runtimes on the same model, checked by the TVM-vs-ORT error)."""
-    proto = load_fixture(model, seed) if not model.endswith(".onnx") else onnx.load(model)
+def load_model(model: str, seed: int, prune: str | None
+               ) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]] | None]:
+    """A fixture name, a `tvm_models` transformer (at its deployment shape) or an .onnx
+    path, optionally compressed by `prune` (no numeric check: the profile compares runtimes
+    on the same model, checked by the TVM-vs-ORT error); returns the input shapes too."""
+    shapes = None
+    if model in tvm_models.ROWS:
+        proto, row = tvm_models.load(model)
+        shapes = row.shapes
+    else:
+        proto = load_fixture(model, seed) if not model.endswith(".onnx") else onnx.load(model)
     if prune:
-        proto = compress(proto, prune, check=False).model
-    return proto
+        proto = compress(proto, prune, check=False, input_shapes=shapes).model
+    return proto, shapes
 
 
 def ort_options(threads: int) -> ort.SessionOptions:
@@ -129,10 +137,11 @@ class OrtProfile:
                 "run_ms": statistics.median(runs_ms) if runs_ms else None}
 
 
-def build_tvm(proto: onnx.ModelProto, target: tvm.target.Target) -> tuple[Any, dict[str, Any]]:
+def build_tvm(proto: onnx.ModelProto, target: tvm.target.Target,
+              feeds: dict[str, np.ndarray]) -> tuple[Any, dict[str, Any]]:
     """Default build; the op class of every PrimFunc comes from the prepared module."""
-    name, shape = input_spec(proto)
-    mod = from_onnx(proto, shape_dict={name: shape}, keep_params_in_input=False)
+    mod = from_onnx(proto, shape_dict={k: list(v.shape) for k, v in feeds.items()},
+                    keep_params_in_input=False)
     classes = classify_module(prepare(mod, target))
     t0 = time.perf_counter()
     executable, stats = compile_relax(mod, target)
@@ -142,17 +151,17 @@ def build_tvm(proto: onnx.ModelProto, target: tvm.target.Target) -> tuple[Any, d
 
 
 def profile(proto: onnx.ModelProto, threads: int, runs: int, seed: int,
-            target: tvm.target.Target) -> dict[str, Any]:
+            target: tvm.target.Target, shapes: dict[str, tuple[int, ...]] | None = None
+            ) -> dict[str, Any]:
     """Per-class ms of both runtimes on one model, plus the interleaved end-to-end times."""
-    in_name, shape = input_spec(proto)
-    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    xt = tvm.runtime.tensor(x)
-    vm, build = build_tvm(proto, target)
+    feeds = model_feeds(proto, seed, shapes)
+    xt = [tvm.runtime.tensor(v) for v in feeds.values()]
+    vm, build = build_tvm(proto, target, feeds)
     set_tvm_threads(threads)
     plain = ort.InferenceSession(proto.SerializeToString(), ort_options(threads),
                                  providers=["CPUExecutionProvider"])
-    want = plain.run(None, {in_name: x})[0]
-    got = vm["main"](xt)
+    want = plain.run(None, feeds)[0]
+    got = vm["main"](*xt)
     got = (got if hasattr(got, "numpy") else got[0]).numpy()
     rel_err = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
 
@@ -164,13 +173,13 @@ def profile(proto: onnx.ModelProto, threads: int, runs: int, seed: int,
         return once
 
     warmup = 2
-    vm_timer = VMCallTimer(vm, [xt])
+    vm_timer = VMCallTimer(vm, xt)
     with tempfile.TemporaryDirectory(prefix="cir-ortprof-") as tmp:
-        ort_timer = OrtProfile(proto, {in_name: x}, threads, tmp)
+        ort_timer = OrtProfile(proto, feeds, threads, tmp)
         # one round = one plain and one profiled run of each runtime (rotating order), so
         # the per-op figures and the plain end-to-end times see the same machine load
-        samples = interleaved({"onnxruntime": timer(lambda: plain.run(None, {in_name: x})),
-                               "tvm": timer(lambda: vm["main"](xt)),
+        samples = interleaved({"onnxruntime": timer(lambda: plain.run(None, feeds)),
+                               "tvm": timer(lambda: vm["main"](*xt)),
                                "onnxruntime profiled": timer(ort_timer.run),
                                "tvm profiled": timer(vm_timer.run)}, runs, warmup=warmup)
         ort_prof = ort_timer.result(warmup)
@@ -251,14 +260,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     target = tvm.target.Target(json.loads(args.target)) if args.target else host_target()
-    proto = load_model(args.model, args.seed, args.prune)
+    proto, shapes = load_model(args.model, args.seed, args.prune)
     env = environment()
     title = args.model + (f" + {args.prune}" if args.prune else "")
     print(f"CPU: {env['cpu']} ({env['cpu_count']} CPUs), target `{target}`, "
           f"onnxruntime {ort.__version__}, TVM {tvm.__version__}\n")
     results = []
     for threads in args.threads:
-        res = profile(proto, threads, args.runs, args.seed, target)
+        res = profile(proto, threads, args.runs, args.seed, target, shapes)
         results.append(res)
         print(markdown(title, res))
     if args.json:

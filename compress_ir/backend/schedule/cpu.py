@@ -25,6 +25,7 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 from tvm.target import Target
 
+from compress_ir.backend.schedule import rowwise
 from compress_ir.backend.schedule.analysis import BlockInfo, root_blocks
 from compress_ir.backend.schedule.validate import first_line, lowering_error
 from compress_ir.targets.spec import TargetSpec
@@ -439,10 +440,16 @@ def rule_injective(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
     return "injective"
 
 
+def rule_rowwise(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
+    """Softmax / LayerNorm / RMSNorm: row-parallel, vectorised (`rowwise.py`)."""
+    return rowwise.rule_rowwise(sch, cpu.lanes)
+
+
 CpuRule = Callable[[s_tir.Schedule, CpuParams], "str | None"]
 
 # Tried in order; the first rule that returns a name owns the function.
-CPU_RULES: tuple[CpuRule, ...] = (rule_depthwise, rule_reduction_tile, rule_injective)
+CPU_RULES: tuple[CpuRule, ...] = (rule_depthwise, rule_rowwise, rule_reduction_tile,
+                                  rule_injective)
 
 
 def default_schedule(func: tirx.PrimFunc | tvm.IRModule, cpu: CpuParams,
