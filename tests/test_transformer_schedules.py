@@ -94,3 +94,28 @@ def test_encoder_block_has_no_fallback(monkeypatch) -> None:
     stats = _check(model, rng.standard_normal((1, 16, 32)).astype(np.float32))
     assert stats.counts.get("fallback", 0) == 0, stats.fallback_reasons
     assert stats.counts.get("rowwise", 0) >= 2, stats.as_dict()  # softmax + LayerNorm
+
+
+@pytest.mark.parametrize("rows,cin,cout", [(197, 64, 48), (197, 32, 197)])
+def test_prime_token_count_matmul_is_padded_and_exact(rows: int, cin: int, cout: int) -> None:
+    """ViT's 197 tokens: rows (and Q.K^T's 197 columns) padded to the tile, never stored.
+
+    The second case also pads the output channels: the write-back then covers 200x208 while
+    the result is 197x197, so the epilogue must stay a separate copy (reverse-inlining it
+    wrote out of bounds and corrupted the heap).
+    """
+    from compress_ir.backend.schedule.cpu import cpu_params, schedule_cpu_func
+    from compress_ir.targets.registry import spec_of_tvm_target
+
+    rng = np.random.default_rng(3)
+    n = helper.make_node
+    model = _model([n("MatMul", ["x", "W"], ["m"]), n("Add", ["m", "B"], ["y"])],
+                   [_w(rng, "W", (cin, cout)), _w(rng, "B", (cout,))], [1, rows, cin])
+    stats = _check(model, rng.standard_normal((1, rows, cin)).astype(np.float32))
+    assert list(stats.rules.values()) == ["contraction-tile"], stats.as_dict()
+    target = tvm.target.Target(X86)
+    prepared = prepare(_import(model)[0], target)
+    cpu = cpu_params(spec_of_tvm_target(target))
+    (func,) = [f for _, f in prepared.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    scheduled, rule, _ = schedule_cpu_func(func, cpu, target)
+    assert rule == "contraction-tile" and "_pad" in scheduled.script()

@@ -162,6 +162,14 @@ def rule_reduction_tile(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
     for e in extents[:n_sp - 1]:
         positions *= e
     gemv = positions <= GEMV_MAX_ROWS and ch_ext % cpu.lanes == 0
+    if not gemv and main.contraction and _pad_contraction(sch, main, extents, n_sp, cpu):
+        loops = sch.get_loops(main.rv)
+        extents = [_extent(sch, lp) for lp in loops]
+        spatial, reduce_ = loops[:n_sp], loops[n_sp:]
+        ch_ext = extents[n_sp - 1]
+        positions = 1
+        for e in extents[:n_sp - 1]:
+            positions *= e
     packed = None
     if not gemv and main.contraction:
         row_ext = extents[n_sp - 3] * extents[n_sp - 2] if n_sp >= 3 else extents[n_sp - 2]
@@ -219,6 +227,42 @@ def rule_reduction_tile(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
         skip.add(sch.get(packed).name_hint)
     _schedule_remaining(sch, skip, cpu)
     return "contraction-tile" if main.contraction else "reduction-tile"
+
+
+PAD_ROWS = 8  # the register tile's largest row count
+
+
+def _pad_contraction(sch: s_tir.Schedule, main: BlockInfo, extents: list[int], n_sp: int,
+                     cpu: CpuParams) -> bool:
+    """Pad a matmul's rows / output channels up to the tile sizes (`pad_einsum`).
+
+    Why: tiles must divide their axis exactly (no predicates in the micro-kernel), so a
+    prime extent — ViT's 197 tokens, as rows and as the channels of Q.K^T — left 1x1 scalar
+    tiles (ViT-S: 0.28x onnxruntime). Padding to 200 rows / 208 channels costs 2-6 % extra
+    MACs on zeros and small copies in and out; the padded rows and columns are never stored
+    to the result. Only rows when the channels already vectorise; nothing for conv windows
+    (rows there are y*W+x positions with their own divisors).
+    """
+    if main.kinds.count("S") < 2 or n_sp < 2:
+        return False
+    rows, chans = extents[n_sp - 2], extents[n_sp - 1]
+    row_pad = next((m for m in (PAD_ROWS, PAD_ROWS // 2) if -rows % m <= 0.1 * rows), 0)
+    pad_rows = rows > PAD_ROWS and choose_tile(cpu.lanes, rows, cpu)[0] < 4 and row_pad
+    # a half-vector tile (pruned widths such as 40) stays: padding would cost as much
+    pad_chans = chans > cpu.lanes and \
+        max(d for d in _divisors(chans) if d <= cpu.lanes) < cpu.lanes // 2
+    if not (pad_rows or pad_chans):
+        return False
+    padding = [1] * len(main.kinds)
+    if pad_rows:
+        padding[n_sp - 2] = row_pad
+    if pad_chans:
+        padding[n_sp - 1] = cpu.lanes
+    try:
+        sch.pad_einsum(main.rv, padding)
+    except s_tir.ScheduleError:
+        return False
+    return True
 
 
 def _is_plain_copy(sch: s_tir.Schedule, info: BlockInfo) -> bool:
@@ -402,6 +446,20 @@ def _sole_consumer(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
     return True
 
 
+def _same_domain(sch: s_tir.Schedule, a: s_tir.schedule.SBlockRV,
+                 b: s_tir.schedule.SBlockRV) -> bool:
+    """Both blocks iterate over the same spatial extents.
+
+    Why: a padded matmul (`_pad_contraction`) writes back 200x208 while its consumer copies
+    out 197x197; reverse-inlining that consumer makes the write-back store the padded
+    domain straight into the smaller output. TVM does not refuse it: the kernel writes out
+    of bounds (heap corruption at run time).
+    """
+    def extents(rv: s_tir.schedule.SBlockRV) -> list[int]:
+        return [int(iv.dom.extent) for iv in sch.get(rv).iter_vars if iv.iter_type == 0]
+    return extents(a) == extents(b)
+
+
 def _fold_epilogue(sch: s_tir.Schedule, main_name: str, wb_name: str) -> None:
     """Fold the element-wise epilogue of the reduction into its write-back block `wb_name`.
 
@@ -419,8 +477,10 @@ def _fold_epilogue(sch: s_tir.Schedule, main_name: str, wb_name: str) -> None:
             sch.compute_inline(info.rv)
         except s_tir.ScheduleError:
             continue
+    wb = sch.get_sblock(wb_name)
     for info in _epilogue(sch, main_name, {wb_name}):
-        if not sch.get_producers(info.rv) or not _sole_consumer(sch, info.rv):
+        if not sch.get_producers(info.rv) or not _sole_consumer(sch, info.rv) \
+                or not _same_domain(sch, info.rv, wb):
             continue
         try:
             sch.reverse_compute_inline(info.rv)
