@@ -35,7 +35,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -73,6 +75,36 @@ class Point:
     error: str = ""
 
 
+def weight_sparsity(dense: onnx.ModelProto, out: onnx.ModelProto) -> dict[str, float]:
+    """Zeros counted in the OUTPUT model's MatMul/Gemm weights (never the requested ratio).
+
+    `changed`: over the weights the pipeline changed (the sparsified layers); `all`: over
+    every MatMul/Gemm weight initializer; `2:4_groups`: of the changed weights, the share of
+    groups of 4 consecutive inputs (the reduce axis) with at most 2 non-zeros.
+    """
+    before = {i.name: numpy_helper.to_array(i) for i in dense.graph.initializer}
+    weights = {n.input[1] for n in out.graph.node if n.op_type in ("MatMul", "Gemm")}
+    zeros = total = zeros_changed = total_changed = ok_groups = groups = 0
+    for init in out.graph.initializer:
+        if init.name not in weights or init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        w = numpy_helper.to_array(init)
+        if w.ndim != 2:
+            continue
+        z = int((w == 0).sum())
+        zeros, total = zeros + z, total + w.size
+        old = before.get(init.name)
+        if old is not None and old.shape == w.shape and np.array_equal(old, w):
+            continue
+        zeros_changed, total_changed = zeros_changed + z, total_changed + w.size
+        if w.shape[0] % 4 == 0:  # MatMul weights are [in, out]: groups along `in`
+            nz = (w.reshape(w.shape[0] // 4, 4, w.shape[1]) != 0).sum(axis=1)
+            ok_groups, groups = ok_groups + int((nz <= 2).sum()), groups + nz.size
+    return {"changed": round(zeros_changed / total_changed, 4) if total_changed else 0.0,
+            "all": round(zeros / total, 4) if total else 0.0,
+            "2:4_groups": round(ok_groups / groups, 4) if groups else 0.0}
+
+
 def run_one(model: onnx.ModelProto, pipeline: list[str], calib: CalibrationSet,
             metric: td.Retrieval, kind: str, method: str, setting: str) -> Point:
     t0 = time.perf_counter()
@@ -97,6 +129,7 @@ def run_one(model: onnx.ModelProto, pipeline: list[str], calib: CalibrationSet,
                                        "rel_error_after", "heldout_rel_error_before",
                                        "heldout_rel_error_after")} for r in layers]
     recall = metric.recall(result.model)
+    stats["weight_sparsity"] = weight_sparsity(model, result.model)
     return Point(kind, method, setting, recall, float(result.report["ratios"]["macs"]),
                  seconds, ",".join(pipeline), stats)
 
@@ -219,18 +252,24 @@ def write(out: Path, meta: dict, points: list[Point]) -> None:
                      f"{rel} | {p.seconds:.0f} |")
     lines += ["", "### Sparsity (all MatMul weights but the first and last; default options "
               "unless stated)", "",
-              "| method | pattern | recall@1 | vs dense | output rel. error | seconds |",
-              "|---|---|---:|---:|---:|---:|"]
+              "| method | pattern | recall@1 | vs dense | weight sparsity (changed / all "
+              "MatMul weights, measured) | groups of 4 with <=2 non-zeros | output rel. error "
+              "| seconds |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for p in points:
         if p.kind != "sparsify":
             continue
         if p.error:
             lines.append(f"| {p.method} | {p.setting} | fails: {p.error[:120]} | | | |")
             continue
-        st = next(iter(p.stats.values()), {})
+        st = next((v for k, v in p.stats.items() if k.startswith("sparsify")), {})
+        ws = p.stats.get("weight_sparsity")
+        measured = (f"{ws['changed']:.3f} / {ws['all']:.3f}", f"{ws['2:4_groups']:.3f}") \
+            if ws else ("not measured (older run)", "-")
         rel = f"{(p.recall / dense - 1) * 100:+.1f} %" if dense else ""
         lines.append(f"| {p.method} | {p.setting} | **{p.recall:.3f}** | {rel} | "
-                     f"{st.get('output_rel_error', '-')} | {p.seconds:.0f} |")
+                     f"{measured[0]} | {measured[1]} | {st.get('output_rel_error', '-')} | "
+                     f"{p.seconds:.0f} |")
     rec = [p for p in points if p.kind == "prune" and "reconstruct" in p.method and not p.error]
     if rec:
         lines += ["", "### reconstruct: per-layer calibration vs held-out error (last run "
