@@ -78,14 +78,20 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "vs_budget": round(ratio / args.fraction - 1, 4), "within_10pct":
             abs(ratio / args.fraction - 1) <= 0.10, "macs_ratio": round(macs, 4),
         "reached": alloc["reached"], "steps": alloc["steps"],
+        "rounds": alloc.get("rounds", []),
     }
+
+
+def _rounds(rounds: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{x['asked']:.3f}->{x['measured']:.3f}" for x in rounds) or "1 (tables)"
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = ("| model | F | pred. dense ms | meas. dense ms | pred. pruned ms | meas. pruned ms "
             "| pred. ratio | meas. ratio (median) | meas. ratio (min) | vs budget (goal ±10 %) "
             "| MACs ratio | CV d/p "
-            "| table scale | layers / points | measured / cached | table s | pass s |")
+            "| table scale | layers / points | measured / cached | table s | pass s "
+            "| rounds: tables asked -> measured |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         t = r["tables"]
@@ -98,7 +104,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['spread']['dense']['cv']:.0%}/{r['spread']['pruned']['cv']:.0%} "
             f"| {r['scale']:.2f} | {t['layers']} / {t['points']} "
             f"| {t['measured']} / {t['cached']} "
-            f"| {t['table_seconds']:.0f} | {r['seconds']:.0f} |")
+            f"| {t['table_seconds']:.0f} | {r['seconds']:.0f} "
+            f"| {_rounds(r['rounds'])} |")
     return "\n".join(lines)
 
 
