@@ -224,3 +224,8 @@ def test_measured_latency_steers_the_budget(tmp_path) -> None:
     rounds = _allocation(result)["rounds"]
     assert 2 <= len(rounds) <= 4 and rounds[0]["asked"] == 0.5
     assert _allocation(result)["measured"]["ratio"] == pytest.approx(steered, rel=1e-3)
+    from compress_ir.passes.transform.channel_prune import ChannelPrune
+
+    step = next(p for p in result.report["passes"] if p["name"].startswith("channel-prune"))
+    text = "\n".join(ChannelPrune.format_details(step["details"]))
+    assert f"measured {steered:.3f}" in text and "latency rounds" in text, text

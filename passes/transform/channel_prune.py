@@ -342,6 +342,7 @@ class ChannelPrune(Pass):
             lines.append("  kept: " + ", ".join(f"{k} {v[0]}/{v[1]}" for k, v in kept.items())
                          + " (heads: all attention blocks; others: pruned groups)")
         lines += blocked_lines(groups)
+        lines += _latency_lines(details.get("allocation") or {})
         lines += [f"  warning: {w}" for w in details.get("warnings", [])]
         return lines
 
@@ -419,6 +420,21 @@ class ChannelPrune(Pass):
             allocation["achieved_fraction"] = round(achieved / max(allocation["original"], 1), 6)
         return PassResult(work, modified=True, stats=stats, details=details, reference=reference,
                           plan=plan)
+
+
+def _latency_lines(alloc: dict[str, Any]) -> list[str]:
+    """target-latency: what the tables predicted, what was measured, and each round."""
+    meas = alloc.get("measured") or {}
+    if alloc.get("mode") != "target-latency" or "ratio" not in meas:
+        return []
+    lines = [f"  latency: predicted {alloc.get('estimated_fraction', float('nan')):.3f} of dense"
+             f", measured {meas['ratio']:.3f} ({meas['pruned']['median_ms']:.2f} / "
+             f"{meas['dense']['median_ms']:.2f} ms, medians of interleaved rounds)"]
+    rounds = alloc.get("rounds") or []
+    if len(rounds) > 1:
+        lines.append("  latency rounds (tables asked -> measured): " + ", ".join(
+            f"{r['asked']:.3f} -> {r['measured']:.3f}" for r in rounds))
+    return lines
 
 
 LATENCY_AIM = 0.05  # stop re-aiming once the measured ratio is this close to the goal
