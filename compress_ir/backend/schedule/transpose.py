@@ -1,12 +1,13 @@
-"""Cache-blocked transposes (the NCHW <-> NHWC copies at a CNN's input and output).
+"""Cache-blocked transposes (the NHWC -> NCHW copies where a CNN's feature maps leave).
 
-Why: the generic injective schedule vectorises the output's innermost axis. For the input
-transpose NCHW -> NHWC that axis is the 3 colour channels: every vector lane then
-computes its own div/mod of a fused index and gathers from three planes (MobileNetV2 and
-ResNet: 0.3 ms for 150 K elements, 0.23-0.05x onnxruntime's reorder). Here the loop that
-is contiguous in the input and the loop that is contiguous in the output are both split
-into small tiles and placed innermost, so a tile reads and writes a handful of cache lines
-each, with no index arithmetic per element; the outer loops run in parallel.
+Why: the generic injective schedule vectorises the output's innermost axis (image width
+for NHWC -> NCHW) and walks the channels outermost, so each vector gathers one float from
+16 cache lines and the next channel reloads the same lines after a whole image row
+(112x112x96: 1.5 ms, 43 KB per row over L1). Here the output's innermost loop (one vector)
+and the input's innermost loop (up to 16 channels) form a tile that stays in L1: measured
+on the function alone (TVM time_evaluator, znver4), 112x112x96 1.51 -> 0.45 ms and
+112x112x16 0.14 -> 0.05 ms. Transposes whose output rows do not fill vectors (NCHW ->
+NHWC with 3 colours) stay with the injective rule, which was faster there (0.02 vs 0.06 ms).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from tvm.ir.expr import TensorLoad
 
 from compress_ir.backend.schedule.analysis import root_blocks
 
-TILE = 16  # elements per tile side: one cache line of fp32 on either side
+TILE = 16  # input-side tile: one cache line of fp32
 
 
 def _tile(extent: int) -> int:
@@ -60,12 +61,12 @@ def rule_transpose(sch: s_tir.Schedule, lanes: int) -> str | None:
         return None
     extents = [int(sch.get(lp).extent) for lp in loops]
     last, src = len(loops) - 1, perm[-1]  # output-contiguous loop, input-contiguous loop
-    if src == last or extents[last] % lanes == 0 and extents[src] == 1:
-        return None  # already contiguous on both sides: the injective rule vectorises it
-    last_o, last_i = sch.split(loops[last], [None, _tile(extents[last])])
+    if src == last or extents[last] % lanes != 0 or extents[src] == 1:
+        return None  # contiguous already, or stores that do not fill vectors: injective
+    last_o, last_i = sch.split(loops[last], [None, lanes])
     src_o, src_i = sch.split(loops[src], [None, _tile(extents[src])])
     outer = [last_o if k == last else src_o if k == src else lp for k, lp in enumerate(loops)]
     sch.reorder(*outer, src_i, last_i)
     sch.parallel(sch.fuse(*outer))
-    sch.unroll(last_i)
+    sch.vectorize(last_i)
     return "transpose-tile"
