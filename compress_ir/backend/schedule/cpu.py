@@ -513,7 +513,7 @@ def rule_rowwise(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
 
 
 def rule_transpose(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
-    """NCHW <-> NHWC and other pure transposes: cache-blocked tiles (`transpose.py`)."""
+    """Pure transposes whose output rows fill vectors (NHWC -> NCHW): L1 tiles (`transpose.py`)."""
     return transpose.rule_transpose(sch, cpu.lanes)
 
 
