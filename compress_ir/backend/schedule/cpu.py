@@ -25,7 +25,7 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 from tvm.target import Target
 
-from compress_ir.backend.schedule import rowwise
+from compress_ir.backend.schedule import rowwise, transpose
 from compress_ir.backend.schedule.analysis import BlockInfo, root_blocks
 from compress_ir.backend.schedule.validate import first_line, lowering_error
 from compress_ir.targets.spec import TargetSpec
@@ -95,8 +95,9 @@ def schedule_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
     When the innermost axis is a whole number of vectors, it is vectorised on its own and
     the rest fused and parallelised: vector lanes then never straddle an outer index (a
     padding copy or transpose vectorised over fused loops computes a div/mod per lane and
-    gathers). Otherwise all loops are fused, vectorised by `lanes`, the rest parallel
-    (element-wise ops on flat data, where the fused index is the address).
+    gathers). A short innermost axis (< lanes) keeps its two inner loops plain under a
+    parallel outer loop. Otherwise all loops are fused, vectorised by `lanes`, the rest
+    parallel (element-wise ops on flat data, where the fused index is the address).
     """
     loops = sch.get_loops(block)
     if not loops:
@@ -106,6 +107,12 @@ def schedule_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
         outer, inner = sch.split(loops[-1], [None, cpu.lanes])
         sch.parallel(sch.fuse(*loops[:-1], outer))
         sch.vectorize(inner)
+        return
+    if len(loops) > 2 and last is not None and last < cpu.lanes:
+        # A short innermost axis (an NHWC stem's padding, 226x226x3) that does not fill a
+        # vector: fused, the scalar loop paid a div/mod per element; here the two inner
+        # axes stay plain loops (contiguous, unrolled by LLVM) under one parallel loop.
+        sch.parallel(sch.fuse(*loops[:-2]))
         return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     ext = _extent(sch, fused)
@@ -505,11 +512,16 @@ def rule_rowwise(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
     return rowwise.rule_rowwise(sch, cpu.lanes)
 
 
+def rule_transpose(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
+    """Pure transposes whose output rows fill vectors (NHWC -> NCHW): L1 tiles (`transpose.py`)."""
+    return transpose.rule_transpose(sch, cpu.lanes)
+
+
 CpuRule = Callable[[s_tir.Schedule, CpuParams], "str | None"]
 
 # Tried in order; the first rule that returns a name owns the function.
 CPU_RULES: tuple[CpuRule, ...] = (rule_depthwise, rule_rowwise, rule_reduction_tile,
-                                  rule_injective)
+                                  rule_transpose, rule_injective)
 
 
 def default_schedule(func: tirx.PrimFunc | tvm.IRModule, cpu: CpuParams,

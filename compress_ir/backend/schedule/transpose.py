@@ -1,0 +1,73 @@
+"""Cache-blocked transposes (the NHWC -> NCHW copies where a CNN's feature maps leave).
+
+Why: the generic injective schedule vectorises the output's innermost axis (image width
+for NHWC -> NCHW) and walks the channels outermost, so each vector gathers one float from
+16 cache lines and the next channel reloads the same lines after a whole image row
+(112x112x96: 1.5 ms, 43 KB per row over L1). Here the output's innermost loop (one vector)
+and the input's innermost loop (up to 16 channels) form a tile that stays in L1: measured
+on the function alone (TVM time_evaluator, znver4), 112x112x96 1.51 -> 0.45 ms and
+112x112x16 0.14 -> 0.05 ms. Transposes whose output rows do not fill vectors (NCHW ->
+NHWC with 3 colours) stay with the injective rule's short-axis loops, faster there
+(0.02 vs 0.06 ms).
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.ir.expr import TensorLoad
+
+from compress_ir.backend.schedule.analysis import root_blocks
+
+TILE = 16  # input-side tile: one cache line of fp32
+
+
+def _tile(extent: int) -> int:
+    """Largest divisor of `extent` up to TILE (tiles must divide: no predicates)."""
+    return max(d for d in range(1, min(extent, TILE) + 1) if extent % d == 0)
+
+
+def _permutation(block: tirx.SBlock) -> list[int] | None:
+    """Output-loop position of each input index when the block is a pure transpose."""
+    body = block.body
+    if not (isinstance(body, tirx.BufferStore) and isinstance(body.value, TensorLoad)):
+        return None
+    ivars = [iv.var for iv in block.iter_vars]
+    load = list(body.value.indices)
+    store = list(body.indices)
+    if len(load) != len(ivars) or len(store) != len(ivars) or not all(
+            a.same_as(b) for a, b in zip(store, ivars, strict=True)):
+        return None
+    perm = []
+    for idx in load:
+        pos = next((k for k, v in enumerate(ivars) if idx.same_as(v)), None)
+        if pos is None:
+            return None
+        perm.append(pos)
+    if sorted(perm) != list(range(len(ivars))) or perm == sorted(perm):
+        return None
+    return perm
+
+
+def rule_transpose(sch: s_tir.Schedule, lanes: int) -> str | None:
+    """A function that is one transpose block whose innermost axes differ on both sides."""
+    infos = root_blocks(sch)
+    if len(infos) != 1 or not infos[0].is_spatial:
+        return None
+    block = sch.get(infos[0].rv)
+    perm = _permutation(block)
+    if perm is None:
+        return None
+    loops = sch.get_loops(infos[0].rv)
+    if len(loops) != len(perm):
+        return None
+    extents = [int(sch.get(lp).extent) for lp in loops]
+    last, src = len(loops) - 1, perm[-1]  # output-contiguous loop, input-contiguous loop
+    if src == last or extents[last] % lanes != 0 or extents[src] == 1:
+        return None  # contiguous already, or stores that do not fill vectors: injective
+    last_o, last_i = sch.split(loops[last], [None, lanes])
+    src_o, src_i = sch.split(loops[src], [None, _tile(extents[src])])
+    outer = [last_o if k == last else src_o if k == src else lp for k, lp in enumerate(loops)]
+    sch.reorder(*outer, src_i, last_i)
+    sch.parallel(sch.fuse(*outer))
+    sch.vectorize(last_i)
+    return "transpose-tile"
