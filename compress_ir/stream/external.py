@@ -86,8 +86,7 @@ class TensorWriter:
 
     def write(self, tensor: onnx.TensorProto, array: np.ndarray) -> None:
         """Store `array` as `tensor`'s value in the data file (tensor proto updated)."""
-        array = np.ascontiguousarray(array, dtype=onnx.helper.tensor_dtype_to_np_dtype(
-            tensor.data_type))
+        array = np.asarray(array, dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
         if tuple(array.shape) != tuple(tensor.dims):
             raise ValueError(f"{tensor.name}: shape {array.shape} != {list(tensor.dims)}")
         pad = -self.offset % ALIGN
