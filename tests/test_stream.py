@@ -149,3 +149,40 @@ def test_reader_matches_onnx_loader(source: Path) -> None:
     reader = TensorReader(source)
     for t in load_graph(source).graph.initializer:
         assert np.array_equal(reader.read(t), full[t.name]), t.name
+
+
+def test_cli_stream_on_equals_engine(source: Path, tmp_path: Path) -> None:
+    from compress_ir.cli import main
+
+    assert main([str(source), "--pass", "sparsify{pattern=2:4}", "-o",
+                 str(tmp_path / "cli.onnx"), "--stream", "on", "-q"]) == 0
+    stream_sparsify(source, tmp_path / "eng.onnx", "2:4")
+    a, b = _weights(onnx.load(str(tmp_path / "cli.onnx"))), _weights(
+        onnx.load(str(tmp_path / "eng.onnx")))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("extra", [
+    ["--pass", "sparsify{criterion=obs}", "-o", "OUT"],
+    ["--pass", "sparsify{pattern=block}", "-o", "OUT"],
+    ["--pass", "sparsify", "--pass", "fold-bn", "-o", "OUT"],
+    ["--pass", "sparsify"],  # no -o
+])
+def test_cli_stream_refuses_with_exit_2(source: Path, tmp_path: Path, extra: list[str],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from compress_ir.cli import main
+
+    extra = [str(tmp_path / "o.onnx") if e == "OUT" else e for e in extra]
+    assert main([str(source), *extra, "--stream", "on"]) == 2
+    assert "--stream" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_stream_auto_small_model_runs_in_memory(source: Path, tmp_path: Path) -> None:
+    from compress_ir.cli import main
+    from compress_ir.stream.api import should_stream
+
+    assert not should_stream("auto", str(source))  # far below 2 GiB of external data
+    assert main([str(source), "--pass", "sparsify{pattern=2:4}", "-o",
+                 str(tmp_path / "o.onnx"), "-q"]) == 0
+    assert onnx.load(str(tmp_path / "o.onnx")).graph.initializer
