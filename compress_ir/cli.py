@@ -116,6 +116,9 @@ def _add_compress_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="PIPELINE", help="pass or comma list of passes (repeatable)")
     parser.add_argument("-o", "--output", help="write the compressed model here (atomically; "
                         "'-' for stdout)")
+    parser.add_argument("--stream", choices=("auto", "on", "off"), default="auto",
+                        help="stream weights from external data, one tensor in memory (auto: "
+                        "when external data > 2 GiB; only magnitude sparsify; else exit 2)")
     parser.add_argument("--report", action="append", metavar="FILE",
                         help="write the report here: .json, .html (self-contained page), .md "
                         "(PR comment); '-' prints the JSON to stdout and nothing else "
@@ -307,6 +310,15 @@ def _compress_command(parser: argparse.ArgumentParser, args: argparse.Namespace,
         if getattr(options, name) and not options.target:
             parser.error(f"--{name.replace('_', '-')} needs --target")
     setup_logging(-1 if args.quiet else min(args.verbose, 2), options.log_file)
+    from compress_ir.stream.api import run_streamed, should_stream
+
+    if options.passes and should_stream(args.stream, options.model):
+        report = run_streamed(options)
+        if not args.quiet:
+            print(f"streamed sparsify: {len(report.layers)} layers, sparsity "
+                  f"{report.sparsity:.4f} (counted from the written weights), "
+                  f"{report.seconds:.1f} s -> {options.output}")
+        return EXIT_OK
     return _compress_main(args, options)
 
 

@@ -39,7 +39,7 @@ _DESTS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "input_shape": ("input_shapes", parse_input_shapes),
 }
 _NOT_OPTIONS = {"config", "print_config", "list_passes", "list_targets", "quiet", "verbose",
-                "debug", "help", "version", "command"}
+                "debug", "help", "version", "command", "stream"}
 
 
 def explicit_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> dict[str, Any]:

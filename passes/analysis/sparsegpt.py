@@ -34,6 +34,16 @@ from compress_ir.passes.analysis.sparsity_masks import (
 )
 
 
+def quad(a: np.ndarray, h: np.ndarray, b: np.ndarray) -> float:
+    """`sum_okl a[o,k] h[k,l] b[o,l]` (= trace(a h b^T)) as one BLAS matmul.
+
+    Why not `np.einsum("ok,kl,ol->", ...)`: without a contraction path einsum loops
+    over all three indices in C (O(o k^2) scalar work, no BLAS): 29x slower on a
+    1024x1024 layer and the dominant cost of an OBS solve's error checks.
+    """
+    return float(np.sum((a @ h) * b))
+
+
 class HessianAccumulator:
     """Streams input rows of one layer into `X^T X` (float64) without keeping them.
 
@@ -149,7 +159,7 @@ def obs_prune(
     h = np.asarray(hessian, dtype=np.float64)
 
     def error(c: np.ndarray) -> float:
-        return float(np.einsum("ok,kl,ol->", w - c, h, w - c))
+        return quad(w - c, h, w - c)
 
     best = _obs_sweep(w, u, pattern, bounds, counts, None)
     magnitude = _chunk_mask(w, np.ones(k), pattern, count)
@@ -192,7 +202,6 @@ def output_error(weight: np.ndarray, new: np.ndarray, hessian: np.ndarray,
     products (`hessian` = X^T X, `cross` = X^T D, `dense` = D^T D; D = X when omitted)."""
     cross = hessian if cross is None else cross
     dense = hessian if dense is None else dense
-    den = float(np.einsum("ok,kl,ol->", weight, dense, weight))
-    num = den - 2.0 * float(np.einsum("ok,kl,ol->", new, cross, weight)) + float(
-        np.einsum("ok,kl,ol->", new, hessian, new))
+    den = quad(weight, dense, weight)
+    num = den - 2.0 * quad(new, cross, weight) + quad(new, hessian, new)
     return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0

@@ -113,8 +113,15 @@ def lowest(scores: np.ndarray, count: int) -> np.ndarray:
     """Boolean mask (same shape) of the `count` lowest scores, ties broken by position."""
     flat = scores.reshape(-1)
     pruned = np.zeros(flat.size, dtype=bool)
-    if count > 0:
-        pruned[np.argsort(flat, kind="stable")[:count]] = True
+    if count >= flat.size:
+        pruned[:] = True
+    elif count > 0:
+        # O(n) selection instead of a full stable sort (5x+ on a 2048x5632 layer), same
+        # set: everything below the count-th value, then the earliest ties at it
+        threshold = np.partition(flat, count - 1)[count - 1]
+        pruned = flat < threshold
+        ties = np.flatnonzero(flat == threshold)[: count - int(np.count_nonzero(pruned))]
+        pruned[ties] = True
     return pruned.reshape(scores.shape)
 
 

@@ -1,0 +1,113 @@
+"""Streamed sparsification of a ~1.1B TinyLlama-shape decoder (random fp32, external data).
+
+Each step runs in its own process so its peak RSS (ru_maxrss) is its own:
+generate the model (22 layers, hidden 2048, 32/4 heads, FFN 5632, vocab 32000), run
+`python -m compress_ir.stream` per mode, then load the output in onnxruntime and run it
+on 16 tokens (logits finite, changed vs. the dense model). Writes a markdown table.
+
+    nice -n 5 .venv/bin/python tools/bench_llm_stream.py --dir /tmp/llm_bench \
+        --out tools/results/llm/stream.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+GEN = """
+import json, resource, sys, time
+from compress_ir.stream.synth import LlamaShape, build
+t = time.perf_counter()
+shape = LlamaShape(layers=int(sys.argv[2]))
+build(shape, sys.argv[1])
+print(json.dumps({"params": shape.params(), "wall_s": round(time.perf_counter() - t, 2),
+                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+RUN = """
+import json, resource, sys, time
+import numpy as np, onnxruntime as ort
+t = time.perf_counter()
+so = ort.SessionOptions()
+so.add_session_config_entry("session.disable_prepacking", "1")
+sess = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
+load = time.perf_counter() - t
+ids = (np.arange(16, dtype=np.int64).reshape(1, 16) * 997) % 32000
+t = time.perf_counter()
+out = sess.run(None, {"input_ids": ids})[0]
+np.save(sys.argv[2], out[0, -1])
+print(json.dumps({"load_s": round(load, 2), "run_s": round(time.perf_counter() - t, 2),
+                  "finite": bool(np.isfinite(out).all()), "shape": list(out.shape),
+                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+MODES = {"2:4 magnitude": ["--pattern", "2:4"],
+         "50% magnitude": ["--pattern", "unstructured", "--sparsity", "0.5"]}
+
+
+def _py(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{args[:2]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--dir", default="/tmp/llm_bench")
+    ap.add_argument("--layers", type=int, default=22)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--out", default="tools/results/llm/stream.md")
+    args = ap.parse_args()
+    import numpy as np
+
+    work = Path(args.dir)
+    work.mkdir(parents=True, exist_ok=True)
+    src = work / "llama.onnx"
+    rows = []
+    if not src.exists():
+        gen = _py(["-c", GEN, str(src), str(args.layers)])
+        rows.append(("generate", gen["wall_s"], gen["peak_rss_bytes"],
+                     f"{gen['params'] / 1e9:.3f} B params"))
+    data_gb = (work / "llama.onnx.data").stat().st_size / 1e9
+    dense = _py(["-c", RUN, str(src), str(work / "dense.npy")])
+    rows.append(("ORT load+run dense", dense["load_s"] + dense["run_s"],
+                 dense["peak_rss_bytes"], f"data {data_gb:.2f} GB, finite={dense['finite']}"))
+    for mode in args.modes.split(","):
+        out = work / f"out_{mode.split()[0].replace(':', '_').replace('%', 'pct')}.onnx"
+        t = time.perf_counter()
+        rep = _py(["-m", "compress_ir.stream", str(src), str(out), *MODES[mode]])
+        wall = time.perf_counter() - t
+        rows.append((f"stream {mode}", round(wall, 1), rep["peak_rss_bytes"],
+                     f"{rep['layers']} layers, sparsity {rep['sparsity']:.4f} (counted from "
+                     f"written tensors), out {rep['bytes_written'] / 1e9:.2f} GB"))
+        check = _py(["-c", RUN, str(out), str(work / "sparse.npy")])
+        change = float(np.abs(np.load(work / "sparse.npy") - np.load(work / "dense.npy")).max())
+        rows.append((f"ORT load+run {mode}", check["load_s"] + check["run_s"],
+                     check["peak_rss_bytes"],
+                     f"finite={check['finite']}, max abs logit change vs dense {change:.3g}"))
+        out.unlink()
+        (work / (out.name + ".data")).unlink()
+    lines = [f"# Streamed sparsify, TinyLlama-shape decoder ({args.layers} layers, fp32, "
+             f"external data {data_gb:.2f} GB)", "",
+             f"Machine: {os.cpu_count()} cores, shared; each step its own process.", "",
+             "| step | wall s | peak RSS GiB | notes |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b:.1f} | {_gib(c)} | {d} |" for a, b, c, d in rows]
+    lines += ["", "Reproduce:", "", "```", "nice -n 5 .venv/bin/python tools/bench_llm_stream.py"
+              f" --dir {args.dir} --layers {args.layers} --out {args.out}", "```", ""]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
