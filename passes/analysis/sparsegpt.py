@@ -79,6 +79,17 @@ class HessianAccumulator:
         return self.hessian() if self.dtd is None else 2.0 * self.dtd / max(self.rows, 1)
 
 
+def quad(a: np.ndarray, h: np.ndarray, b: np.ndarray | None = None) -> float:
+    """`sum_o a_o^T H b_o` (b = a when omitted) with one BLAS matmul.
+
+    Why: `np.einsum("ok,kl,ol->")` without a contraction path loops over all three
+    indices in C (O(out K^2) scalar multiply-adds, seconds per FFN layer); `(a @ H) * b`
+    is the same sum in ~40x less time.
+    """
+    b = a if b is None else b
+    return float(np.sum((a @ h) * b))
+
+
 def dense_target(weight: np.ndarray, hessian: np.ndarray, cross: np.ndarray,
                  damp: float) -> np.ndarray:
     """`W* = argmin ||D W^T - X W*^T||^2 + lam ||W*||^2`: the weight whose outputs on the
@@ -149,7 +160,7 @@ def obs_prune(
     h = np.asarray(hessian, dtype=np.float64)
 
     def error(c: np.ndarray) -> float:
-        return float(np.einsum("ok,kl,ol->", w - c, h, w - c))
+        return quad(w - c, h)
 
     best = _obs_sweep(w, u, pattern, bounds, counts, None)
     magnitude = _chunk_mask(w, np.ones(k), pattern, count)
@@ -192,7 +203,6 @@ def output_error(weight: np.ndarray, new: np.ndarray, hessian: np.ndarray,
     products (`hessian` = X^T X, `cross` = X^T D, `dense` = D^T D; D = X when omitted)."""
     cross = hessian if cross is None else cross
     dense = hessian if dense is None else dense
-    den = float(np.einsum("ok,kl,ol->", weight, dense, weight))
-    num = den - 2.0 * float(np.einsum("ok,kl,ol->", new, cross, weight)) + float(
-        np.einsum("ok,kl,ol->", new, hessian, new))
+    den = quad(weight, dense)
+    num = den - 2.0 * quad(new, cross, weight) + quad(new, hessian)
     return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0

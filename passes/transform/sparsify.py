@@ -69,6 +69,7 @@ from compress_ir.passes.analysis.sparsegpt import (
     dense_target,
     obs_prune,
     output_error,
+    quad,
 )
 from compress_ir.passes.analysis.sparsity_masks import (
     Pattern,
@@ -379,7 +380,7 @@ def _obs(layer: Layer, pattern: Pattern, accs: list[HessianAccumulator], opts: S
         h, cross, dense = acc.hessian(), acc.cross(), acc.dense_hessian()
         start = w_g if acc.xtd is None or ridge is None else dense_target(w_g, h, cross, ridge)
         new[rows], keep[rows] = obs_prune(start, h, pattern, count, opts.chunk, opts.damp)
-        scale = float(np.einsum("ok,kl,ol->", w_g, dense, w_g))
+        scale = quad(w_g, dense)
         mag_keep = (layer_mask(w_g**2, pattern, 0.0) if pattern.kind == "nm" else
                     mask_from_units(pattern, lowest(unit_scores(pattern, w_g**2), count)))
         err_obs += output_error(w_g, new[rows], h, cross, dense) ** 2 * scale

@@ -1,0 +1,30 @@
+"""`quad`: the OBS quadratic forms (x^T H x summed over rows) that replaced 3-index einsums."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compress_ir.passes.analysis.sparsegpt import output_error, quad
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (7, 16)])
+def test_quad_equals_the_sum_of_per_row_quadratic_forms(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(shape[1])
+    a, b = rng.standard_normal(shape), rng.standard_normal(shape)
+    h = rng.standard_normal((shape[1], shape[1]))  # not symmetric: order of a, b matters
+    want_ab = sum(float(a[o] @ h @ b[o]) for o in range(shape[0]))
+    want_aa = sum(float(a[o] @ h @ a[o]) for o in range(shape[0]))
+    assert quad(a, h, b) == pytest.approx(want_ab, rel=1e-12, abs=1e-12)
+    assert quad(a, h) == pytest.approx(want_aa, rel=1e-12, abs=1e-12)
+
+
+def test_output_error_is_the_relative_output_error_of_the_rows() -> None:
+    """From the accumulated products it equals ||D W^T - X W'^T|| / ||D W^T|| on the rows."""
+    rng = np.random.default_rng(0)
+    d = rng.standard_normal((50, 8))
+    x = d + 0.1 * rng.standard_normal((50, 8))
+    w, w_new = rng.standard_normal((4, 8)), rng.standard_normal((4, 8))
+    want = np.linalg.norm(d @ w.T - x @ w_new.T) / np.linalg.norm(d @ w.T)
+    got = output_error(w, w_new, x.T @ x, x.T @ d, d.T @ d)
+    assert got == pytest.approx(want, rel=1e-9)
