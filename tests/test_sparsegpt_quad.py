@@ -28,3 +28,19 @@ def test_output_error_is_the_relative_output_error_of_the_rows() -> None:
     want = np.linalg.norm(d @ w.T - x @ w_new.T) / np.linalg.norm(d @ w.T)
     got = output_error(w, w_new, x.T @ x, x.T @ d, d.T @ d)
     assert got == pytest.approx(want, rel=1e-9)
+
+
+def test_obs_prune_with_a_precomputed_inverse_is_identical() -> None:
+    """Sharing one `inverse_cholesky` across candidates (sparsify's held-out choice) is exact."""
+    from compress_ir.passes.analysis.sparsegpt import inverse_cholesky, obs_prune
+    from compress_ir.passes.analysis.sparsity_masks import parse_pattern
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 16))
+    h = 2.0 * x.T @ x / 64
+    w = rng.standard_normal((6, 16))
+    for pattern, count in ((parse_pattern("2:4"), 0), (parse_pattern("unstructured"), 48)):
+        a_w, a_keep = obs_prune(w, h, pattern, count, 8, 0.01)
+        b_w, b_keep = obs_prune(w, h, pattern, count, 8, 0.01, inverse_cholesky(h, 0.01))
+        assert np.array_equal(a_keep, b_keep) and np.array_equal(a_w, b_w)
+        assert int((~a_keep).sum()) == 48  # half of 6 x 16 either way

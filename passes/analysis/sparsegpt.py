@@ -104,7 +104,7 @@ def dense_target(weight: np.ndarray, hessian: np.ndarray, cross: np.ndarray,
     return np.linalg.solve(h, cross @ weight.T).T
 
 
-def _inverse_cholesky(hessian: np.ndarray, damp: float) -> np.ndarray:
+def inverse_cholesky(hessian: np.ndarray, damp: float) -> np.ndarray:
     """Upper Cholesky factor U of (H + lam I)^-1, with dead inputs made harmless.
 
     An input that is always zero has H_ii = 0; its weights do not matter, so its
@@ -135,13 +135,14 @@ def _chunk_mask(
 
 def obs_prune(
     weight: np.ndarray, hessian: np.ndarray, pattern: Pattern, count: int,
-    chunk: int = 128, damp: float = 0.01,
+    chunk: int = 128, damp: float = 0.01, inv_chol: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Prune `count` units (elements/blocks; ignored for N:M) of `weight` [out, K].
 
     Returns (updated weight with exact zeros at pruned positions, keep mask).
     `chunk` is rounded up to the pattern's column multiple so N:M groups and
-    blocks never straddle two chunks.
+    blocks never straddle two chunks. `inv_chol`: `inverse_cholesky(hessian, damp)` when
+    the caller prunes several weights with one Hessian (the inverse is the slow part).
 
     SparseGPT's chunked mask choice spreads the pruned units evenly over the chunks;
     at high sparsity on low-rank inputs that can lose to plain magnitude pruning,
@@ -154,7 +155,7 @@ def obs_prune(
     out, k = w.shape
     step = pattern.column_multiple
     chunk = max(step, -(-chunk // step) * step)
-    u = _inverse_cholesky(hessian, damp)
+    u = inverse_cholesky(hessian, damp) if inv_chol is None else inv_chol
     bounds = [(s, min(s + chunk, k)) for s in range(0, k, chunk)]
     counts = split_count(count, [units(pattern, (out, e - s)) for s, e in bounds])
     h = np.asarray(hessian, dtype=np.float64)

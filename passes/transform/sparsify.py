@@ -67,6 +67,7 @@ from compress_ir.passes.analysis.heldout import RIDGES, held_out, period_for, sa
 from compress_ir.passes.analysis.sparsegpt import (
     HessianAccumulator,
     dense_target,
+    inverse_cholesky,
     obs_prune,
     output_error,
     quad,
@@ -416,14 +417,15 @@ def _choose_correction(
     hh, hc, hd = held.hessian(), held.cross(), held.dense_hessian()
     best = min(opts.ridges, key=lambda r: output_error(w_g, dense_target(w_g, h, cross, r),
                                                        hh, hc, hd))
-    plain = obs_prune(w_g, h, pattern, count, opts.chunk, opts.damp)[0]
+    u = inverse_cholesky(h, opts.damp)  # one inverse for the three candidates
+    plain = obs_prune(w_g, h, pattern, count, opts.chunk, opts.damp, u)[0]
     e_plain = output_error(w_g, plain, hh, hc, hd)
     # the unpruned refit's best ridge need not be the pruned one's: also try `damp`
     # (the ridge of the unchecked refit), judged after OBS like the rest
     pruned_errors = {}
     for ridge in dict.fromkeys((best, opts.damp)):
         refit = obs_prune(dense_target(w_g, h, cross, ridge), h, pattern, count, opts.chunk,
-                          opts.damp)[0]
+                          opts.damp, u)[0]
         pruned_errors[ridge] = output_error(w_g, refit, hh, hc, hd)
     best = min(pruned_errors, key=pruned_errors.get)
     e_refit = pruned_errors[best]
