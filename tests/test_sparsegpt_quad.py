@@ -44,3 +44,18 @@ def test_obs_prune_with_a_precomputed_inverse_is_identical() -> None:
         b_w, b_keep = obs_prune(w, h, pattern, count, 8, 0.01, inverse_cholesky(h, 0.01))
         assert np.array_equal(a_keep, b_keep) and np.array_equal(a_w, b_w)
         assert int((~a_keep).sum()) == 48  # half of 6 x 16 either way
+
+
+def test_dense_targets_match_one_solve_per_ridge() -> None:
+    """The eigh-based ridge sweep gives the same refits as `dense_target`'s direct solve."""
+    from compress_ir.passes.analysis.sparsegpt import dense_target, dense_targets
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((40, 12))
+    x[:, 3] = x[:, 2]  # rank-deficient: the ridge matters
+    d = x + 0.2 * rng.standard_normal((40, 12))
+    h, cross = 2.0 * x.T @ x / 40, 2.0 * x.T @ d / 40
+    w = rng.standard_normal((5, 12))
+    got = dense_targets(w, h, cross, (1e-4, 1e-2, 1.0))
+    for ridge, refit in got.items():
+        np.testing.assert_allclose(refit, dense_target(w, h, cross, ridge), rtol=1e-7, atol=1e-9)

@@ -67,6 +67,7 @@ from compress_ir.passes.analysis.heldout import RIDGES, held_out, period_for, sa
 from compress_ir.passes.analysis.sparsegpt import (
     HessianAccumulator,
     dense_target,
+    dense_targets,
     inverse_cholesky,
     obs_prune,
     output_error,
@@ -415,8 +416,8 @@ def _choose_correction(
     held = acc.held
     h, cross = acc.hessian(), acc.cross()
     hh, hc, hd = held.hessian(), held.cross(), held.dense_hessian()
-    best = min(opts.ridges, key=lambda r: output_error(w_g, dense_target(w_g, h, cross, r),
-                                                       hh, hc, hd))
+    refits = dense_targets(w_g, h, cross, tuple(dict.fromkeys((*opts.ridges, opts.damp))))
+    best = min(opts.ridges, key=lambda r: output_error(w_g, refits[r], hh, hc, hd))
     u = inverse_cholesky(h, opts.damp)  # one inverse for the three candidates
     plain = obs_prune(w_g, h, pattern, count, opts.chunk, opts.damp, u)[0]
     e_plain = output_error(w_g, plain, hh, hc, hd)
@@ -424,8 +425,7 @@ def _choose_correction(
     # (the ridge of the unchecked refit), judged after OBS like the rest
     pruned_errors = {}
     for ridge in dict.fromkeys((best, opts.damp)):
-        refit = obs_prune(dense_target(w_g, h, cross, ridge), h, pattern, count, opts.chunk,
-                          opts.damp, u)[0]
+        refit = obs_prune(refits[ridge], h, pattern, count, opts.chunk, opts.damp, u)[0]
         pruned_errors[ridge] = output_error(w_g, refit, hh, hc, hd)
     best = min(pruned_errors, key=pruned_errors.get)
     e_refit = pruned_errors[best]
