@@ -67,6 +67,8 @@ from compress_ir.passes.analysis.heldout import RIDGES, held_out, period_for, sa
 from compress_ir.passes.analysis.sparsegpt import (
     HessianAccumulator,
     dense_target,
+    dense_targets,
+    inverse_cholesky,
     obs_prune,
     output_error,
     quad,
@@ -380,7 +382,7 @@ def _obs(layer: Layer, pattern: Pattern, accs: list[HessianAccumulator], opts: S
         h, cross, dense = acc.hessian(), acc.cross(), acc.dense_hessian()
         start = w_g if acc.xtd is None or ridge is None else dense_target(w_g, h, cross, ridge)
         new[rows], keep[rows] = obs_prune(start, h, pattern, count, opts.chunk, opts.damp)
-        scale = quad(w_g, dense, w_g)
+        scale = quad(w_g, dense)
         mag_keep = (layer_mask(w_g**2, pattern, 0.0) if pattern.kind == "nm" else
                     mask_from_units(pattern, lowest(unit_scores(pattern, w_g**2), count)))
         err_obs += output_error(w_g, new[rows], h, cross, dense) ** 2 * scale
@@ -414,16 +416,16 @@ def _choose_correction(
     held = acc.held
     h, cross = acc.hessian(), acc.cross()
     hh, hc, hd = held.hessian(), held.cross(), held.dense_hessian()
-    best = min(opts.ridges, key=lambda r: output_error(w_g, dense_target(w_g, h, cross, r),
-                                                       hh, hc, hd))
-    plain = obs_prune(w_g, h, pattern, count, opts.chunk, opts.damp)[0]
+    refits = dense_targets(w_g, h, cross, tuple(dict.fromkeys((*opts.ridges, opts.damp))))
+    best = min(opts.ridges, key=lambda r: output_error(w_g, refits[r], hh, hc, hd))
+    u = inverse_cholesky(h, opts.damp)  # one inverse for the three candidates
+    plain = obs_prune(w_g, h, pattern, count, opts.chunk, opts.damp, u)[0]
     e_plain = output_error(w_g, plain, hh, hc, hd)
     # the unpruned refit's best ridge need not be the pruned one's: also try `damp`
     # (the ridge of the unchecked refit), judged after OBS like the rest
     pruned_errors = {}
     for ridge in dict.fromkeys((best, opts.damp)):
-        refit = obs_prune(dense_target(w_g, h, cross, ridge), h, pattern, count, opts.chunk,
-                          opts.damp)[0]
+        refit = obs_prune(refits[ridge], h, pattern, count, opts.chunk, opts.damp, u)[0]
         pruned_errors[ridge] = output_error(w_g, refit, hh, hc, hd)
     best = min(pruned_errors, key=pruned_errors.get)
     e_refit = pruned_errors[best]
