@@ -387,6 +387,10 @@ def _capture_level(
     for b, (now, then) in enumerate(streams):
         for n, t in enumerate(targets):
             o = original[t.node.name]
+            if t.kind == "bn":
+                x = now[t.node.inputs[0].name].astype(np.float64)
+                _bn_sums(t, x, then[o.outputs[0].name].astype(np.float64))
+                continue
             xo = then[o.inputs[0].name].astype(np.float64)
             if t.in_keep is None:
                 x = now[t.node.inputs[0].name].astype(np.float64)
@@ -394,9 +398,6 @@ def _capture_level(
                 x = xo
             else:
                 x = np.compress(t.in_keep[1], xo, axis=t.in_keep[0])
-            if t.kind == "bn":
-                _bn_sums(t, x, then[o.outputs[0].name].astype(np.float64))
-                continue
             rng = np.random.default_rng([seed, n, b])
             s_now = RowSampler(t.node, _const(t.node, 1).shape)
             s_then = RowSampler(o, _const(o, 1).shape)
