@@ -149,3 +149,44 @@ def test_align_prefers_exact_rows_over_scaled_copies() -> None:
     assert idx.tolist() == [0, 2, 3, 5] and worst == 0.0
     idx, _ = _align(original, rows)
     assert idx.tolist() == [0, 1, 2, 3]
+
+
+def _dense_inputs_predict() -> onnx.ModelProto:
+    """c1 (random, its pruned filters unpredictable) -> c2 -> c3. c2's filters 4..7 are its
+    filters 0..3 at half scale (unit-norm, so L2 prunes exactly 4..7): in the DENSE model
+    c3's inputs at the removed channels are half its inputs at the kept ones, so c3's
+    output is exactly linear in the dense model's kept channels, but not in the pruned
+    model's (c1's loss changes c2's kept outputs)."""
+    n = Net(seed=5)
+    t = n.op("Relu", [n.conv(n.input([1, 3, 8, 8]), 3, 8, "c1", pads=[1] * 4)], "r1")
+    w = n.rng.standard_normal((4, 8, 3, 3))
+    w /= np.linalg.norm(w.reshape(4, -1), axis=1)[:, None, None, None]
+    b = n.rng.standard_normal(4) / 5
+    c2 = n.op("Conv", [t, n.const(np.concatenate([w, w / 2]).astype(np.float32), "c2.w"),
+                       n.const(np.concatenate([b, b / 2]).astype(np.float32), "c2.b")],
+              "c2", pads=[1] * 4)
+    return n.build(n.conv(n.op("Relu", [c2], "r2"), 8, 4, "c3", pads=[1] * 4))
+
+
+def test_original_inputs_fit_dense_kept_channels_exactly() -> None:
+    proto, shape = _dense_inputs_predict(), (1, 3, 8, 8)
+    calib = _calib(shape, 32)
+    layers = {}
+    for inputs in ("current", "original"):
+        result = compress(proto, [PRUNE, f"reconstruct{{inputs={inputs},holdout=0,ridge=0}}"],
+                          calibration=calib)
+        layers[inputs] = {r["node"]: r for r in result.report["passes"][1]["details"]["layers"]}
+    # c3 on the dense model's kept channels: an exact linear fit (what 'original' means)
+    assert layers["original"]["c3"]["rel_error_after"] < 1e-6
+    # on the pruned model's inputs it cannot be exact (c1's pruned filters are random)
+    assert layers["current"]["c3"]["rel_error_after"] > 1e-2
+    # c2 lost only c1's channels, whose kept values are the same in both models
+    assert layers["original"]["c2"]["rel_error_after"] == pytest.approx(
+        layers["current"]["c2"]["rel_error_after"], rel=1e-6)
+    assert layers["original"]["c2"]["rel_error_after"] > 1e-2
+
+
+def test_inputs_option_is_checked() -> None:
+    with pytest.raises((UsageError, PassError, ValueError)):
+        compress(_dense_inputs_predict(), [PRUNE, "reconstruct{inputs=dense}"],
+                 calibration=_calib((1, 3, 8, 8), 8))

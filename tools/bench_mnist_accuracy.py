@@ -103,8 +103,11 @@ def cached_criterion(criterion: str, model_key: str) -> str:
     return name
 
 
+RECONSTRUCT = ["reconstruct"]  # the reconstruct pass spec (--reconstruct)
+
+
 def _prune(model: onnx.ModelProto, spec: str, calib: CalibrationSet, rec: bool) -> onnx.ModelProto:
-    pipeline = [spec] + (["reconstruct"] if rec else [])
+    pipeline = [spec] + (RECONSTRUCT[:1] if rec else [])
     return compress(model, pipeline, check=False, calibration=calib).model
 
 
@@ -302,7 +305,10 @@ def main() -> None:
     parser.add_argument("--reconstruct-at", default="0.5",
                         help="comma list of targets evaluated also with reconstruct for every "
                              "criterion (l1/uniform always); '' for none")
+    parser.add_argument("--reconstruct", default="reconstruct",
+                        help="the reconstruct pass spec, e.g. 'reconstruct{inputs=original}'")
     args = parser.parse_args()
+    RECONSTRUCT[0] = args.reconstruct
     if args.replot:
         points = [Point(**p) for p in json.loads(args.replot.read_text())]
         args.out.mkdir(parents=True, exist_ok=True)

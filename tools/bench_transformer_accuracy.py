@@ -142,6 +142,8 @@ def main() -> None:
     parser.add_argument("--criteria", default=",".join(CRITERIA))
     parser.add_argument("--macs", default=",".join(map(str, MACS)))
     parser.add_argument("--reconstruct", default="reconstruct{samples=8192}")
+    parser.add_argument("--reconstruct-tag", default="", help="appended to the reconstruct"
+                        " rows' label, to tell variants of --reconstruct apart")
     parser.add_argument("--allocation", choices=("uniform", "target-macs"), default="uniform")
     parser.add_argument("--calib-kind", choices=("windows", "texts"), default="windows",
                         help="packed 128-token windows, or single texts padded to 64 tokens "
@@ -169,6 +171,8 @@ def main() -> None:
         calib = CalibrationSet(td.calibration_windows(tok, rest, args.calib),
                                f"python-docstrings:{args.calib}x{td.SEQ}")
     tag = " [texts]" if args.calib_kind == "texts" else ""
+    if args.allocation == "target-macs":  # a different row than the uniform fraction
+        tag += " [target-macs]"
     metric = td.Retrieval(pairs)
     with tempfile.TemporaryDirectory() as tmp:
         model = onnx.load(td.export_onnx(Path(tmp) / "minilm.onnx"))
@@ -201,7 +205,8 @@ def main() -> None:
                          if args.allocation == "target-macs" else
                          f"channel-prune{{criterion={crit},ratio={round(1 - macs, 6)}}}")
                 for label, pipeline in ((crit + tag, [prune]),
-                                        (f"{crit} + reconstruct{tag}", [prune, args.reconstruct])):
+                                        (f"{crit} + reconstruct{args.reconstruct_tag}{tag}",
+                                         [prune, args.reconstruct])):
                     if (label, f"{macs}") in done:
                         continue
                     p = run_one(model, pipeline, calib, metric, "prune", label, f"{macs}")
@@ -223,7 +228,25 @@ def main() -> None:
             save()
 
 
+def extra_points(out: Path, points: list[Point]) -> list[Point]:
+    """Points from `out/points_*.json` that `points` lacks (by method and setting).
+
+    Why: helpers measuring different rows in parallel each write their own file, so
+    results.json never conflicts; the table and the plot show all of them.
+    """
+    seen = {(p.method, p.setting) for p in points}
+    extra: list[Point] = []
+    for path in sorted(out.glob("points_*.json")):
+        for raw in json.loads(path.read_text())["points"]:
+            p = Point(**raw)
+            if (p.method, p.setting) not in seen and p.kind != "dense":
+                seen.add((p.method, p.setting))
+                extra.append(p)
+    return extra
+
+
 def write(out: Path, meta: dict, points: list[Point]) -> None:
+    points = points + extra_points(out, points)
     dense = next((p.recall for p in points if p.kind == "dense"), None)
     lines = [
         "Made by `python tools/bench_transformer_accuracy.py --out tools/results/transformer/`.",

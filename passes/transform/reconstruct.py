@@ -50,6 +50,7 @@ refit was applied.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -84,6 +85,7 @@ from compress_ir.passes.weight_layers import (
 )
 
 EPS = 1e-12
+INPUTS = ("current", "original")
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,9 @@ class ReconstructOptions:
     bn: bool = option(True, "recalibrate BatchNormalization layers downstream of a change")
     downstream: bool = option(False, "also refit weight layers that lost no inputs but whose"
                               " inputs changed upstream (stops error compounding; slower)")
+    inputs: str = option("current", "X of the fit: 'current' (the pruned model's inputs, layer"
+                         " by layer) or 'original' (the dense model's inputs restricted to the"
+                         " kept channels, one-shot)")
 
     def __post_init__(self) -> None:
         if not self.ridge >= 0.0 or not all(r >= 0.0 for r in self.ridges):
@@ -108,6 +113,8 @@ class ReconstructOptions:
             raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
         if self.samples < 1:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
+        if self.inputs not in INPUTS:
+            raise ValueError(f"inputs must be one of {list(INPUTS)}, got {self.inputs!r}")
 
 
 # -- which original channels survived ----------------------------------------------------
@@ -207,6 +214,8 @@ class Target:
     out_keep: np.ndarray | None = None
     rows: int = 0
     sums: dict[str, Any] = field(default_factory=dict)
+    # inputs=original: (axis, kept-channel mask or None for all) of the original's input
+    in_keep: tuple[int, np.ndarray | None] | None = None
 
 
 def _const(node: gs.Node, index: int) -> np.ndarray | None:
@@ -363,25 +372,32 @@ def _capture_level(
     cur_names, orig_names = set(), set()
     for t in targets:
         o = original[t.node.name]
-        cur_names.add(t.node.inputs[0].name)
+        if t.in_keep is None:
+            cur_names.add(t.node.inputs[0].name)
         orig_names.add(o.outputs[0].name if t.kind == "bn" else o.inputs[0].name)
     batch = batch_size_for(cur, 128)
     batches = math.ceil(calib.size / batch)
-    streams = zip(
-        ActivationCapture(cur, sorted(cur_names)).stream(calib, batch),
-        ActivationCapture(orig, sorted(orig_names)).stream(calib, batch),
-        strict=True,
-    )
+    now_stream: Any = (ActivationCapture(cur, sorted(cur_names)).stream(calib, batch)
+                       if cur_names else itertools.repeat({}))
+    # not strict: without current-model tensors the first stream repeats {} forever
+    streams = zip(now_stream, ActivationCapture(orig, sorted(orig_names)).stream(calib, batch),
+                  strict=False)
     per_batch = max(1, math.ceil(samples / batches))
     period = period_for(holdout, calib.size)
     for b, (now, then) in enumerate(streams):
         for n, t in enumerate(targets):
             o = original[t.node.name]
-            x = now[t.node.inputs[0].name].astype(np.float64)
             if t.kind == "bn":
+                x = now[t.node.inputs[0].name].astype(np.float64)
                 _bn_sums(t, x, then[o.outputs[0].name].astype(np.float64))
                 continue
             xo = then[o.inputs[0].name].astype(np.float64)
+            if t.in_keep is None:
+                x = now[t.node.inputs[0].name].astype(np.float64)
+            elif t.in_keep[1] is None:
+                x = xo
+            else:
+                x = np.compress(t.in_keep[1], xo, axis=t.in_keep[0])
             rng = np.random.default_rng([seed, n, b])
             s_now = RowSampler(t.node, _const(t.node, 1).shape)
             s_then = RowSampler(o, _const(o, 1).shape)
@@ -439,6 +455,39 @@ def _recalibrate(t: Target) -> dict:
     return {"node": node.name, "level": t.level, "channels": int(mean_x.size)}
 
 
+def _use_original_inputs(
+    targets: list[Target], analysis: ChannelAnalysis, keep: dict[str, np.ndarray],
+    original: dict[str, gs.Node],
+) -> None:
+    """Fit every weight layer on the dense model's inputs at its kept channels, one-shot.
+
+    Why: fitting on the pruned model's inputs chases upstream pruning error layer by
+    layer (on MiniLM it made recall worse than no refit); the dense inputs restricted
+    to the surviving channels are what onnxsim's refit uses. No layer then depends on
+    another's refit, so all of them are captured in one pass (level 1); BatchNorm
+    targets keep their levels and still see the current model.
+    """
+    for t in targets:
+        if t.kind == "bn":
+            continue
+        name = original[t.node.name].inputs[0].name
+        layout, mask = analysis.layouts.get(name), keep.get(name)
+        k_now = _in_features(t.node)
+        per_channel = _const(t.node, 1).shape[1] if t.kind == "conv" else k_now
+        if layout is None or mask is None:
+            if k_now != _in_features(original[t.node.name]):
+                raise UsageError(f"reconstruct: inputs=original: the channels of {name!r} "
+                                 f"(input of {t.node.name!r}) are not tracked")
+            t.in_keep = (0, None)
+        elif int(mask.sum()) != per_channel:
+            raise UsageError(f"reconstruct: inputs=original: {t.node.name!r} has {per_channel}"
+                             f" input channels, the kept channels of {name!r} are"
+                             f" {int(mask.sum())}")
+        else:
+            t.in_keep = (layout.axis, mask)
+        t.level = 1
+
+
 @register_pass("reconstruct")
 class Reconstruct(Pass):
     summary = "refit pruned layers by least squares to the original outputs (needs --calib)"
@@ -460,6 +509,8 @@ class Reconstruct(Pass):
         current = {n.name: n for n in model.graph.nodes}
         keep, removed = recover_keep(analysis, current)
         targets, skipped = _plan(model, original, keep, opts.bn, opts.downstream)
+        if opts.inputs == "original":
+            _use_original_inputs(targets, analysis, keep, original)
         layers: list[dict] = []
         norms: list[dict] = []
         by_level: dict[int, list[Target]] = defaultdict(list)
