@@ -229,3 +229,20 @@ def test_measured_latency_steers_the_budget(tmp_path) -> None:
     step = next(p for p in result.report["passes"] if p["name"].startswith("channel-prune"))
     text = "\n".join(ChannelPrune.format_details(step["details"]))
     assert f"measured {steered:.3f}" in text and "latency rounds" in text, text
+
+
+def test_host_timed_latency_keeps_vector_width_multiples(tmp_path, monkeypatch) -> None:
+    """Without --target the tvm timer times on this host (x86): widths must be multiples of
+    its vector width, the widths its tables were timed at (odd widths fall off the vector
+    kernels: a pruned MobileNetV2 measured 1.27x the dense one)."""
+    from compress_ir.targets import resolve_target
+
+    monkeypatch.setitem(LATENCY_TIMERS, "tvm", _fake_factory)  # no real builds here
+    result = compress(_cnn(), "channel-prune{target-latency=0.5,"
+                              f"latency-cache={tmp_path},latency-repeat=0}}")
+    step = next(p for p in result.report["passes"] if p["name"].startswith("channel-prune"))
+    lanes = resolve_target("x86").round_to
+    assert step["stats"]["round_to"] == lanes > 1
+    cut = [(g["size"], g["kept"]) for g in step["details"]["groups"]
+           if g["status"] == "pruned" and g["kept"] < g["size"]]
+    assert cut and all(k % lanes == 0 for _, k in cut), cut  # e.g. 24 -> 16, 32 -> 16
