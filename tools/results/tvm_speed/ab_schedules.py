@@ -72,8 +72,14 @@ def build(proto, target, legacy: bool):  # noqa: ANN001, ANN201
 
 
 def main() -> int:
+    return compare(build, "resnet18,mobilenet_v2")
+
+
+def compare(build_fn, default_models: str) -> int:  # noqa: ANN001 - build(proto, target, legacy)
+    """ORT vs the `legacy` and current TVM builds of `build_fn`, interleaved, as a table
+    (shared by the before/after scripts in this folder)."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="resnet18,mobilenet_v2")
+    ap.add_argument("--models", default=default_models)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--repeat", type=int, default=15)
     args = ap.parse_args()
@@ -92,7 +98,8 @@ def main() -> int:
             in_name, shape = input_spec(proto)
             x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
             xt = tvm.runtime.tensor(x)
-            vms = {"before": build(proto, target, True), "after": build(proto, target, False)}
+            vms = {"before": build_fn(proto, target, True),
+                   "after": build_fn(proto, target, False)}
             for threads in [int(t) for t in args.threads.split(",")]:
                 set_tvm_threads(threads)
                 sess = ort_session(proto, threads, spin=False)
