@@ -60,7 +60,7 @@ if "fake" not in LATENCY_TIMERS:
 
 
 def _prune(proto: onnx.ModelProto, cache, repeat: int = 3):  # noqa: ANN001, ANN202
-    return compress(proto, "channel-prune{target-latency=0.5,latency-timer=fake,"
+    return compress(proto, "channel-prune{target-latency=0.5,latency-timer=fake,round-to=1,"
                            f"latency-cache={cache},latency-repeat={repeat}}}")
 
 
@@ -166,7 +166,7 @@ if "fake-overhead" not in LATENCY_TIMERS:
 def test_layers_alone_slower_than_the_model_scale_the_tables(tmp_path) -> None:
     proto = _cnn()
     result = compress(proto, "channel-prune{target-latency=0.5,latency-timer=fake-overhead,"
-                             f"latency-cache={tmp_path},latency-repeat=2}}")
+                             f"round-to=1,latency-cache={tmp_path},latency-repeat=2}}")
     alloc = _allocation(result)
     dense = 5.0 + fake_latency(load_onnx(proto).to_proto())
     layers = sum(1 for n in proto.graph.node if n.op_type in ("Conv", "Gemm"))
@@ -212,7 +212,7 @@ def test_measured_latency_steers_the_budget(tmp_path) -> None:
     dense = fake_latency(load_onnx(proto).to_proto()) ** 1.5
 
     def run(rounds: int):  # noqa: ANN202
-        result = compress(proto, "channel-prune{target-latency=0.5,latency-timer=convex,"
+        result = compress(proto, "channel-prune{target-latency=0.5,latency-timer=convex,round-to=1,"
                                  f"latency-cache={tmp_path},latency-repeat=3,"
                                  f"latency-rounds={rounds}}}")
         return result, fake_latency(result.model) ** 1.5 / dense
@@ -231,14 +231,13 @@ def test_measured_latency_steers_the_budget(tmp_path) -> None:
     assert f"measured {steered:.3f}" in text and "latency rounds" in text, text
 
 
-def test_host_timed_latency_keeps_vector_width_multiples(tmp_path, monkeypatch) -> None:
-    """Without --target the tvm timer times on this host (x86): widths must be multiples of
-    its vector width, the widths its tables were timed at (odd widths fall off the vector
-    kernels: a pruned MobileNetV2 measured 1.27x the dense one)."""
+def test_latency_widths_are_vector_width_multiples_of_the_timed_target(tmp_path) -> None:
+    """round-to=0 under target-latency: the vector width of the target the tables are timed
+    on (this host without --target), the widths the tables were timed at (odd widths fall
+    off the vector kernels: a pruned MobileNetV2 measured 1.27x the dense one)."""
     from compress_ir.targets import resolve_target
 
-    monkeypatch.setitem(LATENCY_TIMERS, "tvm", _fake_factory)  # no real builds here
-    result = compress(_cnn(), "channel-prune{target-latency=0.5,"
+    result = compress(_cnn(), "channel-prune{target-latency=0.5,latency-timer=fake,"
                               f"latency-cache={tmp_path},latency-repeat=0}}")
     step = next(p for p in result.report["passes"] if p["name"].startswith("channel-prune"))
     lanes = resolve_target("x86").round_to

@@ -61,7 +61,8 @@ class ChannelPruneOptions:
                         " | sensitivity: per-group ratios from pruning each group alone"
                         " (ratio ignored)")
     round_to: int = option(0, "keep channel counts a multiple of this (0: the --target's vector"
-                           " width; without a target 1, or the host's for target-latency)")
+                           " width; target-latency: the timed target's, this host without"
+                           " --target; else 1)")
     min_channels: int = option(1, "never keep fewer channels than this in a group")
     exclude: tuple[str, ...] = option((), "node names or glob patterns whose groups stay whole")
     target_macs: float = option(0.0, "keep this fraction of the MACs, e.g. 0.5 (greedy; 0 = off;"
@@ -258,6 +259,13 @@ def effective_round_to(round_to: int, ctx: PassContext) -> int:
     return ctx.target.round_to if ctx.target is not None else 1
 
 
+def latency_spec(ctx: PassContext) -> Any:
+    """The target whose latency target-latency measures: --target, else this host (x86)."""
+    from compress_ir.targets import resolve_target
+
+    return ctx.target if ctx.target is not None else resolve_target("x86")
+
+
 class LatencyProbe:
     """target-latency: the tables for the allocation, and the measurement of the result.
 
@@ -272,9 +280,8 @@ class LatencyProbe:
             LatencyCache,
             default_cache_dir,
         )
-        from compress_ir.targets import resolve_target
 
-        self.spec = ctx.target if ctx.target is not None else resolve_target("x86")
+        self.spec = latency_spec(ctx)
         self.options = options
         self.input_shapes = ctx.input_shapes
         self._prepare = LATENCY_TIMERS[options.latency_timer](self.spec)
@@ -348,14 +355,11 @@ class ChannelPrune(Pass):
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         round_to = effective_round_to(self.options.round_to, ctx)
-        if self.options.target_latency and not self.options.round_to and ctx.target is None \
-                and self.options.latency_timer == "tvm":
-            # latency is timed on the host (x86): keep the widths its tables were timed at
-            # (vector multiples); odd widths fall off the fast kernels and the measured
-            # pruned model came out slower than the dense one (MobileNetV2: 1.27x)
-            from compress_ir.targets import resolve_target
-
-            round_to = resolve_target("x86").round_to
+        if self.options.target_latency and not self.options.round_to:
+            # widths the latency tables were timed at (vector multiples of the timed target;
+            # the host without --target): odd widths fall off the fast kernels, and a
+            # pruned MobileNetV2 measured slower than the dense one
+            round_to = latency_spec(ctx).round_to
         options = dataclasses.replace(self.options, round_to=round_to)
         view = channel_view(model, ctx)  # cached: an earlier analysis pass may have run it
         before, work, analysis = view.proto, view.work, view.analysis
