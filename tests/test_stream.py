@@ -186,3 +186,16 @@ def test_cli_stream_auto_small_model_runs_in_memory(source: Path, tmp_path: Path
     assert main([str(source), "--pass", "sparsify{pattern=2:4}", "-o",
                  str(tmp_path / "o.onnx"), "-q"]) == 0
     assert onnx.load(str(tmp_path / "o.onnx")).graph.initializer
+
+
+@pytest.mark.parametrize("out", ["same", "stdout"])
+def test_output_that_is_the_input_is_refused_before_work(tmp_path: Path, out: str) -> None:
+    """-o equal to the input would rename the new weights over the input's data file."""
+    from compress_ir.core.errors import OutputError
+
+    src = tmp_path / "m.onnx"
+    build(SHAPE, src)
+    before = {p.name: _digest(p) for p in tmp_path.iterdir()}
+    with pytest.raises(OutputError, match="input|-o FILE"):
+        stream_sparsify(src, src if out == "same" else "-", "2:4")
+    assert {p.name: _digest(p) for p in tmp_path.iterdir()} == before  # nothing left behind

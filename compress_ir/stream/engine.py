@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from compress_ir.core.errors import UsageError
+from compress_ir.core.errors import OutputError, UsageError
+from compress_ir.core.safety import OutputPlan, means_stdout
 from compress_ir.formats.view import has_view, unview, view_shape, weight_view
 from compress_ir.passes.analysis.sparsity_masks import (
     Pattern,
@@ -25,7 +26,13 @@ from compress_ir.passes.analysis.sparsity_masks import (
     unsupported_shape,
 )
 from compress_ir.passes.weight_layers import WEIGHT_OPS, trans_b
-from compress_ir.stream.external import TensorReader, TensorWriter, is_external, load_graph
+from compress_ir.stream.external import (
+    TensorReader,
+    TensorWriter,
+    external_locations,
+    is_external,
+    load_graph,
+)
 
 STREAM_MIN_BYTES = 2 * 1024**3  # `--stream auto`: stream when external data exceeds 2 GiB
 
@@ -96,6 +103,22 @@ def plan(model: onnx.ModelProto, pattern: Pattern, skip_first: bool = True,
     return chosen, skipped
 
 
+def check_paths(src: str | os.PathLike, model: onnx.ModelProto, dst: str | os.PathLike) -> None:
+    """Refuse, before any work, an output (model or its `.data`) that is an input file.
+
+    Why: the writer renames its files into place at the end; `-o` equal to the input (or an
+    output data file named like the input's) would replace the input's weights.
+    """
+    if means_stdout(os.fspath(dst)):
+        raise OutputError("--stream writes a model plus its external data: give -o FILE.onnx")
+    paths = OutputPlan()
+    paths.add_input("input model", src)
+    for location in external_locations(model, src):
+        paths.add_input("model's external data", location)
+    paths.add("output", dst)
+    paths.add("output's external data", TensorWriter.data_path_for(dst))
+
+
 def stream_sparsify(src: str | os.PathLike, dst: str | os.PathLike, pattern: str = "2:4",
                     sparsity: float | None = None, skip_first: bool = True,
                     skip_last: bool = True) -> StreamReport:
@@ -107,6 +130,7 @@ def stream_sparsify(src: str | os.PathLike, dst: str | os.PathLike, pattern: str
     if not 0.0 <= target < 1.0:
         raise UsageError(f"sparsity must be in [0, 1), got {target}")
     model = load_graph(src)
+    check_paths(src, model, dst)
     chosen, skipped = plan(model, pat, skip_first, skip_last)
     reader, writer = TensorReader(src), TensorWriter(dst)
     report = StreamReport(skipped=skipped)

@@ -40,6 +40,13 @@ def load_graph(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: cannot read model: {exc}") from None
 
 
+def external_locations(model: onnx.ModelProto, model_path: str | os.PathLike) -> list[Path]:
+    """The external-data files `model` (at `model_path`) reads, resolved."""
+    base = Path(model_path).resolve().parent
+    return sorted({(base / _external(t)["location"]).resolve()
+                   for t in model.graph.initializer if is_external(t)})
+
+
 class TensorReader:
     """Reads initializers of a model loaded with `load_graph`, one at a time."""
 
@@ -78,11 +85,18 @@ class TensorWriter:
 
     def __init__(self, out_path: str | os.PathLike, data_name: str | None = None) -> None:
         self.out = Path(out_path).resolve()
-        self.data_name = data_name or self.out.name + ".data"
-        self.data_path = self.out.parent / self.data_name
+        self.data_path = self.out.parent / data_name if data_name else \
+            self.data_path_for(self.out)
+        self.data_name = self.data_path.name
         self._tmp = self.out.parent / f".{self.data_name}.{os.getpid()}.tmp"
         self._f = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
         self.offset = 0
+
+    @staticmethod
+    def data_path_for(out_path: str | os.PathLike) -> Path:
+        """Where the default writer for `out_path` puts its external data."""
+        out = Path(out_path).resolve()
+        return out.parent / (out.name + ".data")
 
     def write(self, tensor: onnx.TensorProto, array: np.ndarray) -> None:
         """Store `array` as `tensor`'s value in the data file (tensor proto updated)."""
