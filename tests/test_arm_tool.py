@@ -297,6 +297,25 @@ def test_make_inputs_are_seeded_and_typed() -> None:
     assert a["ids"].min() >= 0 and a["ids"].max() < 4
 
 
+def test_make_inputs_with_the_model_keep_ids_inside_their_table() -> None:
+    """A 2-row table (BERT token types) gets ids 0/1 and runs in onnxruntime; blind small
+    ints (0..3) would index out of it and onnxruntime would refuse the reference run."""
+    table = numpy_helper.from_array(np.ones((2, 3), np.float32), "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["y"])], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 3])], [table])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    meta = {"inputs": [{"name": "ids", "shape": [1, 64], "dtype": "int64"}]}
+    blind = check.make_inputs(meta, 0)
+    assert blind["ids"].max() >= 2  # the case the model-aware draw exists for
+    feeds = check.make_inputs(meta, 0, proto)
+    assert feeds["ids"].dtype == np.int64 and feeds["ids"].shape == (1, 64)
+    assert set(np.unique(feeds["ids"])) <= {0, 1}
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert sess.run(None, feeds)[0].shape == (1, 64, 3)
+
+
 def test_reference_outputs_refuses_another_model(work: dict[str, Path], tmp_path: Path) -> None:
     meta = _meta("arm", ARM_TARGET)
     feeds = check.make_inputs(meta, 0)

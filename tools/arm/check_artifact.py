@@ -48,6 +48,7 @@ from compress_ir.core.errors import (
     ModelLoadError,
     UsageError,
 )
+from compress_ir.core.feeds import realistic_inputs
 from compress_ir.core.files import write_atomic
 from compress_ir.core.numeric import rel_error, session
 
@@ -143,8 +144,19 @@ def find_rootfs(path: Path) -> Rootfs:
     return fs
 
 
-def make_inputs(meta: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
-    """Seeded random inputs in meta order: normal floats, small ints, random bools."""
+def make_inputs(meta: Mapping[str, Any], seed: int,
+                proto: onnx.ModelProto | None = None) -> dict[str, np.ndarray]:
+    """Seeded random inputs in meta order: normal floats, small ints, random bools.
+
+    With the model, inputs are drawn by kind as the CLI's own verify does (token ids inside
+    their embedding table, 0/1 masks): small ints alone index out of a 2-row table such as
+    BERT's token types, and onnxruntime refuses them.
+    """
+    if proto is not None:
+        shapes = {spec["name"]: tuple(spec["shape"]) for spec in meta["inputs"]}
+        drawn = realistic_inputs(proto, shapes, seed)
+        return {spec["name"]: np.asarray(drawn[spec["name"]]).astype(spec["dtype"])
+                for spec in meta["inputs"]}
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in meta["inputs"]:
@@ -295,8 +307,8 @@ def check(artifact: Path, model: Path, rootfs: Path, seed: int = 0,
     meta = load_meta(artifact)
     require_aarch64(artifact, meta)
     fs = find_rootfs(rootfs)
-    feeds = make_inputs(meta, seed)
     proto = load_model(model)
+    feeds = make_inputs(meta, seed, proto)
     same = same_model(proto, meta)
     want, ort_s = reference_outputs(model, meta, feeds, proto=proto)
     got, timing = run_under_qemu(fs, artifact, meta, feeds, repeat, threads, timeout, keep)
