@@ -219,6 +219,9 @@ COMPILE_SUBSET = [
     ("bert_ts", _tokens(1, 16, "token_type_ids"), None),  # token ids within their tables
     ("bert_dynamo", _tokens(1, 16, "token_type_ids"), None),
     ("keras_cnn", None, None),  # tf2onnx: Reshape whose shape is a computed tensor
+    ("vit", None, None),  # dynamo: patch Conv, cls Concat, heads pruned (issue 14)
+    ("gpt2_ts", _tokens(1, 16), None),  # TorchScript: fused c_attn Gemm + Split, causal mask
+    ("llama", _tokens(1, 16), None),  # dynamo: GQA, RoPE, SwiGLU, RMSNorm
 ]
 
 
