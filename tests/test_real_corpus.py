@@ -69,6 +69,7 @@ CASES: dict[str, Case] = {
     "bert_ts": Case(),
     "bert_dynamo": Case(),
     "vit": Case(),
+    "vit_ts": Case(),
     "gpt2": Case(),
     "llama": Case(),
     "gpt2_ts": Case(),
@@ -220,6 +221,7 @@ COMPILE_SUBSET = [
     ("bert_dynamo", _tokens(1, 16, "token_type_ids"), None),
     ("keras_cnn", None, None),  # tf2onnx: Reshape whose shape is a computed tensor
     ("vit", None, None),  # dynamo: patch Conv, cls Concat, heads pruned (issue 14)
+    ("vit_ts", None, None),  # the same ViT through TorchScript
     ("gpt2_ts", _tokens(1, 16), None),  # TorchScript: fused c_attn Gemm + Split, causal mask
     ("llama", _tokens(1, 16), None),  # dynamo: GQA, RoPE, SwiGLU, RMSNorm
 ]

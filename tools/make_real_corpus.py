@@ -569,7 +569,8 @@ def bert(dynamo: bool) -> Callable[[], Export]:
     return build
 
 
-def vit() -> Export:
+def vit(dynamo: bool = True) -> Export:
+    """A tiny ViT encoder, dynamic batch; `dynamo=False` is the TorchScript export (opset 17)."""
     model = _hf("ViTModel", "ViTConfig", image_size=32, patch_size=8, num_channels=3,
                 hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                 intermediate_size=64, add_pooling_layer=False)
@@ -580,8 +581,8 @@ def vit() -> Export:
     x = torch.randn(2, 3, 32, 32, generator=g)
     other = [{"pixel_values": torch.randn(3, 3, 32, 32, generator=g)}]
     axes = {"pixel_values": {0: "batch"}, "last_hidden_state": {0: "batch"}}
-    return torch_export(model, {"pixel_values": x}, other, ["last_hidden_state"], dynamo=True,
-                        opset=18, dynamic_axes=axes)
+    return torch_export(model, {"pixel_values": x}, other, ["last_hidden_state"],
+                        dynamo=dynamo, opset=18 if dynamo else 17, dynamic_axes=axes)
 
 
 def _decoder(model_cls: str, config_cls: str, vocab: int, dynamo: bool = True,
@@ -758,6 +759,9 @@ CORPUS: dict[str, Spec] = {
                         "same BERT through the new exporter"),
     "vit": Spec(vit, "transformers 4.57.6 ViTModel, dynamo=True, opset 18",
                 "patch-embedding Conv→Reshape→Transpose, cls token Concat"),
+    "vit_ts": Spec(lambda: vit(dynamo=False),
+                   "transformers 4.57.6 ViTModel, dynamo=False, opset 17",
+                   "the same ViT through TorchScript"),
     "gpt2": Spec(gpt2, "transformers 4.57.6 GPT2LMHeadModel, dynamo=True, opset 18",
                  "Conv1D (MatMul), fused qkv Split, causal mask, tied lm head"),
     "llama": Spec(llama, "transformers 4.57.6 LlamaForCausalLM, dynamo=True, opset 18",
