@@ -74,6 +74,8 @@ CASES: dict[str, Case] = {
     "llama": Case(),
     "gpt2_ts": Case(),
     "llama_ts": Case(),
+    "mpt": Case(),
+    "mpt_ts": Case(),
     "timm_resnet": Case(),
     "timm_mobilevit": Case(),
     "keras_cnn": Case(),

@@ -167,8 +167,8 @@ def test_llama_gqa_rope_heads(name: str) -> None:
 def _causal_attention(mask_over_heads: bool) -> onnx.ModelProto:
     """x[B,S,16] -> qkv(48) -> Split -> 2 heads of 8 -> scores -> Where(mask) -> softmax
     -> P.V -> merge -> proj(5). The mask is `bias[:, :, :S, :S]` with S from Shape, as
-    GPT-2 exports it; with `mask_over_heads` it is `[1, 2, 128, 128]`: one mask per head,
-    which is not broadcast over them and so must block the heads."""
+    GPT-2 exports it; with `mask_over_heads` it is `[1, 2, 128, 128]`: one mask per head
+    (different ones), computed at run time, so the kept head must read its own mask."""
     n = Net(opset=18)
     x = n.input(["B", "S", 16])
     qkv = n.op("MatMul", [x, n.rand((16, 48), "qkv.w")], "qkv")
@@ -211,15 +211,18 @@ def test_broadcast_mask_dims_are_read_off_the_slice() -> None:
 @pytest.mark.parametrize("mask_over_heads", [False, True])
 def test_causal_mask_broadcast_over_heads(mask_over_heads: bool) -> None:
     proto = _causal_attention(mask_over_heads)
-    if mask_over_heads:
-        out = prune_and_check(proto, PRUNE, expect_modified=False)
-        reasons = row(out, "qkv")["blocked_by"]
-        assert reasons[0] == ("Where node 'masked': input 'mask' is computed without channel "
-                              "tracking")
-        return
     out = prune_and_check(proto, PRUNE)
+    gathers = [n for n in out.pruned.graph.node if n.op_type == "Gather"]
+    if mask_over_heads:  # the per-head mask is read at the kept head (ALiBi-style bias)
+        assert [(n.input[0], n.output[0] in {i for m in out.pruned.graph.node
+                                              if m.name == "masked" for i in m.input})
+                for n in gathers] == [("mask", True)]
+    else:
+        assert not gathers  # a mask broadcast over the heads needs nothing
     kept = kept_indices(inp(out.original, "qkv"), inp(out.pruned, "qkv"), axis=1)
     (h,) = {c // 8 for c in kept if c < 16}
+    # head 1 reads the reversed mask: a Gather of the wrong head would fail the oracle below
+    assert h == 1 or not mask_over_heads
     assert kept == [c + off for off in (0, 16, 32) for c in range(8 * h, 8 * h + 8)]
     rng = np.random.default_rng(0)
     for shape in ((2, 5, 16), (1, 8, 16)):
@@ -358,3 +361,42 @@ def test_unit_multiples() -> None:
               group(3, {0: 4}), group(4, {0: 12, 1: 2})]
     assert unit_multiples(groups, 8) == {1: 1, 2: 1, 3: 2, 4: 4}
     assert unit_multiples(groups, 1) == {}
+
+
+# -- ALiBi: a per-head bias computed at run time (MPT) -------------------------------------
+_MPT_TS = "/model/transformer/blocks.{}/attn/"
+
+
+def test_mpt_alibi_heads_read_their_own_bias() -> None:
+    """MPT adds `alibi[:, :, -S:]` (a `[heads, 1, max_seq]` table sliced to the sequence at
+    run time, shared by every block) to the scores. Each block reads it at its kept heads
+    through a Gather (`gather-input`): the table itself is never changed under the other
+    block, and the oracle holds at other batch/sequence sizes (the slice moves with S)."""
+    proto = _load("mpt_ts")
+    out = prune_and_check(proto, PRUNE)
+    for b in (0, 1):
+        qkv = f"{_MPT_TS.format(b)}Wqkv/MatMul"
+        assert row(out, qkv)["status"] == "pruned" and row(out, qkv)["heads_kept"] == 2
+        kept = kept_indices(inp(out.original, qkv), inp(out.pruned, qkv), axis=1)
+        heads = sorted({c // HEAD_DIM for c in kept if c < HIDDEN})
+        assert kept == [off + c for off in (0, HIDDEN, 2 * HIDDEN) for c in _cols(heads)]
+        out_proj = f"{_MPT_TS.format(b)}out_proj/MatMul"
+        assert kept_indices(inp(out.original, out_proj), inp(out.pruned, out_proj)) == \
+            _cols(heads)
+    gathers = [n for n in out.pruned.graph.node if n.op_type == "Gather"
+               and n.name.endswith("_gather")]
+    assert len(gathers) == 2  # one per block, on the sliced ALiBi bias
+    for batch, seq in ((2, 7), (1, 1), (3, 12)):
+        _agree(out, batch, seq)
+
+
+def test_mpt_dynamo_heads_stay_whole_with_a_reason() -> None:
+    """The dynamo export slices the ALiBi table with bounds `max(128 - S, 0)`: inference
+    loses the scores' sequence dim, so the merge reshape `[B, S, -1]` cannot be proven to
+    merge heads x head_dim. Heads are left whole and the report says why (no guess)."""
+    result = compress(_load("mpt"), PRUNE, check=True)
+    assert result.report["checks"][0]["ok"]
+    groups = result.report["passes"][0]["details"]["groups"]
+    heads = [g for g in groups if g["size"] == HEADS]
+    assert len(heads) == 2 and all(g["status"] == "blocked" for g in heads)
+    assert all("Reshape" in g["blocked_by"][0] for g in heads)

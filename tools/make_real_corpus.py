@@ -629,10 +629,15 @@ GPT2_CONFIG = {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 64, "n_in
 LLAMA_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                 "num_attention_heads": 4, "num_key_value_heads": 2,
                 "max_position_embeddings": 64, "tie_word_embeddings": False}
+# MPT: ALiBi (a per-head bias, slopes x positions, sliced to the sequence at run time)
+MPT_CONFIG = {"d_model": 32, "n_layers": 2, "n_heads": 4, "max_seq_len": 128,
+              "expansion_ratio": 2}
 gpt2 = _decoder("GPT2LMHeadModel", "GPT2Config", 96, **GPT2_CONFIG)
 llama = _decoder("LlamaForCausalLM", "LlamaConfig", 96, **LLAMA_CONFIG)
 gpt2_ts = _decoder("GPT2LMHeadModel", "GPT2Config", 96, dynamo=False, **GPT2_CONFIG)
 llama_ts = _decoder("LlamaForCausalLM", "LlamaConfig", 96, dynamo=False, **LLAMA_CONFIG)
+mpt = _decoder("MptForCausalLM", "MptConfig", 96, **MPT_CONFIG)
+mpt_ts = _decoder("MptForCausalLM", "MptConfig", 96, dynamo=False, **MPT_CONFIG)
 
 
 # ----------------------------------------------------------------------------- timm / keras
@@ -770,6 +775,10 @@ CORPUS: dict[str, Spec] = {
                     "the same GPT-2 through TorchScript"),
     "llama_ts": Spec(llama_ts, "transformers 4.57.6 LlamaForCausalLM, dynamo=False, opset 17",
                      "the same LLaMA through TorchScript"),
+    "mpt": Spec(mpt, "transformers 4.57.6 MptForCausalLM, dynamo=True, opset 18",
+                "ALiBi per-head bias sliced to the sequence, fused Wqkv, LayerNorm without bias"),
+    "mpt_ts": Spec(mpt_ts, "transformers 4.57.6 MptForCausalLM, dynamo=False, opset 17",
+                   "the same MPT through TorchScript"),
     "timm_resnet": Spec(timm_model("resnet10t", 64), "timm resnet10t, dynamo=False, opset 17",
                         "deep stem, avg-pool downsample shortcut"),
     "timm_mobilevit": Spec(timm_model("mobilevitv2_050", 64),

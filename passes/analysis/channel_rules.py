@@ -265,6 +265,11 @@ def elementwise(a: ChannelAnalysis, node: gs.Node) -> None:
         return
     axis, size = axes.pop(), sizes.pop()
     first = laid[0][1].ids
+    # An untracked input with the channels' full extent on the axis is read at the kept
+    # channels only (a Gather before the op): element-wise, out[c] depends on t[c] alone,
+    # so this is exact whatever computed t; its values never depend on pruned channels
+    # (any op mixing those into it is a barrier that blocks their group).
+    gathers: list[tuple[int, int]] = []
     for idx, t in enumerate(node.inputs):
         lay = a.layout(t)
         if t.name in broadcast:
@@ -287,8 +292,13 @@ def elementwise(a: ChannelAnalysis, node: gs.Node) -> None:
         if dim == size and expanded is not None:  # ViT's class token: Expand(const, [B, 1, 1])
             a.slice_const(expanded[0], 0, expanded[1], out)
             continue
+        if dim == size:  # ALiBi: a per-head bias computed at run time (slices of a table)
+            gathers.append((idx, local))
+            continue
         a.block_inputs(node, f"input {t.name!r} is computed without channel tracking")
         return
+    for idx, local in gathers:
+        a.fixup("gather-input", node, index=idx, axis=local, by=out.name)
     a.set_layout(out, axis, first)
 
 

@@ -125,6 +125,24 @@ def _fix_groupnorm_param(model: Model, node: gs.Node, f: Fixup, keep: dict) -> N
     _set_const(node, f.data["index"], values[group_keep])
 
 
+def _fix_gather_input(model: Model, node: gs.Node, f: Fixup, keep: dict) -> None:
+    """Read a computed input at the kept channels only (`Gather` on its channel axis).
+
+    Why: a per-head bias built at run time (ALiBi slopes times positions, sliced to the
+    sequence length) has no constant to slice; gathering the kept heads is exact.
+    """
+    mask = keep[f.data["by"]]
+    if mask.all():
+        return
+    index, axis = f.data["index"], f.data["axis"]
+    src = node.inputs[index]
+    kept = gs.Constant(f"{node.name}__{index}_kept", np.flatnonzero(mask).astype(np.int64))
+    out = gs.Variable(f"{src.name}__{node.name}_kept", dtype=src.dtype)
+    model.graph.nodes.append(gs.Node("Gather", name=f"{node.name}__{index}_gather",
+                                     attrs={"axis": axis}, inputs=[src, kept], outputs=[out]))
+    node.inputs[index] = out
+
+
 FIXUPS: dict[str, Callable[[Model, gs.Node, Fixup, dict], None]] = {
     "conv-group": _fix_conv_group,
     "split-sizes": _fix_split,
@@ -132,6 +150,7 @@ FIXUPS: dict[str, Callable[[Model, gs.Node, Fixup, dict], None]] = {
     "shape-element": _fix_shape_element,
     "groupnorm-groups": _fix_groupnorm,
     "groupnorm-param": _fix_groupnorm_param,
+    "gather-input": _fix_gather_input,
 }
 
 
