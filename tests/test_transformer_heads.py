@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import sympy
 from oracle import TOLERANCE, prune_and_check
 from test_channel_ops import Net, inp, kept_indices, row
 
@@ -365,22 +366,28 @@ def test_unit_multiples() -> None:
 
 # -- ALiBi: a per-head bias computed at run time (MPT) -------------------------------------
 _MPT_TS = "/model/transformer/blocks.{}/attn/"
+MPT = {  # per block: (fused Wqkv, out_proj)
+    "mpt": [("node_linear", "node_linear_1"), ("node_linear_4", "node_linear_5")],
+    "mpt_ts": [(f"{_MPT_TS.format(b)}Wqkv/MatMul", f"{_MPT_TS.format(b)}out_proj/MatMul")
+               for b in (0, 1)],
+}
 
 
-def test_mpt_alibi_heads_read_their_own_bias() -> None:
-    """MPT adds `alibi[:, :, -S:]` (a `[heads, 1, max_seq]` table sliced to the sequence at
-    run time, shared by every block) to the scores. Each block reads it at its kept heads
+@pytest.mark.parametrize("name", list(MPT))
+def test_mpt_alibi_heads_read_their_own_bias(name: str) -> None:
+    """MPT adds `alibi[:, :, -S:]` (a `[heads, 1, 128]` table sliced to the sequence at run
+    time, shared by every block) to the scores. Each block reads it at its kept heads
     through a Gather (`gather-input`): the table itself is never changed under the other
-    block, and the oracle holds at other batch/sequence sizes (the slice moves with S)."""
-    proto = _load("mpt_ts")
-    out = prune_and_check(proto, PRUNE)
-    for b in (0, 1):
-        qkv = f"{_MPT_TS.format(b)}Wqkv/MatMul"
+    block, and the oracle holds at other batch/sequence sizes (the slice moves with S).
+    The dynamo export slices with bounds `[max(0, 128 - S), END)`: its length min(128, S)
+    broadcast with the scores' S is S (`static_dims`), so the merge `[B, S, -1]` is
+    provably heads x head_dim."""
+    out = prune_and_check(_load(name), PRUNE)
+    for qkv, out_proj in MPT[name]:
         assert row(out, qkv)["status"] == "pruned" and row(out, qkv)["heads_kept"] == 2
         kept = kept_indices(inp(out.original, qkv), inp(out.pruned, qkv), axis=1)
         heads = sorted({c // HEAD_DIM for c in kept if c < HIDDEN})
         assert kept == [off + c for off in (0, HIDDEN, 2 * HIDDEN) for c in _cols(heads)]
-        out_proj = f"{_MPT_TS.format(b)}out_proj/MatMul"
         assert kept_indices(inp(out.original, out_proj), inp(out.pruned, out_proj)) == \
             _cols(heads)
     gathers = [n for n in out.pruned.graph.node if n.op_type == "Gather"
@@ -390,13 +397,15 @@ def test_mpt_alibi_heads_read_their_own_bias() -> None:
         _agree(out, batch, seq)
 
 
-def test_mpt_dynamo_heads_stay_whole_with_a_reason() -> None:
-    """The dynamo export slices the ALiBi table with bounds `max(128 - S, 0)`: inference
-    loses the scores' sequence dim, so the merge reshape `[B, S, -1]` cannot be proven to
-    merge heads x head_dim. Heads are left whole and the report says why (no guess)."""
-    result = compress(_load("mpt"), PRUNE, check=True)
-    assert result.report["checks"][0]["ok"]
-    groups = result.report["passes"][0]["details"]["groups"]
-    heads = [g for g in groups if g["size"] == HEADS]
-    assert len(heads) == 2 and all(g["status"] == "blocked" for g in heads)
-    assert all("Reshape" in g["blocked_by"][0] for g in heads)
+def test_broadcast_with_the_last_n_positions_is_exact_only_for_literal_n() -> None:
+    """`S` with `min(S, 128)` is S in every run onnxruntime accepts; min(S, c) for c < 2, or
+    min(T, 128) of another symbol, it is not provable (unknown, never a guess)."""
+    from compress_ir.passes.analysis.static_dims import broadcast
+
+    s, t = (sympy.Symbol(n, integer=True, positive=True) for n in ("sequence", "T"))
+    assert broadcast([s, sympy.Min(s, 128)]) == s
+    assert broadcast([sympy.Min(s, 128), 1, s]) == s
+    assert broadcast([s, sympy.Min(s, 1, evaluate=False)]) is None  # c < 2: not covered, unknown
+    assert broadcast([s, sympy.Min(s, t)]) is None
+    assert broadcast([s, sympy.Min(t, 128)]) is None
+    assert broadcast([s, None]) is None

@@ -85,9 +85,23 @@ def _same(a: ChannelAnalysis, node: gs.Node, axis: int, rank: int, depth: int) -
 
 
 def broadcast(dims: list[Expr | None]) -> Expr | None:
-    """numpy broadcasting of one axis: 1s drop out, the rest must be one expression."""
+    """numpy broadcasting of one axis: 1s drop out, the rest must be one expression.
+
+    One exact reduction: `E` with `min(E, c)` (c >= 2 a literal; ALiBi's table sliced to
+    the last S positions) is `E`: when E > c the two differ and neither is 1, so no run
+    that onnxruntime accepts has E > c.
+    """
     rest = {d for d in dims if d != 1}
-    if None in rest or len(rest) > 1:
+    if None in rest:
+        return None
+    if len(rest) == 2:
+        for m in rest:
+            other = next(iter(rest - {m}))
+            if isinstance(m, sympy.Min) and len(m.args) == 2 and other in m.args:
+                c = next(arg for arg in m.args if arg != other)
+                if c.is_Integer and int(c) >= 2:
+                    return other
+    if len(rest) > 1:
         return None
     return rest.pop() if rest else sympy.Integer(1)
 
@@ -128,7 +142,43 @@ def _slice(a: ChannelAnalysis, node: gs.Node, axis: int, rank: int, depth: int) 
         if starts is None:
             return None
         axes = list(range(len(starts.elems)))
-    return None if axis in {v % rank for v in axes} else sym_dim(a, x, axis, depth)
+    cut = [v % rank for v in axes]
+    if axis not in cut:
+        return sym_dim(a, x, axis, depth)
+    if node.attrs.get("starts") is not None:  # opset < 10: attribute form, not followed
+        return None
+    return _cut_extent(a, node, cut.index(axis), sym_dim(a, x, axis, depth))
+
+
+END = 2**31 - 1  # an end at least this large means "to the end" (torch writes INT64_MAX)
+
+
+def _cut_extent(a: ChannelAnalysis, node: gs.Node, k: int, d: Expr | None) -> Expr | None:
+    """Length of the k-th sliced axis (size `d`) when it follows from literals and the
+    two forms exporters write for "the last n" (`x[..., -n:]`):
+
+    - `[0, END)`: the whole axis (dynamo's no-op `x[:, :]`), `d`;
+    - `[max(0, d - n), END)`: `d - max(0, d - n)`, which is `min(d, n)`.
+    Anything else is None (unknown), never a guess.
+    """
+    if d is None:
+        return None
+    values = [a.sym.value(node.inputs[i]) if i < len(node.inputs) and node.inputs[i].name
+              else None for i in (1, 2, 4)]
+    starts, ends, steps = values
+    if starts is None or ends is None or k >= len(starts.elems) or k >= len(ends.elems):
+        return None
+    if steps is not None and (k >= len(steps.elems) or steps.elems[k] != 1):
+        return None
+    start, end = starts.elems[k], ends.elems[k]
+    if not (end.is_Integer and int(end) >= END):
+        return None
+    if start == 0:
+        return d
+    if isinstance(start, sympy.Max) and len(start.args) == 2 and 0 in start.args:
+        n = d - next(arg for arg in start.args if arg != 0)
+        return sympy.Min(d, n)
+    return None
 
 
 def _unsqueeze(a: ChannelAnalysis, node: gs.Node, axis: int, rank: int, depth: int
