@@ -47,11 +47,7 @@ from compress_ir.passes.analysis.sparsegpt import (
 )
 from compress_ir.passes.analysis.sparsity_masks import (
     Pattern,
-    layer_mask,
-    lowest,
-    mask_from_units,
     split_count,
-    unit_scores,
     units,
 )
 from compress_ir.passes.transform.sparsify import (
@@ -212,12 +208,12 @@ def _solve_shared(layers: list[Layer], accs: list[HessianAccumulator], pattern: 
         for g, (acc, u, count) in enumerate(zip(accs, factors, counts, strict=True)):
             rows = slice(g * out, (g + 1) * out)
             w_g, h = weight[rows], acc.hessian()
-            new[rows], keep[rows] = obs_prune(w_g, h, pattern, count, opts.chunk, opts.damp, u)
-            mag_keep = (layer_mask(w_g**2, pattern, 0.0) if pattern.kind == "nm" else
-                        mask_from_units(pattern, lowest(unit_scores(pattern, w_g**2), count)))
+            errors: dict[str, float] = {}
+            new[rows], keep[rows] = obs_prune(w_g, h, pattern, count, opts.chunk, opts.damp, u,
+                                              errors)
             den += quad(w_g, h)
-            err_obs += max(quad(w_g - new[rows], h), 0.0)
-            err_mag += max(quad(w_g * ~mag_keep, h), 0.0)
+            err_obs += max(errors["obs"], 0.0)
+            err_mag += max(errors["magnitude"], 0.0)
         layer.new, layer.keep = new, keep
         layer.info = {
             "layer_rel_error": round(math.sqrt(err_obs / den), 6) if den else 0.0,
