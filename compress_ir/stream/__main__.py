@@ -31,7 +31,10 @@ def _obs(args: argparse.Namespace) -> StreamReport:
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
-    return stream_obs(args.src, args.dst, calib, opts, seed=args.seed, log=log)
+    import numpy as np
+
+    return stream_obs(args.src, args.dst, calib, opts, seed=args.seed, log=log,
+                      solve_dtype=np.dtype(args.solve_dtype).type)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=8192, help="obs: rows per layer at most")
     ap.add_argument("--no-correct", action="store_true", help="obs: plain SparseGPT, no refit")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--solve-dtype", choices=("float64", "float32"), default="float64",
+                    help="obs: precision of the plain OBS sweeps")
     ap.add_argument("--no-skip-first", action="store_true")
     ap.add_argument("--no-skip-last", action="store_true")
     ap.add_argument("--layers-json", default=None, help="write the per-layer report here")

@@ -43,7 +43,6 @@ from compress_ir.passes.analysis.sparsegpt import (
     HessianAccumulator,
     inverse_cholesky,
     obs_prune,
-    quad,
 )
 from compress_ir.passes.analysis.sparsity_masks import (
     Pattern,
@@ -220,10 +219,11 @@ class _RowBuffer:
 
 
 def _solve_shared(layers: list[Layer], accs: list[HessianAccumulator], pattern: Pattern,
-                  opts: SparsifyOptions) -> None:
+                  opts: SparsifyOptions, dtype: type = np.float64) -> None:
     """Plain OBS (no refit) of layers with one input: one factorisation per group.
 
-    Same result and report fields as sparsify's `_obs` without a dense target.
+    Same result and report fields as sparsify's `_obs` without a dense target (with
+    `dtype` float64; float32: the sweep and errors in single precision).
     """
     factors = [inverse_cholesky(acc.hessian(), opts.damp) for acc in accs]
     for layer in layers:
@@ -239,8 +239,9 @@ def _solve_shared(layers: list[Layer], accs: list[HessianAccumulator], pattern: 
             w_g, h = weight[rows], acc.hessian()
             errors: dict[str, float] = {}
             new[rows], keep[rows] = obs_prune(w_g, h, pattern, count, opts.chunk, opts.damp, u,
-                                              errors)
-            den += quad(w_g, h)
+                                              errors, dtype)
+            w_d, h_d = w_g.astype(dtype), h.astype(dtype, copy=False)
+            den += float(np.sum((w_d @ h_d) * w_d, dtype=np.float64))
             err_obs += max(errors["obs"], 0.0)
             err_mag += max(errors["magnitude"], 0.0)
         layer.new, layer.keep = new, keep
@@ -251,8 +252,13 @@ def _solve_shared(layers: list[Layer], accs: list[HessianAccumulator], pattern: 
 
 
 def stream_obs(src: str | os.PathLike, dst: str | os.PathLike, calib: CalibrationSet,
-               opts: SparsifyOptions, seed: int = 0, log: object = None) -> StreamReport:
-    """`sparsify{criterion=obs}` of `src` into `dst` (+ `dst.data`), block by block."""
+               opts: SparsifyOptions, seed: int = 0, log: object = None,
+               solve_dtype: type = np.float64) -> StreamReport:
+    """`sparsify{criterion=obs}` of `src` into `dst` (+ `dst.data`), block by block.
+
+    `solve_dtype` float32 runs the plain OBS sweeps (stage 0, or all with correct=false)
+    in single precision; the refit path is the in-memory pass's, float64.
+    """
     start = time.perf_counter()
     if opts.criterion != "obs":
         raise UsageError("stream_obs needs criterion=obs")
@@ -301,7 +307,7 @@ def stream_obs(src: str | os.PathLike, dst: str | os.PathLike, calib: Calibratio
                         for layer in group:
                             _obs(layer, pattern, accs[name], opts)
                     else:
-                        _solve_shared(group, accs[name], pattern, opts)
+                        _solve_shared(group, accs[name], pattern, opts, solve_dtype)
                     for layer in group:
                         weights[layer.weight.name] = _store(layer)
                 stage_no += 1

@@ -180,7 +180,7 @@ def _chunk_mask(
 def obs_prune(
     weight: np.ndarray, hessian: np.ndarray, pattern: Pattern, count: int,
     chunk: int = 128, damp: float = 0.01, inv_chol: np.ndarray | None = None,
-    errors: dict[str, float] | None = None,
+    errors: dict[str, float] | None = None, dtype: type = np.float64,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Prune `count` units (elements/blocks; ignored for N:M) of `weight` [out, K].
 
@@ -190,7 +190,10 @@ def obs_prune(
     the caller prunes several weights with one Hessian (the inverse is the slow part).
     `errors`, if given, receives the `hessian`-weighted squared errors the choice below
     computes anyway: "obs" (the returned weight) and "magnitude" (magnitude mask, no
-    update), so callers need not pay for them again.
+    update), so callers need not pay for them again. `dtype` is the precision of the
+    column sweep and of those errors (the factorisation stays float64): float32 halves
+    the memory traffic of the sweep and the time of the error checks (SparseGPT's own
+    precision); the in-memory pass keeps float64.
 
     SparseGPT's chunked mask choice spreads the pruned units evenly over the chunks;
     at high sparsity on low-rank inputs that can lose to plain magnitude pruning,
@@ -199,17 +202,19 @@ def obs_prune(
     compensation and the better of the two is returned: OBS is never worse than
     magnitude on the data it was given.
     """
-    w = np.array(weight, dtype=np.float64)
+    w = np.array(weight, dtype=dtype)
     out, k = w.shape
     step = pattern.column_multiple
     chunk = max(step, -(-chunk // step) * step)
     u = inverse_cholesky(hessian, damp) if inv_chol is None else inv_chol
+    u = np.asarray(u, dtype=dtype)
     bounds = [(s, min(s + chunk, k)) for s in range(0, k, chunk)]
     counts = split_count(count, [units(pattern, (out, e - s)) for s, e in bounds])
-    h = np.asarray(hessian, dtype=np.float64)
+    h = np.asarray(hessian, dtype=dtype)
 
     def error(c: np.ndarray) -> float:
-        return quad(w - c, h)
+        d = w - c
+        return float(np.sum((d @ h) * d, dtype=np.float64))
 
     best = _obs_sweep(w, u, pattern, bounds, counts, None)
     magnitude = _chunk_mask(w, np.ones(k), pattern, count)
