@@ -239,3 +239,41 @@ def test_blockwise_refuses_side_inputs_and_other_passes(real: Path, synth: Path,
         stream_blockwise(real, tmp_path / "o.onnx", "channel-prune{ratio=0.5}",
                          calib=_real_calib())
     assert not list(tmp_path.iterdir())
+
+
+# -- the CLI: --stream routes obs and channel-prune to the block engines --------------------
+def test_cli_stream_obs_equals_engine(synth: Path, tmp_path: Path) -> None:
+    from compress_ir.cli import main
+
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input_ids=_synth_calib(4).arrays["input_ids"])
+    assert main([str(synth), "--pass", "sparsify{criterion=obs,pattern=2:4,correct=false}",
+                 "--calib", str(calib), "-o", str(tmp_path / "cli.onnx"), "--stream", "on",
+                 "-q"]) == 0
+    stream_obs(synth, tmp_path / "eng.onnx", _synth_calib(4),
+               SparsifyOptions(criterion="obs", pattern="2:4", correct=False))
+    a, b = _weights(onnx.load(str(tmp_path / "cli.onnx"))), _weights(
+        onnx.load(str(tmp_path / "eng.onnx")))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_cli_stream_channel_prune(synth: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from compress_ir.cli import main
+
+    out = tmp_path / "cli.onnx"
+    assert main([str(synth), "--pass", "channel-prune{ratio=0.5}", "-o", str(out),
+                 "--stream", "on"]) == 0
+    assert "block-wise" in capsys.readouterr().out
+    assert _weights(onnx.load(str(out)))["layers.1.mlp.up_proj"].shape == (
+        SHAPE.hidden, SHAPE.ffn // 2)
+
+
+def test_cli_stream_obs_without_calib_exits_2(synth: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from compress_ir.cli import main
+
+    assert main([str(synth), "--pass", "sparsify{criterion=obs}", "-o",
+                 str(tmp_path / "o.onnx"), "--stream", "on"]) == 2
+    assert "--calib" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
