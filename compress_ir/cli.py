@@ -310,14 +310,12 @@ def _compress_command(parser: argparse.ArgumentParser, args: argparse.Namespace,
         if getattr(options, name) and not options.target:
             parser.error(f"--{name.replace('_', '-')} needs --target")
     setup_logging(-1 if args.quiet else min(args.verbose, 2), options.log_file)
-    from compress_ir.stream.api import run_streamed, should_stream
+    from compress_ir.stream.api import describe, run_streamed, should_stream
 
     if options.passes and should_stream(args.stream, options.model):
         report = run_streamed(options)
         if not args.quiet:
-            print(f"streamed sparsify: {len(report.layers)} layers, sparsity "
-                  f"{report.sparsity:.4f} (counted from the written weights), "
-                  f"{report.seconds:.1f} s -> {options.output}")
+            print(describe(report, options.output))
         return EXIT_OK
     return _compress_main(args, options)
 

@@ -46,12 +46,28 @@ print(json.dumps({"load_s": round(load, 2), "run_s": round(time.perf_counter() -
                   "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
+# OBS: sequential SparseGPT block by block (compress_ir/stream/sequential.py), random
+# token ids as calibration (128 sequences x 16 tokens = 2048 rows per layer), plain
+# OBS (correct=false: the held-out refit's eigh of a 5632^2 Hessian per layer is
+# what it would add), float32 sweeps
+_OBS = ["--criterion", "obs", "--calib", "random:128", "--no-correct", "--solve-dtype",
+        "float32"]
 MODES = {"2:4 magnitude": ["--pattern", "2:4"],
-         "50% magnitude": ["--pattern", "unstructured", "--sparsity", "0.5"]}
+         "50% magnitude": ["--pattern", "unstructured", "--sparsity", "0.5"],
+         "2:4 obs": ["--pattern", "2:4", *_OBS],
+         "50% obs": ["--pattern", "unstructured", "--sparsity", "0.5", *_OBS],
+         # heads (a KV head with its 8 query heads) and FFN neurons, half of each block's,
+         # l2 criterion (no calibration), one residual block in memory at a time
+         "heads+FFN 50% l2": ["--prune", "channel-prune{ratio=0.5}"]}
 
 
-def _py(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+def _py(args: list[str], log: Path | None = None) -> dict:
+    # one BLAS thread: on a shared, oversubscribed machine OpenBLAS threads spin against
+    # each other (a 2048^2 Cholesky: 0.2 s on one thread, 0.5-4 s on two under load)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env)
+    if log is not None:
+        log.write_text(proc.stderr)
     if proc.returncode:
         raise SystemExit(f"{args[:2]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -83,15 +99,23 @@ def main() -> None:
     rows.append(("ORT load+run dense", dense["load_s"] + dense["run_s"],
                  dense["peak_rss_bytes"], f"data {data_gb:.2f} GB, finite={dense['finite']}"))
     for mode in args.modes.split(","):
-        out = work / f"out_{mode.split()[0].replace(':', '_').replace('%', 'pct')}.onnx"
+        tag = mode.replace(":", "_").replace("%", "pct").replace(" ", "_")
+        out = work / f"out_{tag}.onnx"
         t = time.perf_counter()
-        rep = _py(["-m", "compress_ir.stream", str(src), str(out), *MODES[mode]])
+        rep = _py(["-m", "compress_ir.stream", str(src), str(out), *MODES[mode],
+                   "--layers-json", str(work / f"layers_{tag}.json")],
+                  log=work / f"log_{tag}.txt")
         wall = time.perf_counter() - t
-        rows.append((f"stream {mode}", round(wall, 1), rep["peak_rss_bytes"],
-                     f"{rep['layers']} layers, sparsity {rep['sparsity']:.4f} (counted from "
-                     f"written tensors), out {rep['bytes_written'] / 1e9:.2f} GB"))
-        check = _py(["-c", RUN, str(out), str(work / "sparse.npy")])
-        change = float(np.abs(np.load(work / "sparse.npy") - np.load(work / "dense.npy")).max())
+        if "blocks" in rep:
+            note = (f"{rep['blocks']} blocks, block weight params {rep['params_after']:,} of "
+                    f"{rep['params_before']:,} (counted from the written model), out "
+                    f"{rep['bytes_written'] / 1e9:.2f} GB")
+        else:
+            note = (f"{rep['layers']} layers, sparsity {rep['sparsity']:.4f} (counted from "
+                    f"written tensors), out {rep['bytes_written'] / 1e9:.2f} GB")
+        rows.append((f"stream {mode}", round(wall, 1), rep["peak_rss_bytes"], note))
+        check = _py(["-c", RUN, str(out), str(work / f"out_{tag}.npy")])
+        change = float(np.abs(np.load(work / f"out_{tag}.npy") - np.load(work / "dense.npy")).max())
         rows.append((f"ORT load+run {mode}", check["load_s"] + check["run_s"],
                      check["peak_rss_bytes"],
                      f"finite={check['finite']}, max abs logit change vs dense {change:.3g}"))

@@ -1,4 +1,8 @@
-"""`--stream auto|on|off`: route a run to the streamed engine, or refuse it clearly.
+"""`--stream auto|on|off`: route a run to a streamed engine, or refuse it clearly.
+
+Engines: `sparsify` magnitude (tensor by tensor, `engine.py`), `sparsify` criterion=obs
+(block by block, sequential, needs --calib: `sequential.py`), `channel-prune`
+[+ `reconstruct`] (heads and FFN neurons block by block: `blockwise.py`).
 
 auto streams when the model's external data exceeds 2 GiB (protobuf's limit, and the
 size where loading everything in memory, then writing it, starts to double the peak).
@@ -18,10 +22,9 @@ from compress_ir.stream.external import external_bytes, load_graph
 MODES = ("auto", "on", "off")
 # sparsify options the engine implements, with the value it implements (defaults of the
 # pass); anything else set to another value is refused
-_SUPPORTED = {"criterion": "magnitude", "scope": "layer", "override": (), "exclude": (),
-              "min_size": 0}
+_SUPPORTED = {"scope": "layer", "override": (), "exclude": (), "min_size": 0}
 # options of the run (CompressOptions) that need the whole model in memory
-_IN_MEMORY = ("target", "artifact", "plan", "calibration", "sparse_storage", "benchmark")
+_IN_MEMORY = ("target", "artifact", "plan", "sparse_storage", "benchmark")
 
 
 def should_stream(mode: str, model_path: str) -> bool:
@@ -41,8 +44,9 @@ def should_stream(mode: str, model_path: str) -> bool:
 
 
 def _refuse(why: str) -> UsageError:
-    return UsageError(f"--stream: {why}; streamed runs support one sparsify pass with "
-                      "criterion=magnitude, scope=layer (N:M or unstructured) and -o "
+    return UsageError(f"--stream: {why}; streamed runs support one sparsify pass "
+                      "(scope=layer, N:M or unstructured; criterion=obs with --calib) or "
+                      "channel-prune[,reconstruct], and -o "
                       "(or give --stream off to load the whole model in memory)")
 
 
@@ -59,7 +63,11 @@ def sparsify_args(options: Any) -> dict[str, Any]:
     names = [name for name, _ in step_specs(options.passes)]
     if names != ["sparsify"]:
         raise _refuse(f"pipeline {names} is not streamable")
+    if options.calib is not None:
+        raise _refuse("--calib is used by sparsify criterion=obs only")
     opts = build_steps(options.passes)[0].options
+    if opts.criterion != "magnitude":
+        raise _refuse(f"sparsify criterion={opts.criterion!r} is not streamed tensor by tensor")
     for key, value in _SUPPORTED.items():
         if getattr(opts, key) != value:
             raise _refuse(f"sparsify {key.replace('_', '-')}={getattr(opts, key)!r}")
@@ -69,5 +77,81 @@ def sparsify_args(options: Any) -> dict[str, Any]:
             "skip_first": opts.skip_first, "skip_last": opts.skip_last}
 
 
-def run_streamed(options: Any) -> StreamReport:
+def _pipeline(options: Any) -> list[str]:
+    from compress_ir.recipe import step_specs
+
+    return [name for name, _ in step_specs(options.passes)]
+
+
+def _calibration(options: Any) -> Any:
+    from compress_ir.core.calibration import load_calibration
+
+    return load_calibration(options.calib, load_graph(options.model), options.calib_samples,
+                            options.seed, options.image(), input_shapes=options.input_shapes)
+
+
+def _common(options: Any) -> None:
+    if not options.output:
+        raise _refuse("an output file (-o) is required")
+    for name in _IN_MEMORY:
+        if getattr(options, name, None):
+            raise _refuse(f"--{name.replace('_', '-')} needs the model in memory")
+
+
+def _run_obs(options: Any) -> StreamReport:
+    import compress_ir.passes  # noqa: F401 - registers the passes
+    from compress_ir.recipe import build_steps
+    from compress_ir.stream.sequential import stream_obs
+
+    _common(options)
+    opts = build_steps(options.passes)[0].options
+    for key, value in _SUPPORTED.items():
+        if getattr(opts, key) != value:
+            raise _refuse(f"sparsify {key.replace('_', '-')}={getattr(opts, key)!r}")
+    if opts.parsed_pattern.kind == "block":
+        raise _refuse("sparsify pattern=block")
+    if options.calib is None:
+        raise _refuse("sparsify criterion=obs needs --calib")
+    return stream_obs(options.model, options.output, _calibration(options), opts,
+                      seed=options.seed)
+
+
+def _run_blockwise(options: Any) -> Any:
+    from compress_ir.stream.blockwise import stream_blockwise
+
+    _common(options)
+    calib = _calibration(options) if options.calib is not None else None
+    return stream_blockwise(options.model, options.output, ",".join(options.passes), calib,
+                            seed=options.seed)
+
+
+def _is_obs(options: Any) -> bool:
+    import compress_ir.passes  # noqa: F401 - registers the passes
+    from compress_ir.recipe import build_steps
+
+    return build_steps(options.passes)[0].options.criterion == "obs"
+
+
+def run_streamed(options: Any) -> Any:
+    """Run `options` with the streamed engine that fits (StreamReport or
+    BlockwiseReport), or UsageError saying why none does."""
+    from compress_ir.stream.blockwise import BLOCK_PASSES
+
+    names = _pipeline(options)
+    if names and names[0] == "channel-prune" and all(n in BLOCK_PASSES for n in names):
+        return _run_blockwise(options)
+    if names == ["sparsify"] and _is_obs(options):
+        return _run_obs(options)
     return stream_sparsify(options.model, options.output, **sparsify_args(options))
+
+
+def describe(report: Any, output: str) -> str:
+    """One line for the CLI, from what was written."""
+    if isinstance(report, StreamReport):
+        return (f"streamed sparsify: {len(report.layers)} layers, sparsity "
+                f"{report.sparsity:.4f} (counted from the written weights), "
+                f"{report.seconds:.1f} s -> {output}")
+    kept = report.params_after / report.params_before if report.params_before else 1.0
+    return (f"streamed block-wise pruning: {len(report.blocks)} blocks, weight params "
+            f"{report.params_after}/{report.params_before} ({kept:.3f}) in the blocks, "
+            f"{report.seconds:.1f} s -> {output}")

@@ -127,18 +127,44 @@ def inverse_cholesky(hessian: np.ndarray, damp: float) -> np.ndarray:
 
     An input that is always zero has H_ii = 0; its weights do not matter, so its
     diagonal is set to 1 (SparseGPT does the same) to keep H invertible.
+
+    Computed as the inverse of the upper-triangular N with H = N N^T (the Cholesky
+    factor of H with rows and columns reversed): (N^-1)^T N^-1 = H^-1 and N^-1 is upper
+    with a positive diagonal, so it is the factor. Why: a Cholesky and a triangular
+    inverse cost n^3/3 flops each, against ~3 n^3 for inv() then cholesky() (K=5632:
+    ~6 s instead of ~28 s on one core).
     """
     h = np.array(hessian, dtype=np.float64)
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
     lam = damp * float(np.mean(np.diag(h)))
+    eye = np.eye(h.shape[0])
     for attempt in range(6):
         try:
-            inv = np.linalg.inv(h + (lam * 10**attempt) * np.eye(h.shape[0]))
-            return np.linalg.cholesky(inv).T
+            lower = np.linalg.cholesky((h + (lam * 10**attempt) * eye)[::-1, ::-1])
         except np.linalg.LinAlgError:
             continue
+        return upper_inverse(np.ascontiguousarray(lower[::-1, ::-1]))
     raise np.linalg.LinAlgError("Hessian not positive definite even after damping")
+
+
+def upper_inverse(n: np.ndarray, leaf: int = 256) -> np.ndarray:
+    """Inverse of an upper-triangular matrix by 2x2 blocks (matmuls do the work).
+
+    inv([[A, B], [0, C]]) = [[A^-1, -A^-1 B C^-1], [0, C^-1]]; numpy has no triangular
+    inverse, and inv() would treat the matrix as general (8x the flops).
+    """
+    size = n.shape[0]
+    if size <= leaf:
+        return np.triu(np.linalg.inv(n))
+    m = size // 2
+    a_inv = upper_inverse(n[:m, :m], leaf)
+    c_inv = upper_inverse(n[m:, m:], leaf)
+    out = np.zeros_like(n)
+    out[:m, :m] = a_inv
+    out[m:, m:] = c_inv
+    out[:m, m:] = -(a_inv @ n[:m, m:]) @ c_inv
+    return out
 
 
 def _chunk_mask(
@@ -154,6 +180,7 @@ def _chunk_mask(
 def obs_prune(
     weight: np.ndarray, hessian: np.ndarray, pattern: Pattern, count: int,
     chunk: int = 128, damp: float = 0.01, inv_chol: np.ndarray | None = None,
+    errors: dict[str, float] | None = None, dtype: type = np.float64,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Prune `count` units (elements/blocks; ignored for N:M) of `weight` [out, K].
 
@@ -161,6 +188,12 @@ def obs_prune(
     `chunk` is rounded up to the pattern's column multiple so N:M groups and
     blocks never straddle two chunks. `inv_chol`: `inverse_cholesky(hessian, damp)` when
     the caller prunes several weights with one Hessian (the inverse is the slow part).
+    `errors`, if given, receives the `hessian`-weighted squared errors the choice below
+    computes anyway: "obs" (the returned weight) and "magnitude" (magnitude mask, no
+    update), so callers need not pay for them again. `dtype` is the precision of the
+    column sweep and of those errors (the factorisation stays float64): float32 halves
+    the memory traffic of the sweep and the time of the error checks (SparseGPT's own
+    precision); the in-memory pass keeps float64.
 
     SparseGPT's chunked mask choice spreads the pruned units evenly over the chunks;
     at high sparsity on low-rank inputs that can lose to plain magnitude pruning,
@@ -169,24 +202,30 @@ def obs_prune(
     compensation and the better of the two is returned: OBS is never worse than
     magnitude on the data it was given.
     """
-    w = np.array(weight, dtype=np.float64)
+    w = np.array(weight, dtype=dtype)
     out, k = w.shape
     step = pattern.column_multiple
     chunk = max(step, -(-chunk // step) * step)
     u = inverse_cholesky(hessian, damp) if inv_chol is None else inv_chol
+    u = np.asarray(u, dtype=dtype)
     bounds = [(s, min(s + chunk, k)) for s in range(0, k, chunk)]
     counts = split_count(count, [units(pattern, (out, e - s)) for s, e in bounds])
-    h = np.asarray(hessian, dtype=np.float64)
+    h = np.asarray(hessian, dtype=dtype)
 
     def error(c: np.ndarray) -> float:
-        return quad(w - c, h)
+        d = w - c
+        return float(np.sum((d @ h) * d, dtype=np.float64))
 
     best = _obs_sweep(w, u, pattern, bounds, counts, None)
     magnitude = _chunk_mask(w, np.ones(k), pattern, count)
     zeroed = np.where(magnitude, w, 0.0)
-    if error(zeroed) < error(best[0]):  # rare: only then pay for a second sweep
+    e_mag, e_best = error(zeroed), error(best[0])
+    if e_mag < e_best:  # rare: only then pay for a second sweep
         solved = _obs_sweep(w, u, pattern, bounds, counts, magnitude)
-        best = min([solved, (zeroed, magnitude)], key=lambda c: error(c[0]))
+        e_solved = error(solved[0])
+        best, e_best = (solved, e_solved) if e_solved <= e_mag else ((zeroed, magnitude), e_mag)
+    if errors is not None:
+        errors.update(obs=e_best, magnitude=e_mag)
     return best
 
 

@@ -1,0 +1,265 @@
+"""Streamed structured pruning: `channel-prune` (heads, FFN neurons) one block at a time.
+
+Each block of `blocks.decompose` (attention: q/k/v/o heads with their GQA grouping,
+RoPE and reshapes; MLP: gate/up/down neurons) is a small model by itself: its input is
+the residual point, its output the next one, so the residual width is fixed at both
+ends and the in-memory `channel-prune` (its group analysis, criteria, slicing and
+numeric check) runs on it unchanged. Only that block's weights are in memory; the
+pruned block's nodes and weights go to the output (weights to its data file) and the
+prelude and epilogue are copied. With calibration data the block runs on the
+activations of the already pruned blocks before it (sequential, for data-driven
+criteria and `reconstruct`); weight criteria need none.
+
+Limits (refused, UsageError): blocks must read only float activations with a sample
+axis (the residual point; RoPE tables/masks computed in the graph's prelude, as in
+`transformers` exports, are not yet passed to a block), and only `channel-prune` and
+`reconstruct` run (per-model rules such as sparsify's skip-first/last do not split
+into blocks).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from compress_ir.core.calibration import CalibrationSet, batch_size_for
+from compress_ir.core.errors import UsageError
+from compress_ir.stream.blocks import Segment, decompose
+from compress_ir.stream.engine import check_paths
+from compress_ir.stream.external import TensorReader, TensorWriter, is_external, load_graph
+from compress_ir.stream.sequential import State, _advance, _Block, _needed_later
+
+BLOCK_PASSES = ("channel-prune", "reconstruct")
+INLINE_BYTES = 1024  # smaller tensors stay in the model proto
+
+
+@dataclass
+class BlockwiseReport:
+    blocks: list[dict] = field(default_factory=list)
+    params_before: int = 0
+    params_after: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+
+
+def _block_model(model: onnx.ModelProto, seg: Segment, weights: dict[str, np.ndarray],
+                 example: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The block as a standalone model, inputs and outputs typed from `example`
+    (one calibration batch of its inputs) and the graph's value_info."""
+    def vi(name: str, value: np.ndarray) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info(
+            name, helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape))
+
+    inputs = [vi(n, example[n]) for n in seg.inputs]
+    point = example[seg.inputs[0]]
+    outputs = [vi(n, point) for n in seg.outputs]
+    graph = helper.make_graph(list(seg.nodes), seg.name.replace(" ", "_"), inputs, outputs,
+                              [numpy_helper.from_array(weights[n], n)
+                               for n in seg.initializers])
+    proto = helper.make_model(graph, opset_imports=list(model.opset_import))
+    proto.ir_version = model.ir_version
+    return proto
+
+
+def _check_block(seg: Segment, example: dict[str, np.ndarray], point: str) -> None:
+    for name in seg.inputs:
+        value = example[name]
+        if value.dtype.kind != "f" or value.shape != example[point].shape:
+            raise UsageError(f"{seg.name} reads {name!r} ({value.dtype}, {list(value.shape)}) "
+                             "besides the residual point: streamed channel-prune needs "
+                             "blocks whose inputs are all residual-shaped float activations")
+
+
+class _Names:
+    """Keeps tensor and node names unique in the assembled output graph."""
+
+    def __init__(self, shared: set[str]) -> None:
+        self.used: set[str] = set()
+        self.shared = shared  # names several segments read: renamed per block
+
+    def take(self, name: str, tag: str) -> str:
+        new = name if name not in self.shared and name not in self.used else f"{name}__{tag}"
+        while new in self.used:
+            new += "_"
+        self.used.add(new)
+        return new
+
+
+def _rename(block: onnx.ModelProto, keep: set[str], names: _Names, tag: str) -> None:
+    """Rename the block's internal tensors (all but `keep`) and nodes uniquely."""
+    mapping: dict[str, str] = {}
+
+    def new(name: str) -> str:
+        if not name or name in keep:
+            return name
+        if name not in mapping:
+            mapping[name] = names.take(name, tag)
+        return mapping[name]
+
+    for init in block.graph.initializer:
+        init.name = new(init.name)
+    for node in block.graph.node:
+        node.input[:] = [new(n) for n in node.input]
+        node.output[:] = [new(n) for n in node.output]
+        node.name = names.take(node.name or node.output[0], tag)
+
+
+def _params(tensors: list[onnx.TensorProto]) -> int:
+    return sum(int(np.prod(t.dims, dtype=np.int64)) for t in tensors
+               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                                  onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+               and len(t.dims) >= 2)
+
+
+def stream_blockwise(src: str | os.PathLike, dst: str | os.PathLike, passes: str,
+                     calib: CalibrationSet | None = None, seed: int = 0,
+                     log: object = None) -> BlockwiseReport:
+    """Run `passes` (channel-prune[, reconstruct]) on each block of `src`, streamed."""
+    import compress_ir.passes  # noqa: F401 - registers the passes
+    from compress_ir.api import compress
+    from compress_ir.recipe import step_specs
+
+    start = time.perf_counter()
+    names_in = [name for name, _ in step_specs([passes])]
+    if not names_in or any(n not in BLOCK_PASSES for n in names_in):
+        raise UsageError(f"streamed block-wise runs support {', '.join(BLOCK_PASSES)}; "
+                         f"got {names_in}")
+    model = load_graph(src)
+    check_paths(src, model, dst)
+    dec = decompose(model)
+    inits = {t.name: t for t in model.graph.initializer}
+    reader, writer = TensorReader(src), TensorWriter(dst)
+    report = BlockwiseReport()
+    batch = batch_size_for(model, 64)
+    state: State | None = list(calib.batches(batch)) if calib is not None else None
+    later = _needed_later(dec.segments)
+    shapes = _static_shapes(model, set(dec.points)) if state is None else {}
+    seen: dict[str, int] = {}
+    for seg in dec.segments:
+        for n in {*seg.initializers, *(o for node in seg.nodes for o in node.output)}:
+            seen[n] = seen.get(n, 0) + 1
+    names = _Names({n for n, c in seen.items() if c > 1})
+    boundary = {n for seg in dec.segments for n in (*seg.inputs, *seg.outputs)}
+    out_nodes: list[onnx.NodeProto] = []
+    out_inits: list[onnx.TensorProto] = []
+    done: set[str] = set()
+
+    def emit(tensor: onnx.TensorProto, value: np.ndarray) -> None:
+        if tensor.name in done:
+            return
+        done.add(tensor.name)
+        if value.nbytes >= INLINE_BYTES:
+            writer.write(tensor, value)
+        else:
+            tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
+        out_inits.append(tensor)
+
+    try:
+        for idx, seg in enumerate(dec.segments):
+            t0 = time.perf_counter()
+            weights = {n: reader.read(inits[n]) for n in seg.initializers}
+            is_block = 0 < idx < len(dec.segments) - 1
+            pruned = None
+            if is_block:
+                example = _example(seg, state, shapes)
+                _check_block(seg, example, dec.points[idx - 1])
+                block = _block_model(model, seg, weights, example)
+                block_calib = _block_calib(seg, state)
+                result = compress(block, passes, calibration=block_calib, seed=seed)
+                pruned = result.model
+                before = _params(list(block.graph.initializer))
+                after = _params(list(pruned.graph.initializer))
+                report.params_before += before
+                report.params_after += after
+                report.blocks.append({"block": seg.name, "params_before": before,
+                                      "params_after": after,
+                                      "macs_ratio": result.report.get("ratios", {}).get("macs"),
+                                      "kept": _kept(result.report)})
+                _rename(pruned, boundary, names, f"s{idx}")
+                out_nodes.extend(pruned.graph.node)
+                for t in pruned.graph.initializer:
+                    emit(onnx.TensorProto(name=t.name, data_type=t.data_type,
+                                          dims=list(t.dims)), numpy_helper.to_array(t))
+            else:
+                out_nodes.extend(seg.nodes)
+                for n in seg.initializers:
+                    names.used.add(n)
+                    value = weights[n]
+                    tensor = onnx.TensorProto()
+                    tensor.CopyFrom(inits[n])
+                    if is_external(tensor) or value.nbytes >= INLINE_BYTES:
+                        emit(tensor, value)
+                    elif n not in done:
+                        done.add(n)
+                        out_inits.append(tensor)
+            if state is not None and idx < len(dec.segments) - 1:
+                runner = _Block(model, seg, weights) if pruned is None else \
+                    _Block(pruned, _as_segment(pruned, seg), {
+                        t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer})
+                state = _advance(runner, state, later[idx])
+            if log is not None:
+                log(f"{seg.name}: {time.perf_counter() - t0:.1f} s")
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        del out.graph.node[:]
+        out.graph.node.extend(out_nodes)
+        del out.graph.initializer[:]
+        out.graph.initializer.extend(out_inits)
+        del out.graph.value_info[:]
+        report.bytes_written = writer.offset
+        writer.commit(out)
+    except BaseException:
+        writer.abort()
+        raise
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _as_segment(block: onnx.ModelProto, seg: Segment) -> Segment:
+    return Segment(seg.name, list(block.graph.node), list(seg.inputs), list(seg.outputs),
+                   [t.name for t in block.graph.initializer])
+
+
+def _example(seg: Segment, state: State | None,
+             shapes: dict[str, list[int] | None]) -> dict[str, np.ndarray]:
+    """One batch of the block's inputs: from the state, else zeros of their declared
+    shapes (weight criteria need no data; the pass checks on random inputs)."""
+    if state is not None:
+        return state[0]
+    missing = [n for n in seg.inputs if not shapes.get(n)]
+    if missing:
+        raise UsageError(f"{seg.name}: the shape of {missing} is not static; give "
+                         "calibration data")
+    return {n: np.zeros(shapes[n], np.float32) for n in seg.inputs}
+
+
+def _static_shapes(model: onnx.ModelProto, names: set[str]) -> dict[str, list[int] | None]:
+    """Static shapes of `names` from onnx shape inference on the weightless graph."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    out: dict[str, list[int] | None] = {}
+    for vi in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input):
+        if vi.name in names:
+            dims = [d.dim_value if d.HasField("dim_value") else 0
+                    for d in vi.type.tensor_type.shape.dim]
+            out[vi.name] = dims if dims and all(dims) else None
+    return out
+
+
+def _block_calib(seg: Segment, state: State | None) -> CalibrationSet | None:
+    if state is None:
+        return None
+    return CalibrationSet({n: np.concatenate([b[n] for b in state]) for n in seg.inputs},
+                          f"activations at {seg.inputs[0]}")
+
+
+def _kept(report: dict) -> dict:
+    """What the pruned groups keep, as the pass reports it ({"heads": [kept, of], ...})."""
+    out: dict = {}
+    for step in report.get("passes") or []:
+        out.update((step.get("details") or {}).get("kept") or {})
+    return out
