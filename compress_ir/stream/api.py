@@ -49,6 +49,7 @@ def _refuse(why: str) -> UsageError:
 def sparsify_args(options: Any) -> dict[str, Any]:
     """stream_sparsify keyword arguments for `options`, or UsageError saying why not."""
     import compress_ir.passes  # noqa: F401 - registers the passes
+    from compress_ir.passes.transform.sparsify import resolved
     from compress_ir.recipe import build_steps, step_specs
 
     if not options.output:
@@ -60,6 +61,7 @@ def sparsify_args(options: Any) -> dict[str, Any]:
     if names != ["sparsify"]:
         raise _refuse(f"pipeline {names} is not streamable")
     opts = build_steps(options.passes)[0].options
+    opts = resolved(opts, calibrated=False)  # criterion=auto: no calibration here, magnitude
     for key, value in _SUPPORTED.items():
         if getattr(opts, key) != value:
             raise _refuse(f"sparsify {key.replace('_', '-')}={getattr(opts, key)!r}")
