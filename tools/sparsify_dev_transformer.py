@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("/tmp/minilm_dev.onnx"),
                         help="exported once, reused")
     parser.add_argument("--log", type=Path, default=None, help="append JSON lines here")
+    parser.add_argument("--save", type=Path, default=None, help="write each output model "
+                        "here as <index>.onnx (for later analysis)")
     args = parser.parse_args()
     _, rest = td.split(500)
     dev, pool = rest[-args.dev:], rest[:-args.dev]
@@ -69,10 +71,13 @@ def main() -> None:
         return float((np.argmax(q @ d.T, axis=1) == np.arange(len(q))).mean())
 
     print(f"dense dev recall {score(dq, dd):.4f} ({len(dev)} pairs)", flush=True)
-    for spec in args.specs:
+    for index, spec in enumerate(args.specs):
         t0 = time.perf_counter()
         result = compress(model, spec.split(";"), calibration=calib)
         seconds = time.perf_counter() - t0
+        if args.save:
+            args.save.mkdir(parents=True, exist_ok=True)
+            onnx.save(result.model, args.save / f"{index}.onnx")
         q, d = embeddings(metric, result.model)
         cos = float(np.mean(np.concatenate([(q * dq).sum(1), (d * dd).sum(1)])))
         stats = result.report["passes"][-1].get("stats", {})
