@@ -293,7 +293,7 @@ def test_obs_beats_magnitude_on_mlp(pattern: str) -> None:
     basis = rng.standard_normal((4, 16))
     calib, test = _correlated(rng, 512, basis), _correlated(rng, 256, basis)
     spec = f"sparsify{{{pattern},skip-first=false,skip-last=false"
-    mag = sparsify(model, spec + "}", calib)
+    mag = sparsify(model, spec + ",criterion=magnitude}", calib)
     obs = sparsify(model, spec + ",criterion=obs}", calib)
     e_mag, e_obs = _fidelity(model, mag, test), _fidelity(model, obs, test)
     assert e_obs < 0.7 * e_mag, (e_obs, e_mag)
@@ -314,7 +314,7 @@ def test_obs_beats_magnitude_on_cnn(pattern: str) -> None:
     images = images.astype(np.float32)
     calib, test = images[:256], images[256:]
     spec = f"sparsify{{{pattern},skip-first=false,skip-last=false"
-    mag = sparsify(model, spec + "}", calib)
+    mag = sparsify(model, spec + ",criterion=magnitude}", calib)
     result = compress(model, spec + ",criterion=obs}",
                       calibration=CalibrationSet({"x": calib}, "test"))
     obs = result.model
@@ -353,9 +353,9 @@ def test_dense_target_correction_and_sequential_help(which: str) -> None:
     spec = "sparsify{sparsity=0.8,skip-first=false,skip-last=false"
     err = {opt: _fidelity(model, sparsify(model, spec + opt + "}", calib), test)
            for opt in (",criterion=obs", ",criterion=obs,correct=false",
-                       ",criterion=obs,sequential=false", "")}
+                       ",criterion=obs,sequential=false", ",criterion=magnitude")}
     assert err[",criterion=obs"] < 0.85 * err[",criterion=obs,correct=false"], err
-    assert err[",criterion=obs,sequential=false"] < err[""], err
+    assert err[",criterion=obs,sequential=false"] < err[",criterion=magnitude"], err
 
 
 # -- the OBS solver on its own -------------------------------------------------------------
@@ -403,3 +403,24 @@ def test_obs_error_not_above_magnitude(seed: int, sparsity: float) -> None:
     err_obs = np.linalg.norm(x @ (w - new).T)
     err_mag = np.linalg.norm(x @ (w - mag.reshape(w.shape)).T)
     assert err_obs <= err_mag * 1.000001
+
+
+def test_default_criterion_is_obs_with_calibration_else_magnitude() -> None:
+    """`criterion=auto` (default): OBS when the run has calibration data, magnitude without;
+    the result equals the explicit criterion's, and the details say which ran."""
+    model = mlp(7, k=16)
+    rng = np.random.default_rng(11)
+    calib = _correlated(rng, 256, rng.standard_normal((4, 16)))
+    cal = CalibrationSet({"x": calib}, "test")
+    spec = "sparsify{pattern=2:4,skip-first=false,skip-last=false"
+    auto = compress(model, spec + "}", calibration=cal)
+    details = auto.report["passes"][0]["details"]
+    assert details["criterion"] == "obs" and details["criterion_auto"].startswith("obs")
+    explicit = compress(model, spec + ",criterion=obs}", calibration=cal).model
+    for name in ("fc1", "fc2", "fc3", "head"):
+        np.testing.assert_array_equal(as_matrix(auto.model, name), as_matrix(explicit, name))
+    bare = compress(model, spec + "}")
+    assert bare.report["passes"][0]["details"]["criterion"] == "magnitude"
+    want = sparsify(model, spec + ",criterion=magnitude}")
+    for name in ("fc1", "fc2", "fc3", "head"):
+        np.testing.assert_array_equal(as_matrix(bare.model, name), as_matrix(want, name))

@@ -48,17 +48,18 @@ from compress_ir.core.calibration import CalibrationSet  # noqa: E402
 
 CRITERIA = ("l2", "act-mean", "wanda", "taylor")  # taylor: needs a classifier (fails here)
 MACS = (0.75, 0.5)
+DEFAULT = "default options (criterion=auto: obs, correct held-out)"
 SPARSE = (
-    ("obs (default: correct)", "sparsify{sparsity=0.5,criterion=obs}", "50%"),
+    (DEFAULT, "sparsify{sparsity=0.5}", "50%"),  # criterion=auto: obs (calibration given)
     ("obs, correct unchecked (holdout=0: before held-out)",
      "sparsify{sparsity=0.5,criterion=obs,holdout=0}", "50%"),
-    ("obs (default: correct)", "sparsify{pattern=2:4,criterion=obs}", "2:4"),
+    (DEFAULT, "sparsify{pattern=2:4}", "2:4"),
     ("obs, correct unchecked (holdout=0: before held-out)",
      "sparsify{pattern=2:4,criterion=obs,holdout=0}", "2:4"),
     ("obs, correct=false", "sparsify{sparsity=0.5,criterion=obs,correct=false}", "50%"),
     ("obs, correct=false", "sparsify{pattern=2:4,criterion=obs,correct=false}", "2:4"),
-    ("magnitude", "sparsify{sparsity=0.5}", "50%"),
-    ("magnitude", "sparsify{pattern=2:4}", "2:4"),
+    ("magnitude", "sparsify{sparsity=0.5,criterion=magnitude}", "50%"),
+    ("magnitude", "sparsify{pattern=2:4,criterion=magnitude}", "2:4"),
 )
 
 

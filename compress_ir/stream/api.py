@@ -53,6 +53,7 @@ def _refuse(why: str) -> UsageError:
 def sparsify_args(options: Any) -> dict[str, Any]:
     """stream_sparsify keyword arguments for `options`, or UsageError saying why not."""
     import compress_ir.passes  # noqa: F401 - registers the passes
+    from compress_ir.passes.transform.sparsify import resolved
     from compress_ir.recipe import build_steps, step_specs
 
     if not options.output:
@@ -66,6 +67,7 @@ def sparsify_args(options: Any) -> dict[str, Any]:
     if options.calib is not None:
         raise _refuse("--calib is used by sparsify criterion=obs only")
     opts = build_steps(options.passes)[0].options
+    opts = resolved(opts, calibrated=False)  # criterion=auto without --calib: magnitude
     if opts.criterion != "magnitude":
         raise _refuse(f"sparsify criterion={opts.criterion!r} is not streamed tensor by tensor")
     for key, value in _SUPPORTED.items():
@@ -100,11 +102,12 @@ def _common(options: Any) -> None:
 
 def _run_obs(options: Any) -> StreamReport:
     import compress_ir.passes  # noqa: F401 - registers the passes
+    from compress_ir.passes.transform.sparsify import resolved
     from compress_ir.recipe import build_steps
     from compress_ir.stream.sequential import stream_obs
 
     _common(options)
-    opts = build_steps(options.passes)[0].options
+    opts = resolved(build_steps(options.passes)[0].options, calibrated=True)
     for key, value in _SUPPORTED.items():
         if getattr(opts, key) != value:
             raise _refuse(f"sparsify {key.replace('_', '-')}={getattr(opts, key)!r}")
@@ -127,9 +130,11 @@ def _run_blockwise(options: Any) -> Any:
 
 def _is_obs(options: Any) -> bool:
     import compress_ir.passes  # noqa: F401 - registers the passes
+    from compress_ir.passes.transform.sparsify import resolved
     from compress_ir.recipe import build_steps
 
-    return build_steps(options.passes)[0].options.criterion == "obs"
+    opts = resolved(build_steps(options.passes)[0].options, options.calib is not None)
+    return opts.criterion == "obs"  # criterion=auto with --calib is obs, as in memory
 
 
 def run_streamed(options: Any) -> Any:

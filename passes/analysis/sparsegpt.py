@@ -10,8 +10,8 @@ row i of the upper Cholesky factor of `H^-1`, which equals the inverse Hessian
 of the remaining columns after eliminating the earlier ones. The mask is chosen
 per chunk of columns, from the saliency `w^2 / [U]_ii^2` of the already updated
 weights (adaptive mask selection), so every pattern of `sparsity_masks` works:
-unstructured and block chunks take their share of the layer's count,
-N:M chunks are multiples of M.
+unstructured and block chunks take their share of the layer's count; N:M masks are
+chosen per group of M columns as the sweep reaches it (chunks are multiples of M).
 
 `dense_target` gives the weight to prune when the layer's inputs X already come
 from a sparsified model but its outputs should match the dense model's (inputs
@@ -231,16 +231,26 @@ def obs_prune(
 
 def _obs_sweep(w: np.ndarray, u: np.ndarray, pattern: Pattern, bounds: list[tuple[int, int]],
                counts: list[int], fixed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """One SparseGPT sweep over the column chunks; masks chosen per chunk unless `fixed`."""
+    """One SparseGPT sweep over the column chunks; masks chosen per chunk unless `fixed`.
+
+    N:M masks are chosen per group of M columns just before the group is processed, from
+    the weights as already updated by the earlier columns' errors (SparseGPT's N:M rule):
+    a mask chosen for a whole chunk up front scores later groups on stale weights.
+    """
     w = w.copy()
     keep = np.ones(w.shape, dtype=bool)
+    per_group = fixed is None and pattern.kind == "nm"
     for (i1, i2), n_prune in zip(bounds, counts, strict=True):
         w1 = w[:, i1:i2].copy()
         u1 = u[i1:i2, i1:i2]
-        mask1 = (fixed[:, i1:i2] if fixed is not None
-                 else _chunk_mask(w1, np.diag(u1), pattern, n_prune))
+        diag1 = np.diag(u1)
+        mask1 = (fixed[:, i1:i2] if fixed is not None else np.ones(w1.shape, dtype=bool)
+                 if per_group else _chunk_mask(w1, diag1, pattern, n_prune))
         err1 = np.zeros_like(w1)
         for i in range(i2 - i1):
+            if per_group and i % pattern.m == 0:  # chosen from the weights updated so far
+                group = slice(i, i + pattern.m)
+                mask1[:, group] = _chunk_mask(w1[:, group], diag1[group], pattern, 0)
             col = w1[:, i]
             d = u1[i, i]
             q = np.where(mask1[:, i], col, 0.0)

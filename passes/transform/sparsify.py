@@ -6,7 +6,8 @@ constant 2-D B `[K, N]`: B^T). Biases are never touched. The ONNX stays dense:
 the zeros are stored (write it with `save_onnx(..., sparse=True)` for
 `sparse_initializer`s).
 
-Criteria:
+Criteria (default `auto`: `obs` when the run has calibration data, else `magnitude`;
+the details say which ran and why):
 * `magnitude` (Han et al. 2015): prune the smallest |w| (blocks: the smallest
   sum of w^2). The numeric reference is the *input model with the same weights
   zeroed*, built by multiplying the input proto's initializers by the masks in
@@ -48,6 +49,7 @@ global pool. The first and last weighted layers stay dense by default.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 from collections import defaultdict
@@ -88,7 +90,7 @@ from compress_ir.passes.analysis.sparsity_masks import (
 )
 from compress_ir.passes.weight_layers import RowSampler, WeightLayer, weight_layers
 
-CRITERIA = ("magnitude", "obs")
+CRITERIA = ("auto", "magnitude", "obs")
 SCOPES = ("layer", "global")
 
 
@@ -101,8 +103,9 @@ class SparsifyOptions:
     sparsity: float | None = option(None, "fraction of zeros (default 0.5; N:M implies 1-N/M)")
     scope: str = option("layer", "layer: each layer at the sparsity | global: one threshold on"
                         " layer-normalised magnitudes, the total hits the sparsity")
-    criterion: str = option("magnitude", "magnitude | obs (layer-wise OBS with weight updates,"
-                            " SparseGPT-style; needs --calib)")
+    criterion: str = option("auto", "auto: obs when calibration data is given (--calib),"
+                            " else magnitude | magnitude | obs (layer-wise OBS with weight"
+                            " updates, SparseGPT-style; needs --calib)")
     override: tuple[str, ...] = option((), "per-layer sparsity, NAME:VALUE items (globs ok),"
                                        " e.g. [conv1:0.3,fc*:0.9] or conv1:0.3;fc*:0.9;"
                                        " 0 = dense")
@@ -482,6 +485,18 @@ def _fidelity(before: onnx.ModelProto, after: onnx.ModelProto, calib: Calibratio
     return math.sqrt(num / den) if den > 0 else math.sqrt(num)
 
 
+def resolved(opts: SparsifyOptions, calibrated: bool) -> SparsifyOptions:
+    """`criterion=auto` made concrete: obs with calibration data, else magnitude.
+
+    Why the default: with data, OBS beat magnitude at every measured point (MiniLM
+    recall at 2:4 0.42 vs 0.37, 50 % 0.44 vs 0.39; MNIST ResNet 50 % 0.994 vs 0.919,
+    tools/results/); without data only magnitude can run.
+    """
+    if opts.criterion != "auto":
+        return opts
+    return dataclasses.replace(opts, criterion="obs" if calibrated else "magnitude")
+
+
 @register_pass("sparsify")
 class Sparsify(Pass):
     summary = ("zero Conv/Gemm/MatMul weights: unstructured, N:M or block; magnitude or"
@@ -491,7 +506,7 @@ class Sparsify(Pass):
     Options = SparsifyOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        opts = self.options
+        opts = resolved(self.options, ctx.calibration is not None)
         pattern = opts.parsed_pattern
         if opts.criterion == "obs" and ctx.calibration is None:
             raise UsageError("sparsify: criterion=obs needs calibration data (--calib)")
@@ -536,6 +551,9 @@ class Sparsify(Pass):
         details: dict[str, Any] = {"layers": rows, "skipped": skipped,
                                    "pattern": str(pattern), "scope": opts.scope,
                                    "criterion": opts.criterion}
+        if self.options.criterion == "auto":
+            details["criterion_auto"] = ("obs: calibration data given" if opts.criterion == "obs"
+                                         else "magnitude: no calibration data")
         if not layers:
             return PassResult(model, modified=False, stats=stats, details=details)
         reference = _reference(before, layers)
