@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--reconstruct-tag", default="", help="appended to the reconstruct"
                         " rows' label, to tell variants of --reconstruct apart")
     parser.add_argument("--allocation", choices=("uniform", "target-macs"), default="uniform")
+    parser.add_argument("--harm", choices=("score", "output"), default="score",
+                        help="target-macs: harm of a removal (channel-prune harm=)")
     parser.add_argument("--calib-kind", choices=("windows", "texts"), default="windows",
                         help="packed 128-token windows, or single texts padded to 64 tokens "
                         "like the evaluation's (labels of its rows get ' [texts]')")
@@ -173,7 +175,7 @@ def main() -> None:
                                f"python-docstrings:{args.calib}x{td.SEQ}")
     tag = " [texts]" if args.calib_kind == "texts" else ""
     if args.allocation == "target-macs":  # a different row than the uniform fraction
-        tag += " [target-macs]"
+        tag += " [target-macs]" if args.harm == "score" else " [target-macs, harm=output]"
     metric = td.Retrieval(pairs)
     with tempfile.TemporaryDirectory() as tmp:
         model = onnx.load(td.export_onnx(Path(tmp) / "minilm.onnx"))
@@ -202,7 +204,8 @@ def main() -> None:
     if args.only in (None, "prune"):
         for macs in map(float, args.macs.split(",")):
             for crit in args.criteria.split(","):
-                prune = (f"channel-prune{{criterion={crit},target-macs={macs}}}"
+                harm = ",harm=output" if args.harm == "output" else ""
+                prune = (f"channel-prune{{criterion={crit},target-macs={macs}{harm}}}"
                          if args.allocation == "target-macs" else
                          f"channel-prune{{criterion={crit},ratio={round(1 - macs, 6)}}}")
                 for label, pipeline in ((crit + tag, [prune]),
@@ -233,11 +236,12 @@ def extra_points(out: Path, points: list[Point]) -> list[Point]:
     """Points from `out/points_*.json` that `points` lacks (by method and setting).
 
     Why: helpers measuring different rows in parallel each write their own file, so
-    results.json never conflicts; the table and the plot show all of them.
+    results.json never conflicts; the table and the plot show all of them. anchors.json
+    (tools/bench_transformer_anchors.py: onnxsim, Torch-Pruning) is merged the same way.
     """
     seen = {(p.method, p.setting) for p in points}
     extra: list[Point] = []
-    for path in sorted(out.glob("points_*.json")):
+    for path in sorted([*out.glob("points_*.json"), *out.glob("anchors.json")]):
         for raw in json.loads(path.read_text())["points"]:
             p = Point(**raw)
             if (p.method, p.setting) not in seen and p.kind != "dense":

@@ -67,13 +67,20 @@ def tokenizer():  # noqa: ANN201 - transformers type
     return AutoTokenizer.from_pretrained(model_dir())
 
 
-def export_onnx(path: Path, opset: int = 17) -> Path:
-    """Export the encoder (token ids -> last hidden state) with torch's TorchScript exporter."""
+def export_onnx(path: Path, opset: int = 17, batch: int | None = None, bert=None) -> Path:  # noqa: ANN001
+    """Export the encoder (token ids -> last hidden state) with torch's TorchScript exporter.
+
+    `batch`: a fixed [batch, SEQ] input shape instead of dynamic axes (onnxsim's head
+    pruning needs constant Reshape targets). `bert`: a (pruned) HF BertModel instead of
+    the bundled one (Torch-Pruning's anchors are evaluated through the same export).
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoModel
 
-    bert = AutoModel.from_pretrained(model_dir(), attn_implementation="eager").eval()
+    if bert is None:
+        bert = AutoModel.from_pretrained(model_dir(), attn_implementation="eager")
+    bert = bert.eval()
 
     class Encoder(torch.nn.Module):
         def __init__(self) -> None:
@@ -84,14 +91,15 @@ def export_onnx(path: Path, opset: int = 17) -> Path:
             return self.bert(input_ids=input_ids, attention_mask=attention_mask,
                              token_type_ids=token_type_ids).last_hidden_state
 
-    ids = torch.randint(0, 1000, (2, SEQ))
+    ids = torch.randint(0, 1000, (batch or 2, SEQ))
     names = ["input_ids", "attention_mask", "token_type_ids"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             Encoder(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(path),
             input_names=names, output_names=["last_hidden_state"],
-            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]},
+            dynamic_axes=None if batch else {n: {0: "batch", 1: "sequence"}
+                                             for n in [*names, "last_hidden_state"]},
             opset_version=opset, dynamo=False)
     return path
 
@@ -219,7 +227,8 @@ class Retrieval:
         emb[order] = np.concatenate(out)
         return emb
 
-    def recall(self, model) -> float:  # noqa: ANN001 - path or ModelProto
+    def recall(self, model, fixed_batch: int | None = None) -> float:  # noqa: ANN001
+        """Recall@1 of `model` (path or ModelProto); `fixed_batch`: it takes [batch, SEQ]."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -227,5 +236,29 @@ class Retrieval:
         data = model if isinstance(model, (str, Path)) else model.SerializeToString()
         sess = ort.InferenceSession(str(data) if isinstance(data, Path) else data, opts,
                                     providers=["CPUExecutionProvider"])
+        if fixed_batch:
+            sess = FixedShape(sess, fixed_batch)
         q, d = self.embed(sess, self.queries), self.embed(sess, self.docs)
         return float((np.argmax(q @ d.T, axis=1) == np.arange(len(q))).mean())
+
+
+class FixedShape:
+    """Runs a fixed-shape [batch, SEQ] export on smaller feeds: pads rows and tokens with
+    attention mask 0 (masked tokens change no unmasked token's output) and crops the output.
+    """
+
+    def __init__(self, session, batch: int, seq: int = SEQ) -> None:  # noqa: ANN001
+        self.session, self.batch, self.seq = session, batch, seq
+
+    def run(self, names, feed: dict[str, np.ndarray]) -> list[np.ndarray]:  # noqa: ANN001
+        rows, tokens = feed["input_ids"].shape
+        out = []
+        for s in range(0, rows, self.batch):
+            part = {}
+            for k, v in feed.items():
+                full = np.zeros((self.batch, self.seq), v.dtype)
+                chunk = v[s:s + self.batch]
+                full[:chunk.shape[0], :tokens] = chunk
+                part[k] = full
+            out.append(self.session.run(names, part)[0][:min(self.batch, rows - s), :tokens])
+        return [np.concatenate(out)]

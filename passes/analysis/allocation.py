@@ -48,6 +48,7 @@ class AllocationRequest:
     tolerance: float = 0.01  # sensitivity: largest output loss per group
     plot: str = ""  # sensitivity: where to draw the curves
     budget: tuple[str, float] | None = None  # ("macs" | "params" | "latency", fraction kept)
+    harm: str = "score"  # budget: what a removal costs ("score" | "output", budget.HARMS)
     model: AllocationContext | None = None  # set for allocations with needs_model
     # per group, the unit multiple that keeps its channel counts multiples of round_to:
     # a unit of several channels (an attention head of head_dim) needs fewer (see

@@ -18,7 +18,11 @@ The two strategies here also read the model:
   MACs (or parameters) are at most `fraction` of the input model's, remove from
   some group its next `round_to` lowest-scored units, choosing the group whose
   slice has the least harm per MAC (parameter) saved; harm is the criterion score
-  normalised by the group's mean score (as in `global` scope). Savings change as
+  normalised by the group's mean score (as in `global` scope), or with `harm=output` the
+  measured rise of the output loss (`1 - cos`, as in sensitivity) along the group's curve
+  from pruning it alone at `HARM_RATIOS`, interpolated linearly in the kept units:
+  criterion scores of different groups (heads vs FFN neurons, early vs late layers) are
+  not comparable, the effect on the model's output is. Savings change as
   neighbouring groups shrink (a Conv's MACs scale with its kept inputs *and*
   outputs), so they are re-computed after every step for the affected groups.
 
@@ -59,6 +63,10 @@ from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, ChannelG
 SENSITIVITY_RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 SENSITIVITY_SAMPLES = 64
 EPS = 1e-12
+HARMS = ("score", "output")
+# harm=output: each group pruned alone at these ratios, on this many calibration samples
+HARM_RATIOS = (0.25, 0.5, 0.75, 1.0)  # 1.0: down to min-channels
+HARM_SAMPLES = 16
 
 
 @ALLOCATIONS.register("sensitivity")
@@ -91,12 +99,13 @@ def _model(req: AllocationRequest) -> AllocationContext:
 
 
 # -- sensitivity ----------------------------------------------------------------------
-def _eval_set(actx: AllocationContext) -> tuple[CalibrationSet, str]:
+def _eval_set(actx: AllocationContext, samples: int = SENSITIVITY_SAMPLES
+              ) -> tuple[CalibrationSet, str]:
     if actx.calibration is not None:
         calib = actx.calibration
-        arrays = {k: v[:SENSITIVITY_SAMPLES] for k, v in calib.arrays.items()}
+        arrays = {k: v[:samples] for k, v in calib.arrays.items()}
         return CalibrationSet(arrays, calib.source), "calibration"
-    spec = f"random:{SENSITIVITY_SAMPLES}"
+    spec = f"random:{samples}"
     return load_calibration(spec, actx.proto, seed=actx.seed,
                             input_shapes=actx.input_shapes), "random"
 
@@ -385,6 +394,31 @@ def _next_keep(keep: int, round_to: int, floor: int) -> int | None:
     return nxt if nxt >= floor and nxt > 0 else None
 
 
+def output_curves(scores: dict[int, np.ndarray], req: AllocationRequest
+                  ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
+    """Per group: (kept unit counts, increasing; output loss at each) with the group alone
+    pruned (lowest-scored units first) at `HARM_RATIOS`, plus the dense point (0 loss)."""
+    actx = _model(req)
+    data, kind = _eval_set(actx, HARM_SAMPLES)
+    baseline = _outputs(actx.proto, data)
+    curves: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for g, s in progress(scores.items(), total=len(scores), desc="output harm", unit="group"):
+        points = {s.size: 0.0}
+        for r in HARM_RATIOS:
+            k = keep_count(s.size, math.floor(r * s.size + 1e-9), req.round_for(g),
+                           req.min_keep)
+            if k not in points:
+                removed = {int(u) for u in actx.groups[g].units[~top_mask(s, k)]}
+                points[k] = output_loss(_outputs(actx.masked(removed), data), baseline)
+        ks = np.array(sorted(points), dtype=np.float64)
+        curves[g] = (ks, np.array([points[int(k)] for k in ks]))
+    info = {"harm": "output", "harm_data": kind, "harm_samples": data.size,
+            "harm_curves": {g: {"kept": c[0].astype(int).tolist(),
+                                "loss": [round(float(v), 6) for v in c[1]]}
+                            for g, c in curves.items()}}
+    return curves, info
+
+
 def budget_allocation(
     scores: dict[int, np.ndarray], req: AllocationRequest, metric: str, fraction: float,
 ) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
@@ -402,6 +436,16 @@ def budget_allocation(
     # removal order per group: the reverse of `top_mask`'s keep order (same tie-breaking)
     order = {g: np.argsort(-s, kind="stable")[::-1] for g, s in scores.items()}
     norm = {g: s / (s.mean() + EPS) if s.size else s for g, s in scores.items()}
+    curves, harm_info = (output_curves(scores, req) if req.harm == "output"
+                         else ({}, {"harm": "score"}))
+
+    def harm(g: int, picks: np.ndarray, nxt: int) -> float:
+        if g not in curves:
+            return float(norm[g][picks].sum())
+        ks, loss = curves[g]
+        rise = float(np.interp(nxt, ks, loss) - np.interp(keep[g], ks, loss))
+        # ties (flat curve pieces) broken by the scores, far below any measured rise
+        return max(rise, 0.0) + 1e-9 * float(norm[g][picks].sum())
     floor = {g: max(min(req.min_keep, s.size), 1) for g, s in scores.items()}
     keep = {g: s.size for g, s in scores.items()}
     units = {g: actx.groups[g].units for g in scores}
@@ -418,7 +462,7 @@ def budget_allocation(
         saved = model.saving(units[g][picks])
         if saved <= 0:
             return None
-        return float(norm[g][picks].sum()) / saved, picks
+        return harm(g, picks, nxt) / saved, picks
 
     cands = {g: candidate(g) for g in scores}
     steps = 0
@@ -446,6 +490,7 @@ def budget_allocation(
         "reached": bool(cost <= target + 1e-6),
         "steps": steps,
         "seconds": round(time.perf_counter() - start, 3),
+        **harm_info,
     }
     if tables is not None:  # ms are not counts
         info.update({

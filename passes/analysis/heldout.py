@@ -86,20 +86,32 @@ class Normal:
         res = (np.trace(coef.T @ self.xx @ coef) - 2.0 * np.trace(coef.T @ self.xy) + self.yy)
         return float(math.sqrt(max(res, 0.0) / self.yy))
 
-    def solve(self, ridge: float) -> np.ndarray:
-        """[W^T; b]: ridge on the centred X, free bias (absorbs removed inputs' mean).
+    def solve(self, ridge: float, prior: np.ndarray | None = None,
+              bias: np.ndarray | None = None) -> np.ndarray:
+        """[W^T; b] minimising ||[X 1][W^T; b] - Y||^2 + lam ||W^T - prior||^2.
 
-        Centring keeps the penalty from pulling the bias, so an exactly predictable
-        layer is recovered up to a tiny bias.
+        Free bias (`bias` None): the penalty acts on the centred X, so it never pulls the
+        bias, which absorbs the removed inputs' mean (an exactly predictable layer is
+        recovered up to a tiny bias); lam = ridge * mean diagonal of the centred X^T X.
+        Fixed `bias` (kept as it is, as onnxsim's refit does for MatMul + Add): only W is
+        fit, on the uncentred X, lam = ridge * mean diagonal of X^T X. `prior` ([K, O],
+        default zeros) is what the penalty shrinks W^T toward: the pruned weights make a
+        large ridge fall back to them instead of to zero (onnxsim's refit).
         """
         xx, xy = np.asarray(self.xx), np.asarray(self.xy)
         k = xx.shape[0] - 1
-        n = xx[k, k]
-        mean_x, mean_y = xx[k, :k] / n, xy[k] / n
-        cov = xx[:k, :k] - n * np.outer(mean_x, mean_x)
-        cross = xy[:k] - n * np.outer(mean_x, mean_y)
+        if bias is not None:
+            cov = xx[:k, :k].copy()
+            cross = xy[:k] - np.outer(xx[:k, k], bias)
+        else:
+            n = xx[k, k]
+            mean_x, mean_y = xx[k, :k] / n, xy[k] / n
+            cov = xx[:k, :k] - n * np.outer(mean_x, mean_x)
+            cross = xy[:k] - n * np.outer(mean_x, mean_y)
         lam = ridge * float(np.mean(np.diag(cov))) if k else 0.0
         cov[np.arange(k), np.arange(k)] += lam
+        if prior is not None and lam > 0:
+            cross = cross + lam * prior
         if lam > 0:
             try:
                 weight = np.linalg.solve(cov, cross)
@@ -107,7 +119,8 @@ class Normal:
                 weight = np.linalg.lstsq(cov, cross, rcond=None)[0]
         else:
             weight = np.linalg.lstsq(cov, cross, rcond=None)[0]
-        return np.vstack([weight, (mean_y - mean_x @ weight)[None, :]])
+        b = bias if bias is not None else mean_y - mean_x @ weight
+        return np.vstack([weight, np.asarray(b, np.float64)[None, :]])
 
 
 @dataclass
@@ -134,29 +147,33 @@ class Choice:
 
 
 def choose(fit: Normal, held: Normal, current: np.ndarray, ridges: Sequence[float],
-           fixed: float) -> Choice:
+           fixed: float, toward_current: bool = False, keep_bias: bool = False) -> Choice:
     """Refit `current` ([W^T; b]) or keep it, by held-out error.
 
     Without held-out rows the refit with the `fixed` ridge is applied (the old,
     unguarded behaviour, reported as such). Otherwise each ridge is fit on `fit`, the
     one with the lowest held-out error wins, and it is applied (solved again on all
-    rows) only if it beats `current` on the held-out rows.
+    rows) only if it beats `current` on the held-out rows. `toward_current`: the ridge
+    shrinks W toward `current`'s W (not zero); `keep_bias`: `current`'s bias is kept.
     """
+    k = current.shape[0] - 1
+    extra = {"prior": current[:k] if toward_current else None,
+             "bias": current[k] if keep_bias else None}
     total = fit + held
     before = total.error(current)
     if not held.rows or not fit.rows:
-        coef = total.solve(fixed)
+        coef = total.solve(fixed, **extra)
         return Choice(coef, fixed, True, before, total.error(coef))
     held_before = held.error(current)
     tried = {}
     best: tuple[float, float] | None = None
     for ridge in ridges:
-        err = held.error(fit.solve(ridge))
+        err = held.error(fit.solve(ridge, **extra))
         tried[f"{ridge:g}"] = round(err, 6)
         if best is None or err < best[0]:
             best = (err, ridge)
     assert best is not None
     if best[0] >= held_before:
         return Choice(None, None, False, before, before, held_before, held_before, tried)
-    coef = total.solve(best[1])
+    coef = total.solve(best[1], **extra)
     return Choice(coef, best[1], True, before, total.error(coef), held_before, best[0], tried)

@@ -83,6 +83,9 @@ class ChannelPruneOptions:
                                  " times, re-aiming the tables' budget by the measured ratio"
                                  " (1: trust the tables)")
     tolerance: float = option(0.01, "sensitivity: largest output loss (1 - cosine) per group")
+    harm: str = option("score", "target-macs/params: the harm of a removal, 'score' (criterion"
+                       " score / group mean) or 'output' (measured: 1 - cosine of the model"
+                       " outputs with the group alone pruned at a few ratios, interpolated)")
     plot: str = option("", "sensitivity: write the loss-vs-ratio curves to this PNG")
 
     def __post_init__(self) -> None:
@@ -112,6 +115,12 @@ class ChannelPruneOptions:
             raise ValueError(f"latency-rounds must be >= 1, got {self.latency_rounds}")
         if self.budget and self.scope == "sensitivity":
             raise ValueError("scope=sensitivity cannot be combined with target-macs/params")
+        from compress_ir.passes.analysis.budget import HARMS
+
+        if self.harm not in HARMS:
+            raise ValueError(f"harm must be one of {list(HARMS)}, got {self.harm!r}")
+        if self.harm != "score" and not (self.target_macs or self.target_params):
+            raise ValueError("harm=output needs target-macs or target-params")
         if not self.tolerance >= 0.0:
             raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
         if self.plot and self.scope != "sensitivity":
@@ -180,7 +189,7 @@ def plan_removal(
     candidates = [g for g in candidates if g.index in scores]
     allocation = ALLOCATIONS.get("budget" if opts.budget else opts.scope)()
     request = AllocationRequest(opts.ratio, opts.round_to, opts.min_channels, opts.tolerance,
-                                opts.plot, opts.budget)
+                                opts.plot, opts.budget, harm=opts.harm)
     request.unit_round = unit_multiples(candidates, opts.round_to)
     if allocation.needs_model:
         if proto is None:

@@ -86,6 +86,8 @@ from compress_ir.passes.weight_layers import (
 
 EPS = 1e-12
 INPUTS = ("current", "original")
+PRIORS = ("zero", "pruned")
+BIASES = ("refit", "keep")
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,10 @@ class ReconstructOptions:
     inputs: str = option("current", "X of the fit: 'current' (the pruned model's inputs, layer"
                          " by layer) or 'original' (the dense model's inputs restricted to the"
                          " kept channels, one-shot)")
+    prior: str = option("zero", "what the ridge shrinks the weights toward: 'zero' or"
+                        " 'pruned' (the pruned layer's weights, as onnxsim's refit does)")
+    bias: str = option("refit", "'refit' (free bias, absorbs the removed inputs' mean) or"
+                       " 'keep' (the layer's bias stays; as onnxsim's refit of MatMul + Add)")
 
     def __post_init__(self) -> None:
         if not self.ridge >= 0.0 or not all(r >= 0.0 for r in self.ridges):
@@ -115,6 +121,10 @@ class ReconstructOptions:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
         if self.inputs not in INPUTS:
             raise ValueError(f"inputs must be one of {list(INPUTS)}, got {self.inputs!r}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {list(PRIORS)}, got {self.prior!r}")
+        if self.bias not in BIASES:
+            raise ValueError(f"bias must be one of {list(BIASES)}, got {self.bias!r}")
 
 
 # -- which original channels survived ----------------------------------------------------
@@ -427,7 +437,8 @@ def _refit(model: Model, t: Target, opts: ReconstructOptions) -> dict:
     fit, held = t.sums.get("fit", Normal()), t.sums.get("held", Normal())
     weight, bias = _linear(t.node)
     current = np.vstack([weight.T, bias[None, :]]).astype(np.float64)
-    choice = choose(fit, held, current, opts.ridges, opts.ridge)
+    choice = choose(fit, held, current, opts.ridges, opts.ridge,
+                    toward_current=opts.prior == "pruned", keep_bias=opts.bias == "keep")
     k = current.shape[0] - 1
     if choice.applied:
         _write(model, t.node, choice.coef[:k].T, choice.coef[k])
