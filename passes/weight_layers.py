@@ -259,10 +259,18 @@ class RowSampler:
             return x.shape[0] * oh * ow
         return self._flat(x).shape[0]
 
-    def positions(self, x: np.ndarray, count: int, rng: np.random.Generator) -> Positions:
-        """`count` random positions of input `x` (at most all rows for Gemm/MatMul)."""
+    def positions(self, x: np.ndarray, count: int, rng: np.random.Generator,
+                  valid: np.ndarray | None = None) -> Positions:
+        """`count` random positions of input `x` (at most all rows for Gemm/MatMul).
+
+        `valid` (Gemm/MatMul without transA): a flat mask of the rows that may be drawn,
+        e.g. the real tokens of a padded batch (core/padding.py).
+        """
         if not self.conv:
             n = self._flat(x).shape[0]
+            if valid is not None and not self.trans_a and valid.size == n:
+                pool = np.flatnonzero(valid)
+                return rng.choice(pool, min(count, pool.size), replace=False)
             return rng.choice(n, min(count, n), replace=False)
         oh, ow = self.output_size(x)
         n = rng.integers(0, x.shape[0], count)
@@ -284,8 +292,8 @@ class RowSampler:
                      hh[:, None, :, None], ww[:, None, None, :]]
         return patches.reshape(n.size, -1)
 
-    def rows(self, x: np.ndarray, count: int, rng: np.random.Generator
-             ) -> tuple[np.ndarray, Positions]:
-        """`count` random input rows of `x` and their positions."""
-        positions = self.positions(x, count, rng)
+    def rows(self, x: np.ndarray, count: int, rng: np.random.Generator,
+             valid: np.ndarray | None = None) -> tuple[np.ndarray, Positions]:
+        """`count` random input rows of `x` (among `valid` ones) and their positions."""
+        positions = self.positions(x, count, rng, valid)
         return self.rows_at(x, positions), positions

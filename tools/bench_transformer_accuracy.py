@@ -150,7 +150,8 @@ def main() -> None:
                         help="target-macs: harm of a removal (channel-prune harm=)")
     parser.add_argument("--calib-kind", choices=("windows", "texts"), default="windows",
                         help="packed 128-token windows, or single texts padded to 64 tokens "
-                        "like the evaluation's (labels of its rows get ' [texts]')")
+                        "like the evaluation's, padded positions masked (labels of its rows get "
+                        "' [texts Nx64]')")
     parser.add_argument("--only", choices=("prune", "sparsify"), default=None)
     parser.add_argument("--sparse", default="", help="comma list of indices into SPARSE "
                         "(default: all)")
@@ -173,7 +174,7 @@ def main() -> None:
     else:
         calib = CalibrationSet(td.calibration_windows(tok, rest, args.calib),
                                f"python-docstrings:{args.calib}x{td.SEQ}")
-    tag = " [texts]" if args.calib_kind == "texts" else ""
+    tag = f" [texts {args.calib}x64]" if args.calib_kind == "texts" else ""
     if args.allocation == "target-macs":  # a different row than the uniform fraction
         tag += " [target-macs]" if args.harm == "score" else " [target-macs, harm=output]"
     metric = td.Retrieval(pairs)
@@ -223,6 +224,7 @@ def main() -> None:
     if args.only in (None, "sparsify"):
         chosen = [SPARSE[int(i)] for i in args.sparse.split(",")] if args.sparse else SPARSE
         for label, spec, setting in chosen:
+            label += tag
             if (label, setting) in done:
                 continue
             p = run_one(model, [spec], calib, metric, "sparsify", label, setting)

@@ -38,6 +38,7 @@ from onnx import helper, numpy_helper
 from compress_ir.core import numeric
 from compress_ir.core.calibration import CalibrationSet, batch_size_for
 from compress_ir.core.errors import ModelRunError, UsageError
+from compress_ir.core.padding import batch_mask, token_mask
 from compress_ir.passes.analysis.heldout import held_out, period_for
 from compress_ir.passes.analysis.sparsegpt import (
     HessianAccumulator,
@@ -149,7 +150,8 @@ def _stages(segment: Segment, targets: dict[str, Layer]) -> list[list[Layer]]:
 
 def _capture(block: _Block, dense: _Block | None, stage: list[Layer], state: State,
              dense_state: State | None, opts: SparsifyOptions, seed: int, batch: int,
-             period: int) -> dict[str, list[HessianAccumulator]]:
+             period: int, tokens: np.ndarray | None = None,
+             ) -> dict[str, list[HessianAccumulator]]:
     """Accumulate X^T X (and X^T D, D^T D with a dense stream) per distinct input.
 
     Rows are drawn like the in-memory `_capture_hessians`: per batch, at most
@@ -178,7 +180,8 @@ def _capture(block: _Block, dense: _Block | None, stage: list[Layer], state: Sta
             layer = stage[i]
             xs = [np.asarray(a[name], dtype=np.float32) for a in acts]
             rng = np.random.default_rng([seed, i, b])
-            rows, sample = _layer_rows(layer, xs, per_batch, rng, b * batch)
+            rows, sample = _layer_rows(layer, xs, per_batch, rng, b * batch,
+                                       batch_mask(tokens, b, batch))
             held = held_out(sample, period)
             width = rows[0].shape[1] // layer.groups
             for g, acc in enumerate(accs[name]):
@@ -275,6 +278,7 @@ def stream_obs(src: str | os.PathLike, dst: str | os.PathLike, calib: Calibratio
     report = StreamReport(skipped=skipped)
     batch = batch_size_for(model, 64)
     state: State = list(calib.batches(batch))
+    tokens = token_mask(model, calib.arrays)  # padded positions are no Hessian rows
     correct = opts.correct and opts.sequential
     dense_state: State | None = [dict(f) for f in state] if correct else None
     period = period_for(opts.holdout, calib.size) if correct else 0
@@ -298,7 +302,7 @@ def stream_obs(src: str | os.PathLike, dst: str | os.PathLike, calib: Calibratio
                 use_dense = dense if stage_no > 0 else None
                 accs = _capture(block, use_dense, stage, state,
                                 dense_state if use_dense else None, opts, seed + stage_no,
-                                batch, period if use_dense else 0)
+                                batch, period if use_dense else 0, tokens)
                 by_input: dict[str, list[Layer]] = defaultdict(list)
                 for layer in stage:
                     by_input[layer.node.inputs[0].name].append(layer)

@@ -26,6 +26,7 @@ import onnx
 from onnx import numpy_helper
 
 from compress_ir.core.calibration import ActivationCapture, CalibrationSet, batch_size_for
+from compress_ir.core.padding import batch_mask, token_mask, valid_rows
 from compress_ir.passes.analysis.channel_groups import ChannelAnalysis, ConstSlice
 from compress_ir.passes.weight_layers import RowSampler, is_weight, linear
 
@@ -106,9 +107,15 @@ class CalibrationStats:
         names = self._tensors()
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
-        for batch in ActivationCapture(self.proto, names).stream(self.calib, self.batch_size):
+        tokens = token_mask(self.proto, self.calib.arrays)
+        capture = ActivationCapture(self.proto, names)
+        for b, batch in enumerate(capture.stream(self.calib, self.batch_size)):
+            mask = batch_mask(tokens, b, self.batch_size)
             for name, value in batch.items():
                 flat = self._moved(name, value.astype(np.float64))
+                if self.analysis.layouts[name].axis % value.ndim == value.ndim - 1:  # [.., S, C]
+                    valid = valid_rows(value, mask)  # padded tokens are no statistics
+                    flat = flat if valid is None else flat[:, valid]
                 part = np.stack(
                     [flat.sum(1), (flat**2).sum(1), (flat <= 0).sum(1), np.abs(flat).sum(1)]
                 )
@@ -172,7 +179,9 @@ class CalibrationStats:
         rows: dict[int, list[np.ndarray]] = {key: [] for key in plans}
         rng = np.random.default_rng(self.seed)
         capture = ActivationCapture(self.proto, names)
-        for batch in capture.stream(self.calib, self.batch_size):
+        tokens = token_mask(self.proto, self.calib.arrays)
+        for b, batch in enumerate(capture.stream(self.calib, self.batch_size)):
+            mask = batch_mask(tokens, b, self.batch_size)
             for key, (s, plan) in plans.items():
                 if plan is None:
                     continue
@@ -180,7 +189,7 @@ class CalibrationStats:
                 budget = max(16, min(self.max_rows, int(4e6 / max(weight.shape[1], 1))))
                 per_batch = max(1, math.ceil(budget / batches))
                 x = batch[s.by].astype(np.float32)
-                rows[key].append(sampler.rows(x, per_batch, rng)[0])
+                rows[key].append(sampler.rows(x, per_batch, rng, valid_rows(x, mask))[0])
         out: dict[int, LinearSamples | None] = {}
         for key, (_, plan) in plans.items():
             if plan is None or not rows[key]:

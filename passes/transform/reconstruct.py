@@ -63,6 +63,7 @@ import onnx_graphsurgeon as gs
 from compress_ir.core.calibration import ActivationCapture, CalibrationSet, batch_size_for
 from compress_ir.core.errors import UsageError
 from compress_ir.core.model import Model, infer_proto_shapes
+from compress_ir.core.padding import batch_mask, token_mask, valid_rows
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
 from compress_ir.formats.view import unview
 from compress_ir.logs import progress
@@ -394,6 +395,7 @@ def _capture_level(
                   strict=False)
     per_batch = max(1, math.ceil(samples / batches))
     period = period_for(holdout, calib.size)
+    tokens = token_mask(orig, calib.arrays)
     for b, (now, then) in enumerate(streams):
         for n, t in enumerate(targets):
             o = original[t.node.name]
@@ -411,7 +413,7 @@ def _capture_level(
             rng = np.random.default_rng([seed, n, b])
             s_now = RowSampler(t.node, _const(t.node, 1).shape)
             s_then = RowSampler(o, _const(o, 1).shape)
-            pos = s_now.positions(x, per_batch, rng)
+            pos = s_now.positions(x, per_batch, rng, valid_rows(x, batch_mask(tokens, b, batch)))
             rows, rows_o = s_now.rows_at(x, pos), s_then.rows_at(xo, pos)
             w_o, b_o = _linear(o)
             y = (rows_o @ w_o.T.astype(np.float64) + b_o)[:, t.out_keep]

@@ -64,6 +64,7 @@ from compress_ir.core import numeric
 from compress_ir.core.calibration import ActivationCapture, CalibrationSet, batch_size_for
 from compress_ir.core.errors import UsageError
 from compress_ir.core.model import Model, infer_proto_shapes
+from compress_ir.core.padding import batch_mask, token_mask, valid_rows
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
 from compress_ir.passes.analysis.heldout import RIDGES, held_out, period_for, sample_of
 from compress_ir.passes.analysis.sparsegpt import (
@@ -298,11 +299,14 @@ def _magnitude(layer: Layer, pattern: Pattern) -> None:
 # -- obs -------------------------------------------------------------------------------------
 def _layer_rows(
     layer: Layer, xs: list[np.ndarray], count: int, rng: np.random.Generator, start: int = 0,
+    mask: np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Input rows of the layer at the same random positions of each of `xs` (im2col for
-    Conv), and the calibration-sample index of each row (`start`: the batch's first)."""
+    Conv), and the calibration-sample index of each row (`start`: the batch's first).
+    `mask`: the batch's real-token mask; padded positions are never drawn."""
     sampler = RowSampler(layer.node, tuple(layer.weight.values.shape))
-    pos = sampler.positions(xs[0], min(count, sampler.available(xs[0])), rng)
+    pos = sampler.positions(xs[0], min(count, sampler.available(xs[0])), rng,
+                            valid_rows(xs[0], mask))
     return [sampler.rows_at(x, pos) for x in xs], sample_of(pos, xs[0], sampler.conv, start)
 
 
@@ -329,11 +333,13 @@ def _capture_hessians(
     streams = [ActivationCapture(proto, names).stream(calib, batch)]
     if dense is not None:
         streams.append(ActivationCapture(dense, names).stream(calib, batch))
+    tokens = token_mask(proto, calib.arrays)
     for b, acts in enumerate(zip(*streams, strict=True)):
         for i, layer in enumerate(layers):
             xs = [np.asarray(a[layer.node.inputs[0].name], dtype=np.float32) for a in acts]
             rng = np.random.default_rng([seed, i, b])
-            rows, sample = _layer_rows(layer, xs, per_batch, rng, b * batch)
+            rows, sample = _layer_rows(layer, xs, per_batch, rng, b * batch,
+                                       batch_mask(tokens, b, batch))
             held = held_out(sample, period)
             width = rows[0].shape[1] // layer.groups
             for g, acc in enumerate(accs[i]):
