@@ -77,6 +77,21 @@ def _gib(n: int) -> str:
     return f"{n / 1024**3:.2f}"
 
 
+def _write(args: argparse.Namespace, data_gb: float, rows: list[tuple]) -> str:
+    lines = [f"# Streamed sparsify, TinyLlama-shape decoder ({args.layers} layers, fp32, "
+             f"external data {data_gb:.2f} GB)", "",
+             f"Machine: {os.cpu_count()} cores, shared; each step its own process.", "",
+             "| step | wall s | peak RSS GiB | notes |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b:.1f} | {_gib(c)} | {d} |" for a, b, c, d in rows]
+    lines += ["", "Reproduce:", "", "```", "nice -n 5 .venv/bin/python tools/bench_llm_stream.py"
+              f" --dir {args.dir} --layers {args.layers} --modes '{args.modes}' --out {args.out}",
+              "```", ""]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(lines)
+    Path(args.out).write_text(text)
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dir", default="/tmp/llm_bench")
@@ -119,18 +134,10 @@ def main() -> None:
         rows.append((f"ORT load+run {mode}", check["load_s"] + check["run_s"],
                      check["peak_rss_bytes"],
                      f"finite={check['finite']}, max abs logit change vs dense {change:.3g}"))
+        _write(args, data_gb, rows)  # a cut-off run keeps its finished modes
         out.unlink()
         (work / (out.name + ".data")).unlink()
-    lines = [f"# Streamed sparsify, TinyLlama-shape decoder ({args.layers} layers, fp32, "
-             f"external data {data_gb:.2f} GB)", "",
-             f"Machine: {os.cpu_count()} cores, shared; each step its own process.", "",
-             "| step | wall s | peak RSS GiB | notes |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b:.1f} | {_gib(c)} | {d} |" for a, b, c, d in rows]
-    lines += ["", "Reproduce:", "", "```", "nice -n 5 .venv/bin/python tools/bench_llm_stream.py"
-              f" --dir {args.dir} --layers {args.layers} --out {args.out}", "```", ""]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
+    print(_write(args, data_gb, rows))
 
 
 if __name__ == "__main__":

@@ -174,7 +174,8 @@ def main() -> None:
     else:
         calib = CalibrationSet(td.calibration_windows(tok, rest, args.calib),
                                f"python-docstrings:{args.calib}x{td.SEQ}")
-    tag = f" [texts {args.calib}x64]" if args.calib_kind == "texts" else ""
+    tag = (f" [texts {args.calib}x64]" if args.calib_kind == "texts" else
+           f" [windows {args.calib}x{td.SEQ}]" if args.calib != 64 else "")
     if args.allocation == "target-macs":  # a different row than the uniform fraction
         tag += " [target-macs]" if args.harm == "score" else " [target-macs, harm=output]"
     metric = td.Retrieval(pairs)

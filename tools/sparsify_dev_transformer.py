@@ -45,7 +45,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("specs", nargs="+", help="pipelines (comma-separated passes)")
     parser.add_argument("--calib", type=int, default=64, help="calibration windows")
-    parser.add_argument("--calib-kind", choices=("windows", "texts"), default="windows")
+    parser.add_argument("--calib-kind", choices=("windows", "texts", "mixed"), default="windows",
+                        help="mixed: --calib windows and --texts single texts")
+    parser.add_argument("--texts", type=int, default=256, help="texts of --calib-kind mixed")
     parser.add_argument("--dev", type=int, default=300, help="dev pairs (end of the rest)")
     parser.add_argument("--model", type=Path, default=Path("/tmp/minilm_dev.onnx"),
                         help="exported once, reused")
@@ -58,9 +60,12 @@ def main() -> None:
     tok = td.tokenizer()
     if args.calib_kind == "texts":
         arrays = td.calibration_texts(tok, pool, args.calib)
+    elif args.calib_kind == "mixed":
+        arrays = td.calibration_mixed(tok, pool, args.calib, args.texts)
     else:
         arrays = td.calibration_windows(tok, pool, args.calib)
-    calib = CalibrationSet(arrays, f"dev-{args.calib_kind}:{args.calib}")
+    texts = f"+{args.texts}" if args.calib_kind == "mixed" else ""
+    calib = CalibrationSet(arrays, f"dev-{args.calib_kind}:{args.calib}{texts}")
     if not args.model.exists():
         td.export_onnx(args.model)
     model = onnx.load(args.model)

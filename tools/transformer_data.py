@@ -198,6 +198,15 @@ def calibration_texts(tok, docs: list[Docstring], count: int,  # noqa: ANN001
     return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
+def calibration_mixed(tok, docs: list[Docstring], windows: int, texts: int,  # noqa: ANN001
+                      seq: int = SEQ) -> dict[str, np.ndarray]:
+    """`windows` packed windows and `texts` single texts padded to `seq` (attention mask 0
+    there, so the padded positions are skipped by the calibration statistics)."""
+    a = calibration_windows(tok, docs, windows, seq)
+    b = calibration_texts(tok, docs, texts, seq)
+    return {k: np.concatenate([a[k], b[k]]) for k in a}
+
+
 class Retrieval:
     """Recall@1 of summary -> body retrieval with an ONNX encoder (mean pooling, cosine)."""
 
