@@ -229,16 +229,77 @@ def test_blockwise_with_calibration_runs_on_pruned_activations(synth: Path,
     assert all(b["macs_ratio"] == pytest.approx(0.5, abs=0.05) for b in report.blocks)
 
 
-def test_blockwise_refuses_side_inputs_and_other_passes(real: Path, synth: Path,
-                                                        tmp_path: Path) -> None:
+def test_blockwise_refuses_other_passes_and_weighted_side_chains(synth: Path,
+                                                                 tmp_path: Path) -> None:
     from compress_ir.stream.blockwise import stream_blockwise
 
     with pytest.raises(UsageError, match="channel-prune"):
         stream_blockwise(synth, tmp_path / "o.onnx", "sparsify")
-    with pytest.raises(UsageError, match="besides the residual point"):
-        stream_blockwise(real, tmp_path / "o.onnx", "channel-prune{ratio=0.5}",
-                         calib=_real_calib())
-    assert not list(tmp_path.iterdir())
+    # a side tensor computed in the prelude with a weight layer is not copied into blocks
+    rng = np.random.default_rng(0)
+    w = {n: numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+         for n, s in (("w_side", (8, 16)), ("w1", (8, 16)), ("w2", (16, 8)))}
+    nodes = [onnx.helper.make_node("MatMul", ["side_in", "w_side"], ["side"], name="side_mm"),
+             onnx.helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+             onnx.helper.make_node("Add", ["h", "side"], ["hs"], name="add_side"),
+             onnx.helper.make_node("Relu", ["hs"], ["r"], name="relu"),
+             onnx.helper.make_node("MatMul", ["r", "w2"], ["b"], name="mm2"),
+             onnx.helper.make_node("Add", ["x", "b"], ["y"], name="residual"),
+             onnx.helper.make_node("Relu", ["y"], ["z"], name="head")]
+    f = onnx.TensorProto.FLOAT
+    graph = onnx.helper.make_graph(
+        nodes, "g", [onnx.helper.make_tensor_value_info("x", f, ["n", 8]),
+                     onnx.helper.make_tensor_value_info("side_in", f, ["n", 8])],
+        [onnx.helper.make_tensor_value_info("z", f, ["n", 8])], list(w.values()))
+    src = tmp_path / "side.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]),
+              str(src))
+    out = tmp_path / "out"
+    out.mkdir()
+    calib = CalibrationSet({"x": rng.standard_normal((4, 8)).astype(np.float32),
+                            "side_in": rng.standard_normal((4, 8)).astype(np.float32)}, "t")
+    with pytest.raises(UsageError, match="side_mm.*weight layer"):
+        stream_blockwise(src, out / "o.onnx", "channel-prune{ratio=0.5}", calib=calib)
+    assert not list(out.iterdir())
+
+
+def _token_feeds(batch: int, seq: int, names: list[str]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(batch * 100 + seq)
+    mask = np.ones((batch, seq), np.int64)
+    mask[0, -3:] = 0  # a padded sample: the mask chain copied into each block matters
+    values = {"input_ids": rng.integers(0, 50, (batch, seq)).astype(np.int64),
+              "attention_mask": mask, "token_type_ids": np.zeros((batch, seq), np.int64),
+              "pixel_values": rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)}
+    return {n: values[n] for n in names}
+
+
+@pytest.mark.parametrize("name", ["llama", "llama_ts", "gpt2_ts", "bert_dynamo", "mpt",
+                                  "vit_ts"])
+def test_blockwise_real_exports_equal_in_memory_at_other_shapes(name: str,
+                                                                  tmp_path: Path) -> None:
+    """transformers exports compute shape vectors (with the head count), masks and RoPE
+    tables once in the prelude; each block gets its own copy of that chain and keeps the
+    graph's symbolic batch/sequence, so the streamed model equals the in-memory pass's at
+    shapes other than the calibration's (before: refused, or, as for vit_ts, the block's
+    head reshapes folded at the calibration batch)."""
+    from compress_ir.stream.blockwise import stream_blockwise
+
+    model = fill_placeholders(onnx.load(str(REAL_LLAMA.parent / f"{name}.onnx")), seed=0)
+    src = tmp_path / "m.onnx"
+    saved = onnx.ModelProto()
+    saved.CopyFrom(model)  # saving with external data rewrites the proto it is given
+    onnx.save(saved, str(src), save_as_external_data=True, location="m.onnx.data")
+    inputs = [i.name for i in model.graph.input]
+    calib = CalibrationSet(_token_feeds(4, 16, inputs), "test")
+    out = tmp_path / "o.onnx"
+    report = stream_blockwise(src, out, "channel-prune{ratio=0.5}", calib=calib)
+    onnx.checker.check_model(str(out))
+    assert report.params_after < 0.7 * report.params_before
+    oracle = compress(model, "channel-prune{ratio=0.5}").model
+    for batch, seq in ((1, 10), (3, 24)):
+        feeds = _token_feeds(batch, seq, inputs)
+        np.testing.assert_allclose(_run(str(out), feeds), _run(oracle, feeds),
+                                   rtol=1e-5, atol=1e-5)
 
 
 # -- the CLI: --stream routes obs and channel-prune to the block engines --------------------

@@ -178,20 +178,27 @@ def _constants_to_users(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
                 owner[idx] = min(readers)
 
 
+def rewire(model: onnx.ModelProto, segments: list[Segment]) -> None:
+    """Recompute every segment's inputs, outputs and initializers after nodes moved."""
+    _wire(model, segments)
+
+
 def _wire(model: onnx.ModelProto, segments: list[Segment]) -> None:
     """Fill each segment's inputs, outputs and initializers from the graph's edges."""
     inits = {t.name for t in model.graph.initializer}
     graph_outputs = {o.name for o in model.graph.output}
+    produced = [{out for node in seg.nodes for out in node.output} for seg in segments]
+    used = [list(dict.fromkeys(n for node in seg.nodes for n in _node_inputs(node)))
+            for seg in segments]
     needed_after: list[set[str]] = [set() for _ in segments]
     running: set[str] = set(graph_outputs)
     for i in range(len(segments) - 1, -1, -1):
         needed_after[i] = set(running)
-        for node in segments[i].nodes:
-            running.update(_node_inputs(node))
+        # only what the segment reads from outside: a block that recomputes a side
+        # tensor itself (blockwise.absorb_side_inputs) does not need it from earlier
+        running.update(n for n in used[i] if n not in produced[i])
     for i, seg in enumerate(segments):
-        produced = {out for node in seg.nodes for out in node.output}
-        used = list(dict.fromkeys(n for node in seg.nodes for n in _node_inputs(node)))
-        seg.initializers = [n for n in used if n in inits]
-        seg.inputs = [n for n in used if n not in inits and n not in produced]
+        seg.initializers = [n for n in used[i] if n in inits]
+        seg.inputs = [n for n in used[i] if n not in inits and n not in produced[i]]
         seg.outputs = [out for node in seg.nodes for out in node.output
                        if out and out in needed_after[i]]

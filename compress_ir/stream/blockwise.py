@@ -10,9 +10,15 @@ prelude and epilogue are copied. With calibration data the block runs on the
 activations of the already pruned blocks before it (sequential, for data-driven
 criteria and `reconstruct`); weight criteria need none.
 
-Limits (refused, UsageError): blocks must read only float activations with a sample
-axis (the residual point; RoPE tables/masks computed in the graph's prelude, as in
-`transformers` exports, are not yet passed to a block), and only `channel-prune` and
+Side tensors that `transformers` exports compute once in the prelude and every layer
+reads (shape vectors holding the head count, attention masks, RoPE cos/sin) are
+recomputed inside each block from the graph inputs: each block gets its own copy of
+the small prelude chain (`absorb_side_inputs`), so the pass can rewrite a head count
+in its block's shape vector and the block model's inputs all have a sample axis.
+
+Limits (refused, UsageError): a side chain may not contain a weight layer or a large
+constant (an embedding table), blocks may read other tensors of earlier blocks only
+when they are residual-shaped float activations, and only `channel-prune` and
 `reconstruct` run (per-model rules such as sparsify's skip-first/last do not split
 into blocks).
 """
@@ -29,13 +35,14 @@ from onnx import helper, numpy_helper
 
 from compress_ir.core.calibration import CalibrationSet, batch_size_for
 from compress_ir.core.errors import UsageError
-from compress_ir.stream.blocks import Segment, decompose
-from compress_ir.stream.engine import check_paths
+from compress_ir.stream.blocks import Decomposition, Segment, decompose, rewire
+from compress_ir.stream.engine import check_paths, weight_nodes
 from compress_ir.stream.external import TensorReader, TensorWriter, is_external, load_graph
 from compress_ir.stream.sequential import State, _advance, _Block, _needed_later
 
 BLOCK_PASSES = ("channel-prune", "reconstruct")
 INLINE_BYTES = 1024  # smaller tensors stay in the model proto
+SIDE_BYTES = 1 << 20  # constants a side chain may copy into every block (not a weight table)
 
 
 @dataclass
@@ -48,16 +55,24 @@ class BlockwiseReport:
 
 
 def _block_model(model: onnx.ModelProto, seg: Segment, weights: dict[str, np.ndarray],
-                 example: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """The block as a standalone model, inputs and outputs typed from `example`
-    (one calibration batch of its inputs) and the graph's value_info."""
-    def vi(name: str, value: np.ndarray) -> onnx.ValueInfoProto:
-        return helper.make_tensor_value_info(
-            name, helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape))
+                 example: dict[str, np.ndarray], point: str,
+                 dims: dict[str, tuple[int, list[int | str]]]) -> onnx.ModelProto:
+    """The block as a standalone model: inputs and outputs typed as the whole graph
+    types them (`dims`: symbolic batch/sequence kept), else from `example` (one
+    calibration batch of its inputs).
 
-    inputs = [vi(n, example[n]) for n in seg.inputs]
-    point = example[seg.inputs[0]]
-    outputs = [vi(n, point) for n in seg.outputs]
+    Why symbolic: typed with the calibration batch's sizes, the pass folds the block's
+    shape computations (Shape -> Gather -> Concat of a head reshape) into constants, and
+    the output then runs only at that batch and sequence length.
+    """
+    def vi(name: str, value: np.ndarray, like: str) -> onnx.ValueInfoProto:
+        dtype, shape = dims.get(like) or (helper.np_dtype_to_tensor_dtype(value.dtype),
+                                          list(value.shape))
+        return helper.make_tensor_value_info(name, dtype, shape)
+
+    inputs = [vi(n, example[n], n) for n in seg.inputs]
+    # the outputs are the next residual point: typed like this block's point
+    outputs = [vi(n, example[point], n if n in dims else point) for n in seg.outputs]
     graph = helper.make_graph(list(seg.nodes), seg.name.replace(" ", "_"), inputs, outputs,
                               [numpy_helper.from_array(weights[n], n)
                                for n in seg.initializers])
@@ -66,13 +81,77 @@ def _block_model(model: onnx.ModelProto, seg: Segment, weights: dict[str, np.nda
     return proto
 
 
-def _check_block(seg: Segment, example: dict[str, np.ndarray], point: str) -> None:
+def _check_block(seg: Segment, example: dict[str, np.ndarray], point: str,
+                 graph_inputs: set[str]) -> None:
     for name in seg.inputs:
         value = example[name]
+        if name in graph_inputs:  # token ids, masks: sample axis, read as the model does
+            continue
         if value.dtype.kind != "f" or value.shape != example[point].shape:
             raise UsageError(f"{seg.name} reads {name!r} ({value.dtype}, {list(value.shape)}) "
                              "besides the residual point: streamed channel-prune needs "
-                             "blocks whose inputs are all residual-shaped float activations")
+                             "blocks whose inputs are graph inputs or residual-shaped float "
+                             "activations")
+
+
+def absorb_side_inputs(model: onnx.ModelProto, dec: Decomposition) -> int:
+    """Give every block its own copy of the prelude nodes computing the side tensors it
+    reads (shape vectors, masks, RoPE tables); returns how many nodes were copied.
+
+    Why: a block pruned on its own cannot change a tensor other blocks read (a shape
+    vector holding the head count), and a side tensor without a sample axis (RoPE
+    [1, 1, S, D], a shape vector) cannot be fed as calibration. Recomputed from the
+    graph inputs inside the block, it is the block's own, and the prelude nodes no
+    block reads any more are dropped.
+    """
+    prelude = dec.segments[0]
+    producer = {out: node for node in prelude.nodes for out in node.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    weighted = {node.name for node, _ in weight_nodes(model)}
+    copied = 0
+    for idx, seg in enumerate(dec.segments[1:-1], start=1):
+        side = [n for n in seg.inputs if n != dec.points[idx - 1] and n in producer]
+        chain: set[int] = set()
+        stack = list(side)
+        while stack:
+            node = producer.get(stack.pop())
+            if node is None or id(node) in chain:
+                continue  # graph input or initializer: read as it is
+            big = [n for n in node.input if n in inits and _nbytes(inits[n]) > SIDE_BYTES]
+            if node.name in weighted or big:
+                raise UsageError(f"{seg.name} reads {side} from the prelude, computed with "
+                                 f"{node.op_type} node {node.name!r} "
+                                 f"({'a weight layer' if not big else f'constant {big[0]!r}'})"
+                                 ": streamed channel-prune copies only small side chains "
+                                 "into a block")
+            chain.add(id(node))
+            stack.extend(n for n in node.input if n)
+        own = []
+        for node in prelude.nodes:
+            if id(node) in chain:
+                copy = onnx.NodeProto()
+                copy.CopyFrom(node)
+                own.append(copy)
+        seg.nodes[:0] = own
+        copied += len(own)
+    if copied:
+        rewire(model, dec.segments)
+        # what later segments read from outside themselves (a block's copy feeds itself)
+        live = {o.name for o in model.graph.output}.union(
+            *(seg.inputs for seg in dec.segments[1:]))
+        kept = []
+        for node in reversed(prelude.nodes):  # drop what no segment reads any more
+            if any(o in live for o in node.output):
+                kept.append(node)
+                live.update(n for n in node.input if n)
+        prelude.nodes[:] = kept[::-1]
+        rewire(model, dec.segments)
+    return copied
+
+
+def _nbytes(tensor: onnx.TensorProto) -> int:
+    size = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    return int(np.prod(tensor.dims, dtype=np.int64)) * size
 
 
 class _Names:
@@ -132,6 +211,8 @@ def stream_blockwise(src: str | os.PathLike, dst: str | os.PathLike, passes: str
     model = load_graph(src)
     check_paths(src, model, dst)
     dec = decompose(model)
+    absorb_side_inputs(model, dec)
+    graph_inputs = {i.name for i in model.graph.input}
     inits = {t.name: t for t in model.graph.initializer}
     reader, writer = TensorReader(src), TensorWriter(dst)
     report = BlockwiseReport()
@@ -139,12 +220,15 @@ def stream_blockwise(src: str | os.PathLike, dst: str | os.PathLike, passes: str
     state: State | None = list(calib.batches(batch)) if calib is not None else None
     later = _needed_later(dec.segments)
     shapes = _static_shapes(model, set(dec.points)) if state is None else {}
+    dims = _graph_dims(model, {n for seg in dec.segments for n in (*seg.inputs, *seg.outputs)})
     seen: dict[str, int] = {}
     for seg in dec.segments:
         for n in {*seg.initializers, *(o for node in seg.nodes for o in node.output)}:
             seen[n] = seen.get(n, 0) + 1
     names = _Names({n for n, c in seen.items() if c > 1})
     boundary = {n for seg in dec.segments for n in (*seg.inputs, *seg.outputs)}
+    for seg in (dec.segments[0], dec.segments[-1]):  # copied as they are: names taken
+        names.used.update(n for node in seg.nodes for n in (node.name, *node.output) if n)
     out_nodes: list[onnx.NodeProto] = []
     out_inits: list[onnx.TensorProto] = []
     done: set[str] = set()
@@ -167,8 +251,8 @@ def stream_blockwise(src: str | os.PathLike, dst: str | os.PathLike, passes: str
             pruned = None
             if is_block:
                 example = _example(seg, state, shapes)
-                _check_block(seg, example, dec.points[idx - 1])
-                block = _block_model(model, seg, weights, example)
+                _check_block(seg, example, dec.points[idx - 1], graph_inputs)
+                block = _block_model(model, seg, weights, example, dec.points[idx - 1], dims)
                 block_calib = _block_calib(seg, state)
                 result = compress(block, passes, calibration=block_calib, seed=seed)
                 pruned = result.model
@@ -250,11 +334,26 @@ def _static_shapes(model: onnx.ModelProto, names: set[str]) -> dict[str, list[in
     return out
 
 
+def _graph_dims(model: onnx.ModelProto,
+                names: set[str]) -> dict[str, tuple[int, list[int | str]]]:
+    """Element type and fully known shape (ints and dim_params) of `names`, from onnx
+    shape inference on the whole graph."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    out: dict[str, tuple[int, list[int | str]]] = {}
+    for vi in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        tt = vi.type.tensor_type
+        dims = tt.shape.dim
+        if vi.name in names and tt.elem_type and tt.HasField("shape") and \
+                all(d.dim_param or d.dim_value for d in dims):
+            out[vi.name] = (tt.elem_type, [d.dim_param or d.dim_value for d in dims])
+    return out
+
+
 def _block_calib(seg: Segment, state: State | None) -> CalibrationSet | None:
     if state is None:
         return None
     return CalibrationSet({n: np.concatenate([b[n] for b in state]) for n in seg.inputs},
-                          f"activations at {seg.inputs[0]}")
+                          f"{seg.name} inputs")
 
 
 def _kept(report: dict) -> dict:
