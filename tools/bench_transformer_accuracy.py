@@ -328,12 +328,23 @@ def plot(out: Path, points: list[Point], dense: float | None) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    methods = sorted({p.method for p in points if p.kind == "prune" and not p.error})
-    for m in methods:
-        pts = sorted((p.macs, p.recall) for p in points if p.method == m and not p.error)
-        style = "-" if "reconstruct" in m else "--"
-        ax.plot(*zip(*pts, strict=True), style, marker="o", label=m)
+    fig, ax = plt.subplots(figsize=(10, 5))
+    ok = [p for p in points if p.kind == "prune" and not p.error and p.recall is not None]
+    ours = [p for p in ok if not p.method.startswith("anchor")]
+    # every variant of ours as a grey dot (the table names them); the best of each
+    # criterion highlighted; the anchors (other tools) each their own marker
+    ax.scatter([p.macs for p in ours], [p.recall for p in ours], s=14, color="0.7",
+               label=f"ours, all {len(ours)} variants (table.md)", zorder=2)
+    best: dict[str, Point] = {}
+    for p in ours:
+        crit = p.method.split()[0]
+        if crit not in best or p.recall > best[crit].recall:
+            best[crit] = p
+    for crit, p in sorted(best.items(), key=lambda kv: -kv[1].recall):
+        ax.scatter([p.macs], [p.recall], s=40, zorder=3, label=f"ours best {crit}: {p.method}")
+    for marker, p in zip("sDv^P", [p for p in ok if p.method.startswith("anchor")], strict=False):
+        ax.scatter([p.macs], [p.recall], s=50, marker=marker, zorder=3,
+                   label=p.method.replace("anchor ", "anchor: "))
     if dense is not None:
         ax.axhline(dense, color="black", lw=1, label=f"dense {dense:.3f}")
         ax.axhline(dense * 0.99, color="gray", lw=0.8, ls=":", label="dense - 1 %")
@@ -341,7 +352,7 @@ def plot(out: Path, points: list[Point], dense: float | None) -> None:
     ax.set_ylabel("recall@1 (docstring retrieval)")
     ax.set_title("all-MiniLM-L6-v2: heads + FFN pruning, post-training")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(out / "recall_vs_macs.png", dpi=120)
     plt.close(fig)
