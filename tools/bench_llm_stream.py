@@ -58,7 +58,12 @@ MODES = {"2:4 magnitude": ["--pattern", "2:4"],
          "50% obs": ["--pattern", "unstructured", "--sparsity", "0.5", *_OBS],
          # heads (a KV head with its 8 query heads) and FFN neurons, half of each block's,
          # l2 criterion (no calibration), one residual block in memory at a time
-         "heads+FFN 50% l2": ["--prune", "channel-prune{ratio=0.5}"]}
+         "heads+FFN 50% l2": ["--prune", "channel-prune{ratio=0.5}"],
+         # the data-driven route: each block sees the pruned blocks' activations of 32
+         # random-token sequences (sequential), wanda scores, then the least-squares refit
+         "heads+FFN 50% wanda+reconstruct": [
+             "--prune", "channel-prune{criterion=wanda,ratio=0.5},"
+             "reconstruct{inputs=original,prior=pruned,bias=keep}", "--calib", "random:32"]}
 
 
 def _py(args: list[str], log: Path | None = None) -> dict:

@@ -263,7 +263,8 @@ def stream_blockwise(src: str | os.PathLike, dst: str | os.PathLike, passes: str
                 report.blocks.append({"block": seg.name, "params_before": before,
                                       "params_after": after,
                                       "macs_ratio": result.report.get("ratios", {}).get("macs"),
-                                      "kept": _kept(result.report)})
+                                      "kept": _kept(result.report),
+                                      **_refit(result.report)})
                 _rename(pruned, boundary, names, f"s{idx}")
                 out_nodes.extend(pruned.graph.node)
                 for t in pruned.graph.initializer:
@@ -354,6 +355,18 @@ def _block_calib(seg: Segment, state: State | None) -> CalibrationSet | None:
         return None
     return CalibrationSet({n: np.concatenate([b[n] for b in state]) for n in seg.inputs},
                           f"{seg.name} inputs")
+
+
+def _refit(report: dict) -> dict:
+    """The reconstruct step's summary for the block (how many layers were refit, and the
+    calibration and held-out errors before and after), when one ran."""
+    keys = ("layers_refit", "layers_kept", "mean_rel_error_before", "mean_rel_error_after",
+            "mean_heldout_rel_error_before", "mean_heldout_rel_error_after")
+    for step in report.get("passes") or []:
+        if step.get("name", "").startswith("reconstruct"):
+            stats = step.get("stats") or {}
+            return {"reconstruct": {k: stats[k] for k in keys if k in stats}}
+    return {}
 
 
 def _kept(report: dict) -> dict:
