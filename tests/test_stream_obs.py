@@ -330,6 +330,26 @@ def test_cli_stream_channel_prune(synth: Path, tmp_path: Path,
         SHAPE.hidden, SHAPE.ffn // 2)
 
 
+def test_cli_stream_channel_prune_real_export(real: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The dynamo LLaMA export (dynamic batch/sequence) through the CLI: without data the
+    block shapes are unknown (exit 2, the message says what to pass); with
+    `--calib random:4` the weight criterion prunes every block and the output runs at
+    another shape, equal to the in-memory pass."""
+    from compress_ir.cli import main
+
+    out = tmp_path / "cli.onnx"
+    spec = "channel-prune{ratio=0.5}"
+    assert main([str(real), "--pass", spec, "-o", str(out), "--stream", "on"]) == 2
+    assert "--calib random:4" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([str(real), "--pass", spec, "-o", str(out), "--stream", "on",
+                 "--calib", "random:4"]) == 0
+    oracle = compress(fill_placeholders(onnx.load(str(REAL_LLAMA)), seed=0), spec).model
+    feeds = _token_feeds(2, 11, ["input_ids", "attention_mask"])
+    np.testing.assert_allclose(_run(str(out), feeds), _run(oracle, feeds), rtol=1e-5, atol=1e-5)
+
+
 def test_cli_stream_obs_without_calib_exits_2(synth: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     from compress_ir.cli import main

@@ -319,7 +319,8 @@ def _example(seg: Segment, state: State | None,
     missing = [n for n in seg.inputs if not shapes.get(n)]
     if missing:
         raise UsageError(f"{seg.name}: the shape of {missing} is not static; give "
-                         "calibration data")
+                         "calibration data (--calib; with a weight criterion such as l2, "
+                         "--calib random:4 only supplies the shapes)")
     return {n: np.zeros(shapes[n], np.float32) for n in seg.inputs}
 
 
