@@ -4,6 +4,7 @@ Importing this package registers every criterion in `CRITERIA`.
 """
 
 import compress_ir.passes.analysis.importance.activation  # noqa: F401
+import compress_ir.passes.analysis.importance.fisher  # noqa: F401
 import compress_ir.passes.analysis.importance.reconstruction_error  # noqa: F401
 import compress_ir.passes.analysis.importance.taylor  # noqa: F401
 import compress_ir.passes.analysis.importance.weight_based  # noqa: F401

@@ -41,6 +41,7 @@ from onnx import helper
 from compress_ir.core.calibration import ActivationCapture
 from compress_ir.core.errors import UsageError
 from compress_ir.core.graph import GraphCycle, topological_order
+from compress_ir.core.padding import batch_mask, token_mask
 from compress_ir.passes.analysis.channel_groups import ChannelGroup
 from compress_ir.passes.analysis.importance.activation import (
     _by_tensor,
@@ -108,11 +109,37 @@ def probe_model(proto: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
     return work
 
 
+def _register_missing_gradients() -> None:
+    """Relax has no gradient for `erf` (GELU in BERT-family models); d erf(x)/dx =
+    2/sqrt(pi) exp(-x^2). Registered once, only where TVM lacks it."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.op.base import register_gradient
+
+    if tvm.ir.Op.get("relax.erf").get_attr("FPrimalGradient") is not None:
+        return
+
+    @register_gradient("relax.erf")
+    def _erf_grad(orig_var: Any, orig_call: Any, output_grad: Any, ctx: Any) -> list:
+        x = orig_call.args[0]
+        scale = relax.const(2.0 / np.sqrt(np.pi), str(x.ty.dtype))
+        return [output_grad * scale * relax.op.exp(relax.op.negative(x * x))]
+
+
+LOSSES = ("ce", "projection")
+
+
 class GradientRunner:
-    """dL/d(tensor) for the pseudo-label cross-entropy, compiled once with TVM Relax."""
+    """dL/d(tensor), compiled once with TVM Relax, for one of two label-free losses.
+
+    `ce`: cross-entropy of the first output ([N, classes] logits) against its own argmax
+    (Taylor). `projection`: L = sum(output * v) for a fed `v` of the first output's
+    shape (Fisher: with v standard normal, E[(dL/dm)^2] = ||d output / dm||^2).
+    """
 
     def __init__(
-        self, proto: onnx.ModelProto, tensors: list[str], shapes: dict[str, tuple[int, ...]]
+        self, proto: onnx.ModelProto, tensors: list[str], shapes: dict[str, tuple[int, ...]],
+        loss: str = "ce",
     ) -> None:
         tvm = _import_tvm()
         from tvm import relax
@@ -120,6 +147,9 @@ class GradientRunner:
         from tvm.relax.training import AppendLoss
         from tvm.relax.training.loss import CrossEntropyLoss
 
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        _register_missing_gradients()
         inits = {i.name for i in proto.graph.initializer}
         self.inputs = [i.name for i in proto.graph.input if i.name not in inits]
         self.tensors = tensors
@@ -129,16 +159,27 @@ class GradientRunner:
             shape_dict[PROBE.format(i)] = list(shapes[name])
         start = time.perf_counter()
         mod = from_onnx(probed, shape_dict=shape_dict, keep_params_in_input=False)
+        # inference first (BatchNorm with its running statistics), then the training
+        # decomposition for what has no gradient as one op (layer_norm)
         mod = relax.transform.DecomposeOpsForInference()(mod)
-        logits = mod["main"].ret_ty
-        if not isinstance(logits, relax.TensorType) or logits.ndim != 2:
-            raise UsageError(
-                "criterion 'taylor' needs a classifier: the model's output must be "
-                f"[N, classes] logits, got {logits}"
-            )
-        batch = int(logits.shape[0])
-        loss = CrossEntropyLoss(reduction="sum")(logits, relax.TensorType([batch], "int64"))
-        mod = AppendLoss("main", loss, 1, "main_loss")(mod)
+        mod = relax.transform.DecomposeOpsForTraining()(mod)
+        out = mod["main"].ret_ty
+        if loss == "ce":
+            if not isinstance(out, relax.TensorType) or out.ndim != 2:
+                raise UsageError(
+                    "criterion 'taylor' needs a classifier: the model's output must be "
+                    f"[N, classes] logits, got {out}"
+                )
+            batch = int(out.shape[0])
+            loss_fn = CrossEntropyLoss(reduction="sum")(out, relax.TensorType([batch], "int64"))
+            self.extra_shape: tuple[int, ...] = (batch,)
+        else:
+            if not isinstance(out, relax.TensorType) or not out.ndim or \
+                    not str(out.dtype).startswith("float"):
+                raise UsageError(f"criterion 'fisher' needs one float output tensor, got {out}")
+            self.extra_shape = tuple(int(d) for d in out.shape)
+            loss_fn = _projection_loss(out)
+        mod = AppendLoss("main", loss_fn, 1, "main_loss")(mod)
         params = list(mod["main_loss"].params)
         n_in = len(self.inputs)
         probes = params[n_in : n_in + len(tensors)]
@@ -146,17 +187,18 @@ class GradientRunner:
         mod = tvm.IRModule({"main_loss_adjoint": mod["main_loss_adjoint"]})
         self.vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
         self.compile_seconds = time.perf_counter() - start
-        self.batch = batch
+        self.batch = self.extra_shape[0]
         self._tvm = tvm
         self._zeros = [
             tvm.runtime.tensor(np.zeros(shapes[name], np.float32)) for name in tensors
         ]
 
     def gradients(
-        self, feeds: dict[str, np.ndarray], labels: np.ndarray
+        self, feeds: dict[str, np.ndarray], extra: np.ndarray
     ) -> tuple[float, list[np.ndarray]]:
-        """Loss and dL/d(tensor) per tensor for one batch (padded to the fixed size)."""
-        rows = labels.shape[0]
+        """Loss and dL/d(tensor) per tensor for one batch (padded to the fixed size);
+        `extra` is the loss's second argument: labels (ce) or the projection v."""
+        rows = extra.shape[0]
         pad = self.batch - rows
 
         def padded(x: np.ndarray) -> np.ndarray:
@@ -165,28 +207,49 @@ class GradientRunner:
         tensor = self._tvm.runtime.tensor
         args = [tensor(np.ascontiguousarray(padded(feeds[n]))) for n in self.inputs]
         args += self._zeros
-        args.append(tensor(padded(labels.astype(np.int64))))
+        dtype = np.int64 if extra.dtype.kind in "iu" else np.float32
+        args.append(tensor(np.ascontiguousarray(padded(extra.astype(dtype)))))
         loss, grads = self.vm["main_loss_adjoint"](*args)
         return float(loss.numpy()), [g.numpy()[:rows] for g in grads]
 
 
+def _projection_loss(out: Any) -> Any:
+    """The Relax function (output, v) -> sum(output * v)."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    o = relax.Var("output", relax.TensorType(out.shape, out.dtype))
+    v = relax.Var("v", relax.TensorType(out.shape, out.dtype))
+    with bb.function("projection_loss", [o, v]):
+        with bb.dataflow():
+            result = bb.emit_output(relax.op.sum(relax.op.multiply(o, v)))
+        bb.emit_func_output(result)
+    return bb.get()["projection_loss"]
+
+
 def contributions(
-    ctx: ScoreContext, stats: Any, tensors: list[str]
+    ctx: ScoreContext, stats: Any, tensors: list[str], loss: str = "ce", seed: int = 0
 ) -> tuple[dict[str, np.ndarray], GradientRunner | None]:
-    """Per tensor: [samples, positions] mean of a * dL/da over the non-sample axes other
-    than the layout axis."""
+    """Per tensor: [samples, positions] of a * dL/da over the non-sample axes other than
+    the layout axis: their mean for `ce` (Taylor), their sum for `projection` (dL/dm of a
+    mask scaling the position's channel everywhere in the sample: Fisher).
+
+    `projection` draws v standard normal per batch (seeded), zero at padded tokens.
+    """
     if not tensors:
         return {}, None
     proto = stats.proto
     first_output = proto.graph.output[0].name
     capture = ActivationCapture(proto, [*tensors, first_output])
     runner: GradientRunner | None = None
+    rng = np.random.default_rng(seed)
+    tokens = token_mask(proto, stats.calib.arrays) if loss == "projection" else None
     parts: dict[str, list[np.ndarray]] = {name: [] for name in tensors}
-    for feeds, values in zip(
+    for index, (feeds, values) in enumerate(zip(
         stats.calib.batches(stats.batch_size),
         capture.stream(stats.calib, stats.batch_size),
         strict=True,
-    ):
+    )):
         rows = next(iter(feeds.values())).shape[0]
         if runner is None:
             shapes = {n: v.shape for n, v in feeds.items()}
@@ -194,16 +257,24 @@ def contributions(
             bad = [n for n in tensors if values[n].shape[:1] != (rows,)]
             if bad:
                 raise UsageError(
-                    f"criterion 'taylor': tensor(s) {bad} do not have the samples on axis 0"
+                    f"criterion '{'taylor' if loss == 'ce' else 'fisher'}': tensor(s) {bad} "
+                    "do not have the samples on axis 0"
                 )
-            runner = GradientRunner(proto, tensors, shapes)
-        labels = np.asarray(values[first_output]).reshape(rows, -1).argmax(1)
-        _, grads = runner.gradients(feeds, labels)
+            runner = GradientRunner(proto, tensors, shapes, loss)
+        out = np.asarray(values[first_output])
+        if loss == "ce":
+            extra = out.reshape(rows, -1).argmax(1)
+        else:
+            extra = rng.standard_normal(out.shape).astype(np.float32)
+            mask = batch_mask(tokens, index, stats.batch_size)
+            if mask is not None and out.shape[:2] == mask.shape:  # [B, S, ...] outputs
+                extra *= mask.reshape(*mask.shape, *[1] * (out.ndim - 2))
+        _, grads = runner.gradients(feeds, extra)
         for name, grad in zip(tensors, grads, strict=True):
             axis = ctx.analysis.layouts[name].axis
             prod = np.asarray(values[name], np.float64) * grad
-            prod = np.moveaxis(prod, axis, 1)
-            parts[name].append(prod.reshape(rows, prod.shape[1], -1).mean(2))
+            prod = np.moveaxis(prod, axis, 1).reshape(rows, prod.shape[axis], -1)
+            parts[name].append(prod.mean(2) if loss == "ce" else prod.sum(2))
     return {n: np.concatenate(p) for n, p in parts.items()}, runner
 
 
