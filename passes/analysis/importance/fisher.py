@@ -12,7 +12,7 @@ output is large.
 
 Labels: calibration data has none, and the model may have no classifier (a sentence
 encoder's output is token embeddings). With L = v . f(x) for v standard normal of the
-output's shape (drawn per sample, zero at padded tokens), E_v[(dL/dm_i)^2] =
+output's shape (drawn per batch, `Fisher.draws` times, zero at padded tokens), E_v[(dL/dm_i)^2] =
 ||df/dm_i||^2: the Gauss-Newton diagonal of ||f(x; m) - f(x; 1)||^2, i.e. how far the
 unit's removal moves the output, to first order. dL/dm_i = sum over the sample's positions
 and the unit's channels of a * dL/da at the inputs of the group's reducing consumers
@@ -48,6 +48,9 @@ class Fisher(Criterion):
 
     summary: ClassVar[str] = "Fisher information of unit masks, label-free (Kwon et al. 2022)"
     needs_calibration: ClassVar[bool] = True
+    # projections per calibration batch: one draw leaves each score a chi-square(1) sample
+    # per calibration sample (relative error sqrt(2 / (samples x draws)))
+    draws: ClassVar[int] = 1
 
     def __init__(self) -> None:
         self._ctx: ScoreContext | None = None
@@ -60,7 +63,8 @@ class Fisher(Criterion):
             _import_tvm()
             start = time.perf_counter()
             self._contrib, runner = contributions(ctx, stats, taylor_tensors(ctx),
-                                                  loss="projection", seed=0)
+                                                  loss="projection", seed=0,
+                                                  draws=self.draws)
             self.score_seconds = time.perf_counter() - start
             self.compile_seconds = runner.compile_seconds if runner else 0.0
             self._ctx = ctx

@@ -228,13 +228,15 @@ def _projection_loss(out: Any) -> Any:
 
 
 def contributions(
-    ctx: ScoreContext, stats: Any, tensors: list[str], loss: str = "ce", seed: int = 0
+    ctx: ScoreContext, stats: Any, tensors: list[str], loss: str = "ce", seed: int = 0,
+    draws: int = 1,
 ) -> tuple[dict[str, np.ndarray], GradientRunner | None]:
     """Per tensor: [samples, positions] of a * dL/da over the non-sample axes other than
     the layout axis: their mean for `ce` (Taylor), their sum for `projection` (dL/dm of a
     mask scaling the position's channel everywhere in the sample: Fisher).
 
-    `projection` draws v standard normal per batch (seeded), zero at padded tokens.
+    `projection` draws v standard normal `draws` times per batch (seeded, in that order),
+    zero at padded tokens; each draw adds its own rows (batch by batch, draw-major).
     """
     if not tensors:
         return {}, None
@@ -263,18 +265,22 @@ def contributions(
             runner = GradientRunner(proto, tensors, shapes, loss)
         out = np.asarray(values[first_output])
         if loss == "ce":
-            extra = out.reshape(rows, -1).argmax(1)
+            extras = [out.reshape(rows, -1).argmax(1)]
         else:
-            extra = rng.standard_normal(out.shape).astype(np.float32)
             mask = batch_mask(tokens, index, stats.batch_size)
-            if mask is not None and out.shape[:2] == mask.shape:  # [B, S, ...] outputs
-                extra *= mask.reshape(*mask.shape, *[1] * (out.ndim - 2))
-        _, grads = runner.gradients(feeds, extra)
-        for name, grad in zip(tensors, grads, strict=True):
-            axis = ctx.analysis.layouts[name].axis
-            prod = np.asarray(values[name], np.float64) * grad
-            prod = np.moveaxis(prod, axis, 1).reshape(rows, prod.shape[axis], -1)
-            parts[name].append(prod.mean(2) if loss == "ce" else prod.sum(2))
+            extras = []
+            for _ in range(draws):
+                v = rng.standard_normal(out.shape).astype(np.float32)
+                if mask is not None and out.shape[:2] == mask.shape:  # [B, S, ...] outputs
+                    v *= mask.reshape(*mask.shape, *[1] * (out.ndim - 2))
+                extras.append(v)
+        for extra in extras:
+            _, grads = runner.gradients(feeds, extra)
+            for name, grad in zip(tensors, grads, strict=True):
+                axis = ctx.analysis.layouts[name].axis
+                prod = np.asarray(values[name], np.float64) * grad
+                prod = np.moveaxis(prod, axis, 1).reshape(rows, prod.shape[axis], -1)
+                parts[name].append(prod.mean(2) if loss == "ce" else prod.sum(2))
     return {n: np.concatenate(p) for n, p in parts.items()}, runner
 
 
