@@ -21,8 +21,7 @@ and the unit's channels of a * dL/da at the inputs of the group's reducing consu
 
 from __future__ import annotations
 
-import time
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -32,43 +31,22 @@ from compress_ir.passes.analysis.importance.activation import (
     consumer_sites,
     require_calibration,
 )
-from compress_ir.passes.analysis.importance.base import CRITERIA, Criterion, ScoreContext
-from compress_ir.passes.analysis.importance.taylor import (
-    _import_tvm,
-    contributions,
-    taylor_tensors,
-)
+from compress_ir.passes.analysis.importance.base import CRITERIA, ScoreContext
+from compress_ir.passes.analysis.importance.taylor import GradientCriterion
 
 
 @CRITERIA.register("fisher")
-class Fisher(Criterion):
+class Fisher(GradientCriterion):
     """Kwon et al. 2022: mean over calibration samples of (dL/dm)^2 for a mask m on the
     unit, with the label-free projection loss L = v . output (see the module docstring).
     Gradients come from Apache TVM Relax."""
 
     summary: ClassVar[str] = "Fisher information of unit masks, label-free (Kwon et al. 2022)"
     needs_calibration: ClassVar[bool] = True
+    loss: ClassVar[str] = "projection"
     # projections per calibration batch: one draw leaves each score a chi-square(1) sample
     # per calibration sample (relative error sqrt(2 / (samples x draws)))
     draws: ClassVar[int] = 1
-
-    def __init__(self) -> None:
-        self._ctx: ScoreContext | None = None
-        self._contrib: dict[str, np.ndarray] = {}
-        self.compile_seconds = 0.0
-        self.score_seconds = 0.0
-
-    def _contributions(self, ctx: ScoreContext, stats: Any) -> dict[str, np.ndarray]:
-        if self._ctx is not ctx:
-            _import_tvm()
-            start = time.perf_counter()
-            self._contrib, runner = contributions(ctx, stats, taylor_tensors(ctx),
-                                                  loss="projection", seed=0,
-                                                  draws=self.draws)
-            self.score_seconds = time.perf_counter() - start
-            self.compile_seconds = runner.compile_seconds if runner else 0.0
-            self._ctx = ctx
-        return self._contrib
 
     def score(self, group: ChannelGroup, ctx: ScoreContext) -> np.ndarray:
         stats = require_calibration(ctx, self.name)

@@ -284,19 +284,12 @@ def contributions(
     return {n: np.concatenate(p) for n, p in parts.items()}, runner
 
 
-@CRITERIA.register("taylor")
-class Taylor(Criterion):
-    """Molchanov et al. 2017, "Pruning Convolutional Neural Networks for Resource
-    Efficient Inference" (first-order Taylor expansion of the loss).
+class GradientCriterion(Criterion):
+    """Shared by the gradient criteria: `contributions` once per ScoreContext (one TVM
+    compile, one pass over the calibration data), then scored group by group."""
 
-    Score = mean over calibration samples of |mean over the unit's positions of
-    a * dL/da| at the inputs of the group's reducing consumers, with L the
-    cross-entropy against the model's own argmax predictions; gradients come from
-    Apache TVM Relax (`compress-ir[tvm]`). See the module docstring.
-    """
-
-    summary: ClassVar[str] = "|activation x gradient| of a pseudo-label loss (Molchanov 2017)"
-    needs_calibration: ClassVar[bool] = True
+    loss: ClassVar[str] = "ce"
+    draws: ClassVar[int] = 1
 
     def __init__(self) -> None:
         self._ctx: ScoreContext | None = None
@@ -308,11 +301,27 @@ class Taylor(Criterion):
         if self._ctx is not ctx:
             _import_tvm()
             start = time.perf_counter()
-            self._contrib, runner = contributions(ctx, stats, taylor_tensors(ctx))
+            self._contrib, runner = contributions(ctx, stats, taylor_tensors(ctx),
+                                                  loss=self.loss, draws=self.draws)
             self.score_seconds = time.perf_counter() - start
             self.compile_seconds = runner.compile_seconds if runner else 0.0
             self._ctx = ctx
         return self._contrib
+
+
+@CRITERIA.register("taylor")
+class Taylor(GradientCriterion):
+    """Molchanov et al. 2017, "Pruning Convolutional Neural Networks for Resource
+    Efficient Inference" (first-order Taylor expansion of the loss).
+
+    Score = mean over calibration samples of |mean over the unit's positions of
+    a * dL/da| at the inputs of the group's reducing consumers, with L the
+    cross-entropy against the model's own argmax predictions; gradients come from
+    Apache TVM Relax (`compress-ir[tvm]`). See the module docstring.
+    """
+
+    summary: ClassVar[str] = "|activation x gradient| of a pseudo-label loss (Molchanov 2017)"
+    needs_calibration: ClassVar[bool] = True
 
     def score(self, group: ChannelGroup, ctx: ScoreContext) -> np.ndarray:
         stats = require_calibration(ctx, self.name)
