@@ -126,9 +126,11 @@ def test_scores_equal_mean_squared_mask_derivative() -> None:
     scores = Fisher().score(group, ctx)
     assert scores.shape == (H,)
 
-    # the oracle: v as documented (seed 0, one batch), dL_n/dm_i by scaling row i of w2
+    # the oracle: v as documented (seed 0, one batch, `draws` projections in order),
+    # dL_n/dm_i by scaling row i of w2
     x = calib().arrays["x"]
-    v = np.random.default_rng(0).standard_normal((N, S, D)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    vs = [rng.standard_normal((N, S, D)).astype(np.float32) for _ in range(Fisher.draws)]
     w2 = next(numpy_helper.to_array(t) for t in proto.graph.initializer if t.name == "w2")
 
     def per_sample(scale_row: int, eps: float) -> np.ndarray:
@@ -139,7 +141,7 @@ def test_scores_equal_mean_squared_mask_derivative() -> None:
             if t.name == "w2":
                 t.CopyFrom(numpy_helper.from_array(w, "w2"))
         y = numeric.session(model).run(["y"], {"x": x})[0].astype(np.float64)
-        return (y * v).reshape(N, -1).sum(1)
+        return np.concatenate([(y * v).reshape(N, -1).sum(1) for v in vs])
 
     eps = 1e-3
     want = np.array([(((per_sample(i, eps) - per_sample(i, -eps)) / (2 * eps)) ** 2).mean()
