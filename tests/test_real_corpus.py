@@ -226,6 +226,9 @@ COMPILE_SUBSET = [
     ("vit_ts", None, None),  # the same ViT through TorchScript
     ("gpt2_ts", _tokens(1, 16), None),  # TorchScript: fused c_attn Gemm + Split, causal mask
     ("llama", _tokens(1, 16), None),  # dynamo: GQA, RoPE, SwiGLU, RMSNorm
+    # ragged sequences: attention keys padded to whole vectors (schedule/pad_keys.py)
+    ("gpt2", _tokens(1, 21), None),  # dynamo: causal Where(mask, s, min) before softmax
+    ("mpt_ts", _tokens(1, 21), None),  # ALiBi add + padding-mask Where chains
 ]
 
 

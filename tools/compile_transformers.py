@@ -36,10 +36,13 @@ MODELS: dict[str, tuple[str, ...] | None] = {
 }
 
 
+SEQ = 16
+
+
 def shapes(extra: tuple[str, ...] | None) -> dict[str, tuple[int, ...]] | None:
     if extra is None:
         return None  # static 32x32 image, dynamic batch -> 1
-    return {n: (1, 16) for n in ("input_ids", "attention_mask", *extra)}
+    return {n: (1, SEQ) for n in ("input_ids", "attention_mask", *extra)}
 
 
 def qemu_check(artifact: Path, pruned: onnx.ModelProto, work: Path) -> str:
@@ -83,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/compile_transformers"))
     ap.add_argument("--out", type=Path, default=None, help="also write the table here")
     ap.add_argument("--qemu", default="", help="models whose arm artifact runs under qemu")
+    ap.add_argument("--seq", type=int, default=SEQ,
+                    help="token count of the text models (13: ragged, attention keys padded)")
     args = ap.parse_args(argv)
+    globals()["SEQ"] = args.seq
     lines = ["| model | target | build | MACs kept | verify vs onnxruntime | seconds |",
              "|---|---|---|---:|---|---:|"]
     for name in args.models.split(","):

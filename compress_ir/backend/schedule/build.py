@@ -55,7 +55,7 @@ def _keep_faster(original: tvm.IRModule, tuned: relax.Executable, target: Target
         return tuned
     with Timer(stats, "default_build"):
         default_stats = BuildStats(target_kind=target.kind.name)
-        default = lower_and_build(schedule_cpu(prepare(original, target), target,
+        default = lower_and_build(schedule_cpu(prepare(original, target, cpu and cpu.lanes), target,
                                                default_stats, cpu), target)
     with Timer(stats, "compare"):
         stats.whole_model = compare(tuned, default, args)
@@ -86,7 +86,7 @@ def build_executable(mod: tvm.IRModule, target: Target | str | dict,
         check_tunable(target, remote)
     original = mod
     with Timer(stats, "prepare"):
-        mod = prepare(mod, target)
+        mod = prepare(mod, target, cpu.lanes if cpu else None)
     if tuning_db is not None:
         from compress_ir.backend.schedule.tuning import apply_database
 

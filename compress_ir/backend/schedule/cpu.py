@@ -95,8 +95,10 @@ def schedule_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
     When the innermost axis is a whole number of vectors, it is vectorised on its own and
     the rest fused and parallelised: vector lanes then never straddle an outer index (a
     padding copy or transpose vectorised over fused loops computes a div/mod per lane and
-    gathers). A short innermost axis (< lanes) keeps its two inner loops plain under a
-    parallel outer loop. Otherwise all loops are fused, vectorised by `lanes`, the rest
+    gathers). A longer ragged row copied between buffers of different shapes (a padded
+    matmul's copy-in/out) runs rows in parallel, each a plain loop LLVM vectorises. A short
+    innermost axis (< lanes) keeps its two inner loops plain under a parallel outer loop.
+    Otherwise all loops are fused, vectorised by `lanes`, the rest
     parallel (element-wise ops on flat data, where the fused index is the address).
     """
     loops = sch.get_loops(block)
@@ -107,6 +109,14 @@ def schedule_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
         outer, inner = sch.split(loops[-1], [None, cpu.lanes])
         sch.parallel(sch.fuse(*loops[:-1], outer))
         sch.vectorize(inner)
+        return
+    if len(loops) > 1 and last is not None and last > cpu.lanes and _reshapes(sch, block):
+        # A ragged row (197 tokens) copied between buffers of different shapes (a padded
+        # matmul's copy-in or copy-out): fused, every lane paid a div/mod and a gather, or
+        # the whole loop ran scalar (ViT-S attention matmuls 2-3x slower than onnxruntime).
+        # Rows in parallel, the contiguous row a plain loop that LLVM vectorises with a
+        # remainder.
+        sch.parallel(sch.fuse(*loops[:-1]))
         return
     if len(loops) > 2 and last is not None and last < cpu.lanes:
         # A short innermost axis (an NHWC stem's padding, 226x226x3) that does not fill a
@@ -124,6 +134,18 @@ def schedule_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
         sch.vectorize(inner)
     else:
         sch.parallel(fused)
+
+
+def _reshapes(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    """The block reads a buffer whose shape differs from the one it writes (pad / crop).
+
+    Element-wise code on equal shapes vectorises well over all loops fused (the fused
+    index is the address); between different shapes it does not.
+    """
+    stmt = sch.get(block)
+    out = [tuple(int(d) for d in w.source.shape) for w in stmt.writes]
+    ins = [tuple(int(d) for d in r.source.shape) for r in stmt.reads]
+    return any(shape != out[0] for shape in ins) if out and ins else False
 
 
 def _inline_spatial(sch: s_tir.Schedule, infos: list[BlockInfo], keep: set[str]) -> None:
