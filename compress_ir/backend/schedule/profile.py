@@ -25,7 +25,7 @@ from tvm import s_tir, tirx
 from compress_ir.backend.schedule.analysis import root_blocks
 
 LAYOUT_BLOCKS = ("T_transpose", "T_reshape", "T_layout_trans", "T_squeeze", "T_expand_dims",
-                 "T_strided_slice", "T_concat", "concatenate")
+                 "T_strided_slice", "T_concat", "concatenate", "PadInput")
 OTHER = "other"
 OVERHEAD = "run − Σ kernels (framework, preemption)"
 PREPACKED = "_prepacked"  # suffix SplitLayoutRewritePreproc gives a function
