@@ -79,9 +79,9 @@ def _gemm(rng):
     return _model(nodes, [_w(rng, "W", (40, 24)), _w(rng, "B", (40,))], [3, 24])
 
 
-def _pool(rng, op):
+def _pool(rng, op, **extra):
     attrs = {} if op == "GlobalAveragePool" else {"kernel_shape": [3, 3], "strides": [2, 2],
-                                                   "pads": [1, 1, 1, 1]}
+                                                   "pads": [1, 1, 1, 1], **extra}
     nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], kernel_shape=[1, 1]),
              helper.make_node(op, ["c"], ["y"], **attrs)]
     return _model(nodes, [_w(rng, "W", (16, 8, 1, 1)), _w(rng, "B", (16,))], [1, 8, 10, 10])
@@ -110,6 +110,7 @@ CASES = {
     "gemm": _gemm,
     "maxpool": lambda r: _pool(r, "MaxPool"),
     "avgpool": lambda r: _pool(r, "AveragePool"),
+    "avgpool_include_pad": lambda r: _pool(r, "AveragePool", count_include_pad=1),
     "global_avgpool": lambda r: _pool(r, "GlobalAveragePool"),
 }
 
