@@ -77,3 +77,57 @@ def test_bad_values_are_refused(spec: str) -> None:
     proto, *_ = _linear_mlp()
     with pytest.raises(Exception, match="prior|bias"):
         compress(proto, [PRUNE, spec], calibration=_calib((8,), 8))
+
+
+def test_scale_fit_recovers_unit_scales_and_matches_an_explicit_lstsq() -> None:
+    """`fit=scale` (Kwon et al.'s mask tuning): one factor per input unit. Y made by known
+    scales is recovered exactly; on noisy Y the factors equal a least squares solved on
+    the explicit design matrix (columns x_i w_i^T flattened), with the bias kept."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((6, 4))  # [K, O] = W^T
+    c = rng.standard_normal(4)
+    x = rng.standard_normal((300, 6)) + 1.0
+    s_true = rng.uniform(0.5, 1.5, 6)
+    y = x @ (w * s_true[:, None]) + c
+    coef = _normal(x, y).solve_scale(0.0, w, bias=c)
+    np.testing.assert_allclose(coef[:6], w * s_true[:, None], atol=1e-8)
+    np.testing.assert_array_equal(coef[6], c)
+    # free bias: the same scales, the bias found too
+    coef = _normal(x, y).solve_scale(0.0, w)
+    np.testing.assert_allclose(coef[:6], w * s_true[:, None], atol=1e-8)
+    np.testing.assert_allclose(coef[6], c, atol=1e-8)
+    # noisy targets: the oracle solves the K-column design explicitly
+    y_noisy = y + rng.standard_normal(y.shape)
+    design = np.stack([np.outer(x[:, i], w[i]).ravel() for i in range(6)], axis=1)
+    s_want = np.linalg.lstsq(design, (y_noisy - c).ravel(), rcond=None)[0]
+    coef = _normal(x, y_noisy).solve_scale(0.0, w, bias=c)
+    np.testing.assert_allclose(coef[:6], w * s_want[:, None], atol=1e-8)
+
+
+def test_scale_fit_huge_ridge_keeps_the_pruned_weights() -> None:
+    rng = np.random.default_rng(4)
+    w, x = rng.standard_normal((5, 3)), rng.standard_normal((100, 5))
+    y = x @ rng.standard_normal((5, 3))
+    np.testing.assert_allclose(_normal(x, y).solve_scale(1e9, w)[:5], w, atol=1e-6)
+    np.testing.assert_allclose(_normal(x, y).solve_scale(1e9, w, toward_one=False)[:5], 0.0,
+                               atol=1e-6)
+
+
+def test_reconstruct_scale_fit_on_matmul_add() -> None:
+    """The pass option end to end: the kept rows of W2 are only rescaled (each new row a
+    multiple of the pruned one), the bias kept, and the error on fresh inputs drops."""
+    proto, w2, b2, half = _linear_mlp()
+    calib = _calib((8,), 32)
+    pruned = compress(proto, PRUNE, calibration=calib).model
+    model = compress(proto, [PRUNE, "reconstruct{fit=scale,bias=keep}"],
+                     calibration=calib).model
+    inits = _inits(model)
+    a2 = next(n for n in model.graph.node if n.name == "a2")
+    m2 = next(n for n in model.graph.node if n.name == "m2")
+    np.testing.assert_array_equal(inits[a2.input[1]], b2)
+    new, kept = inits[m2.input[1]], w2[:half]
+    scale = (new * kept).sum(1) / (kept**2).sum(1)
+    np.testing.assert_allclose(new, kept * scale[:, None], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(scale, 1.0)  # it did refit
+    feeds = {"x": _calib((8,), 256, seed=9).arrays["x"]}
+    assert _fresh_error(model, proto, feeds) < _fresh_error(pruned, proto, feeds)

@@ -122,6 +122,41 @@ class Normal:
         b = bias if bias is not None else mean_y - mean_x @ weight
         return np.vstack([weight, np.asarray(b, np.float64)[None, :]])
 
+    def solve_scale(self, ridge: float, weight: np.ndarray, toward_one: bool = True,
+                    bias: np.ndarray | None = None) -> np.ndarray:
+        """[diag(s) W^T; b]: one scale per input feature, W^T ([K, O]) otherwise kept.
+
+        Kwon et al.'s mask tuning: with K unknowns instead of K*O the fit cannot absorb
+        what the calibration rows happen to contain, only how much each kept unit should
+        now contribute. ||X diag(s) W^T - Y'||^2 is quadratic in s with Gram matrix
+        (X^T X) * (W^T W^T') (element-wise) and right side diag(X^T Y' W), so the same
+        normal equations serve; the ridge pulls s toward 1 (`toward_one`, the pruned
+        weights) or 0. Bias free (centred, as `solve`) or kept (`bias`).
+        """
+        xx, xy = np.asarray(self.xx), np.asarray(self.xy)
+        k = xx.shape[0] - 1
+        if bias is not None:
+            cov = xx[:k, :k]
+            cross = xy[:k] - np.outer(xx[:k, k], bias)
+        else:
+            n = xx[k, k]
+            mean_x, mean_y = xx[k, :k] / n, xy[k] / n
+            cov = xx[:k, :k] - n * np.outer(mean_x, mean_x)
+            cross = xy[:k] - n * np.outer(mean_x, mean_y)
+        gram = cov * (weight @ weight.T)
+        rhs = np.einsum("io,io->i", cross, weight)
+        lam = ridge * float(np.mean(np.diag(gram))) if k else 0.0
+        gram = gram + lam * np.eye(k)
+        if toward_one:
+            rhs = rhs + lam
+        try:
+            scale = np.linalg.solve(gram, rhs)
+        except np.linalg.LinAlgError:
+            scale = np.linalg.lstsq(gram, rhs, rcond=None)[0]
+        fitted = weight * scale[:, None]
+        b = bias if bias is not None else mean_y - mean_x @ fitted
+        return np.vstack([fitted, np.asarray(b, np.float64)[None, :]])
+
 
 @dataclass
 class Choice:
@@ -147,33 +182,40 @@ class Choice:
 
 
 def choose(fit: Normal, held: Normal, current: np.ndarray, ridges: Sequence[float],
-           fixed: float, toward_current: bool = False, keep_bias: bool = False) -> Choice:
+           fixed: float, toward_current: bool = False, keep_bias: bool = False,
+           scale: bool = False) -> Choice:
     """Refit `current` ([W^T; b]) or keep it, by held-out error.
 
     Without held-out rows the refit with the `fixed` ridge is applied (the old,
     unguarded behaviour, reported as such). Otherwise each ridge is fit on `fit`, the
     one with the lowest held-out error wins, and it is applied (solved again on all
     rows) only if it beats `current` on the held-out rows. `toward_current`: the ridge
-    shrinks W toward `current`'s W (not zero); `keep_bias`: `current`'s bias is kept.
+    shrinks W toward `current`'s W (not zero); `keep_bias`: `current`'s bias is kept;
+    `scale`: only one scale per input feature is fit (`Normal.solve_scale`).
     """
     k = current.shape[0] - 1
-    extra = {"prior": current[:k] if toward_current else None,
-             "bias": current[k] if keep_bias else None}
+    bias = current[k] if keep_bias else None
+
+    def solve(normal: Normal, ridge: float) -> np.ndarray:
+        if scale:
+            return normal.solve_scale(ridge, current[:k], toward_current, bias)
+        return normal.solve(ridge, current[:k] if toward_current else None, bias)
+
     total = fit + held
     before = total.error(current)
     if not held.rows or not fit.rows:
-        coef = total.solve(fixed, **extra)
+        coef = solve(total, fixed)
         return Choice(coef, fixed, True, before, total.error(coef))
     held_before = held.error(current)
     tried = {}
     best: tuple[float, float] | None = None
     for ridge in ridges:
-        err = held.error(fit.solve(ridge, **extra))
+        err = held.error(solve(fit, ridge))
         tried[f"{ridge:g}"] = round(err, 6)
         if best is None or err < best[0]:
             best = (err, ridge)
     assert best is not None
     if best[0] >= held_before:
         return Choice(None, None, False, before, before, held_before, held_before, tried)
-    coef = total.solve(best[1], **extra)
+    coef = solve(total, best[1])
     return Choice(coef, best[1], True, before, total.error(coef), held_before, best[0], tried)

@@ -89,6 +89,7 @@ EPS = 1e-12
 INPUTS = ("current", "original")
 PRIORS = ("zero", "pruned")
 BIASES = ("refit", "keep")
+FITS = ("weights", "scale")
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,9 @@ class ReconstructOptions:
                         " 'pruned' (the pruned layer's weights, as onnxsim's refit does)")
     bias: str = option("refit", "'refit' (free bias, absorbs the removed inputs' mean) or"
                        " 'keep' (the layer's bias stays; as onnxsim's refit of MatMul + Add)")
+    fit: str = option("weights", "'weights' (every weight of the layer) or 'scale' (one"
+                      " factor per kept input unit, Kwon et al.'s mask tuning: far fewer"
+                      " unknowns, so less to overfit)")
 
     def __post_init__(self) -> None:
         if not self.ridge >= 0.0 or not all(r >= 0.0 for r in self.ridges):
@@ -126,6 +130,8 @@ class ReconstructOptions:
             raise ValueError(f"prior must be one of {list(PRIORS)}, got {self.prior!r}")
         if self.bias not in BIASES:
             raise ValueError(f"bias must be one of {list(BIASES)}, got {self.bias!r}")
+        if self.fit not in FITS:
+            raise ValueError(f"fit must be one of {list(FITS)}, got {self.fit!r}")
 
 
 # -- which original channels survived ----------------------------------------------------
@@ -440,7 +446,8 @@ def _refit(model: Model, t: Target, opts: ReconstructOptions) -> dict:
     weight, bias = _linear(t.node)
     current = np.vstack([weight.T, bias[None, :]]).astype(np.float64)
     choice = choose(fit, held, current, opts.ridges, opts.ridge,
-                    toward_current=opts.prior == "pruned", keep_bias=opts.bias == "keep")
+                    toward_current=opts.prior == "pruned", keep_bias=opts.bias == "keep",
+                    scale=opts.fit == "scale")
     k = current.shape[0] - 1
     if choice.applied:
         _write(model, t.node, choice.coef[:k].T, choice.coef[k])
