@@ -98,16 +98,8 @@ class Normal:
         default zeros) is what the penalty shrinks W^T toward: the pruned weights make a
         large ridge fall back to them instead of to zero (onnxsim's refit).
         """
-        xx, xy = np.asarray(self.xx), np.asarray(self.xy)
-        k = xx.shape[0] - 1
-        if bias is not None:
-            cov = xx[:k, :k].copy()
-            cross = xy[:k] - np.outer(xx[:k, k], bias)
-        else:
-            n = xx[k, k]
-            mean_x, mean_y = xx[k, :k] / n, xy[k] / n
-            cov = xx[:k, :k] - n * np.outer(mean_x, mean_x)
-            cross = xy[:k] - n * np.outer(mean_x, mean_y)
+        cov, cross, means = self._moments(bias)
+        k = cov.shape[0]
         lam = ridge * float(np.mean(np.diag(cov))) if k else 0.0
         cov[np.arange(k), np.arange(k)] += lam
         if prior is not None and lam > 0:
@@ -119,8 +111,21 @@ class Normal:
                 weight = np.linalg.lstsq(cov, cross, rcond=None)[0]
         else:
             weight = np.linalg.lstsq(cov, cross, rcond=None)[0]
-        b = bias if bias is not None else mean_y - mean_x @ weight
+        b = bias if bias is not None else means[1] - means[0] @ weight
         return np.vstack([weight, np.asarray(b, np.float64)[None, :]])
+
+    def _moments(self, bias: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        """X^T X and X^T (Y - bias) for a kept bias (uncentred); centred ones and the means
+        of X and Y for a free bias (the penalty then never acts on the bias)."""
+        xx, xy = np.asarray(self.xx), np.asarray(self.xy)
+        k = xx.shape[0] - 1
+        if bias is not None:
+            return xx[:k, :k].copy(), xy[:k] - np.outer(xx[:k, k], bias), None
+        n = xx[k, k]
+        mean_x, mean_y = xx[k, :k] / n, xy[k] / n
+        return (xx[:k, :k] - n * np.outer(mean_x, mean_x),
+                xy[:k] - n * np.outer(mean_x, mean_y), (mean_x, mean_y))
 
     def solve_scale(self, ridge: float, weight: np.ndarray, toward_one: bool = True,
                     bias: np.ndarray | None = None) -> np.ndarray:
@@ -133,16 +138,8 @@ class Normal:
         normal equations serve; the ridge pulls s toward 1 (`toward_one`, the pruned
         weights) or 0. Bias free (centred, as `solve`) or kept (`bias`).
         """
-        xx, xy = np.asarray(self.xx), np.asarray(self.xy)
-        k = xx.shape[0] - 1
-        if bias is not None:
-            cov = xx[:k, :k]
-            cross = xy[:k] - np.outer(xx[:k, k], bias)
-        else:
-            n = xx[k, k]
-            mean_x, mean_y = xx[k, :k] / n, xy[k] / n
-            cov = xx[:k, :k] - n * np.outer(mean_x, mean_x)
-            cross = xy[:k] - n * np.outer(mean_x, mean_y)
+        cov, cross, means = self._moments(bias)
+        k = cov.shape[0]
         gram = cov * (weight @ weight.T)
         rhs = np.einsum("io,io->i", cross, weight)
         lam = ridge * float(np.mean(np.diag(gram))) if k else 0.0
@@ -154,7 +151,7 @@ class Normal:
         except np.linalg.LinAlgError:
             scale = np.linalg.lstsq(gram, rhs, rcond=None)[0]
         fitted = weight * scale[:, None]
-        b = bias if bias is not None else mean_y - mean_x @ fitted
+        b = bias if bias is not None else means[1] - means[0] @ fitted
         return np.vstack([fitted, np.asarray(b, np.float64)[None, :]])
 
 
