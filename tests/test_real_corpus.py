@@ -226,9 +226,10 @@ COMPILE_SUBSET = [
     ("vit_ts", None, None),  # the same ViT through TorchScript
     ("gpt2_ts", _tokens(1, 16), None),  # TorchScript: fused c_attn Gemm + Split, causal mask
     ("llama", _tokens(1, 16), None),  # dynamo: GQA, RoPE, SwiGLU, RMSNorm
-    # ragged sequences: attention keys padded to whole vectors (schedule/pad_keys.py)
-    ("gpt2", _tokens(1, 21), None),  # dynamo: causal Where(mask, s, min) before softmax
-    ("mpt_ts", _tokens(1, 21), None),  # ALiBi add + padding-mask Where chains
+    # ragged sequences: attention keys padded to whole vectors (schedule/pad_keys.py), the
+    # token rows carried padded through the row-wise layers (schedule/pad_rows.py)
+    ("gpt2", _tokens(1, 23), None),  # dynamo: causal Where(mask, s, min) before softmax
+    ("mpt_ts", _tokens(1, 23), None),  # ALiBi add + padding-mask Where chains
 ]
 
 

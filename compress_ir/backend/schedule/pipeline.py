@@ -22,6 +22,7 @@ from compress_ir.backend.schedule.canonical import CanonicalizeAxes
 from compress_ir.backend.schedule.cpu import CpuParams, cpu_params, schedule_cpu_func
 from compress_ir.backend.schedule.lift import LiftScalarElementwise
 from compress_ir.backend.schedule.pad_keys import PadAttentionKeys
+from compress_ir.backend.schedule.pad_rows import PadRows
 from compress_ir.targets.registry import spec_of_tvm_target
 
 # Desired layouts per op for CPU targets (ConvertLayout keeps what it cannot convert).
@@ -108,12 +109,13 @@ def prepare(mod: tvm.IRModule, target: Target, lanes: int | None = None) -> tvm.
     """Layout conversion (CPU), then the target's dispatch + legalize + fuse passes.
 
     `lanes` (CPU: fp32 lanes per vector, default from the target's spec) is what attention
-    keys are padded to (`pad_keys.py`)."""
+    keys are padded to (`pad_keys.py`); a ragged token count is carried padded through the
+    row-wise layers (`pad_rows.py`)."""
     mod = _pin_prescheduled(mod)
     seq: list[tvm.transform.Pass] = []
     if not is_gpu(target):
         lanes = lanes or cpu_params(spec_of_tvm_target(target)).lanes
-        seq = [PadAttentionKeys(lanes), *layout_passes(), *cpu_math()]
+        seq = [PadAttentionKeys(lanes), PadRows, *layout_passes(), *cpu_math()]
     seq += [
         relax.backend.DispatchSampling(),
         relax.backend.DispatchSortScan(),
