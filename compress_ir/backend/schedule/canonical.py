@@ -12,6 +12,8 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from compress_ir.backend.schedule.rewrite import rewrite_functions
+
 
 def _ndim(expr: relax.Expr) -> int | None:
     ty = getattr(expr, "ty", None)  # TVM 0.27: the Relax type (struct info) of the expression
@@ -40,12 +42,7 @@ class _Canonicalizer(PyExprMutator):
 def canonicalize_axes(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
     """Negative squeeze axes made non-negative; returns the module and how many calls changed."""
     mutator_ = _Canonicalizer(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator_.builder_.update_func(gv, mutator_.visit_expr(func))
-    if not mutator_.rewritten:
-        return mod, 0
-    return mutator_.builder_.get(), mutator_.rewritten
+    return rewrite_functions(mutator_, mod, lambda: mutator_.rewritten)
 
 
 @tvm.transform.module_pass(opt_level=0, name="CanonicalizeAxes")

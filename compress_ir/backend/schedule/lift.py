@@ -16,6 +16,7 @@ from tvm.ir.expr import TensorLoad
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from compress_ir.backend.schedule.analysis import root_blocks
+from compress_ir.backend.schedule.rewrite import rewrite_functions
 
 # TIR element-wise binary expression -> the Relax op that computes it with broadcasting.
 LIFTABLE_BINARY: dict[type, object] = {
@@ -106,13 +107,7 @@ def lift_scalar_elementwise(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
     """Replace provable TE max/min-with-scalar `call_tir`s by Relax ops; returns the module
     (unused PrimFuncs removed) and how many calls were lifted."""
     lifter = _Lifter(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            lifter.builder_.update_func(gv, lifter.visit_expr(func))
-    if not lifter.lifted:
-        return mod, 0
-    out = lifter.builder_.get()
-    return relax.transform.DeadCodeElimination()(out), lifter.lifted
+    return rewrite_functions(lifter, mod, lambda: lifter.lifted, dce=True)
 
 
 @tvm.transform.module_pass(opt_level=0, name="LiftScalarElementwise")

@@ -27,6 +27,8 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from compress_ir.backend.schedule.rewrite import rewrite_functions
+
 UNARY = ("relax.astype",)
 # element-wise ops of the score chain -> (argument positions the scores may take, value the
 # other operands are padded with): a divisor pads with ones (0/0 would be NaN), a where's
@@ -180,13 +182,7 @@ def pad_attention_keys(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, int
     """Rewrite every matching attention of the module's Relax functions; returns the module
     and how many attentions were padded."""
     rewriter = _PadKeys(mod, lanes)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    if not rewriter.rewritten:
-        return mod, 0
-    out = rewriter.builder_.get()
-    return relax.transform.DeadCodeElimination()(out), rewriter.rewritten
+    return rewrite_functions(rewriter, mod, lambda: rewriter.rewritten, dce=True)
 
 
 def PadAttentionKeys(lanes: int) -> tvm.transform.Pass:  # noqa: N802 - TVM pass naming

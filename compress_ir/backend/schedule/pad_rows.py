@@ -24,6 +24,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from compress_ir.backend.schedule.pad_keys import ROW_MULTIPLE, _op, _shape, padded
+from compress_ir.backend.schedule.rewrite import rewrite_functions
 
 UNARY_ROWWISE = ("relax.astype", "relax.erf", "relax.tanh", "relax.exp", "relax.sigmoid",
                  "relax.nn.relu", "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.silu",
@@ -128,12 +129,7 @@ def pad_rows(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
     """Give every ragged-row matmul with a constant weight a padded twin and carry it
     through row-wise layers; returns the module and how many twin chains were seeded."""
     rewriter = _PadRows(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
-    if not rewriter.seeded:
-        return mod, 0
-    return relax.transform.DeadCodeElimination()(rewriter.builder_.get()), rewriter.seeded
+    return rewrite_functions(rewriter, mod, lambda: rewriter.seeded, dce=True)
 
 
 @tvm.transform.module_pass(opt_level=0, name="PadRows")
