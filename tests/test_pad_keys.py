@@ -18,8 +18,9 @@ from onnx import helper, numpy_helper
 tvm = pytest.importorskip("tvm")
 from test_schedule import X86, _check, _import, _model, _w  # noqa: E402
 
-from compress_ir.backend.schedule.pad_keys import pad_attention_keys, padded  # noqa: E402
+from compress_ir.backend.schedule.pad_keys import pad_attention_keys  # noqa: E402
 from compress_ir.backend.schedule.pipeline import prepare  # noqa: E402
+from compress_ir.backend.schedule.rewrite import round_up  # noqa: E402
 
 LANES = 8  # what the bare x86 target of these tests vectorises by
 
@@ -110,7 +111,7 @@ def test_ragged_attention_is_padded_and_exact(queries: int, keys: int, mask: str
                                               cast: bool) -> None:
     rng = np.random.default_rng(queries * 100 + keys)
     model = _attention(rng, queries, keys, mask=mask, cast=cast)
-    assert _softmax_widths(model) == [padded(keys, LANES)]
+    assert _softmax_widths(model) == [round_up(keys, LANES)]
     x = rng.standard_normal((1, queries, 16)).astype(np.float32)
     stats = _check(model, x)  # compiled for x86, against onnxruntime on the original
     assert stats.counts.get("fallback", 0) == 0, stats.fallback_reasons

@@ -55,8 +55,8 @@ def _keep_faster(original: tvm.IRModule, tuned: relax.Executable, target: Target
         return tuned
     with Timer(stats, "default_build"):
         default_stats = BuildStats(target_kind=target.kind.name)
-        default = lower_and_build(schedule_cpu(prepare(original, target, cpu and cpu.lanes), target,
-                                               default_stats, cpu), target)
+        prepared = prepare(original, target, cpu.lanes if cpu else None)
+        default = lower_and_build(schedule_cpu(prepared, target, default_stats, cpu), target)
     with Timer(stats, "compare"):
         stats.whole_model = compare(tuned, default, args)
     if stats.whole_model["kept"] == "default":

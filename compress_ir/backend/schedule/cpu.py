@@ -143,9 +143,14 @@ def _reshapes(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
     index is the address); between different shapes it does not.
     """
     stmt = sch.get(block)
-    out = [tuple(int(d) for d in w.source.shape) for w in stmt.writes]
-    ins = [tuple(int(d) for d in r.source.shape) for r in stmt.reads]
-    return any(shape != out[0] for shape in ins) if out and ins else False
+    if not stmt.writes or not stmt.reads:
+        return False
+
+    def dims(region: object) -> list[str]:  # str: symbolic extents compare too
+        return [str(d) for d in region.source.shape]  # type: ignore[attr-defined]
+
+    out = dims(stmt.writes[0])
+    return any(dims(r) != out for r in stmt.reads)
 
 
 def _inline_spatial(sch: s_tir.Schedule, infos: list[BlockInfo], keep: set[str]) -> None:
@@ -177,7 +182,7 @@ def rule_reduction_tile(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
     if "O" in kinds or "S" not in kinds or kinds.index("R") < kinds.rindex("S"):
         return None  # only the canonical S...S R...R nests that legalization emits
     _inline_copies(sch, infos)
-    if not main.contraction and INLINE_POOL_PADDING:
+    if not main.contraction:
         # Pooling: its padding (-inf for max) is read through the bounds test instead of
         # a separate pass over the whole input; the loop body is a max/add, memory-bound,
         # so the test costs less than the pass (ResNet max-pool 0.065 -> 0.029 ms).
@@ -264,7 +269,6 @@ def rule_reduction_tile(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
 
 
 PAD_ROWS = 8  # the register tile's largest row count
-INLINE_POOL_PADDING = True  # module switch for A/B runs (tools/results/tvm_speed/zen5)
 
 
 def _pad_contraction(sch: s_tir.Schedule, main: BlockInfo, extents: list[int], n_sp: int,

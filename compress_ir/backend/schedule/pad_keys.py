@@ -27,7 +27,13 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from compress_ir.backend.schedule.rewrite import rewrite_functions
+from compress_ir.backend.schedule.cpu import PAD_ROWS
+from compress_ir.backend.schedule.rewrite import (
+    op_name,
+    rewrite_functions,
+    round_up,
+    static_shape,
+)
 
 UNARY = ("relax.astype",)
 # element-wise ops of the score chain -> (argument positions the scores may take, value the
@@ -38,29 +44,6 @@ ELEMENTWISE: dict[str, tuple[tuple[int, ...], float]] = {
     "relax.subtract": ((0, 1), 0.0), "relax.divide": ((0,), 1.0),
     "relax.where": ((1, 2), 0.0),
 }
-ROW_MULTIPLE = 8  # the CPU micro-kernel's largest row tile (cpu.PAD_ROWS)
-
-
-def _op(expr: relax.Expr) -> str | None:
-    return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) \
-        else None
-
-
-def _shape(expr: relax.Expr) -> list[int] | None:
-    """Static shape of a tensor expression; None when symbolic or not a tensor."""
-    ty = getattr(expr, "ty", None)
-    shape = getattr(ty, "shape", None)
-    if shape is None or not hasattr(shape, "values"):
-        return None
-    try:
-        return [int(d) for d in shape.values]
-    except (TypeError, ValueError):
-        return None
-
-
-def padded(n: int, lanes: int) -> int:
-    """Next multiple of the vector width."""
-    return -(-n // lanes) * lanes
 
 
 @mutator
@@ -77,12 +60,12 @@ class _PadKeys(PyExprMutator):
         """The pattern ending at `call` = matmul(p, v), or None."""
         p, v = call.args[0], call.args[1]
         unary, x = [], p
-        while _op(self._value(x)) in UNARY:
+        while op_name(self._value(x)) in UNARY:
             unary.append(self._value(x))
             x = self._value(x).args[0]
         sm = self._value(x)
-        scores_shape = _shape(x)
-        if _op(sm) != "relax.nn.softmax" or scores_shape is None or len(scores_shape) < 2:
+        scores_shape = static_shape(x)
+        if op_name(sm) != "relax.nn.softmax" or scores_shape is None or len(scores_shape) < 2:
             return None
         if int(sm.attrs.axis) not in (-1, len(scores_shape) - 1):
             return None
@@ -90,17 +73,18 @@ class _PadKeys(PyExprMutator):
         if keys % self.lanes == 0 or keys < self.lanes:
             return None
         chain, s = [], sm.args[0]
-        while _op(self._value(s)) in (*ELEMENTWISE, *UNARY):
+        while op_name(self._value(s)) in (*ELEMENTWISE, *UNARY):
             node = self._value(s)
-            if _op(node) in UNARY:
+            if op_name(node) in UNARY:
                 chain.append((node, 0))
                 s = node.args[0]
                 continue
-            main = [i for i in ELEMENTWISE[_op(node)][0] if _shape(node.args[i]) == scores_shape]
+            main = [i for i in ELEMENTWISE[op_name(node)][0]
+                    if static_shape(node.args[i]) == scores_shape]
             if len(main) != 1:
                 return None
             for i, other in enumerate(node.args):
-                oshape = _shape(other)
+                oshape = static_shape(other)
                 if i == main[0]:
                     continue
                 if oshape is None or (oshape and oshape[-1] not in (1, keys)) or \
@@ -109,24 +93,24 @@ class _PadKeys(PyExprMutator):
             chain.append((node, main[0]))
             s = node.args[main[0]]
         mm = self._value(s)
-        if _op(mm) != "relax.matmul" or _shape(s) != scores_shape:
+        if op_name(mm) != "relax.matmul" or static_shape(s) != scores_shape:
             return None
-        vshape, ktshape = _shape(v), _shape(mm.args[1])
+        vshape, ktshape = static_shape(v), static_shape(mm.args[1])
         if ktshape is None or vshape is None or ktshape[-1] != keys or vshape[-2] != keys:
             return None
         return mm, list(reversed(chain)), unary[::-1], keys
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D401 - visitor hook
         call = super().visit_call_(call)
-        if _op(call) != "relax.matmul":
+        if op_name(call) != "relax.matmul":
             return call
         found = self._match(call)
         if found is None:
             return call
         mm, chain, unary, keys = found
-        queries = _shape(mm.args[0])[-2]
-        extra = padded(keys, self.lanes) - keys
-        extra_rows = padded(queries, ROW_MULTIPLE) - queries
+        queries = static_shape(mm.args[0])[-2]
+        extra = round_up(keys, self.lanes) - keys
+        extra_rows = round_up(queries, PAD_ROWS) - queries
         bb = self.builder_
 
         def pad(x: relax.Expr, rows: int = 0, cols: int = 0, value: float = 0.0
@@ -134,31 +118,31 @@ class _PadKeys(PyExprMutator):
             """`value` after the last two axes' ends (rows: axis -2, cols: axis -1)."""
             if not rows and not cols:
                 return x
-            width = [0] * (2 * len(_shape(x)))
+            width = [0] * (2 * len(static_shape(x)))
             width[-1] = cols
             if rows:  # rows_of gives rows only to operands of rank >= 2
                 width[-3] = rows
             return bb.emit(relax.op.nn.pad(x, width, pad_value=value))
 
         def rows_of(x: relax.Expr) -> int:
-            shape = _shape(x)
+            shape = static_shape(x)
             return extra_rows if len(shape) >= 2 and shape[-2] == queries else 0
 
         def cols_of(x: relax.Expr) -> int:
-            shape = _shape(x)
+            shape = static_shape(x)
             return extra if shape and shape[-1] == keys else 0
 
         s = bb.emit(relax.Call(mm.op, [pad(mm.args[0], rows=extra_rows),
                                        pad(mm.args[1], cols=extra)], mm.attrs))
         for node, main in chain:
-            if _op(node) in UNARY:
+            if op_name(node) in UNARY:
                 s = bb.emit(relax.Call(node.op, [s], node.attrs))
                 continue
-            fill = ELEMENTWISE[_op(node)][1]
+            fill = ELEMENTWISE[op_name(node)][1]
             args = [s if i == main else pad(a, rows_of(a), cols_of(a), fill)
                     for i, a in enumerate(node.args)]
             s = bb.emit(relax.Call(node.op, args, node.attrs))
-        dtype = str(_shape_dtype(s))
+        dtype = str(s.ty.dtype)
         bias = np.zeros(keys + extra, dtype=dtype)
         bias[keys:] = np.finfo(dtype).min
         s = bb.emit(relax.op.add(s, relax.const(bias)))
@@ -170,12 +154,8 @@ class _PadKeys(PyExprMutator):
         if not extra_rows:
             return out
         out = bb.emit(out)
-        return relax.op.strided_slice(out, axes=[len(_shape(out)) - 2], begin=[0],
+        return relax.op.strided_slice(out, axes=[len(static_shape(out)) - 2], begin=[0],
                                       end=[queries])
-
-
-def _shape_dtype(expr: relax.Expr) -> str:
-    return str(expr.ty.dtype)
 
 
 def pad_attention_keys(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, int]:

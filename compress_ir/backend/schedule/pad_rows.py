@@ -23,8 +23,13 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from compress_ir.backend.schedule.pad_keys import ROW_MULTIPLE, _op, _shape, padded
-from compress_ir.backend.schedule.rewrite import rewrite_functions
+from compress_ir.backend.schedule.cpu import PAD_ROWS
+from compress_ir.backend.schedule.rewrite import (
+    op_name,
+    rewrite_functions,
+    round_up,
+    static_shape,
+)
 
 UNARY_ROWWISE = ("relax.astype", "relax.erf", "relax.tanh", "relax.exp", "relax.sigmoid",
                  "relax.nn.relu", "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.silu",
@@ -37,7 +42,7 @@ MIN_ROWS = 16  # shorter row counts are not worth a twin
 
 def ragged(rows: int) -> bool:
     """No row tile from 4 to 8 divides `rows` (the kernel would pad them itself)."""
-    return rows >= MIN_ROWS and not any(rows % t == 0 for t in range(4, ROW_MULTIPLE + 1))
+    return rows >= MIN_ROWS and not any(rows % t == 0 for t in range(4, PAD_ROWS + 1))
 
 
 @mutator
@@ -49,9 +54,9 @@ class _PadRows(PyExprMutator):
         self.seeded = 0
 
     def _pad(self, x: relax.Expr, rows: int) -> relax.Expr:
-        shape = _shape(x)
+        shape = static_shape(x)
         width = [0] * (2 * len(shape))
-        width[-3] = padded(rows, ROW_MULTIPLE) - rows
+        width[-3] = round_up(rows, PAD_ROWS) - rows
         return self.builder_.emit(relax.op.nn.pad(x, width))
 
     def _twin_of(self, x: relax.Expr, rows: int, allow_pad: bool) -> relax.Expr | None:
@@ -59,7 +64,7 @@ class _PadRows(PyExprMutator):
         x when `allow_pad`, else None (not row-wise here)."""
         if isinstance(x, relax.Var) and x in self.twin and self.rows[x] == rows:
             return self.twin[x]
-        shape = _shape(x)
+        shape = static_shape(x)
         if shape is None:
             return None
         if len(shape) < 2 or shape[-2] == 1:
@@ -70,7 +75,7 @@ class _PadRows(PyExprMutator):
 
     def _twin_call(self, call: relax.Call) -> tuple[relax.Expr, int] | None:
         """The call recomputed on twins, and its row count; None when not row-wise."""
-        op, out = _op(call), _shape(call)
+        op, out = op_name(call), static_shape(call)
         if op is None or out is None or len(out) < 2:
             return None
         rows = out[-2]
@@ -78,7 +83,7 @@ class _PadRows(PyExprMutator):
             return None
         args = list(call.args)
         if op == "relax.matmul":
-            weight = _shape(args[1])
+            weight = static_shape(args[1])
             constant = isinstance(args[1], (tvm.ir.Constant, tvm.ir.GenericConst))
             if not constant or weight is None or len(weight) != 2:
                 return None
@@ -117,7 +122,7 @@ class _PadRows(PyExprMutator):
             return
         call, rows = twin
         tvar = self.builder_.emit(call)
-        crop = relax.op.strided_slice(tvar, axes=[len(_shape(value)) - 2], begin=[0],
+        crop = relax.op.strided_slice(tvar, axes=[len(static_shape(value)) - 2], begin=[0],
                                       end=[rows])
         new_var = self.builder_.emit(crop)
         self.set_var_remap(binding.var, new_var)

@@ -1,8 +1,8 @@
-"""Run a Relax `PyExprMutator` over every Relax function of a module.
+"""Shared pieces of the Relax rewrites that run before legalization.
 
-Why: the Relax rewrites before legalization (`canonical`, `lift`, `pad_keys`, `pad_rows`)
-share this loop; a module they did not change is returned as it was (same object), so a
-no-op costs nothing downstream.
+Why: `canonical`, `lift`, `pad_keys` and `pad_rows` all run a `PyExprMutator` over every
+Relax function (a module they did not change is returned as it was, so a no-op costs
+nothing downstream), and the padding rewrites read op names and static shapes the same way.
 """
 
 from __future__ import annotations
@@ -29,3 +29,26 @@ def rewrite_functions(rewriter: relax.PyExprMutator, mod: tvm.IRModule,
         return mod, 0
     out = rewriter.builder_.get()
     return (relax.transform.DeadCodeElimination()(out) if dce else out), changed
+
+
+def op_name(expr: relax.Expr | None) -> str | None:
+    """`relax.matmul` etc. for a call of a Relax op; None for anything else."""
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+        return expr.op.name
+    return None
+
+
+def static_shape(expr: relax.Expr | None) -> list[int] | None:
+    """Static shape of a tensor expression; None when symbolic or not a tensor."""
+    shape = getattr(getattr(expr, "ty", None), "shape", None)
+    if shape is None or not hasattr(shape, "values"):
+        return None
+    try:
+        return [int(d) for d in shape.values]
+    except (TypeError, ValueError):
+        return None
+
+
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= n."""
+    return -(-n // multiple) * multiple
