@@ -154,6 +154,20 @@ def test_default_build_matches_onnxruntime(case: str) -> None:
         assert "contraction-gemv" in rules, stats.rules
 
 
+@pytest.mark.parametrize("outputs,kernel", [(1000, "contraction-gemv"), (12, "contraction-gemv"),
+                                            (1001, "contraction-tile")])
+def test_batch1_classifier_streams_weights_when_a_narrower_vector_divides(
+        outputs: int, kernel: str) -> None:
+    """A 1000-class head is no multiple of 16 lanes (or 12 of 8): the GEMV runs on a narrower
+    power-of-two vector instead of the row-tiled kernel's 10-wide ones; 1001 has none."""
+    rng = np.random.default_rng(11)
+    nodes = [helper.make_node("Gemm", ["x", "W", "B"], ["y"], transB=1)]
+    model = _model(nodes, [_w(rng, "W", (outputs, 64)), _w(rng, "B", (outputs,))], [1, 64])
+    stats = _check(model, rng.standard_normal((1, 64)).astype(np.float32))
+    assert [r for n, r in stats.rules.items() if "matmul" in n or "gemm" in n] == [kernel], \
+        stats.rules
+
+
 def test_cross_aarch64_default_build_compiles_scheduled() -> None:
     mod, _ = _import(_conv(np.random.default_rng(1), 8, 16, 3, pad=1))
     counts = compile_relax(mod, tvm.target.Target(AARCH64))[1].counts
