@@ -20,6 +20,7 @@ from tvm.target import Target
 from compress_ir.backend.schedule.analysis import is_scheduled
 from compress_ir.backend.schedule.canonical import CanonicalizeAxes
 from compress_ir.backend.schedule.cpu import CpuParams, cpu_params, schedule_cpu_func
+from compress_ir.backend.schedule.fast_sigmoid import SigmoidAsExp
 from compress_ir.backend.schedule.lift import LiftScalarElementwise
 from compress_ir.backend.schedule.pad_keys import PadAttentionKeys
 from compress_ir.backend.schedule.pad_rows import PadRows
@@ -95,14 +96,15 @@ def layout_passes() -> list[tvm.transform.Pass]:
 
 
 def cpu_math() -> list[tvm.transform.Pass]:
-    """exp/erf/tanh/softmax as vectorisable polynomials (TVM's `fast_*` TOPI kernels).
+    """exp/erf/tanh/softmax/sigmoid as vectorisable polynomials (TVM's `fast_*` TOPI kernels;
+    sigmoid through exp, `fast_sigmoid.py`).
 
     Why: libm's `erff`/`expf` are scalar calls that LLVM cannot vectorise; in MiniLM the
     FFN's GELU epilogue cost more than its matmul (25.7 of 56 ms). onnxruntime's MLAS uses
     the same kind of polynomial approximations (MlasComputeErf/Exp); their error (~1e-7
     relative) stays far inside the build check's tolerance, which verifies every artifact.
     """
-    return [relax.transform.FastMathTransform()]
+    return [SigmoidAsExp, relax.transform.FastMathTransform()]
 
 
 def prepare(mod: tvm.IRModule, target: Target, lanes: int | None = None) -> tvm.IRModule:
