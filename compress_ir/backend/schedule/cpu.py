@@ -68,7 +68,9 @@ def choose_tile(channels: int, rows: int, cpu: CpuParams) -> tuple[int, int]:
     lanes = cpu.lanes
     ch_opts = [k * lanes for k in (2, 1) if channels % (k * lanes) == 0]
     if not ch_opts:
-        ch_opts = [max(d for d in _divisors(channels) if d <= lanes)]
+        part = max(d for d in _divisors(channels) if d <= lanes)
+        # two partial vectors per tile (24 = 2 x 12 on 16 lanes) share each input broadcast
+        ch_opts = [2 * part if part < lanes and channels % (2 * part) == 0 else part]
     budget = cpu.registers - 4  # accumulators + weight vectors + broadcast: no spills
     best, best_score = (1, ch_opts[0]), -1.0
     for ch in ch_opts:
@@ -258,6 +260,9 @@ def rule_reduction_tile(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
     sch.reverse_compute_at(wb, par, preserve_unit_loops=True)
     if row_i is not None and row_t > 1:
         sch.unroll(row_i)
+    if ch_t > cpu.lanes and ch_t % cpu.lanes:  # two partial vectors, unrolled (as one
+        halves, ch_i = sch.split(ch_i, [2, None])  # 24-wide vector type, MobileNetV2 ran
+        sch.unroll(halves)  # 1.5x slower)
     sch.vectorize(ch_i)  # before decompose: only a block with its init is a reduction block
     init = sch.decompose_reduction(main.rv, reduce_[0])
     _vectorize_inner(sch, init)
@@ -529,6 +534,8 @@ def _fold_epilogue(sch: s_tir.Schedule, main_name: str, wb_name: str) -> None:
     root = sch.get_sblock(sch.mod["main"].body.block.name_hint)
     outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(root)}
     for info in _epilogue(sch, main_name, {wb_name} | outputs):
+        if not all(_same_domain(sch, c, info.rv) for c in sch.get_consumers(info.rv)):
+            continue  # a broadcasting consumer would recompute it per element it writes
         try:
             sch.compute_inline(info.rv)
         except s_tir.ScheduleError:

@@ -36,7 +36,8 @@ class _SigmoidAsExp(PyExprMutator):
             return call
         self.rewritten += 1
         one = relax.const(1.0, dtype)
-        return relax.op.divide(one, relax.op.add(one, relax.op.exp(relax.op.negative(call.args[0]))))
+        exp = relax.op.exp(relax.op.negative(call.args[0]))
+        return relax.op.divide(one, relax.op.add(one, exp))
 
 
 def sigmoid_as_exp(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
