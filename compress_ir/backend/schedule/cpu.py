@@ -622,6 +622,11 @@ def rule_rowwise(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
     return rowwise.rule_rowwise(sch, cpu.lanes)
 
 
+def rule_gather_transpose(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
+    """A resize feeding an NHWC -> NCHW transpose: two vectorised passes (`transpose.py`)."""
+    return transpose.rule_gather_transpose(sch, cpu.lanes)
+
+
 def rule_transpose(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
     """Pure transposes whose output rows fill vectors (NHWC -> NCHW): L1 tiles (`transpose.py`)."""
     return transpose.rule_transpose(sch, cpu.lanes)
@@ -631,7 +636,7 @@ CpuRule = Callable[[s_tir.Schedule, CpuParams], "str | None"]
 
 # Tried in order; the first rule that returns a name owns the function.
 CPU_RULES: tuple[CpuRule, ...] = (rule_depthwise, rule_rowwise, rule_reduction_tile,
-                                  rule_transpose, rule_injective)
+                                  rule_transpose, rule_gather_transpose, rule_injective)
 
 
 def default_schedule(func: tirx.PrimFunc | tvm.IRModule, cpu: CpuParams,

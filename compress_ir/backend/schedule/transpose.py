@@ -48,26 +48,84 @@ def _permutation(block: tirx.SBlock) -> list[int] | None:
     return perm
 
 
-def rule_transpose(sch: s_tir.Schedule, lanes: int) -> str | None:
-    """A function that is one transpose block whose innermost axes differ on both sides."""
-    infos = root_blocks(sch)
-    if len(infos) != 1 or not infos[0].is_spatial:
-        return None
-    block = sch.get(infos[0].rv)
-    perm = _permutation(block)
+def _schedule_transpose(sch: s_tir.Schedule, rv: s_tir.schedule.SBlockRV, lanes: int) -> bool:
+    """Tile one pure-transpose block (see the module docstring); False if it does not fit."""
+    perm = _permutation(sch.get(rv))
     if perm is None:
-        return None
-    loops = sch.get_loops(infos[0].rv)
+        return False
+    loops = sch.get_loops(rv)
     if len(loops) != len(perm):
-        return None
+        return False
     extents = [int(sch.get(lp).extent) for lp in loops]
     last, src = len(loops) - 1, perm[-1]  # output-contiguous loop, input-contiguous loop
     if src == last or extents[last] % lanes != 0 or extents[src] == 1:
-        return None  # contiguous already, or stores that do not fill vectors: injective
+        return False  # contiguous already, or stores that do not fill vectors: injective
     last_o, last_i = sch.split(loops[last], [None, lanes])
     src_o, src_i = sch.split(loops[src], [None, _tile(extents[src])])
     outer = [last_o if k == last else src_o if k == src else lp for k, lp in enumerate(loops)]
     sch.reorder(*outer, src_i, last_i)
     sch.parallel(sch.fuse(*outer))
     sch.vectorize(last_i)
-    return "transpose-tile"
+    return True
+
+
+def rule_transpose(sch: s_tir.Schedule, lanes: int) -> str | None:
+    """A function that is one transpose block whose innermost axes differ on both sides."""
+    infos = root_blocks(sch)
+    if len(infos) != 1 or not infos[0].is_spatial:
+        return None
+    return "transpose-tile" if _schedule_transpose(sch, infos[0].rv, lanes) else None
+
+
+def _children(node: object) -> list:
+    kids = [getattr(node, name) for name in ("a", "b", "value", "condition", "true_value",
+                                             "false_value") if hasattr(node, name)]
+    return kids + list(getattr(node, "args", None) or []) + list(
+        getattr(node, "indices", None) or [])
+
+
+def _reads_computed_index(block: tirx.SBlock) -> bool:
+    """A load whose index is computed from a float (a resize's floor((x + .5) * s - .5))."""
+    if not isinstance(block.body, tirx.BufferStore):
+        return False
+    stack, in_index = [(block.body.value, False)], False
+    while stack:
+        node, in_index = stack.pop()
+        if in_index and isinstance(node, tirx.Cast) and "int" in str(node.ty) \
+                and "float" in str(node.value.ty):
+            return True
+        index_kids = list(node.indices) if isinstance(node, TensorLoad) else []
+        stack.extend((k, in_index) for k in _children(node) if not any(
+            k.same_as(i) for i in index_kids))
+        stack.extend((k, True) for k in index_kids)
+    return False
+
+
+def rule_gather_transpose(sch: s_tir.Schedule, lanes: int) -> str | None:
+    """A resize (reads at computed indices) feeding a transpose out of NHWC: two passes.
+
+    Why: inlined into the transpose, the resize is vectorised along the output's image rows,
+    and each lane reads its four neighbours at computed indices one channel stride apart:
+    gathers (LR-ASPP's 8x bilinear upsample to 21x160x160: 0.85 ms, onnxruntime's NCHWc
+    upsample and reorder 0.28 ms). In NHWC the channels are contiguous and every lane of a
+    vector shares the computed indices; the transpose then runs as a cache-blocked tile.
+    """
+    infos = root_blocks(sch)
+    if len(infos) != 2 or not all(i.is_spatial for i in infos):
+        return None
+    gather, out = (sch.get(i.rv) for i in infos)
+    if not _reads_computed_index(gather):
+        return None
+    if _permutation(out) is None or not _schedule_transpose(sch, infos[1].rv, lanes):
+        return None
+    loops = sch.get_loops(infos[0].rv)
+    if len(loops) < 2:
+        return None
+    inner = loops[-1]
+    if int(sch.get(inner).extent) % lanes == 0:
+        inner = sch.split(inner, [None, lanes])[1]
+    elif int(sch.get(inner).extent) > 4 * lanes:
+        return None  # a wide ragged channel axis: left to the injective rule
+    sch.parallel(sch.fuse(*loops[:-1]))
+    sch.vectorize(inner)  # the lanes share the computed indices of one pixel
+    return "gather-transpose"
