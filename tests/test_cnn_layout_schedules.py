@@ -52,14 +52,17 @@ def test_stem_conv_padding_and_layout_match() -> None:
     assert "fallback" not in stats.rules.values(), stats.as_dict()
 
 
-def test_short_axis_padding_has_no_fused_index() -> None:
+def test_short_axis_padding_has_no_fused_index(monkeypatch: pytest.MonkeyPatch) -> None:
     """The stem's padding block runs as a parallel row loop over plain inner loops: no loop
-    of its nest spans the fused (x, channel) index any more."""
+    of its nest spans the fused (x, channel) index any more. (At this size the kernel would
+    run serial: the threshold is lifted to see the parallel loop structure.)"""
     from tvm import tirx
     from tvm.relax.frontend.onnx import from_onnx
 
+    from compress_ir.backend.schedule import cpu
     from compress_ir.backend.schedule.pipeline import prepare
 
+    monkeypatch.setattr(cpu, "MIN_PARALLEL_WORK", 0)
     rng = np.random.default_rng(2)
     node = helper.make_node("Conv", ["x", "W"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     model = _model([node], [_w(rng, "W", (16, 3, 3, 3))], [1, 3, 12, 12])

@@ -231,6 +231,22 @@ def test_upsample_head_resizes_in_nhwc_then_transposes(mode: str, coord: str) ->
     assert "gather-transpose" in stats.rules.values(), stats.rules
 
 
+@pytest.mark.parametrize("channels,size,parallel", [(8, 8, False), (64, 56, True)])
+def test_only_kernels_worth_a_fork_join_run_parallel(channels: int, size: int,
+                                                      parallel: bool) -> None:
+    """A parallel loop wakes the thread pool per call: an 8x8 conv (74K MACs, microseconds)
+    runs on the calling thread; a 56x56x64 3x3 conv (116M MACs) uses the threads."""
+    rng = np.random.default_rng(15)
+    model = _conv(rng, channels, channels, 3, pad=1, size=size)
+    _check(model, rng.standard_normal((1, channels, size, size)).astype(np.float32))
+    mod, _ = _import(model)
+    target = tvm.target.Target(X86)
+    (conv,) = [f for gv, f in prepare(mod, target).functions_items() if "conv2d" in gv.name_hint]
+    func, rule, _ = schedule_cpu_func(conv, cpu_params(spec_of_tvm_target(target)), target)
+    assert rule == "contraction-tile", rule
+    assert ("T.parallel" in func.script()) is parallel
+
+
 def test_cross_aarch64_default_build_compiles_scheduled() -> None:
     mod, _ = _import(_conv(np.random.default_rng(1), 8, 16, 3, pad=1))
     counts = compile_relax(mod, tvm.target.Target(AARCH64))[1].counts

@@ -66,6 +66,17 @@ def load_fixture(name: str, seed: int) -> onnx.ModelProto:
     return fill_placeholders(onnx.load(str(FIXTURES / f"{name}.onnx")), seed)
 
 
+LIGHT_PREFIX = "light:"
+
+
+def load_light(name: str, seed: int) -> onnx.ModelProto:
+    """A real zoo topology that ships with `onnx` (`light:inception_v2`, `light:densenet121`:
+    Caffe2-era exports, opset 9, BatchNormalization and per-channel Mul/Add), its
+    `ConstantOfShape` placeholder weights filled deterministically."""
+    path = Path(onnx.__file__).parent / "backend/test/data/light" / f"light_{name}.onnx"
+    return fill_placeholders(onnx.load(str(path)), seed)
+
+
 def input_spec(proto: onnx.ModelProto) -> tuple[str, list[int]]:
     """Name and static shape (batch 1) of the first graph input (image models)."""
     inits = {i.name for i in proto.graph.initializer}
@@ -155,6 +166,8 @@ def load_model(name: str, args: argparse.Namespace
     if name in tvm_models.ROWS:
         proto, row = tvm_models.load(name)
         return proto, row.shapes, row.pipeline
+    if name.startswith(LIGHT_PREFIX):
+        return load_light(name[len(LIGHT_PREFIX):], args.seed), None, args.pipeline
     return load_fixture(name, args.seed), None, args.pipeline
 
 

@@ -4,7 +4,8 @@ Why: TVM's default Relax pipeline leaves CPU loops as written (scalar, single-th
 20-150x slower than onnxruntime. Conv and matmul become, after the NHWC layout conversion
 in `pipeline.py`, one reduction block whose innermost spatial axis (output channels) is
 contiguous in both the output and the weights, so one generic micro-kernel serves conv,
-grouped/depthwise conv, dense, matmul and pooling: tile (rows x channels) in registers,
+grouped/depthwise conv, dense, matmul and pooling (a grouped conv's channel tile stays
+inside one group, its input read a broadcast): tile (rows x channels) in registers,
 vectorise channels, accumulate over the reduce axes, write back through the fused
 epilogue (bias, residual add, relu) and parallelise the outer loops. Rows are output
 positions (y*W + x), the constant weights are packed at compile time as [C/tile, ..., tile]
@@ -27,6 +28,7 @@ from tvm.target import Target
 
 from compress_ir.backend.schedule import rowwise, transpose
 from compress_ir.backend.schedule.analysis import BlockInfo, root_blocks
+from compress_ir.backend.schedule.parallel import MIN_PARALLEL_WORK, parallel, serial_if, work
 from compress_ir.backend.schedule.validate import first_line, lowering_error
 from compress_ir.targets.spec import TargetSpec
 
@@ -109,7 +111,7 @@ def schedule_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
     last = _extent(sch, loops[-1])
     if len(loops) > 1 and last is not None and last % cpu.lanes == 0:
         outer, inner = sch.split(loops[-1], [None, cpu.lanes])
-        sch.parallel(sch.fuse(*loops[:-1], outer))
+        parallel(sch, sch.fuse(*loops[:-1], outer))
         sch.vectorize(inner)
         return
     if len(loops) > 1 and last is not None and last > cpu.lanes and _reshapes(sch, block):
@@ -118,13 +120,13 @@ def schedule_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
         # the whole loop ran scalar (ViT-S attention matmuls 2-3x slower than onnxruntime).
         # Rows in parallel, the contiguous row a plain loop that LLVM vectorises with a
         # remainder.
-        sch.parallel(sch.fuse(*loops[:-1]))
+        parallel(sch, sch.fuse(*loops[:-1]))
         return
     if len(loops) > 2 and last is not None and last < cpu.lanes:
         # A short innermost axis (an NHWC stem's padding, 226x226x3) that does not fill a
         # vector: fused, the scalar loop paid a div/mod per element; here the two inner
         # axes stay plain loops (contiguous, unrolled by LLVM) under one parallel loop.
-        sch.parallel(sch.fuse(*loops[:-2]))
+        parallel(sch, sch.fuse(*loops[:-2]))
         return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     ext = _extent(sch, fused)
@@ -132,10 +134,10 @@ def schedule_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
         return
     if ext % cpu.lanes == 0 and ext >= 2 * cpu.lanes:
         outer, inner = sch.split(fused, [None, cpu.lanes])
-        sch.parallel(outer)
+        parallel(sch, outer)
         sch.vectorize(inner)
     else:
-        sch.parallel(fused)
+        parallel(sch, fused)
 
 
 def _reshapes(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
@@ -268,7 +270,7 @@ def rule_reduction_tile(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
         outer = [ch_o]
         sch.reorder(ch_o, *reduce_, ch_i)
     par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-    sch.parallel(par)
+    parallel(sch, par)
     sch.reverse_compute_at(wb, par, preserve_unit_loops=True)
     if row_i is not None and row_t > 1:
         sch.unroll(row_i)
@@ -434,7 +436,7 @@ def rule_depthwise(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
     c_o, c_i = sch.split(c, [None, ch_t])
     sch.reorder(n, y, x_o, c_o, ry, rx, rc, x_i, c_i)
     par = sch.fuse(n, y)
-    sch.parallel(par)
+    parallel(sch, par)
     sch.reverse_compute_at(wb, c_o, preserve_unit_loops=True)
     if col_t > 1:
         sch.unroll(x_i)
@@ -518,7 +520,7 @@ def _gemv_tile(sch: s_tir.Schedule, main: BlockInfo, wb: s_tir.schedule.SBlockRV
     outer = [*spatial[:-1], ch_o]
     sch.reorder(*outer, *reduce_, ch_m, ch_v)
     par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-    sch.parallel(par)
+    parallel(sch, par)
     sch.reverse_compute_at(wb, par, preserve_unit_loops=True)
     sch.vectorize(ch_v)
     init = sch.decompose_reduction(main.rv, reduce_[0])
@@ -649,6 +651,13 @@ def default_schedule(func: tirx.PrimFunc | tvm.IRModule, cpu: CpuParams,
     never passed on. The trace is what `compete.py` stores in a tuning database so that the
     default rules compete with tuned schedules.
     """
+    prim = func if isinstance(func, tirx.PrimFunc) else func["main"]
+    with serial_if(work(prim) < MIN_PARALLEL_WORK):
+        return _first_rule(func, cpu, target)
+
+
+def _first_rule(func: tirx.PrimFunc | tvm.IRModule, cpu: CpuParams, target: Target | None
+                ) -> tuple[s_tir.Schedule | None, str, str | None]:
     refused = []
     for rule in CPU_RULES:
         sch = s_tir.Schedule(func)

@@ -109,7 +109,7 @@ def rule_rowwise(sch: s_tir.Schedule, lanes: int) -> str | None:
                 for rf in [_rfactor_lanes(sch, i.rv, lanes)] if rf is not None]
     loops = sch.get_loops(out.rv)
     row = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
-    sch.parallel(row)
+    sch.parallel(row)  # rows of exp / rsqrt work: worth the threads even when small
     kept = [i for i in root_blocks(sch) if i.name != out.name]
     for info in reversed(kept):
         sch.compute_at(info.rv, row, preserve_unit_loops=False)

@@ -17,6 +17,7 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
 from compress_ir.backend.schedule.analysis import root_blocks
+from compress_ir.backend.schedule.parallel import parallel
 
 TILE = 16  # input-side tile: one cache line of fp32
 
@@ -64,7 +65,7 @@ def _schedule_transpose(sch: s_tir.Schedule, rv: s_tir.schedule.SBlockRV, lanes:
     src_o, src_i = sch.split(loops[src], [None, _tile(extents[src])])
     outer = [last_o if k == last else src_o if k == src else lp for k, lp in enumerate(loops)]
     sch.reorder(*outer, src_i, last_i)
-    sch.parallel(sch.fuse(*outer))
+    parallel(sch, sch.fuse(*outer))
     sch.vectorize(last_i)
     return True
 
@@ -126,6 +127,6 @@ def rule_gather_transpose(sch: s_tir.Schedule, lanes: int) -> str | None:
         inner = sch.split(inner, [None, lanes])[1]
     elif int(sch.get(inner).extent) > 4 * lanes:
         return None  # a wide ragged channel axis: left to the injective rule
-    sch.parallel(sch.fuse(*loops[:-1]))
+    parallel(sch, sch.fuse(*loops[:-1]))
     sch.vectorize(inner)  # the lanes share the computed indices of one pixel
     return "gather-transpose"
