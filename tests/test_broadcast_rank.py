@@ -97,3 +97,42 @@ def test_rank_rewrite_is_exact_for_other_operand_orders() -> None:
         ex = tvm.compile(m, target=X86)
         run[label] = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(data)).numpy()
     np.testing.assert_array_equal(run["old"], run["new"])
+
+
+def _bn_model(seed: int = 3) -> onnx.ModelProto:
+    """conv -> BatchNormalization (opset 9, running statistics) -> relu -> conv."""
+    rng = np.random.default_rng(seed)
+
+    def w(name: str, shape: tuple[int, ...], positive: bool = False) -> onnx.TensorProto:
+        data = rng.standard_normal(shape).astype(np.float32)
+        return numpy_helper.from_array(np.abs(data) + 0.1 if positive else data, name)
+
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["c"], kernel_shape=[3, 3], pads=[1] * 4),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n"],
+                              epsilon=1e-3),
+             helper.make_node("Relu", ["n"], ["r"]),
+             helper.make_node("Conv", ["r", "W2"], ["y"], kernel_shape=[1, 1])]
+    inits = [w("W1", (16, 8, 3, 3)), w("g", (16,)), w("b", (16,)), w("m", (16,)),
+             w("v", (16,), positive=True), w("W2", (16, 16, 1, 1))]
+    graph = helper.make_graph(
+        nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 10, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 4
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_batch_norm_folds_into_the_conv_epilogue() -> None:
+    """Inference BatchNorm becomes x * scale + shift fused after the conv, exact vs
+    onnxruntime; no batch_norm kernel is left."""
+    model = _bn_model()
+    executable, stats = compile_relax(_import(model), X86)
+    x = np.random.default_rng(4).standard_normal(SHAPE).astype(np.float32)
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    want = ort.InferenceSession(model.SerializeToString(),
+                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert float(np.abs(got - want).max() / np.abs(want).max()) <= 1e-5
+    names = list(stats.rules)
+    assert not any("batch_norm" in n for n in names), names
+    assert any("conv2d" in n and "multiply" in n and "relu" in n for n in names), names

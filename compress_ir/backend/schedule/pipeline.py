@@ -18,6 +18,7 @@ from tvm import relax, tirx
 from tvm.target import Target
 
 from compress_ir.backend.schedule.analysis import is_scheduled
+from compress_ir.backend.schedule.batch_norm import FoldBatchNorm
 from compress_ir.backend.schedule.broadcast_rank import ExpandBroadcastRank
 from compress_ir.backend.schedule.canonical import CanonicalizeAxes
 from compress_ir.backend.schedule.cpu import CpuParams, cpu_params, schedule_cpu_func
@@ -88,12 +89,13 @@ def is_gpu(target: Target) -> bool:
 def layout_passes() -> list[tvm.transform.Pass]:
     """CPU layout conversion. FoldConstant first: the importer's NaN guards on Clip bounds
     must fold to scalars before its TE clip kernels can be lifted into Relax max/min, which
-    ConvertLayout sees through (else two transposes surround every ReLU6); per-channel
-    [C, 1, 1] constants get their full rank (`broadcast_rank.py`). CSE last: an
-    input read twice (a residual from the model input) gets one transpose, not two.
+    ConvertLayout sees through (else two transposes surround every ReLU6); inference
+    BatchNorm becomes a multiply-add (`batch_norm.py`) and per-channel [C, 1, 1] constants
+    get their full rank (`broadcast_rank.py`). CSE last: an input read twice (a residual
+    from the model input) gets one transpose, not two.
     CanonicalizeAxes: op forms ConvertLayout aborts on (`canonical.py`)."""
-    return [relax.transform.FoldConstant(), LiftScalarElementwise, ExpandBroadcastRank,
-            CanonicalizeAxes,
+    return [relax.transform.FoldConstant(), FoldBatchNorm, LiftScalarElementwise,
+            ExpandBroadcastRank, CanonicalizeAxes,
             relax.transform.ConvertLayout(CPU_LAYOUTS), relax.transform.FoldConstant(),
             relax.transform.EliminateCommonSubexpr()]
 
