@@ -30,7 +30,7 @@ from tvm import relax, tirx  # noqa: E402
 from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 
 from compress_ir.backend.schedule import compile_relax  # noqa: E402
-from compress_ir.backend.schedule.cpu import cpu_params, schedule_cpu_func  # noqa: E402
+from compress_ir.backend.schedule.cpu import CpuParams, cpu_params, schedule_cpu_func  # noqa: E402
 from compress_ir.backend.schedule.pipeline import BuildStats, prepare, schedule_cpu  # noqa: E402
 from compress_ir.core.errors import UsageError  # noqa: E402
 from compress_ir.targets.registry import spec_of_tvm_target  # noqa: E402
@@ -245,6 +245,24 @@ def test_only_kernels_worth_a_fork_join_run_parallel(channels: int, size: int,
     func, rule, _ = schedule_cpu_func(conv, cpu_params(spec_of_tvm_target(target)), target)
     assert rule == "contraction-tile", rule
     assert ("T.parallel" in func.script()) is parallel
+
+
+def test_three_vector_channel_tile_when_two_do_not_divide() -> None:
+    """48 output channels on 16 lanes: one tile of three unrolled vectors (three times the
+    FMAs per input broadcast of a one-vector tile), exact vs onnxruntime (24 on 8 lanes)."""
+    rng = np.random.default_rng(16)
+    model = _conv(rng, 8, 24, 3, pad=1, size=10)
+    _check(model, rng.standard_normal((1, 8, 10, 10)).astype(np.float32))
+    wide = _conv(rng, 8, 48, 3, pad=1, size=10)
+    mod, _ = _import(wide)
+    target = tvm.target.Target(X86)
+    (conv,) = [f for gv, f in prepare(mod, target).functions_items() if "conv2d" in gv.name_hint]
+    func, rule, _ = schedule_cpu_func(conv, CpuParams(lanes=16, registers=32), target)
+    assert rule == "contraction-tile", rule
+    lines = func.script().splitlines()
+    update = next(i for i, line in enumerate(lines) if '_update"' in line)
+    nest = "\n".join(lines[update - 4:update])
+    assert "T.unroll(T.int64(3))" in nest and "T.vectorized(T.int64(16))" in nest, nest
 
 
 def test_cross_aarch64_default_build_compiles_scheduled() -> None:
