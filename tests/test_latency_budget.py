@@ -245,3 +245,18 @@ def test_latency_widths_are_vector_width_multiples_of_the_timed_target(tmp_path)
     cut = [(g["size"], g["kept"]) for g in step["details"]["groups"]
            if g["status"] == "pruned" and g["kept"] < g["size"]]
     assert cut and all(k % lanes == 0 for _, k in cut), cut  # e.g. 24 -> 16, 32 -> 16
+
+
+def test_changed_schedules_do_not_reuse_cached_tables(tmp_path, monkeypatch) -> None:
+    """The cache is keyed by a hash of the schedule sources: timings of kernels that the
+    current schedules no longer produce are not reused."""
+    from compress_ir.passes.analysis import latency_table
+
+    proto = _cnn()
+    _prune(proto, tmp_path, repeat=0)
+    monkeypatch.setattr(latency_table, "schedules_fingerprint", lambda: "other-kernels")
+    CALLS.clear()
+    again = _prune(proto, tmp_path, repeat=0)
+    assert _allocation(again)["tables"]["measured"] > 0 and CALLS["prepare"] > 0
+    scopes = [json.loads(f.read_text())["scope"] for f in tmp_path.glob("latency-*.json")]
+    assert sorted(s["schedules"] for s in scopes)[-1] == "other-kernels" and len(scopes) == 2

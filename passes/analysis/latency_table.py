@@ -64,6 +64,21 @@ def _tvm_factory(spec: Any) -> Prepare:
 register_timer("tvm", _tvm_factory)
 
 
+def schedules_fingerprint() -> str:
+    """Hash of the CPU schedule sources: cached timings are of the kernels these produced.
+
+    Why: a latency table measured with older default schedules would keep steering the
+    allocation after the kernels changed (stop 23 changed the kernels of most CNN layers
+    while ~/.cache still held stop 22's tables).
+    """
+    from compress_ir.backend import schedule
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(schedule.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def default_cache_dir() -> Path:
     env = os.environ.get(CACHE_ENV)
     if env:

@@ -288,6 +288,7 @@ class LatencyProbe:
             LATENCY_TIMERS,
             LatencyCache,
             default_cache_dir,
+            schedules_fingerprint,
         )
 
         self.spec = latency_spec(ctx)
@@ -297,7 +298,8 @@ class LatencyProbe:
         self._built: dict[str, Any] = {}  # model sha256 -> its timer (dense: built once)
         scope = {"timer": options.latency_timer, "target": self.spec.name,
                  "tvm": self.spec.tvm, "lanes": self.spec.lanes,
-                 "threads": os.environ.get("TVM_NUM_THREADS"), "statistic": "min"}
+                 "threads": os.environ.get("TVM_NUM_THREADS"), "statistic": "min",
+                 "schedules": schedules_fingerprint()}
         cache_dir = options.latency_cache or default_cache_dir()
         self.cache = LatencyCache(cache_dir, scope)
 
