@@ -20,12 +20,7 @@ from tvm import relax
 from tvm.ir.expr import GenericConst
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from compress_ir.backend.schedule.rewrite import op_name, rewrite_functions
-
-
-def _ndim(expr: relax.Expr) -> int | None:
-    ndim = getattr(getattr(expr, "ty", None), "ndim", -1)
-    return None if ndim is None or ndim < 0 else int(ndim)
+from compress_ir.backend.schedule.rewrite import op_name, rewrite_functions, tensor_ndim
 
 
 def scale_shift(gamma: np.ndarray | None, beta: np.ndarray | None, mean: np.ndarray,
@@ -53,7 +48,7 @@ class _FoldBatchNorm(PyExprMutator):
         if op_name(call) != "relax.nn.batch_norm" or getattr(call.attrs, "training", False):
             return op
         x, *params = call.args
-        ndim, dtype = _ndim(x), str(getattr(getattr(x, "ty", None), "dtype", None))
+        ndim, dtype = tensor_ndim(x), str(getattr(getattr(x, "ty", None), "dtype", None))
         if ndim is None or dtype not in ("float32", "float16", "float64") or not all(
                 isinstance(p, GenericConst) for p in params):
             return op

@@ -16,18 +16,13 @@ from tvm import relax
 from tvm.ir.expr import GenericConst
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from compress_ir.backend.schedule.rewrite import op_name, rewrite_functions
+from compress_ir.backend.schedule.rewrite import op_name, rewrite_functions, tensor_ndim
 
 # broadcast op name -> the Relax op that rebuilds the call with the reshaped operand
 BROADCAST_BINARY = {"relax.add": relax.op.add, "relax.subtract": relax.op.subtract,
                     "relax.multiply": relax.op.multiply, "relax.divide": relax.op.divide,
                     "relax.maximum": relax.op.maximum, "relax.minimum": relax.op.minimum,
                     "relax.power": relax.op.power}
-
-
-def _ndim(expr: relax.Expr) -> int | None:
-    ndim = getattr(getattr(expr, "ty", None), "ndim", -1)
-    return None if ndim is None or ndim < 0 else int(ndim)
 
 
 @mutator
@@ -40,7 +35,7 @@ class _ExpandRank(PyExprMutator):
         call = super().visit_call_(call)
         if op_name(call) not in BROADCAST_BINARY or len(call.args) != 2:
             return call
-        ranks = [_ndim(a) for a in call.args]
+        ranks = [tensor_ndim(a) for a in call.args]
         if None in ranks or ranks[0] == ranks[1]:
             return call
         full = max(ranks)

@@ -12,13 +12,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from compress_ir.backend.schedule.rewrite import rewrite_functions
-
-
-def _ndim(expr: relax.Expr) -> int | None:
-    ty = getattr(expr, "ty", None)  # TVM 0.27: the Relax type (struct info) of the expression
-    ndim = getattr(ty, "ndim", -1)
-    return None if ndim is None or ndim < 0 else int(ndim)
+from compress_ir.backend.schedule.rewrite import rewrite_functions, tensor_ndim
 
 
 @mutator
@@ -32,7 +26,7 @@ class _Canonicalizer(PyExprMutator):
         if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.squeeze"):
             return call
         axes = call.attrs.axis
-        ndim = _ndim(call.args[0])
+        ndim = tensor_ndim(call.args[0])
         if axes is None or ndim is None or all(int(a) >= 0 for a in axes):
             return call
         self.rewritten += 1

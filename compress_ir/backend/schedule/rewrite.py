@@ -1,6 +1,7 @@
 """Shared pieces of the Relax rewrites that run before legalization.
 
-Why: `canonical`, `lift`, `pad_keys` and `pad_rows` all run a `PyExprMutator` over every
+Why: `canonical`, `lift`, `pad_keys`, `pad_rows`, `fast_sigmoid`, `broadcast_rank` and
+`batch_norm` all run a `PyExprMutator` over every
 Relax function (a module they did not change is returned as it was, so a no-op costs
 nothing downstream), and the padding rewrites read op names and static shapes the same way.
 """
@@ -36,6 +37,12 @@ def op_name(expr: relax.Expr | None) -> str | None:
     if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
         return expr.op.name
     return None
+
+
+def tensor_ndim(expr: relax.Expr) -> int | None:
+    """Rank of a tensor expression (TVM 0.27: from its Relax type); None when unknown."""
+    ndim = getattr(getattr(expr, "ty", None), "ndim", -1)
+    return None if ndim is None or ndim < 0 else int(ndim)
 
 
 def static_shape(expr: relax.Expr | None) -> list[int] | None:
