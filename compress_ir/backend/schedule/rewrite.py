@@ -1,9 +1,9 @@
 """Shared pieces of the Relax rewrites that run before legalization.
 
 Why: `canonical`, `lift`, `pad_keys`, `pad_rows`, `fast_sigmoid`, `broadcast_rank` and
-`batch_norm` all run a `PyExprMutator` over every
-Relax function (a module they did not change is returned as it was, so a no-op costs
-nothing downstream), and the padding rewrites read op names and static shapes the same way.
+`batch_norm` all run a `PyExprMutator` over every Relax function (a module they did not
+change is returned as it was, so a no-op costs nothing downstream), and read op names,
+ranks and static shapes the same way.
 """
 
 from __future__ import annotations
