@@ -265,6 +265,21 @@ def test_three_vector_channel_tile_when_two_do_not_divide() -> None:
     assert "T.unroll(T.int64(3))" in nest and "T.vectorized(T.int64(16))" in nest, nest
 
 
+def test_two_partial_vectors_share_the_broadcasts() -> None:
+    """24 output channels on 16 lanes: one tile of 2 x 12 (unrolled), not two 12-wide tiles
+    each re-broadcasting the inputs, nor one 24-wide vector type (1.5x slower)."""
+    rng = np.random.default_rng(17)
+    mod, _ = _import(_conv(rng, 8, 24, 1, size=10))
+    target = tvm.target.Target(X86)
+    (conv,) = [f for gv, f in prepare(mod, target).functions_items() if "conv2d" in gv.name_hint]
+    func, rule, _ = schedule_cpu_func(conv, CpuParams(lanes=16, registers=32), target)
+    assert rule == "contraction-tile", rule
+    lines = func.script().splitlines()
+    update = next(i for i, line in enumerate(lines) if '_update"' in line)
+    nest = "\n".join(lines[update - 4:update])
+    assert "T.unroll(T.int64(2))" in nest and "T.vectorized(T.int64(12))" in nest, nest
+
+
 def test_cross_aarch64_default_build_compiles_scheduled() -> None:
     mod, _ = _import(_conv(np.random.default_rng(1), 8, 16, 3, pad=1))
     counts = compile_relax(mod, tvm.target.Target(AARCH64))[1].counts
