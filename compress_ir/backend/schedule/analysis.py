@@ -7,6 +7,7 @@ iterators: conv, matmul, pooling) and which blocks are plain element-wise/inject
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tvm import s_tir, tirx
@@ -74,3 +75,22 @@ def root_blocks(sch: s_tir.Schedule) -> list[BlockInfo]:
         kinds = "".join(_iter_kind(iv) for iv in block.iter_vars)
         infos.append(BlockInfo(rv, block.name_hint, kinds, _is_contraction(block)))
     return infos
+
+
+_OPERANDS = ("a", "b", "value", "condition", "true_value", "false_value")
+
+
+def subexprs(expr: object) -> Iterator[object]:
+    """`expr` and every sub-expression (operands, call arguments, load indices), pre-order.
+
+    Why: the rules ask small questions of index expressions (does a floordiv read the
+    output channel? is an index computed from a float?); TVM 0.27's Python API has no
+    expression visitor for `tirx` any more.
+    """
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(getattr(node, name) for name in _OPERANDS if hasattr(node, name))
+        stack.extend(getattr(node, "args", None) or [])
+        stack.extend(getattr(node, "indices", None) or [])

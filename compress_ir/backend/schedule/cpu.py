@@ -27,7 +27,7 @@ from tvm.ir.expr import TensorLoad
 from tvm.target import Target
 
 from compress_ir.backend.schedule import rowwise, transpose
-from compress_ir.backend.schedule.analysis import BlockInfo, root_blocks
+from compress_ir.backend.schedule.analysis import BlockInfo, root_blocks, subexprs
 from compress_ir.backend.schedule.parallel import MIN_PARALLEL_WORK, parallel, serial_if, work
 from compress_ir.backend.schedule.validate import first_line, lowering_error
 from compress_ir.targets.spec import TargetSpec
@@ -298,25 +298,9 @@ def rule_reduction_tile(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
 
 def _floordiv_divisors(expr: object, var: tirx.Var) -> set[int]:
     """Constant divisors `d` of every `floordiv(e, d)` in `expr` whose `e` reads `var`."""
-    found: set[int] = set()
-    stack = [expr]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, tirx.FloorDiv) and isinstance(node.b, tirx.IntImm) \
-                and _uses(node.a, var):
-            found.add(int(node.b.value))
-        stack.extend(getattr(node, name) for name in ("a", "b") if hasattr(node, name))
-    return found
-
-
-def _uses(expr: object, var: tirx.Var) -> bool:
-    stack = [expr]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, tirx.Var) and node.same_as(var):
-            return True
-        stack.extend(getattr(node, name) for name in ("a", "b") if hasattr(node, name))
-    return False
+    return {int(node.b.value) for node in subexprs(expr)
+            if isinstance(node, tirx.FloorDiv) and isinstance(node.b, tirx.IntImm)
+            and any(isinstance(v, tirx.Var) and v.same_as(var) for v in subexprs(node.a))}
 
 
 def _tile_channels(sch: s_tir.Schedule, main: BlockInfo, channels: int) -> int:

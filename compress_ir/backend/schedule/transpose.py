@@ -16,7 +16,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
-from compress_ir.backend.schedule.analysis import root_blocks
+from compress_ir.backend.schedule.analysis import root_blocks, subexprs
 from compress_ir.backend.schedule.parallel import parallel
 
 TILE = 16  # input-side tile: one cache line of fp32
@@ -78,28 +78,14 @@ def rule_transpose(sch: s_tir.Schedule, lanes: int) -> str | None:
     return "transpose-tile" if _schedule_transpose(sch, infos[0].rv, lanes) else None
 
 
-def _children(node: object) -> list:
-    kids = [getattr(node, name) for name in ("a", "b", "value", "condition", "true_value",
-                                             "false_value") if hasattr(node, name)]
-    return kids + list(getattr(node, "args", None) or []) + list(
-        getattr(node, "indices", None) or [])
-
-
 def _reads_computed_index(block: tirx.SBlock) -> bool:
     """A load whose index is computed from a float (a resize's floor((x + .5) * s - .5))."""
     if not isinstance(block.body, tirx.BufferStore):
         return False
-    stack, in_index = [(block.body.value, False)], False
-    while stack:
-        node, in_index = stack.pop()
-        if in_index and isinstance(node, tirx.Cast) and "int" in str(node.ty) \
-                and "float" in str(node.value.ty):
-            return True
-        index_kids = list(node.indices) if isinstance(node, TensorLoad) else []
-        stack.extend((k, in_index) for k in _children(node) if not any(
-            k.same_as(i) for i in index_kids))
-        stack.extend((k, True) for k in index_kids)
-    return False
+    return any(isinstance(node, tirx.Cast) and "int" in str(node.ty)
+               and "float" in str(node.value.ty)
+               for load in subexprs(block.body.value) if isinstance(load, TensorLoad)
+               for index in load.indices for node in subexprs(index))
 
 
 def rule_gather_transpose(sch: s_tir.Schedule, lanes: int) -> str | None:
