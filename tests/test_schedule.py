@@ -186,10 +186,8 @@ def test_grouped_conv_channel_tile_stays_in_one_group(channels: int, groups: int
     target = tvm.target.Target(X86)
     func, rule, _ = schedule_cpu_func(convs[0], cpu_params(spec_of_tvm_target(target)), target)
     assert rule == "contraction-tile", rule
-    lines = func.script().splitlines()
-    update = next(i for i, line in enumerate(lines) if '_update"' in line)
-    widths = [int(m) for line in lines[:update]
-              for m in re.findall(r"T\.vectorized\(T\.int64\((\d+)\)\)", line)]
+    widths = [int(m) for m in re.findall(r"T\.vectorized\(T\.int64\((\d+)\)\)",
+                                         _update_nest(func))]
     width = channels // groups
     assert widths and width % widths[-1] == 0, (widths[-1], width)
 
@@ -208,9 +206,7 @@ def test_nchw_pool_pads_in_a_separate_pass(op: str) -> None:
     (func,) = [f for _, f in prepare(mod, target).functions_items() if isinstance(f, tirx.PrimFunc)]
     sched, rule, _ = schedule_cpu_func(func, cpu_params(spec_of_tvm_target(target)), target)
     assert rule == "reduction-tile", rule
-    lines = sched.script().splitlines()
-    update = next(i for i, line in enumerate(lines) if '_update"' in line)
-    body = "\n".join(lines[update:update + 12])
+    body = _update_nest(sched, before=0, after=12)
     assert "if_then_else" not in body, body
 
 
@@ -259,9 +255,7 @@ def test_three_vector_channel_tile_when_two_do_not_divide() -> None:
     (conv,) = [f for gv, f in prepare(mod, target).functions_items() if "conv2d" in gv.name_hint]
     func, rule, _ = schedule_cpu_func(conv, CpuParams(lanes=16, registers=32), target)
     assert rule == "contraction-tile", rule
-    lines = func.script().splitlines()
-    update = next(i for i, line in enumerate(lines) if '_update"' in line)
-    nest = "\n".join(lines[update - 4:update])
+    nest = _update_nest(func)
     assert "T.unroll(T.int64(3))" in nest and "T.vectorized(T.int64(16))" in nest, nest
 
 
@@ -274,9 +268,7 @@ def test_two_partial_vectors_share_the_broadcasts() -> None:
     (conv,) = [f for gv, f in prepare(mod, target).functions_items() if "conv2d" in gv.name_hint]
     func, rule, _ = schedule_cpu_func(conv, CpuParams(lanes=16, registers=32), target)
     assert rule == "contraction-tile", rule
-    lines = func.script().splitlines()
-    update = next(i for i, line in enumerate(lines) if '_update"' in line)
-    nest = "\n".join(lines[update - 4:update])
+    nest = _update_nest(func)
     assert "T.unroll(T.int64(2))" in nest and "T.vectorized(T.int64(12))" in nest, nest
 
 
@@ -572,6 +564,14 @@ def _dense_gelu(rng, kind: str, rows: int) -> onnx.ModelProto:
     gelu, consts = _gelu_nodes("a", "y", kind)
     return _model(nodes + gelu, [_w(rng, "W", (16, 32)), _w(rng, "B", (32,)), *consts],
                   [rows, 16])
+
+
+def _update_nest(func: object, before: int = 4, after: int = 0) -> str:
+    """TVMScript lines around a scheduled function's reduction update block: the loops
+    just above it (tile widths, unrolling) and/or its body below."""
+    lines = func.script().splitlines()
+    update = next(i for i, line in enumerate(lines) if '_update"' in line)
+    return "\n".join(lines[update - before:update + after])
 
 
 def _check(model: onnx.ModelProto, x: np.ndarray, target: dict = X86) -> BuildStats:
