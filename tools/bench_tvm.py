@@ -48,6 +48,7 @@ from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 import compress_ir.passes  # noqa: F401,E402 - registers the passes
 from compress_ir.api import compress  # noqa: E402
 from compress_ir.backend.build import fixed_input_specs  # noqa: E402
+from compress_ir.backend.normalize import normalize_for_tvm  # noqa: E402
 from compress_ir.backend.schedule import compile_relax  # noqa: E402
 from compress_ir.core.feeds import realistic_inputs  # noqa: E402
 from compress_ir.core.files import write_atomic  # noqa: E402
@@ -108,6 +109,21 @@ def ort_session(proto: onnx.ModelProto, threads: int, spin: bool) -> ort.Inferen
                                 providers=["CPUExecutionProvider"])
 
 
+def import_relax(proto: onnx.ModelProto, shape_dict: dict[str, list[int]]) -> tvm.IRModule:
+    """The Relax module `compress-ir --target` builds: normalized, then imported.
+
+    Why normalize: Caffe2-era zoo exports (`light:resnet50`, `light:squeezenet`, opset 9)
+    carry ops that TVM's layout pass rejects (variadic Sum, Dropout's output tuple); the
+    CLI rewrites them first (`normalize_for_tvm`), so without it a row would time no
+    model a user builds.
+    """
+    inits = {i.name for i in proto.graph.initializer}  # IR 3 lists weights as inputs too
+    specs = fixed_input_specs(proto, 1, {k: tuple(v) for k, v in shape_dict.items()
+                                         if k not in inits})
+    prepared, _ = normalize_for_tvm(proto, "bench model", specs)
+    return from_onnx(prepared, shape_dict=shape_dict, keep_params_in_input=False)
+
+
 def tvm_build(proto: onnx.ModelProto, target: tvm.target.Target, args: argparse.Namespace,
               feeds: dict[str, np.ndarray] | None = None) -> tuple[Any, dict[str, Any]]:
     """Import (at the shapes of `feeds`) + compile_relax; the VM and the build's stats."""
@@ -117,7 +133,7 @@ def tvm_build(proto: onnx.ModelProto, target: tvm.target.Target, args: argparse.
     else:
         shape_dict = {k: list(v.shape) for k, v in feeds.items()}
     t0 = time.perf_counter()
-    mod = from_onnx(proto, shape_dict=shape_dict, keep_params_in_input=False)
+    mod = import_relax(proto, shape_dict)
     import_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     executable, build_stats = compile_relax(mod, target, tune_trials=args.tune_trials,

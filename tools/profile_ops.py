@@ -44,10 +44,17 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import tvm  # noqa: E402
-import tvm_models  # noqa: E402
-from bench_tvm import host_target, load_fixture, model_feeds, set_tvm_threads  # noqa: E402
+from bench_tvm import (  # noqa: E402
+    fill_placeholders,
+    host_target,
+    import_relax,
+    model_feeds,
+    set_tvm_threads,
+)
+from bench_tvm import (
+    load_model as load_bench_model,
+)
 from tvm import relax  # noqa: E402
-from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 
 import compress_ir.passes  # noqa: F401,E402 - registers the passes
 from compress_ir.api import compress  # noqa: E402
@@ -71,15 +78,14 @@ CLASS_ORDER = ("conv 3x3", "conv 7x7", "conv 1x1", "depthwise conv", "grouped co
 
 def load_model(model: str, seed: int, prune: str | None
                ) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]] | None]:
-    """A fixture name, a `tvm_models` transformer (at its deployment shape) or an .onnx
-    path, optionally compressed by `prune` (no numeric check: the profile compares runtimes
-    on the same model, checked by the TVM-vs-ORT error); returns the input shapes too."""
-    shapes = None
-    if model in tvm_models.ROWS:
-        proto, row = tvm_models.load(model)
-        shapes = row.shapes
+    """A fixture name, `light:NAME`, a `tvm_models` transformer (at its deployment shape)
+    or an .onnx path, optionally compressed by `prune` (no numeric check: the profile
+    compares runtimes on the same model, checked by the TVM-vs-ORT error); returns the
+    input shapes too."""
+    if model.endswith(".onnx"):  # placeholder weights (onnx's zoo files) filled, if any
+        proto, shapes = fill_placeholders(onnx.load(model), seed), None
     else:
-        proto = load_fixture(model, seed) if not model.endswith(".onnx") else onnx.load(model)
+        proto, shapes, _ = load_bench_model(model, argparse.Namespace(seed=seed, pipeline=None))
     if prune:
         proto = compress(proto, prune, check=False, input_shapes=shapes).model
     return proto, shapes
@@ -140,8 +146,7 @@ class OrtProfile:
 def build_tvm(proto: onnx.ModelProto, target: tvm.target.Target,
               feeds: dict[str, np.ndarray]) -> tuple[Any, dict[str, Any]]:
     """Default build; the op class of every PrimFunc comes from the prepared module."""
-    mod = from_onnx(proto, shape_dict={k: list(v.shape) for k, v in feeds.items()},
-                    keep_params_in_input=False)
+    mod = import_relax(proto, {k: list(v.shape) for k, v in feeds.items()})
     classes = classify_module(prepare(mod, target))
     t0 = time.perf_counter()
     executable, stats = compile_relax(mod, target)
