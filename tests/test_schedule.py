@@ -272,6 +272,36 @@ def test_two_partial_vectors_share_the_broadcasts() -> None:
     assert "T.unroll(T.int64(2))" in nest and "T.vectorized(T.int64(12))" in nest, nest
 
 
+@pytest.mark.parametrize("op", ["conv", "MaxPool"])
+def test_odd_window_positions_take_a_full_row_tile_with_a_cut_tail(op: str) -> None:
+    """13x13 = 169 positions have no exact divisor from 2 to 8, so exact tiles left one row
+    per input broadcast (SqueezeNet 0.43x onnxruntime); the tile takes 8 rows and a
+    predicate cuts the last one short. Exact vs onnxruntime, odd channels and pool too."""
+    rng = np.random.default_rng(18)
+    if op == "conv":
+        model = _conv(rng, 24, 32, 1, size=13)
+        odd = _conv(rng, 8, 20, 3, pad=1, size=13)
+        x_odd = rng.standard_normal((1, 8, 13, 13)).astype(np.float32)
+    else:
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4),
+                 helper.make_node("MaxPool", ["c"], ["y"], kernel_shape=[3, 3], pads=[1] * 4)]
+        model = _model(nodes, [_w(rng, "w", (32, 24, 3, 3))], [1, 24, 13, 13])
+        odd, x_odd = None, None
+    x = rng.standard_normal((1, 24, 13, 13)).astype(np.float32)
+    _check(model, x)
+    if odd is not None:
+        _check(odd, x_odd)
+    mod, _ = _import(model)
+    target = tvm.target.Target(X86)
+    name = "conv2d" if op == "conv" else "max_pool2d"
+    (func,) = [f for gv, f in prepare(mod, target).functions_items()
+               if name in gv.name_hint]
+    sched, rule, _ = schedule_cpu_func(func, CpuParams(lanes=16, registers=32), target)
+    assert rule in ("contraction-tile", "reduction-tile"), rule
+    nest = _update_nest(sched, before=4, after=6)
+    assert "T.unroll(T.int64(8))" in nest and "T.where(" in nest, nest
+
+
 def test_cross_aarch64_default_build_compiles_scheduled() -> None:
     mod, _ = _import(_conv(np.random.default_rng(1), 8, 16, 3, pad=1))
     counts = compile_relax(mod, tvm.target.Target(AARCH64))[1].counts
