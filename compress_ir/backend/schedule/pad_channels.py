@@ -1,0 +1,116 @@
+"""Conv output channels padded with zero filters to a width the micro-kernel tiles well.
+
+Why: the register tile vectorises a conv over its output channels (per group), and its
+width must divide them exactly. Widths that vectors do not tile well ran far behind
+onnxruntime, whose kernels handle a ragged last block: RegNetX-400MF's 400 channels are
+25 vectors (one-vector tiles, 0.0999 vs 0.0736 ms per 7x7 conv when padded to 416),
+ShuffleNet v1's 68-channel groups ran on 4-lane vectors, SqueezeNet's 1000-class conv on
+2 x 10 lanes. Here such a conv computes a few zero filters more (weights and bias are
+constants, padded with numpy at compile time) and its output is cut back to the real
+channels by a slice that fuses into the conv's epilogue: the model computes exactly what
+it did (the padded channels never leave the kernel); the artifact's check against
+onnxruntime covers it like every other rewrite.
+
+The width is chosen by `padded_width`, a cost model of the tile `choose_tile` would
+pick: work (padded channels) over tile quality (lanes used, and one-vector tiles at the
+0.75 measured above); padding only when it wins by a clear margin.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.ir.expr import GenericConst
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from compress_ir.backend.schedule.cpu import CpuParams, choose_tile
+from compress_ir.backend.schedule.rewrite import op_name, rewrite_functions, round_up, static_shape
+
+ONE_VECTOR_QUALITY = 0.75  # one-vector tiles vs two (400 vs 416 channels, 7x7 conv chain)
+MIN_GAIN = 0.9  # pad only when the padded cost is below this fraction of the current
+TILE_ROWS = 64  # a row count with every small divisor: the channel tile, not the rows
+
+
+def _cost(width: int, cpu: CpuParams) -> float:
+    """Work over quality of the channel tile `choose_tile` picks for `width` channels."""
+    ch_t = choose_tile(width, TILE_ROWS, cpu)[1]
+    vectors = -(-ch_t // cpu.lanes)
+    quality = ch_t / (vectors * cpu.lanes)
+    if vectors == 1:
+        quality *= ONE_VECTOR_QUALITY
+    return width / quality
+
+
+def padded_width(width: int, cpu: CpuParams) -> int:
+    """The channel count (per group) to compute: `width` itself unless a multiple of one
+    or two vectors is clearly cheaper."""
+    if width <= cpu.lanes:
+        return width
+    best, best_cost = width, _cost(width, cpu)
+    for multiple in (cpu.lanes, 2 * cpu.lanes):
+        cand = round_up(width, multiple)
+        cost = _cost(cand, cpu)
+        if cand != width and cost < MIN_GAIN * best_cost and cost < _cost(best, cpu):
+            best = cand
+    return best if _cost(best, cpu) < MIN_GAIN * _cost(width, cpu) else width
+
+
+@mutator
+class _PadConvChannels(PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, cpu: CpuParams) -> None:
+        super().__init__(mod)
+        self.cpu = cpu
+        self.rewritten = 0
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D401
+        call = self.builder_.normalize(super().visit_call_(call))
+        if op_name(call) != "relax.nn.conv2d" or not isinstance(call.args[1], GenericConst):
+            return call
+        attrs = call.attrs
+        groups, out_shape = int(attrs.groups), static_shape(call)
+        out_layout = str(attrs.out_layout or attrs.data_layout)
+        kernel = call.args[1].value.numpy()
+        o_axis = str(attrs.kernel_layout).find("O")
+        if out_shape is None or o_axis < 0 or "C" not in out_layout or \
+                kernel.shape[o_axis] % groups:
+            return call
+        channels = kernel.shape[o_axis]
+        width = channels // groups
+        if width == 1:  # depthwise: its own rule, vectorised over all channels
+            return call
+        padded = padded_width(width, self.cpu)
+        if padded == width:
+            return call
+        per_group = np.moveaxis(kernel, o_axis, 0).reshape(groups, width, *[
+            d for i, d in enumerate(kernel.shape) if i != o_axis])
+        pad = [(0, 0), (0, padded - width)] + [(0, 0)] * (per_group.ndim - 2)
+        wide = np.moveaxis(np.pad(per_group, pad).reshape(groups * padded, *per_group.shape[2:]),
+                           0, o_axis)
+        conv = self.builder_.normalize(
+            relax.Call(call.op, [call.args[0], relax.const(wide, str(kernel.dtype))], call.attrs))
+        c_axis = out_layout.index("C")
+        self.rewritten += 1
+        if groups == 1:
+            return relax.op.strided_slice(conv, axes=[c_axis], begin=[0], end=[channels])
+        split = out_shape[:c_axis] + [groups, padded] + out_shape[c_axis + 1:]
+        cut = relax.op.strided_slice(relax.op.reshape(conv, split), axes=[c_axis + 1],
+                                     begin=[0], end=[width])
+        return relax.op.reshape(cut, out_shape)
+
+
+def pad_conv_channels(mod: tvm.IRModule, cpu: CpuParams) -> tuple[tvm.IRModule, int]:
+    """Every conv2d with a constant kernel whose per-group output width `padded_width`
+    widens; returns the module and how many were padded."""
+    mutator_ = _PadConvChannels(mod, cpu)
+    return rewrite_functions(mutator_, mod, lambda: mutator_.rewritten)
+
+
+def PadConvChannels(cpu: CpuParams) -> tvm.transform.Pass:  # noqa: N802
+    """Pass form of `pad_conv_channels` (after ConvertLayout: the final layouts)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="PadConvChannels")
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        return pad_conv_channels(mod, cpu)[0]
+
+    return _pass
