@@ -22,7 +22,7 @@ from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 from compress_ir.backend.schedule import compile_relax  # noqa: E402
 from compress_ir.backend.schedule.cpu import CpuParams, cpu_params  # noqa: E402
 from compress_ir.backend.schedule.pad_channels import (  # noqa: E402
-    pad_conv_channels,
+    pad_output_channels,
     padded_width,
 )
 from compress_ir.backend.schedule.pipeline import layout_passes, prepare  # noqa: E402
@@ -78,7 +78,7 @@ def _conv_widths(mod: tvm.IRModule) -> list[int]:
 def _padded(model: onnx.ModelProto, cpu: CpuParams) -> tuple[int, list[int]]:
     with X86:
         mod = tvm.transform.Sequential(layout_passes())(_import(model))
-    out, count = pad_conv_channels(mod, cpu)
+    out, count = pad_output_channels(mod, cpu)
     return count, _conv_widths(out)
 
 
@@ -126,3 +126,34 @@ def test_widths_that_tile_well_and_depthwise_convs_are_left_alone(cin: int, cout
                                                                   groups: int) -> None:
     count, widths = _padded(_block(cin, cout, groups), CpuParams(lanes=16, registers=32))
     assert count == 0 and cout in widths
+
+
+def _dense(rows: int, width: int, seed: int = 0) -> onnx.ModelProto:
+    """x[rows, 32] @ W1[32, width] + b -> relu -> @ W2[width, 8] (a pruned FFN)."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("W1", (32, width)), ("B1", (width,)), ("W2", (width, 8)))]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["m"]),
+             helper.make_node("Add", ["m", "B1"], ["a"]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_pruned_ffn_width_is_padded_and_exact() -> None:
+    """A pruned FFN's ragged width (20 on the bare llvm target's 8 lanes; 1123 neurons on
+    16) is padded for matmuls with enough rows; a batch-1 row stays a GEMV, unpadded."""
+    cpu = cpu_params(spec_of_tvm_target(X86))
+    assert padded_width(20, cpu) > 20
+    count, _ = _padded(_dense(16, 20), cpu)
+    assert count == 1
+    _matches_onnxruntime(_dense(16, 20))
+    count, _ = _padded(_dense(1, 20), cpu)
+    assert count == 0
+    _matches_onnxruntime(_dense(1, 20))

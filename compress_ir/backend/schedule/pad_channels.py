@@ -1,15 +1,16 @@
-"""Conv output channels padded with zero filters to a width the micro-kernel tiles well.
+"""Output channels of convs and matmuls padded with zeros to a width the kernel tiles well.
 
-Why: the register tile vectorises a conv over its output channels (per group), and its
-width must divide them exactly. Widths that vectors do not tile well ran far behind
-onnxruntime, whose kernels handle a ragged last block: RegNetX-400MF's 400 channels are
-25 vectors (one-vector tiles, 0.0999 vs 0.0736 ms per 7x7 conv when padded to 416),
-ShuffleNet v1's 68-channel groups ran on 4-lane vectors, SqueezeNet's 1000-class conv on
-2 x 10 lanes. Here such a conv computes a few zero filters more (weights and bias are
-constants, padded with numpy at compile time) and its output is cut back to the real
-channels by a slice that fuses into the conv's epilogue: the model computes exactly what
-it did (the padded channels never leave the kernel); the artifact's check against
-onnxruntime covers it like every other rewrite.
+Why: the register tile vectorises a conv over its output channels (per group), a matmul
+over its output columns, and its width must divide them exactly. Widths that vectors do
+not tile well ran far behind onnxruntime, whose kernels handle a ragged last block:
+RegNetX-400MF's 400 channels are 25 vectors (one-vector tiles, 0.0999 vs 0.0736 ms per
+7x7 conv when padded to 416), ShuffleNet v1's 68-channel groups ran on 4-lane vectors,
+SqueezeNet's 1000-class conv on 2 x 10 lanes, a pruned FFN's 1123 neurons on scalars
+after a weight copy per call (`pad_einsum`). Here such a layer computes a few zero
+filters / columns more (weights and bias are constants, padded with numpy at compile
+time) and its output is cut back by a slice that fuses into the kernel's epilogue: the
+model computes exactly what it did (the padded channels never leave the kernel); the
+artifact's check against onnxruntime covers it like every other rewrite.
 
 The width is chosen by `padded_width`, a cost model of the tile `choose_tile` would
 pick: work (padded channels) over tile quality (lanes used, and one-vector tiles at the
@@ -24,7 +25,7 @@ from tvm import relax
 from tvm.ir.expr import GenericConst
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from compress_ir.backend.schedule.cpu import CpuParams, choose_tile
+from compress_ir.backend.schedule.cpu import GEMV_MAX_ROWS, CpuParams, choose_tile
 from compress_ir.backend.schedule.rewrite import op_name, rewrite_functions, round_up, static_shape
 
 ONE_VECTOR_QUALITY = 0.75  # one-vector tiles vs two (400 vs 416 channels, 7x7 conv chain)
@@ -57,7 +58,7 @@ def padded_width(width: int, cpu: CpuParams) -> int:
 
 
 @mutator
-class _PadConvChannels(PyExprMutator):
+class _PadOutputChannels(PyExprMutator):
     def __init__(self, mod: tvm.IRModule, cpu: CpuParams) -> None:
         super().__init__(mod)
         self.cpu = cpu
@@ -65,7 +66,11 @@ class _PadConvChannels(PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D401
         call = self.builder_.normalize(super().visit_call_(call))
-        if op_name(call) != "relax.nn.conv2d" or not isinstance(call.args[1], GenericConst):
+        if not isinstance(call.args[1] if len(call.args) > 1 else None, GenericConst):
+            return call
+        if op_name(call) == "relax.matmul":
+            return self._matmul(call)
+        if op_name(call) != "relax.nn.conv2d":
             return call
         attrs = call.attrs
         groups, out_shape = int(attrs.groups), static_shape(call)
@@ -99,18 +104,36 @@ class _PadConvChannels(PyExprMutator):
         return relax.op.reshape(cut, out_shape)
 
 
-def pad_conv_channels(mod: tvm.IRModule, cpu: CpuParams) -> tuple[tvm.IRModule, int]:
-    """Every conv2d with a constant kernel whose per-group output width `padded_width`
-    widens; returns the module and how many were padded."""
-    mutator_ = _PadConvChannels(mod, cpu)
+    def _matmul(self, call: relax.Call) -> relax.Expr:
+        """x @ W with a constant [K, N] W: N padded like a conv's channels (a pruned FFN's
+        1123 neurons); not for a few rows (batch-1 heads stream W as a GEMV instead)."""
+        weight, out_shape = call.args[1].value.numpy(), static_shape(call)
+        if weight.ndim != 2 or out_shape is None or \
+                int(np.prod(out_shape[:-1])) <= GEMV_MAX_ROWS:
+            return call
+        width = weight.shape[1]
+        padded = padded_width(width, self.cpu)
+        if padded == width:
+            return call
+        wide = np.pad(weight, [(0, 0), (0, padded - width)])
+        out = self.builder_.normalize(relax.Call(
+            call.op, [call.args[0], relax.const(wide, str(weight.dtype))], call.attrs))
+        self.rewritten += 1
+        return relax.op.strided_slice(out, axes=[len(out_shape) - 1], begin=[0], end=[width])
+
+
+def pad_output_channels(mod: tvm.IRModule, cpu: CpuParams) -> tuple[tvm.IRModule, int]:
+    """Every conv2d / matmul with a constant weight whose (per-group) output width
+    `padded_width` widens; returns the module and how many were padded."""
+    mutator_ = _PadOutputChannels(mod, cpu)
     return rewrite_functions(mutator_, mod, lambda: mutator_.rewritten)
 
 
-def PadConvChannels(cpu: CpuParams) -> tvm.transform.Pass:  # noqa: N802
-    """Pass form of `pad_conv_channels` (after ConvertLayout: the final layouts)."""
+def PadOutputChannels(cpu: CpuParams) -> tvm.transform.Pass:  # noqa: N802
+    """Pass form of `pad_output_channels` (after ConvertLayout: the final layouts)."""
 
-    @tvm.transform.module_pass(opt_level=0, name="PadConvChannels")
+    @tvm.transform.module_pass(opt_level=0, name="PadOutputChannels")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        return pad_conv_channels(mod, cpu)[0]
+        return pad_output_channels(mod, cpu)[0]
 
     return _pass

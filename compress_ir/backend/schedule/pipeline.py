@@ -24,7 +24,7 @@ from compress_ir.backend.schedule.canonical import CanonicalizeAxes
 from compress_ir.backend.schedule.cpu import CpuParams, cpu_params, schedule_cpu_func
 from compress_ir.backend.schedule.fast_sigmoid import SigmoidAsExp
 from compress_ir.backend.schedule.lift import LiftScalarElementwise
-from compress_ir.backend.schedule.pad_channels import PadConvChannels
+from compress_ir.backend.schedule.pad_channels import PadOutputChannels
 from compress_ir.backend.schedule.pad_keys import PadAttentionKeys
 from compress_ir.backend.schedule.pad_rows import PadRows
 from compress_ir.targets.registry import spec_of_tvm_target
@@ -118,14 +118,14 @@ def prepare(mod: tvm.IRModule, target: Target, lanes: int | None = None) -> tvm.
 
     `lanes` (CPU: fp32 lanes per vector, default from the target's spec) is what attention
     keys are padded to (`pad_keys.py`); a ragged token count is carried padded through the
-    row-wise layers (`pad_rows.py`); conv output channels get zero filters up to a width
-    the micro-kernel tiles well (`pad_channels.py`)."""
+    row-wise layers (`pad_rows.py`); conv and matmul output channels get zero filters up
+    to a width the micro-kernel tiles well (`pad_channels.py`)."""
     mod = _pin_prescheduled(mod)
     seq: list[tvm.transform.Pass] = []
     if not is_gpu(target):
         cpu = cpu_params(spec_of_tvm_target(target))
         cpu = replace(cpu, lanes=lanes) if lanes else cpu
-        seq = [PadAttentionKeys(cpu.lanes), PadRows, *layout_passes(), PadConvChannels(cpu),
+        seq = [PadAttentionKeys(cpu.lanes), PadRows, *layout_passes(), PadOutputChannels(cpu),
                *cpu_math()]
     seq += [
         relax.backend.DispatchSampling(),
