@@ -67,11 +67,13 @@ def choose_tile(channels: int, rows: int, cpu: CpuParams) -> tuple[int, int]:
     LLVM splits such wide vector types badly), three when two do not divide the channels
     (48, 144, 240), split into unrolled vectors by the caller (side by side on Zen 5:
     EfficientNet-B0 0.965, MobileNetV2 0.979, pruned Inception v2 0.966 of the time; where
-    two vectors divide, three were no better). Rows: exact divisors only (no predicate in
-    the kernel). Per reduce step the kernel loads `vecs` weight vectors, broadcasts `rows`
-    inputs and issues `rows*vecs` FMAs into as many accumulators, which must fit in the
-    register file next to the operands (spills cost more than they save): maximise
-    FMAs per load under that budget, at most 8 rows.
+    two vectors divide, three were no better; 5 and 7 vectors for 80 / 112 channels were
+    slower). Rows: exact divisors only (no predicate in the kernel; `window_tile` cuts a
+    conv's last row tile short where none fits). Per reduce step the kernel loads `vecs`
+    weight vectors, broadcasts `rows` inputs and issues `rows*vecs` FMAs into as many
+    accumulators, which must fit in the register file next to the operands (spills cost
+    more than they save): maximise FMAs per load under that budget, at most 8 rows (up to
+    14 on 32 registers was slower: ResNet-50 1.009x, GoogLeNet 1.031x).
     """
     lanes = cpu.lanes
     ch_opts = [k * lanes for k in (2, 1) if channels % (k * lanes) == 0]

@@ -45,16 +45,12 @@ def _cost(width: int, cpu: CpuParams) -> float:
 
 def padded_width(width: int, cpu: CpuParams) -> int:
     """The channel count (per group) to compute: `width` itself unless a multiple of one
-    or two vectors is clearly cheaper."""
+    or two vectors is clearly cheaper (`MIN_GAIN`)."""
     if width <= cpu.lanes:
         return width
-    best, best_cost = width, _cost(width, cpu)
-    for multiple in (cpu.lanes, 2 * cpu.lanes):
-        cand = round_up(width, multiple)
-        cost = _cost(cand, cpu)
-        if cand != width and cost < MIN_GAIN * best_cost and cost < _cost(best, cpu):
-            best = cand
-    return best if _cost(best, cpu) < MIN_GAIN * _cost(width, cpu) else width
+    wider = {round_up(width, m) for m in (cpu.lanes, 2 * cpu.lanes)} - {width}
+    best = min(((_cost(w, cpu), w) for w in wider), default=None)
+    return best[1] if best is not None and best[0] < MIN_GAIN * _cost(width, cpu) else width
 
 
 @mutator
