@@ -64,10 +64,12 @@ class _PadOutputChannels(PyExprMutator):
         call = self.builder_.normalize(super().visit_call_(call))
         if not isinstance(call.args[1] if len(call.args) > 1 else None, GenericConst):
             return call
-        if op_name(call) == "relax.matmul":
-            return self._matmul(call)
-        if op_name(call) != "relax.nn.conv2d":
-            return call
+        rewrite = {"relax.nn.conv2d": self._conv, "relax.matmul": self._matmul}.get(
+            op_name(call))
+        return call if rewrite is None else rewrite(call)
+
+    def _conv(self, call: relax.Call) -> relax.Expr:
+        """A conv's output channels padded per group (zero filters), cut back after it."""
         attrs = call.attrs
         groups, out_shape = int(attrs.groups), static_shape(call)
         out_layout = str(attrs.out_layout or attrs.data_layout)
@@ -98,7 +100,6 @@ class _PadOutputChannels(PyExprMutator):
         cut = relax.op.strided_slice(relax.op.reshape(conv, split), axes=[c_axis + 1],
                                      begin=[0], end=[width])
         return relax.op.reshape(cut, out_shape)
-
 
     def _matmul(self, call: relax.Call) -> relax.Expr:
         """x @ W with a constant [K, N] W: N padded like a conv's channels (a pruned FFN's
