@@ -189,7 +189,7 @@ def test_mismatch_keeps_the_previous_artifact(tmp_path: Path, x86_artifact: Path
     """A miscompiled module (here: another model's weights) fails the check; the old
     artifact in the destination stays as it was and no temp dir is left behind."""
     from compress_ir.backend import schedule
-    from compress_ir.backend.build import _import, fixed_input_specs
+    from compress_ir.backend.build import fixed_input_specs, import_relax
 
     out = tmp_path / "tiny.x86"
     shutil.copytree(x86_artifact, out)
@@ -198,7 +198,7 @@ def test_mismatch_keeps_the_previous_artifact(tmp_path: Path, x86_artifact: Path
     real = schedule.compile_relax
 
     def miscompile(mod: object, target: object, *args: object, **kwargs: object) -> object:
-        wrong = _import(other, fixed_input_specs(other, 2), "other")
+        wrong = import_relax(other, fixed_input_specs(other, 2), "other")
         return real(wrong, target, *args, **kwargs)
 
     monkeypatch.setattr(schedule, "compile_relax", miscompile)

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compress_ir.backend import BuildOptions, build, run_artifact
 from compress_ir.backend.artifact import TensorSpec
-from compress_ir.backend.build import _import, fixed_input_specs
+from compress_ir.backend.build import fixed_input_specs, import_relax
 from compress_ir.backend.normalize import normalize_for_tvm
 from compress_ir.core.errors import UnsupportedModelError, UsageError
 
@@ -99,7 +99,7 @@ def exporter_model() -> onnx.ModelProto:
 def _imported(model: onnx.ModelProto, shape: tuple[int, ...]) -> object:
     specs = [TensorSpec("x", shape, "float32")]
     proto, _ = normalize_for_tvm(model, "m.onnx", specs)
-    return _import(proto, specs, "m.onnx")
+    return import_relax(proto, specs, "m.onnx")
 
 
 def _prepared(model: onnx.ModelProto, shape: tuple[int, ...]) -> object:
@@ -207,5 +207,5 @@ def test_converter_failure_names_the_node(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(UnsupportedModelError,
                        match=r"^m\.onnx: TVM cannot import the model: node 'relu1' \(Relu\): "
                              "converter exploded"):
-        _import(model, [TensorSpec("x", (1, 3), "float32")], "m.onnx")
+        import_relax(model, [TensorSpec("x", (1, 3), "float32")], "m.onnx")
     assert onnx_frontend.ONNXGraphImporter.__dict__["_parse_value_proto"].__name__ != "parse"

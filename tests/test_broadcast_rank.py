@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 tvm = pytest.importorskip("tvm")
 from tvm import relax, tirx  # noqa: E402
-from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
+from tvm_helpers import build_vs_onnxruntime, import_model, one_input_model  # noqa: E402
 
-from compress_ir.backend.schedule import compile_relax  # noqa: E402
 from compress_ir.backend.schedule.broadcast_rank import expand_broadcast_rank  # noqa: E402
 from compress_ir.backend.schedule.pipeline import prepare  # noqa: E402
 
@@ -42,36 +40,24 @@ def _caffe2_block(seed: int = 0) -> onnx.ModelProto:
              helper.make_node("Conv", ["p", "W2"], ["y"], kernel_shape=[1, 1])]
     inits = [w("W1", (16, 8, 3, 3)), w("s", (16,)), w("t", (16,)), w("W2", (16, 16, 1, 1)),
              numpy_helper.from_array(np.array([1, 2], np.int64), "axes")]
-    graph = helper.make_graph(
-        nodes, "caffe2", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 10, 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return one_input_model(nodes, inits, SHAPE, [1, 16, 10, 10], "caffe2", opset=13, ir_version=8)
 
-
-def _import(model: onnx.ModelProto) -> tvm.IRModule:
-    return from_onnx(model, shape_dict={"x": SHAPE}, keep_params_in_input=False)
 
 
 def test_matches_onnxruntime() -> None:
     model = _caffe2_block()
-    executable, stats = compile_relax(_import(model), X86)
     x = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
-    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-    want = ort.InferenceSession(model.SerializeToString(),
-                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    assert float(np.abs(got - want).max() / np.abs(want).max()) <= 1e-5
+    _, rel, stats = build_vs_onnxruntime(model, x, X86)
+    assert rel <= 1e-5, rel
     assert "fallback" not in stats.rules.values(), stats.rules
 
 
 def test_only_the_model_boundary_is_transposed() -> None:
     """NHWC from the first conv to the last: one transpose in (NCHW input), one out; the
     scale/shift/ReLU fuse into the conv and the pool runs on NHWC."""
-    mod = relax.transform.FoldConstant()(_import(_caffe2_block()))
+    mod = relax.transform.FoldConstant()(import_model(_caffe2_block()))
     assert expand_broadcast_rank(mod)[1] == 2
-    prepared = prepare(_import(_caffe2_block()), X86)
+    prepared = prepare(import_model(_caffe2_block()), X86)
     names = [gv.name_hint for gv, f in prepared.functions_items() if isinstance(f, tirx.PrimFunc)]
     transposes = [n for n in names if "transpose" in n]
     assert len(transposes) == 2, names
@@ -114,25 +100,16 @@ def _bn_model(seed: int = 3) -> onnx.ModelProto:
              helper.make_node("Conv", ["r", "W2"], ["y"], kernel_shape=[1, 1])]
     inits = [w("W1", (16, 8, 3, 3)), w("g", (16,)), w("b", (16,)), w("m", (16,)),
              w("v", (16,), positive=True), w("W2", (16, 16, 1, 1))]
-    graph = helper.make_graph(
-        nodes, "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 10, 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
-    model.ir_version = 4
-    onnx.checker.check_model(model)
-    return model
+    return one_input_model(nodes, inits, SHAPE, [1, 16, 10, 10], "bn", opset=9, ir_version=4)
 
 
 def test_batch_norm_folds_into_the_conv_epilogue() -> None:
     """Inference BatchNorm becomes x * scale + shift fused after the conv, exact vs
     onnxruntime; no batch_norm kernel is left."""
     model = _bn_model()
-    executable, stats = compile_relax(_import(model), X86)
     x = np.random.default_rng(4).standard_normal(SHAPE).astype(np.float32)
-    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-    want = ort.InferenceSession(model.SerializeToString(),
-                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    assert float(np.abs(got - want).max() / np.abs(want).max()) <= 1e-5
+    _, rel, stats = build_vs_onnxruntime(model, x, X86)
+    assert rel <= 1e-5, rel
     names = list(stats.rules)
     assert not any("batch_norm" in n for n in names), names
     assert any("conv2d" in n and "multiply" in n and "relu" in n for n in names), names

@@ -11,15 +11,13 @@ import re
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 tvm = pytest.importorskip("tvm")
-from tvm import relax, tirx  # noqa: E402
-from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
+from tvm import tirx  # noqa: E402
+from tvm_helpers import build_vs_onnxruntime, import_model, one_input_model  # noqa: E402
 
-from compress_ir.backend.schedule import compile_relax  # noqa: E402
 from compress_ir.backend.schedule.cpu import cpu_params, schedule_cpu_func  # noqa: E402
 from compress_ir.backend.schedule.fast_sigmoid import sigmoid_as_exp  # noqa: E402
 from compress_ir.backend.schedule.pipeline import prepare  # noqa: E402
@@ -48,40 +46,26 @@ def _se_model(seed: int = 0) -> onnx.ModelProto:
              helper.make_node("Mul", ["a", "g"], ["y"])]
     inits = [w("W1", (32, 16, 1, 1)), w("B1", (32,)), w("W2", (8, 32, 1, 1)), w("B2", (8,)),
              w("W3", (32, 8, 1, 1)), w("B3", (32,))]
-    graph = helper.make_graph(
-        nodes, "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 12, 12])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return one_input_model(nodes, inits, SHAPE, [1, 32, 12, 12], "se", opset=17, ir_version=8)
 
-
-def _import(model: onnx.ModelProto) -> tvm.IRModule:
-    return from_onnx(model, shape_dict={"x": SHAPE}, keep_params_in_input=False)
 
 
 @pytest.mark.parametrize("scale", [1.0, 60.0])
 def test_silu_and_excitation_match_onnxruntime(scale: float) -> None:
     """scale 60: conv outputs reach |x| ~ 100, where exp(-x) overflows float32."""
     model = _se_model()
-    executable, stats = compile_relax(_import(model), X86)
     x = (np.random.default_rng(1).standard_normal(SHAPE) * scale).astype(np.float32)
-    vm = relax.VirtualMachine(executable, tvm.cpu())
-    got = vm["main"](tvm.runtime.tensor(x)).numpy()
-    want = ort.InferenceSession(model.SerializeToString(),
-                                providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got, rel, stats = build_vs_onnxruntime(model, x, X86)
     assert np.isfinite(got).all()
-    rel = float(np.abs(got - want).max() / np.abs(want).max())
     assert rel <= 1e-5, rel
     assert "fallback" not in stats.rules.values(), stats.rules
 
 
 def test_no_scalar_sigmoid_left() -> None:
     """Every sigmoid becomes exp (then `fast_exp`): no `T.sigmoid` reaches LLVM's libm call."""
-    mod, changed = sigmoid_as_exp(_import(_se_model()))
+    mod, changed = sigmoid_as_exp(import_model(_se_model()))
     assert changed == 3
-    prepared = prepare(_import(_se_model()), X86)
+    prepared = prepare(import_model(_se_model()), X86)
     scripts = [f.script() for _, f in prepared.functions_items() if isinstance(f, tirx.PrimFunc)]
     assert not any("T.sigmoid" in s for s in scripts)
     assert sum("fast_exp" in s for s in scripts) >= 3
@@ -97,7 +81,7 @@ def test_excitation_computed_once_per_channel() -> None:
     """The excitation conv's epilogue (bias, sigmoid) must not be inlined into the multiply
     that broadcasts it over the feature map: that recomputed exp per pixel (EfficientNet-B0's
     excitation kernels took 0.3-0.7 ms each; the whole model runs 4 % faster without it)."""
-    prepared = prepare(_import(_se_model()), X86)
+    prepared = prepare(import_model(_se_model()), X86)
     cpu = cpu_params(spec_of_tvm_target(X86))
     scaled = [f for _, f in prepared.functions_items() if isinstance(f, tirx.PrimFunc)
               and "conv2d" in f.script() and len(f.params) == 5]  # x_se, W, B, feature map, out

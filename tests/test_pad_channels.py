@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 tvm = pytest.importorskip("tvm")
 from tvm import relax, tirx  # noqa: E402
-from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
+from tvm_helpers import build_vs_onnxruntime, import_model, one_input_model  # noqa: E402
 
-from compress_ir.backend.schedule import compile_relax  # noqa: E402
 from compress_ir.backend.schedule.cpu import CpuParams, cpu_params  # noqa: E402
 from compress_ir.backend.schedule.pad_channels import (  # noqa: E402
     pad_output_channels,
@@ -47,19 +45,7 @@ def _block(cin: int, cout: int, groups: int, seed: int = 0) -> onnx.ModelProto:
              helper.make_node("Conv", ["a", "W3"], ["y"], kernel_shape=[1, 1])]
     inits = [w("W1", (cout, cin // groups, 3, 3)), w("B1", (cout,)), w("W2", (cout, cin, 1, 1)),
              w("W3", (8, cout, 1, 1))]
-    graph = helper.make_graph(
-        nodes, "block",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, SIZE, SIZE])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, SIZE, SIZE])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
-
-
-def _import(model: onnx.ModelProto) -> tvm.IRModule:
-    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    return from_onnx(model, shape_dict={"x": shape}, keep_params_in_input=False)
+    return one_input_model(nodes, inits, [1, cin, SIZE, SIZE], [1, 8, SIZE, SIZE], "block")
 
 
 def _conv_widths(mod: tvm.IRModule) -> list[int]:
@@ -77,7 +63,7 @@ def _conv_widths(mod: tvm.IRModule) -> list[int]:
 
 def _padded(model: onnx.ModelProto, cpu: CpuParams) -> tuple[int, list[int]]:
     with X86:
-        mod = tvm.transform.Sequential(layout_passes())(_import(model))
+        mod = tvm.transform.Sequential(layout_passes())(import_model(model))
     out, count = pad_output_channels(mod, cpu)
     return count, _conv_widths(out)
 
@@ -85,13 +71,8 @@ def _padded(model: onnx.ModelProto, cpu: CpuParams) -> tuple[int, list[int]]:
 def _matches_onnxruntime(model: onnx.ModelProto) -> None:
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-    executable, _ = compile_relax(_import(model), X86)
-    vm = relax.VirtualMachine(executable, tvm.cpu())
-    got = vm["main"](tvm.runtime.tensor(x)).numpy()
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    want = sess.run(None, {"x": x})[0]
-    assert got.shape == want.shape
-    assert float(np.abs(got - want).max() / np.abs(want).max()) < 1e-5
+    _, rel, _ = build_vs_onnxruntime(model, x, X86)
+    assert rel < 1e-5
 
 
 @pytest.mark.parametrize("cin,cout,groups", [(8, 20, 1), (8, 40, 2), (12, 3 * 68, 3)])
@@ -107,7 +88,7 @@ def test_padded_conv_matches_onnxruntime(cin: int, cout: int, groups: int) -> No
     dense_too = groups > 1 and padded_width(cout, cpu) > cout  # the residual 1x1 conv
     assert count == 1 + (groups == 1 or dense_too)
     assert groups * padded_width(width, cpu) in widths
-    built = prepare(_import(model), X86)  # the CPU build pipeline pads them too
+    built = prepare(import_model(model), X86)  # the CPU build pipeline pads them too
     shapes = [[int(d) for d in p.ty.shape] for gv, f in built.functions_items()
               if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint for p in f.params
               if hasattr(p.ty, "shape")]
@@ -137,13 +118,7 @@ def _dense(rows: int, width: int, seed: int = 0) -> onnx.ModelProto:
              helper.make_node("Add", ["m", "B1"], ["a"]),
              helper.make_node("Relu", ["a"], ["r"]),
              helper.make_node("MatMul", ["r", "W2"], ["y"])]
-    graph = helper.make_graph(
-        nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, 32])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, 8])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return one_input_model(nodes, inits, [rows, 32], [rows, 8], "ffn")
 
 
 def test_pruned_ffn_width_is_padded_and_exact() -> None:

@@ -181,12 +181,12 @@ def test_mismatch_exits_1_and_leaves_no_artifact(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from compress_ir.backend import schedule
-    from compress_ir.backend.build import _import, fixed_input_specs
+    from compress_ir.backend.build import fixed_input_specs, import_relax
 
     other = tiny_model(seed=9)
     real = schedule.compile_relax
     monkeypatch.setattr(schedule, "compile_relax", lambda mod, target, *a, **k: real(
-        _import(other, fixed_input_specs(other, 1), "other"), target, *a, **k))
+        import_relax(other, fixed_input_specs(other, 1), "other"), target, *a, **k))
     model = tmp_path / "net.onnx"
     onnx.save_model(tiny_model(), str(model))
     code, out, err = cli(capsys, model, "--target", "x86", "--artifact", tmp_path / "art",

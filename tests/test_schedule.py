@@ -134,6 +134,18 @@ def _import(model: onnx.ModelProto) -> tvm.IRModule:
     return from_onnx(model, shape_dict={"x": shape}, keep_params_in_input=False), shape
 
 
+def _scheduled(model: onnx.ModelProto, name: str, cpu: CpuParams | None = None
+               ) -> tuple[tirx.PrimFunc, str]:
+    """The model's one prepared PrimFunc whose name contains `name`, scheduled by the
+    default CPU rules (`cpu`: the bare x86 target's unless given); (function, rule)."""
+    target = tvm.target.Target(X86)
+    (func,) = [f for gv, f in prepare(_import(model)[0], target).functions_items()
+               if isinstance(f, tirx.PrimFunc) and name in gv.name_hint]
+    sched, rule, _ = schedule_cpu_func(func, cpu or cpu_params(spec_of_tvm_target(target)),
+                                       target)
+    return sched, rule
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_default_build_matches_onnxruntime(case: str) -> None:
     rng = np.random.default_rng(0)
@@ -179,12 +191,7 @@ def test_grouped_conv_channel_tile_stays_in_one_group(channels: int, groups: int
     rng = np.random.default_rng(12)
     model = _conv(rng, channels, channels, 3, pad=1, group=groups, size=14)
     _check(model, rng.standard_normal((1, channels, 14, 14)).astype(np.float32))
-    mod, _ = _import(model)
-    prepared = prepare(mod, tvm.target.Target(X86))
-    convs = [f for gv, f in prepared.functions_items() if "conv2d" in gv.name_hint]
-    assert len(convs) == 1
-    target = tvm.target.Target(X86)
-    func, rule, _ = schedule_cpu_func(convs[0], cpu_params(spec_of_tvm_target(target)), target)
+    func, rule = _scheduled(model, "conv2d")
     assert rule == "contraction-tile", rule
     widths = [int(m) for m in re.findall(r"T\.vectorized\(T\.int64\((\d+)\)\)",
                                          _update_nest(func))]
@@ -201,10 +208,7 @@ def test_nchw_pool_pads_in_a_separate_pass(op: str) -> None:
     nodes = [helper.make_node(op, ["x"], ["y"], kernel_shape=[3, 3], pads=[1] * 4)]
     model = _model(nodes, [], [1, 24, 14, 14])
     _check(model, rng.standard_normal((1, 24, 14, 14)).astype(np.float32))
-    mod, _ = _import(model)
-    target = tvm.target.Target(X86)
-    (func,) = [f for _, f in prepare(mod, target).functions_items() if isinstance(f, tirx.PrimFunc)]
-    sched, rule, _ = schedule_cpu_func(func, cpu_params(spec_of_tvm_target(target)), target)
+    sched, rule = _scheduled(model, "pool")
     assert rule == "reduction-tile", rule
     body = _update_nest(sched, before=0, after=12)
     assert "if_then_else" not in body, body
@@ -235,10 +239,7 @@ def test_only_kernels_worth_a_fork_join_run_parallel(channels: int, size: int,
     rng = np.random.default_rng(15)
     model = _conv(rng, channels, channels, 3, pad=1, size=size)
     _check(model, rng.standard_normal((1, channels, size, size)).astype(np.float32))
-    mod, _ = _import(model)
-    target = tvm.target.Target(X86)
-    (conv,) = [f for gv, f in prepare(mod, target).functions_items() if "conv2d" in gv.name_hint]
-    func, rule, _ = schedule_cpu_func(conv, cpu_params(spec_of_tvm_target(target)), target)
+    func, rule = _scheduled(model, "conv2d")
     assert rule == "contraction-tile", rule
     assert ("T.parallel" in func.script()) is parallel
 
@@ -250,10 +251,7 @@ def test_three_vector_channel_tile_when_two_do_not_divide() -> None:
     model = _conv(rng, 8, 24, 3, pad=1, size=10)
     _check(model, rng.standard_normal((1, 8, 10, 10)).astype(np.float32))
     wide = _conv(rng, 8, 48, 3, pad=1, size=10)
-    mod, _ = _import(wide)
-    target = tvm.target.Target(X86)
-    (conv,) = [f for gv, f in prepare(mod, target).functions_items() if "conv2d" in gv.name_hint]
-    func, rule, _ = schedule_cpu_func(conv, CpuParams(lanes=16, registers=32), target)
+    func, rule = _scheduled(wide, "conv2d", CpuParams(lanes=16, registers=32))
     assert rule == "contraction-tile", rule
     nest = _update_nest(func)
     assert "T.unroll(T.int64(3))" in nest and "T.vectorized(T.int64(16))" in nest, nest
@@ -263,10 +261,8 @@ def test_two_partial_vectors_share_the_broadcasts() -> None:
     """24 output channels on 16 lanes: one tile of 2 x 12 (unrolled), not two 12-wide tiles
     each re-broadcasting the inputs, nor one 24-wide vector type (1.5x slower)."""
     rng = np.random.default_rng(17)
-    mod, _ = _import(_conv(rng, 8, 24, 1, size=10))
-    target = tvm.target.Target(X86)
-    (conv,) = [f for gv, f in prepare(mod, target).functions_items() if "conv2d" in gv.name_hint]
-    func, rule, _ = schedule_cpu_func(conv, CpuParams(lanes=16, registers=32), target)
+    func, rule = _scheduled(_conv(rng, 8, 24, 1, size=10), "conv2d",
+                            CpuParams(lanes=16, registers=32))
     assert rule == "contraction-tile", rule
     nest = _update_nest(func)
     assert "T.unroll(T.int64(2))" in nest and "T.vectorized(T.int64(12))" in nest, nest
@@ -291,12 +287,8 @@ def test_odd_window_positions_take_a_full_row_tile_with_a_cut_tail(op: str) -> N
     _check(model, x)
     if odd is not None:
         _check(odd, x_odd)
-    mod, _ = _import(model)
-    target = tvm.target.Target(X86)
-    name = "conv2d" if op == "conv" else "max_pool2d"
-    (func,) = [f for gv, f in prepare(mod, target).functions_items()
-               if name in gv.name_hint]
-    sched, rule, _ = schedule_cpu_func(func, CpuParams(lanes=16, registers=32), target)
+    sched, rule = _scheduled(model, "conv2d" if op == "conv" else "max_pool2d",
+                             CpuParams(lanes=16, registers=32))
     assert rule in ("contraction-tile", "reduction-tile"), rule
     nest = _update_nest(sched, before=4, after=6)
     assert "T.unroll(T.int64(8))" in nest and "T.where(" in nest, nest

@@ -43,11 +43,11 @@ import onnxruntime as ort  # noqa: E402
 import tvm  # noqa: E402
 import tvm_models  # noqa: E402
 from tvm import relax  # noqa: E402
-from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
 
 import compress_ir.passes  # noqa: F401,E402 - registers the passes
 from compress_ir.api import compress  # noqa: E402
 from compress_ir.backend.build import fixed_input_specs  # noqa: E402
+from compress_ir.backend.build import import_relax as build_import_relax  # noqa: E402
 from compress_ir.backend.normalize import normalize_for_tvm  # noqa: E402
 from compress_ir.backend.schedule import compile_relax  # noqa: E402
 from compress_ir.core.feeds import realistic_inputs  # noqa: E402
@@ -121,7 +121,7 @@ def import_relax(proto: onnx.ModelProto, shape_dict: dict[str, list[int]]) -> tv
     specs = fixed_input_specs(proto, 1, {k: tuple(v) for k, v in shape_dict.items()
                                          if k not in inits})
     prepared, _ = normalize_for_tvm(proto, "bench model", specs)
-    return from_onnx(prepared, shape_dict=shape_dict, keep_params_in_input=False)
+    return build_import_relax(prepared, specs, "bench model")
 
 
 def tvm_build(proto: onnx.ModelProto, target: tvm.target.Target, args: argparse.Namespace,

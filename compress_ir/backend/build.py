@@ -238,7 +238,7 @@ def _track_nodes(seen: list[onnx.NodeProto]):  # noqa: ANN202 - context manager
         cls._parse_value_proto = original  # noqa: SLF001
 
 
-def _import(proto: onnx.ModelProto, inputs: list[TensorSpec], source: str) -> Any:
+def import_relax(proto: onnx.ModelProto, inputs: list[TensorSpec], source: str) -> Any:
     """Relax module of `proto` at the fixed `inputs` shapes; errors name file and node."""
     try:
         from tvm.relax.frontend.onnx import from_onnx
@@ -370,7 +370,7 @@ def build(model: onnx.ModelProto | str | os.PathLike, target: str | dict | Targe
     t0 = time.perf_counter()
     prepared, normalized = normalize_for_tvm(proto, source, inputs)
     seconds["normalize"] = time.perf_counter() - t0
-    mod = _import(prepared, inputs, source)
+    mod = import_relax(prepared, inputs, source)
     outputs = _output_specs(prepared, mod)
     seconds["import"] = time.perf_counter() - t0 - seconds["normalize"]
     tvm_target = spec.tvm_target()
