@@ -29,5 +29,5 @@ def test_bench_imports_a_caffe2_zoo_model_as_the_cli_does() -> None:
     target = tvm.target.Target({"kind": "llvm"})
     with pytest.raises(tvm.error.InternalError):  # why the bench normalizes first
         prepare(from_onnx(proto, shape_dict={name: shape}, keep_params_in_input=False), target)
-    prepared = prepare(bench_tvm.import_relax(proto, {name: shape}), target)
+    prepared = prepare(bench_tvm.import_as_cli(proto, {name: shape}), target)
     assert any("conv2d" in gv.name_hint for gv, _ in prepared.functions_items())

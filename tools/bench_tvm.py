@@ -109,7 +109,7 @@ def ort_session(proto: onnx.ModelProto, threads: int, spin: bool) -> ort.Inferen
                                 providers=["CPUExecutionProvider"])
 
 
-def import_relax(proto: onnx.ModelProto, shape_dict: dict[str, list[int]]) -> tvm.IRModule:
+def import_as_cli(proto: onnx.ModelProto, shape_dict: dict[str, list[int]]) -> tvm.IRModule:
     """The Relax module `compress-ir --target` builds: normalized, then imported.
 
     Why normalize: Caffe2-era zoo exports (`light:resnet50`, `light:squeezenet`, opset 9)
@@ -133,7 +133,7 @@ def tvm_build(proto: onnx.ModelProto, target: tvm.target.Target, args: argparse.
     else:
         shape_dict = {k: list(v.shape) for k, v in feeds.items()}
     t0 = time.perf_counter()
-    mod = import_relax(proto, shape_dict)
+    mod = import_as_cli(proto, shape_dict)
     import_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     executable, build_stats = compile_relax(mod, target, tune_trials=args.tune_trials,

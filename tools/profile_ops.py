@@ -47,7 +47,7 @@ import tvm  # noqa: E402
 from bench_tvm import (  # noqa: E402
     fill_placeholders,
     host_target,
-    import_relax,
+    import_as_cli,
     model_feeds,
     set_tvm_threads,
 )
@@ -146,7 +146,7 @@ class OrtProfile:
 def build_tvm(proto: onnx.ModelProto, target: tvm.target.Target,
               feeds: dict[str, np.ndarray]) -> tuple[Any, dict[str, Any]]:
     """Default build; the op class of every PrimFunc comes from the prepared module."""
-    mod = import_relax(proto, {k: list(v.shape) for k, v in feeds.items()})
+    mod = import_as_cli(proto, {k: list(v.shape) for k, v in feeds.items()})
     classes = classify_module(prepare(mod, target))
     t0 = time.perf_counter()
     executable, stats = compile_relax(mod, target)
