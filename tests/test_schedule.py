@@ -270,9 +270,10 @@ def test_two_partial_vectors_share_the_broadcasts() -> None:
 
 @pytest.mark.parametrize("op", ["conv", "MaxPool"])
 def test_odd_window_positions_take_a_full_row_tile_with_a_cut_tail(op: str) -> None:
-    """13x13 = 169 positions have no exact divisor from 2 to 8, so exact tiles left one row
-    per input broadcast (SqueezeNet 0.43x onnxruntime); the tile takes 8 rows and a
-    predicate cuts the last one short. Exact vs onnxruntime, odd channels and pool too."""
+    """13x13 = 169 positions have no exact divisor from 2 to 7, so exact tiles left one row
+    per input broadcast (SqueezeNet 0.43x onnxruntime); the tile takes the most rows its
+    accumulators allow on the stack (7 x 32 channels: 8 would be 1 KB) and a predicate cuts
+    the last one short. Exact vs onnxruntime, odd channels and pool too."""
     rng = np.random.default_rng(18)
     if op == "conv":
         model = _conv(rng, 24, 32, 1, size=13)
@@ -291,7 +292,29 @@ def test_odd_window_positions_take_a_full_row_tile_with_a_cut_tail(op: str) -> N
                              CpuParams(lanes=16, registers=32))
     assert rule in ("contraction-tile", "reduction-tile"), rule
     nest = _update_nest(sched, before=4, after=6)
-    assert "T.unroll(T.int64(8))" in nest and "T.where(" in nest, nest
+    assert "T.unroll(T.int64(7))" in nest and "T.where(" in nest, nest
+
+
+def test_register_tile_accumulators_are_a_stack_array(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TVM serves a "local" buffer from TVMBackendAllocWorkspace: a call pair per tile, and
+    LLVM stored the accumulators and read them back around the epilogue (64-channel 1x1
+    convs: 0.894 of the time without). The compiled conv must allocate no workspace at all
+    (weight packing, a workspace of its own in a lone function, switched off) and match
+    onnxruntime with tiles whose last one is cut short (30x30 = 900 positions, 7 rows)."""
+    import compress_ir.backend.schedule.cpu as cpu_mod
+
+    rng = np.random.default_rng(3)
+    model = _conv(rng, 64, 64, 1, size=30)
+    _check(model, rng.standard_normal((1, 64, 30, 30)).astype(np.float32))
+    monkeypatch.setattr(cpu_mod, "PACK_WEIGHTS", False)
+    sched, rule = _scheduled(model, "conv2d", CpuParams(lanes=16, registers=32))
+    assert rule == "contraction-tile", rule
+    assert "T.unroll(T.int64(7))" in _update_nest(sched), _update_nest(sched)
+    lib = tvm.compile(tvm.IRModule({"main": sched.with_attr("global_symbol", "main")}),
+                      target=tvm.target.Target(X86))
+    calls = [line for line in lib.mod.inspect_source("ll").splitlines()
+             if "TVMBackendAllocWorkspace" in line]
+    assert not calls, calls
 
 
 def test_cross_aarch64_default_build_compiles_scheduled() -> None:

@@ -73,7 +73,10 @@ def choose_tile(channels: int, rows: int, cpu: CpuParams) -> tuple[int, int]:
     weight vectors, broadcasts `rows` inputs and issues `rows*vecs` FMAs into as many
     accumulators, which must fit in the register file next to the operands (spills cost
     more than they save): maximise FMAs per load under that budget, at most 8 rows (up to
-    14 on 32 registers was slower: ResNet-50 1.009x, GoogLeNet 1.031x).
+    14 on 32 registers was slower: ResNet-50 1.009x, GoogLeNet 1.031x), and the tile under
+    1 KB so that its accumulators are a stack array LLVM keeps in registers
+    (`accumulator_scope`; 7 x 32 channels on 16 lanes: side by side, pruned ResNet-50 0.949,
+    MobileNetV2 0.942, RegNetX 0.933, ShuffleNet v1 0.920 of the time; transformers 1.00).
     """
     lanes = cpu.lanes
     ch_opts = [k * lanes for k in (2, 1) if channels % (k * lanes) == 0]
@@ -88,12 +91,38 @@ def choose_tile(channels: int, rows: int, cpu: CpuParams) -> tuple[int, int]:
     for ch in ch_opts:
         vecs = max(1, -(-ch // lanes))
         for row in _divisors(rows):
-            if row > 8 or row * vecs > budget:
+            if row > PAD_ROWS or row * vecs > budget or not _fits_stack(row, ch):
                 continue
-            score = row * vecs / (row + vecs)
+            score = _tile_score(row, vecs)
             if score > best_score + 1e-9:
                 best, best_score = (row, ch), score
     return best
+
+
+STACK_BYTES = 1024  # TVM's kMaxStackAlloca: smaller buffers of scope "global" stay on the stack
+
+
+def _fits_stack(rows: int, channels: int) -> bool:
+    """The fp32 accumulator tile is a stack array (see `accumulator_scope`)."""
+    return rows * channels * 4 < STACK_BYTES
+
+
+def accumulator_scope(rows: int, channels: int) -> str:
+    """Storage scope of a register tile's accumulators.
+
+    Why: TVM serves every "local" buffer, and every "global" one of 1 KB or more, from
+    `TVMBackendAllocWorkspace`: a call pair per tile, and LLVM cannot keep a tile in
+    registers across the write-back, so each tile stored its accumulators and read them
+    back. A "global" buffer under 1 KB is a stack array that LLVM promotes to registers:
+    the tile's epilogue (bias, ReLU, store) then runs on the accumulators themselves
+    (a chain of 64-channel 1x1 convs at 56x56: 0.894 of the time).
+    """
+    return "global" if _fits_stack(rows, channels) else "local"
+
+
+def _tile_score(rows: int, vecs: int) -> float:
+    """FMAs per load of one reduce step: rows x vecs FMAs for rows + vecs loads."""
+    return rows * vecs / (rows + vecs)
 
 
 def window_tile(channels: int, positions: int, cpu: CpuParams) -> tuple[int, int]:
@@ -101,14 +130,28 @@ def window_tile(channels: int, positions: int, cpu: CpuParams) -> tuple[int, int
 
     Why: exact divisors leave 1 row for 13x13 = 169 positions and 3 for 27x27 (SqueezeNet,
     Inception v3's 17x17), so the kernel broadcast each input to one or three FMAs
-    (SqueezeNet 0.43x onnxruntime). There the tile takes `PAD_ROWS` rows and the last tile
-    is cut short by a predicate that is the same for every lane of a vector: 176 positions
-    for 169, SqueezeNet 8.6 -> 3.4 ms, the output bit-identical.
+    (SqueezeNet 0.43x onnxruntime). There the tile takes the most rows `choose_tile` allows
+    for its channels and the last tile is cut short by a predicate that is the same for
+    every lane of a vector (175 positions for 169 with 7-row tiles: SqueezeNet 8.6 -> 3.4 ms
+    with 8-row tiles, the output bit-identical), when the fuller tile's work, padded
+    positions included, is smaller.
     """
     row_t, ch_t = choose_tile(channels, positions, cpu)
-    if row_t >= PAD_ROWS // 2 or positions <= PAD_ROWS:
+    if positions <= PAD_ROWS:
         return row_t, ch_t
-    return choose_tile(channels, -(-positions // PAD_ROWS) * PAD_ROWS, cpu)
+    # the most rows any count of positions allows (840 = lcm(1..8)), then pad to them when
+    # that beats the exact tile net of the padded positions' work
+    most, _ = choose_tile(channels, 840, cpu)
+    padded = -(-positions // most) * most
+    lanes = cpu.lanes
+
+    def cost(rows: int, ch: int, pos: int) -> float:
+        return pos / _tile_score(rows, max(1, -(-ch // lanes)))
+
+    pad_t = choose_tile(channels, padded, cpu)
+    if cost(*pad_t, padded) < cost(row_t, ch_t, positions):
+        return pad_t
+    return row_t, ch_t
 
 
 def _vectorize_inner(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> None:
@@ -262,7 +305,9 @@ def rule_reduction_tile(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
 
     # Epilogue: accumulate in a local tile, then fold element-wise consumers into the
     # write-back; producers that are pure padding/reshape stay separate (scheduled below).
-    wb = sch.cache_write(main.rv, 0, "local")
+    # a GEMV chunk's accumulators stay "local": on the stack (chunks under 1 KB) the
+    # MLP layers of a batch-1 model ran 1.07x slower
+    wb = sch.cache_write(main.rv, 0, "local" if gemv else accumulator_scope(row_t, ch_t))
     _fold_epilogue(sch, main.name, sch.get(wb).name_hint)
 
     if gemv:
@@ -440,7 +485,7 @@ def rule_depthwise(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
         if info.is_spatial and info.name != main.name and sch.get_consumers(info.rv) and any(
                 sch.get(b).name_hint == main.name for b in sch.get_consumers(info.rv)):
             sch.compute_inline(info.rv)  # padding: read through its bounds test
-    wb = sch.cache_write(main.rv, 0, "local")
+    wb = sch.cache_write(main.rv, 0, accumulator_scope(col_t, ch_t))
     _fold_epilogue(sch, main.name, sch.get(wb).name_hint)
     x_o, x_i = sch.split(x, [None, col_t])
     c_o, c_i = sch.split(c, [None, ch_t])
