@@ -14,6 +14,7 @@ from compress_ir.passes.transform import (  # noqa: F401
     channel_prune,
     fold_bn,
     reconstruct,
+    refit_norms,
     share_weights,
     sparsify,
 )
