@@ -88,7 +88,8 @@ def main() -> None:
         stats = result.report["passes"][-1].get("stats", {})
         row = {"spec": spec, "calib": calib.source, "dev_recall": round(score(q, d), 4),
                "cos": round(cos, 5), "output_rel_error": stats.get("output_rel_error"),
-               "sparsity": weight_sparsity(model, result.model), "seconds": round(seconds)}
+               "sparsity": weight_sparsity(model, result.model), "seconds": round(seconds),
+               "last_pass": {"name": result.report["passes"][-1].get("name"), "stats": stats}}
         print(json.dumps(row), flush=True)
         if args.log:
             with args.log.open("a") as f:
