@@ -48,6 +48,7 @@ METHODS = (
     ("obs, no correction (SparseGPT) / layer", "obs", "layer", ",correct=false"),
     ("obs / layer", "obs", "layer", ""),
     ("obs / global", "obs", "global", ""),
+    ("obs + admm / layer", "obs", "layer", ",solver=admm"),
 )
 
 

@@ -60,6 +60,8 @@ SPARSE = (
     ("obs, correct=false", "sparsify{pattern=2:4,criterion=obs,correct=false}", "2:4"),
     ("magnitude", "sparsify{sparsity=0.5,criterion=magnitude}", "50%"),
     ("magnitude", "sparsify{pattern=2:4,criterion=magnitude}", "2:4"),
+    ("obs, then ADMM + CG (solver=admm)", "sparsify{pattern=2:4,solver=admm}", "2:4"),
+    ("obs, then ADMM + CG (solver=admm)", "sparsify{sparsity=0.5,solver=admm}", "50%"),
 )
 
 

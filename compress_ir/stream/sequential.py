@@ -265,6 +265,8 @@ def stream_obs(src: str | os.PathLike, dst: str | os.PathLike, calib: Calibratio
     start = time.perf_counter()
     if opts.criterion != "obs":
         raise UsageError("stream_obs needs criterion=obs")
+    if opts.solver != "obs":
+        raise UsageError(f"streamed obs has no solver={opts.solver} (only the in-memory pass)")
     if opts.scope != "layer" or opts.override or opts.exclude or opts.min_size:
         raise UsageError("streamed obs supports scope=layer without override, exclude or "
                          "min-size")

@@ -66,6 +66,7 @@ from compress_ir.core.errors import UsageError
 from compress_ir.core.model import Model, infer_proto_shapes
 from compress_ir.core.padding import batch_mask, token_mask, valid_rows
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
+from compress_ir.passes.analysis.admm_prune import admm_prune
 from compress_ir.passes.analysis.heldout import RIDGES, held_out, period_for, sample_of
 from compress_ir.passes.analysis.sparsegpt import (
     HessianAccumulator,
@@ -92,6 +93,7 @@ from compress_ir.passes.analysis.sparsity_masks import (
 from compress_ir.passes.weight_layers import RowSampler, WeightLayer, weight_layers
 
 CRITERIA = ("auto", "magnitude", "obs")
+SOLVERS = ("obs", "admm")
 SCOPES = ("layer", "global")
 
 
@@ -127,6 +129,9 @@ class SparsifyOptions:
                             " refit with ridge = damp, unchecked)")
     ridges: tuple[float, ...] = option(RIDGES, "obs, correct: refit ridges tried (relative to"
                                        " the mean diagonal of X^T X)")
+    solver: str = option("obs", "obs: SparseGPT's one left-to-right sweep | admm: then ADMM on"
+                         " mask and weights from that result and CG on the kept weights (ALPS;"
+                         " kept only where its layer error is lower; slower)")
 
     def __post_init__(self) -> None:
         pattern = self.parsed_pattern  # validates pattern and block
@@ -134,6 +139,8 @@ class SparsifyOptions:
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, "
                              f"got {self.criterion!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
@@ -379,7 +386,7 @@ def _obs(layer: Layer, pattern: Pattern, accs: list[HessianAccumulator], opts: S
     new = np.zeros_like(weight)
     keep = np.ones(weight.shape, dtype=bool)
     err_obs = err_mag = den = 0.0
-    decisions = []
+    decisions, admm = [], []
     for g, (acc, count) in enumerate(zip(accs, split_count(layer.count, sizes), strict=True)):
         rows = slice(g * out, (g + 1) * out)
         w_g = weight[rows]
@@ -391,6 +398,10 @@ def _obs(layer: Layer, pattern: Pattern, accs: list[HessianAccumulator], opts: S
         h, cross, dense = acc.hessian(), acc.cross(), acc.dense_hessian()
         start = w_g if acc.xtd is None or ridge is None else dense_target(w_g, h, cross, ridge)
         new[rows], keep[rows] = obs_prune(start, h, pattern, count, opts.chunk, opts.damp)
+        if opts.solver == "admm":
+            new[rows], keep[rows], record = admm_prune(start, h, pattern, count, new[rows],
+                                                       opts.damp)
+            admm.append(record)
         scale = quad(w_g, dense)
         mag_keep = (layer_mask(w_g**2, pattern, 0.0) if pattern.kind == "nm" else
                     mask_from_units(pattern, lowest(unit_scores(pattern, w_g**2), count)))
@@ -401,6 +412,10 @@ def _obs(layer: Layer, pattern: Pattern, accs: list[HessianAccumulator], opts: S
     layer.info = {"layer_rel_error": round(math.sqrt(err_obs / den), 6) if den else 0.0,
                   "layer_rel_error_magnitude": round(math.sqrt(err_mag / den), 6) if den else 0.0,
                   "calib_rows": accs[0].rows + (accs[0].held.rows if accs[0].held else 0)}
+    if admm:  # the objective's value relative to OBS's: ADMM's gain on this layer
+        layer.info["admm"] = [r["admm"] for r in admm]
+        layer.info["admm_error_vs_obs"] = [round(r["admm_error"] / r["obs_error"], 4)
+                                           if r["obs_error"] > 0 else 1.0 for r in admm]
     if decisions:
         layer.info["correct"] = [d["correct"] for d in decisions]
         layer.info["correct_ridge"] = [d["ridge"] for d in decisions]
