@@ -39,6 +39,17 @@ def _reconstruct() -> tuple[Model, PassContext, Pass]:
     return load_onnx(pruned), ctx, build_passes("reconstruct{samples=256}")[0]
 
 
+def _refit_norms() -> tuple[Model, PassContext, Pass]:
+    """Two post-norm blocks whose LN scales moved: the refit changes them back."""
+    from test_refit_norms import _blocks, _calib, _ln_params
+
+    original = _blocks(np.random.default_rng(0))
+    moved = [(g * 1.5, b) for g, b in _ln_params(original)]
+    current = _blocks(np.random.default_rng(0), ln_params=moved)
+    ctx = PassContext(original=original, calibration=_calib(np.random.default_rng(1)))
+    return Model.from_proto(current), ctx, build_passes("refit-norms")[0]
+
+
 # One setup per registered pass, each making a transform change something (an analysis
 # pass, `transforms = False`, must change nothing). A new pass
 # fails `test_every_pass_has_a_contract_case` until it gets a line here.
@@ -49,6 +60,7 @@ CASES: dict[str, Callable[[], tuple[Model, PassContext, Pass]]] = {
     "sparsify": _plain("sparsify{sparsity=0.5}"),
     "share-weights": _plain("share-weights{bits=2}"),
     "reconstruct": _reconstruct,
+    "refit-norms": _refit_norms,
 }
 
 

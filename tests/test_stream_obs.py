@@ -136,8 +136,9 @@ def _compare(src: Path, out: Path, calib: CalibrationSet, spec: str,
 @pytest.mark.parametrize(("pattern", "correct"), [("2:4", False), ("unstructured", True)])
 def test_synth_streamed_obs_equals_in_memory(synth: Path, tmp_path: Path, pattern: str,
                                              correct: bool) -> None:
-    spec = f"sparsify{{criterion=obs,pattern={pattern},correct={str(correct).lower()}}}"
-    opts = SparsifyOptions(criterion="obs", pattern=pattern, correct=correct)
+    spec = (f"sparsify{{criterion=obs,pattern={pattern},correct={str(correct).lower()},"
+            "solver=obs}")
+    opts = SparsifyOptions(criterion="obs", solver="obs", pattern=pattern, correct=correct)
     res = _compare(synth, tmp_path / "o.onnx", _synth_calib(), spec, opts)
     report, weights = res["report"], res["weights"]
     assert len(report.layers) == 7 * SHAPE.layers - 1  # skip-first (q of layer 0)
@@ -154,9 +155,9 @@ def test_synth_streamed_obs_equals_in_memory(synth: Path, tmp_path: Path, patter
 
 def test_real_llama_streamed_default_obs_equals_in_memory(real: Path, tmp_path: Path) -> None:
     """Default options (correct with the held-out decision) on the transformers export."""
-    opts = SparsifyOptions(criterion="obs", pattern="2:4")
+    opts = SparsifyOptions(criterion="obs", solver="obs", pattern="2:4")
     res = _compare(real, tmp_path / "o.onnx", _real_calib(), "sparsify{criterion=obs,"
-                   "pattern=2:4}", opts)
+                   "pattern=2:4,solver=obs}", opts)
     decisions = [e.get("correct") for e in res["report"].layers]
     assert any(d is not None for d in decisions)  # the held-out choice ran (stages > 0)
 
@@ -170,7 +171,8 @@ def test_input_not_modified_and_changed_output(synth: Path, tmp_path: Path) -> N
     files = [synth, synth.parent / "model.onnx.data"]
     before = [digest(p) for p in files]
     out = tmp_path / "o.onnx"
-    stream_obs(synth, out, _synth_calib(4), SparsifyOptions(criterion="obs", correct=False))
+    stream_obs(synth, out, _synth_calib(4),
+               SparsifyOptions(criterion="obs", solver="obs", correct=False))
     assert [digest(p) for p in files] == before
     ids = _synth_calib(1).arrays
     assert not np.allclose(_run(str(out), ids), _run(str(synth), ids), atol=1e-4)
@@ -179,7 +181,7 @@ def test_input_not_modified_and_changed_output(synth: Path, tmp_path: Path) -> N
 def test_unsupported_options_refused(synth: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         stream_obs(synth, tmp_path / "o.onnx", _synth_calib(2),
-                   SparsifyOptions(criterion="obs", scope="global"))
+                   SparsifyOptions(criterion="obs", solver="obs", scope="global"))
     with pytest.raises(UsageError):
         stream_obs(synth, tmp_path / "o.onnx", _synth_calib(2), SparsifyOptions())
     assert not list(tmp_path.iterdir())
@@ -312,7 +314,7 @@ def test_cli_stream_obs_equals_engine(synth: Path, tmp_path: Path) -> None:
                  "--calib", str(calib), "-o", str(tmp_path / "cli.onnx"), "--stream", "on",
                  "-q"]) == 0
     stream_obs(synth, tmp_path / "eng.onnx", _synth_calib(4),
-               SparsifyOptions(criterion="obs", pattern="2:4", correct=False))
+               SparsifyOptions(criterion="obs", solver="obs", pattern="2:4", correct=False))
     a, b = _weights(onnx.load(str(tmp_path / "cli.onnx"))), _weights(
         onnx.load(str(tmp_path / "eng.onnx")))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -45,10 +45,10 @@ SETTINGS = ("50%", "70%", "90%", "2:4")
 METHODS = (
     ("magnitude / layer", "magnitude", "layer", ""),
     ("magnitude / global", "magnitude", "global", ""),
-    ("obs, no correction (SparseGPT) / layer", "obs", "layer", ",correct=false"),
-    ("obs / layer", "obs", "layer", ""),
-    ("obs / global", "obs", "global", ""),
-    ("obs + admm / layer", "obs", "layer", ",solver=admm"),
+    ("obs, no correction (SparseGPT) / layer", "obs", "layer", ",correct=false,solver=obs"),
+    ("obs / layer", "obs", "layer", ",solver=obs"),
+    ("obs / global", "obs", "global", ",solver=obs"),
+    ("obs + admm / layer", "obs", "layer", ",solver=admm"),  # the default since stop 25
 )
 
 

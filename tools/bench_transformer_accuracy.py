@@ -48,20 +48,23 @@ from compress_ir.core.calibration import CalibrationSet  # noqa: E402
 
 CRITERIA = ("l2", "act-mean", "wanda", "taylor")  # taylor: needs a classifier (fails here)
 MACS = (0.75, 0.5)
-DEFAULT = "default options (criterion=auto: obs, correct held-out)"
-SPARSE = (
-    (DEFAULT, "sparsify{sparsity=0.5}", "50%"),  # criterion=auto: obs (calibration given)
+DEFAULT = "default options (criterion=auto: obs, correct held-out)"  # before stop 25
+ADMM = "default options since stop 25 (solver=admm: obs, then ADMM + CG)"
+SPARSE = (  # the rows measured before the ADMM default name solver=obs: what they ran
+    (DEFAULT, "sparsify{sparsity=0.5,solver=obs}", "50%"),
     ("obs, correct unchecked (holdout=0: before held-out)",
-     "sparsify{sparsity=0.5,criterion=obs,holdout=0}", "50%"),
-    (DEFAULT, "sparsify{pattern=2:4}", "2:4"),
+     "sparsify{sparsity=0.5,criterion=obs,holdout=0,solver=obs}", "50%"),
+    (DEFAULT, "sparsify{pattern=2:4,solver=obs}", "2:4"),
     ("obs, correct unchecked (holdout=0: before held-out)",
-     "sparsify{pattern=2:4,criterion=obs,holdout=0}", "2:4"),
-    ("obs, correct=false", "sparsify{sparsity=0.5,criterion=obs,correct=false}", "50%"),
-    ("obs, correct=false", "sparsify{pattern=2:4,criterion=obs,correct=false}", "2:4"),
+     "sparsify{pattern=2:4,criterion=obs,holdout=0,solver=obs}", "2:4"),
+    ("obs, correct=false", "sparsify{sparsity=0.5,criterion=obs,correct=false,solver=obs}",
+     "50%"),
+    ("obs, correct=false", "sparsify{pattern=2:4,criterion=obs,correct=false,solver=obs}",
+     "2:4"),
     ("magnitude", "sparsify{sparsity=0.5,criterion=magnitude}", "50%"),
     ("magnitude", "sparsify{pattern=2:4,criterion=magnitude}", "2:4"),
-    ("obs, then ADMM + CG (solver=admm)", "sparsify{pattern=2:4,solver=admm}", "2:4"),
-    ("obs, then ADMM + CG (solver=admm)", "sparsify{sparsity=0.5,solver=admm}", "50%"),
+    (ADMM, "sparsify{pattern=2:4}", "2:4"),
+    (ADMM, "sparsify{sparsity=0.5}", "50%"),
 )
 
 

@@ -23,7 +23,8 @@ def _obs(args: argparse.Namespace) -> StreamReport:
     from compress_ir.stream.external import load_graph
     from compress_ir.stream.sequential import stream_obs
 
-    opts = SparsifyOptions(criterion="obs", pattern=args.pattern, sparsity=args.sparsity,
+    opts = SparsifyOptions(criterion="obs", solver="obs", pattern=args.pattern,
+                           sparsity=args.sparsity,
                            skip_first=not args.no_skip_first, skip_last=not args.no_skip_last,
                            correct=not args.no_correct, samples=args.samples)
     calib = load_calibration(args.calib or "random:128", load_graph(args.src), seed=args.seed)

@@ -115,6 +115,16 @@ def _run_obs(options: Any) -> StreamReport:
         raise _refuse("sparsify pattern=block")
     if options.calib is None:
         raise _refuse("sparsify criterion=obs needs --calib")
+    if opts.solver != "obs":  # the pass's default; the streamed engine has OBS only
+        import dataclasses
+        import logging
+
+        from compress_ir.logs import LOGGER
+
+        logging.getLogger(LOGGER).warning(
+            "--stream: sparsify solves with solver=obs (SparseGPT); solver=%s needs an "
+            "eigendecomposition per layer and runs in memory only (--stream off)", opts.solver)
+        opts = dataclasses.replace(opts, solver="obs")
     return stream_obs(options.model, options.output, _calibration(options), opts,
                       seed=options.seed)
 

@@ -266,7 +266,8 @@ def stream_obs(src: str | os.PathLike, dst: str | os.PathLike, calib: Calibratio
     if opts.criterion != "obs":
         raise UsageError("stream_obs needs criterion=obs")
     if opts.solver != "obs":
-        raise UsageError(f"streamed obs has no solver={opts.solver} (only the in-memory pass)")
+        raise UsageError(f"streamed obs has no solver={opts.solver} (one eigendecomposition "
+                         "per layer does not scale to LLM widths): pass solver=obs")
     if opts.scope != "layer" or opts.override or opts.exclude or opts.min_size:
         raise UsageError("streamed obs supports scope=layer without override, exclude or "
                          "min-size")
