@@ -64,10 +64,20 @@ def test_random_calibration_is_realistic_too() -> None:
 
 
 # -- every pass on a BERT-shaped encoder, with the default check ----------------------
+# passes that refit a pruned model to the original: they follow a prune, on calibration data
+AFTER_PRUNE = ("reconstruct", "refit-norms")
+
+
+def _run_spec(name: str) -> tuple[str, str | None]:
+    """(pipeline, calibration) that runs pass `name` on a BERT export."""
+    if name in AFTER_PRUNE:
+        return f"channel-prune{{ratio=0.5}},{name}", "random:8"
+    return name, None
+
+
 @pytest.mark.parametrize("name", PASSES.names())
 def test_every_pass_runs_on_bert_with_the_check(name: str) -> None:
-    calib = "random:8" if name == "reconstruct" else None
-    pipeline = "channel-prune{ratio=0.5},reconstruct" if name == "reconstruct" else name
+    pipeline, calib = _run_spec(name)
     result = compress(bert_like(), pipeline, calibration=calib)
     for check in result.report["checks"]:
         assert check["ok"] and check["rel_error"] <= TOL, check
@@ -203,8 +213,7 @@ def test_every_pass_on_real_bert_exports(fixture: str, name: str) -> None:
     from compress_ir.frontends.placeholders import fill_placeholders
 
     proto = fill_placeholders(onnx.load(path), seed=0)
-    calib = "random:8" if name == "reconstruct" else None
-    pipeline = "channel-prune{ratio=0.5},reconstruct" if name == "reconstruct" else name
+    pipeline, calib = _run_spec(name)
     result = compress(proto, pipeline, calibration=calib)
     assert all(c["ok"] for c in result.report["checks"]), result.report["checks"]
     assert result.report["shapes"]["values"]["token_type_ids"].startswith("ids 0..1")

@@ -199,6 +199,8 @@ class RefitNorms(Pass):
             stats["mean_rel_error_after"] = round(
                 float(np.mean([min(r["rel_error_after"], r["rel_error_before"]) for r in rows])), 6)
         details = {"norms": rows, "skipped": skipped, "heldout": bool(period),
+                   **({} if norms or skipped else {"note": "no LayerNormalization node (a "
+                      "LayerNorm exported as ReduceMean/Sub/Pow/... chains is not matched)"}),
                    "calibration": {"source": ctx.calibration.source,
                                    "samples": ctx.calibration.size}}
         return PassResult(model, modified=bool(refit), stats=stats, details=details)
