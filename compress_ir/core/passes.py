@@ -116,6 +116,19 @@ class PassContext:
     input_shapes: dict[str, tuple[int, ...]] | None = None
     analyses: Analyses = field(default_factory=Analyses)
 
+    def refit_original(self, pass_name: str) -> onnx.ModelProto:
+        """A shape-inferred copy of the original model, for a pass that refits the current
+        model to it on calibration data; UsageError when either is missing."""
+        from compress_ir.core.model import infer_proto_shapes
+
+        if self.original is None:
+            raise UsageError(f"{pass_name} needs the original model (run it in a pipeline)")
+        if self.calibration is None:
+            raise UsageError(f"{pass_name} needs calibration data (--calib)")
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.original)
+        return infer_proto_shapes(proto)
+
 
 @dataclass
 class PassResult:

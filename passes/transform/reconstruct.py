@@ -515,14 +515,8 @@ class Reconstruct(Pass):
     Options = ReconstructOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        if ctx.original is None:
-            raise UsageError("reconstruct needs the original model (run it in a pipeline)")
-        if ctx.calibration is None:
-            raise UsageError("reconstruct needs calibration data (--calib)")
+        orig_proto = ctx.refit_original("reconstruct")
         opts = self.options
-        orig_proto = onnx.ModelProto()
-        orig_proto.CopyFrom(ctx.original)
-        orig_proto = infer_proto_shapes(orig_proto)
         orig_model = Model.from_proto(orig_proto)
         analysis = analyse_channels(orig_model)
         original = {n.name: n for n in orig_model.graph.nodes}

@@ -33,7 +33,6 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from compress_ir.core.calibration import ActivationCapture, CalibrationSet, batch_size_for
-from compress_ir.core.errors import UsageError
 from compress_ir.core.model import Model, infer_proto_shapes
 from compress_ir.core.padding import batch_mask, token_mask, valid_rows
 from compress_ir.core.passes import Pass, PassContext, PassResult, option, register_pass
@@ -166,13 +165,7 @@ class RefitNorms(Pass):
     Options = RefitNormsOptions
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        if ctx.original is None:
-            raise UsageError("refit-norms needs the original model (run it in a pipeline)")
-        if ctx.calibration is None:
-            raise UsageError("refit-norms needs calibration data (--calib)")
-        orig_proto = onnx.ModelProto()
-        orig_proto.CopyFrom(ctx.original)
-        orig_proto = infer_proto_shapes(orig_proto)
+        orig_proto = ctx.refit_original("refit-norms")
         original = {n.name: n for n in Model.from_proto(orig_proto).graph.nodes}
         norms, skipped = _layer_norms(model, original)
         period = period_for(self.options.holdout, ctx.calibration.size)
