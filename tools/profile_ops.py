@@ -209,8 +209,10 @@ def profile(proto: onnx.ModelProto, threads: int, runs: int, seed: int,
         "e2e": e2e_ms,
         "profiled_run_ms": {"tvm": tvm_run, "onnxruntime": ort_prof["run_ms"]},
         "classes": {"tvm": tvm_groups, "onnxruntime": ort_groups},
+        # ms: summed over the calls of a run (layers of one shape share their kernel)
         "top_tvm": [{"func": n, "class": build["classes"][n], "ms": ms,
-                     "rule": build["rules"].get(n, "?")} for n, ms in top],
+                     "calls": counts.get(n, 1), "rule": build["rules"].get(n, "?")}
+                    for n, ms in top],
         "ort_ops": ort_prof["ops"], "build_s": build["build_s"],
     }
 
@@ -241,8 +243,9 @@ def markdown(title: str, res: dict[str, Any]) -> str:
               f"{e['onnxruntime']['median_ms'] / e['tvm']['median_ms']:.2f}; "
               f"TVM vs ORT max rel err {res['rel_error_vs_ort']:.1e}; "
               f"TVM build {res['build_s']} s.", "",
-              "Largest TVM kernels: " + ", ".join(
-                  f"`{t['func']}` {t['ms']:.2f} ms ({t['class']}, {t['rule']})"
+              "Largest TVM kernels (ms per run, summed over calls): " + ", ".join(
+                  f"`{t['func']}` {t['ms']:.2f} ms in {t.get('calls', 1)} call"
+                  f"{'s' if t.get('calls', 1) > 1 else ''} ({t['class']}, {t['rule']})"
                   for t in res["top_tvm"][:6]), ""]
     return "\n".join(lines)
 
