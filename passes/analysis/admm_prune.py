@@ -20,13 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compress_ir.passes.analysis.sparsity_masks import (
-    Pattern,
-    lowest,
-    mask_from_units,
-    nm_mask,
-    unit_scores,
-)
+from compress_ir.passes.analysis.sparsity_masks import Pattern, count_mask
 
 RHO_START = 0.03  # first penalty, relative to the mean eigenvalue of H
 RHO_GROWTH = 1.15  # per iteration
@@ -34,14 +28,6 @@ MAX_ITERS = 120
 STABLE_ITERS = 8  # stop once the support has not changed for this many iterations...
 STABLE_RHO = 3.0  # ...and rho is at least this (relative): W then sits close to D
 CG_ITERS = 60
-
-
-def project(w: np.ndarray, pattern: Pattern, count: int) -> np.ndarray:
-    """Keep mask of the pattern closest to `w` in Frobenius norm."""
-    scores = w * w
-    if pattern.kind == "nm":
-        return nm_mask(scores, pattern.n, pattern.m)
-    return mask_from_units(pattern, lowest(unit_scores(pattern, scores), count))
 
 
 def error(w: np.ndarray, w0: np.ndarray, h: np.ndarray) -> float:
@@ -97,7 +83,7 @@ def admm_prune(weight: np.ndarray, hessian: np.ndarray, pattern: Pattern, count:
     stable = iters = 0
     for iters in range(1, MAX_ITERS + 1):  # noqa: B007 - reported
         w = ((w0h + rho * (d - v)) @ q / (lam + rho)) @ q.T
-        new_keep = project(w + v, pattern, count)
+        new_keep = count_mask((w + v) ** 2, pattern, count)  # the closest point of the pattern
         d = np.where(new_keep, w + v, 0.0)
         v += w - d
         stable = stable + 1 if np.array_equal(new_keep, keep) else 0

@@ -25,11 +25,8 @@ import numpy as np
 
 from compress_ir.passes.analysis.sparsity_masks import (
     Pattern,
-    lowest,
-    mask_from_units,
-    nm_mask,
+    count_mask,
     split_count,
-    unit_scores,
     units,
 )
 
@@ -171,10 +168,7 @@ def _chunk_mask(
     w: np.ndarray, diag: np.ndarray, pattern: Pattern, count: int,
 ) -> np.ndarray:
     """Keep mask of one column chunk from OBS saliency `w^2 / d^2`; `count` pruned units."""
-    scores = w**2 / (diag[None, :] ** 2)
-    if pattern.kind == "nm":
-        return nm_mask(scores, pattern.n, pattern.m)
-    return mask_from_units(pattern, lowest(unit_scores(pattern, scores), count))
+    return count_mask(w**2 / (diag[None, :] ** 2), pattern, count)
 
 
 def obs_prune(

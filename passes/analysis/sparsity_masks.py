@@ -157,6 +157,14 @@ def mask_from_units(pattern: Pattern, pruned_units: np.ndarray) -> np.ndarray:
     return keep
 
 
+def count_mask(scores: np.ndarray, pattern: Pattern, count: int) -> np.ndarray:
+    """Keep mask of one `[out, reduction]` matrix with its `count` lowest-scored units
+    pruned (N:M ignores `count`: the N highest of every M are kept)."""
+    if pattern.kind == "nm":
+        return nm_mask(scores, pattern.n, pattern.m)
+    return mask_from_units(pattern, lowest(unit_scores(pattern, scores), count))
+
+
 def layer_mask(scores: np.ndarray, pattern: Pattern, sparsity: float) -> np.ndarray:
     """Keep mask of one `[out, reduction]` matrix at `sparsity` (n:m ignores it).
 

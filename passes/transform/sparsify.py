@@ -87,10 +87,8 @@ from compress_ir.passes.analysis.sparsegpt import (
 )
 from compress_ir.passes.analysis.sparsity_masks import (
     Pattern,
+    count_mask,
     global_counts,
-    layer_mask,
-    lowest,
-    mask_from_units,
     parse_block,
     parse_pattern,
     split_count,
@@ -304,10 +302,7 @@ def _assign_counts(layers: list[Layer], pattern: Pattern, target: float) -> None
 # -- magnitude -----------------------------------------------------------------------------
 def _magnitude(layer: Layer, pattern: Pattern) -> None:
     scores = _magnitude_scores(layer)
-    if pattern.kind == "nm":
-        layer.keep = layer_mask(scores, pattern, 0.0)
-    else:
-        layer.keep = mask_from_units(pattern, lowest(unit_scores(pattern, scores), layer.count))
+    layer.keep = count_mask(scores, pattern, layer.count)
     layer.new = layer.matrix().astype(np.float64) * layer.keep
 
 
@@ -411,8 +406,7 @@ def _obs(layer: Layer, pattern: Pattern, accs: list[HessianAccumulator], opts: S
                                                        opts.damp)
             admm.append(record)
         scale = quad(w_g, dense)
-        mag_keep = (layer_mask(w_g**2, pattern, 0.0) if pattern.kind == "nm" else
-                    mask_from_units(pattern, lowest(unit_scores(pattern, w_g**2), count)))
+        mag_keep = count_mask(w_g**2, pattern, count)
         err_obs += output_error(w_g, new[rows], h, cross, dense) ** 2 * scale
         err_mag += output_error(w_g, w_g * mag_keep, h, cross, dense) ** 2 * scale
         den += scale
