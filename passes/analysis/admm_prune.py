@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from compress_ir.passes.analysis.sparsegpt import quad
 from compress_ir.passes.analysis.sparsity_masks import Pattern, count_mask
 
 RHO_START = 0.03  # first penalty, relative to the mean eigenvalue of H
@@ -28,12 +29,6 @@ MAX_ITERS = 120
 STABLE_ITERS = 8  # stop once the support has not changed for this many iterations...
 STABLE_RHO = 3.0  # ...and rho is at least this (relative): W then sits close to D
 CG_ITERS = 60
-
-
-def error(w: np.ndarray, w0: np.ndarray, h: np.ndarray) -> float:
-    """`tr((w - w0) h (w - w0)^T)`."""
-    d = w - w0
-    return float(np.sum((d @ h) * d))
 
 
 def solve_on_support(w0: np.ndarray, h: np.ndarray, keep: np.ndarray, start: np.ndarray,
@@ -92,7 +87,7 @@ def admm_prune(weight: np.ndarray, hessian: np.ndarray, pattern: Pattern, count:
             break
         rho *= RHO_GROWTH
     solved = solve_on_support(w0, h, keep, d)
-    e_admm, e_init = error(solved, w0, h), error(np.asarray(init, np.float64), w0, h)
+    e_admm, e_init = quad(solved - w0, h), quad(np.asarray(init, np.float64) - w0, h)
     record = {"admm_error": e_admm, "obs_error": e_init, "iterations": iters,
               "admm": bool(e_admm < e_init)}
     if e_admm < e_init:
