@@ -12,10 +12,13 @@ in memory or approximated.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
 from compress_ir.core.errors import ModelLoadError, UsageError
+from compress_ir.logs import LOGGER
 from compress_ir.stream.engine import STREAM_MIN_BYTES, StreamReport, stream_sparsify
 from compress_ir.stream.external import external_bytes, load_graph
 
@@ -116,11 +119,6 @@ def _run_obs(options: Any) -> StreamReport:
     if options.calib is None:
         raise _refuse("sparsify criterion=obs needs --calib")
     if opts.solver != "obs":  # the pass's default; the streamed engine has OBS only
-        import dataclasses
-        import logging
-
-        from compress_ir.logs import LOGGER
-
         logging.getLogger(LOGGER).warning(
             "--stream: sparsify solves with solver=obs (SparseGPT); solver=%s needs an "
             "eigendecomposition per layer and runs in memory only (--stream off)", opts.solver)
