@@ -217,6 +217,44 @@ def write_linear(model: Model, node: gs.Node, weight: np.ndarray, bias: np.ndarr
 Positions = Any  # (sample, row, column) arrays for a Conv; row indices otherwise
 
 
+def bias_add(node: gs.Node) -> tuple[gs.Node, int] | None:
+    """The `Add` of a constant bias vector right after a MatMul, as exporters write Linear.
+
+    (the Add, the index of its constant input) when the MatMul's output feeds only that
+    Add, whose other input is a constant of one value per output feature; else None.
+    """
+    if node.op != "MatMul" or len(node.outputs) != 1 or weight_of(node) is None:
+        return None
+    out = node.outputs[0]
+    consumers = list(out.outputs)
+    if len(consumers) != 1 or consumers[0].op != "Add" or len(consumers[0].inputs) != 2:
+        return None
+    add = consumers[0]
+    index = 1 if add.inputs[0] is out else 0
+    if add.inputs[1 - index] is not out or not isinstance(add.inputs[index], gs.Constant):
+        return None
+    bias = np.asarray(add.inputs[index].values)
+    features = WeightLayer(node, node.inputs[1]).shape()[0]
+    if bias.ndim != 1 or bias.size != features or not np.issubdtype(bias.dtype, np.floating):
+        return None
+    return add, index
+
+
+def residual_add(node: gs.Node) -> tuple[gs.Node, gs.Tensor] | None:
+    """(the residual `Add`, its skip input) when the layer's output (after its bias `Add`)
+    feeds only an `Add` of two computed tensors; else None (shapes are checked on capture)."""
+    found = bias_add(node)
+    out = (found[0] if found else node).outputs[0]
+    consumers = list(out.outputs)
+    if len(consumers) != 1 or consumers[0].op != "Add" or len(consumers[0].inputs) != 2:
+        return None
+    add = consumers[0]
+    skip = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+    if skip is out or isinstance(skip, gs.Constant):
+        return None
+    return add, skip
+
+
 class RowSampler:
     """Rows of a weight layer's input matrix (the X of y = X W^T) at random positions.
 

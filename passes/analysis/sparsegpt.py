@@ -35,13 +35,16 @@ class HessianAccumulator:
     """Streams input rows of one layer into `X^T X` (float64) without keeping them.
 
     With `paired`, `add` also takes the dense model's rows at the same positions
-    and accumulates `X^T D` and `D^T D` for the dense-target refit.
+    and accumulates `X^T D` and `D^T D` for the dense-target refit; `dense_features`:
+    D's width when it differs from X's (a stream target appends columns to D).
     """
 
-    def __init__(self, features: int, paired: bool = False) -> None:
+    def __init__(self, features: int, paired: bool = False,
+                 dense_features: int | None = None) -> None:
+        width = dense_features or features
         self.xtx = np.zeros((features, features))
-        self.xtd = np.zeros((features, features)) if paired else None
-        self.dtd = np.zeros((features, features)) if paired else None
+        self.xtd = np.zeros((features, width)) if paired else None
+        self.dtd = np.zeros((width, width)) if paired else None
         self.rows = 0
         self.held: HessianAccumulator | None = None  # held-out samples' rows (sparsify)
 
@@ -54,9 +57,15 @@ class HessianAccumulator:
             self.dtd += d.T @ d
         self.rows += x.shape[0]
 
+    def empty(self) -> HessianAccumulator:
+        """A paired accumulator of the same widths (for held-out rows)."""
+        width = None if self.xtd is None else self.xtd.shape[1]
+        return HessianAccumulator(self.xtx.shape[0], True, width)
+
     def merged(self, other: HessianAccumulator) -> HessianAccumulator:
         """The accumulator of both row sets (for a final solve on all rows)."""
-        out = HessianAccumulator(self.xtx.shape[0], paired=self.xtd is not None)
+        out = HessianAccumulator(self.xtx.shape[0], self.xtd is not None,
+                                 None if self.xtd is None else self.xtd.shape[1])
         out.xtx = self.xtx + other.xtx
         if out.xtd is not None:
             out.xtd = self.xtd + other.xtd

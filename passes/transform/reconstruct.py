@@ -35,6 +35,12 @@ bias vector (`bias_add`); that Add is the layer's bias, so the refit bias replac
 its constant (no extra node). Pruned attention heads reach the output projection as
 missing input rows, which is refit like any MatMul; the FFN down projection likewise.
 
+Stream target (`target=stream`): a layer whose output (after its bias Add) is added to a
+residual stream is fit to Y = (the original stream after that Add) - (the current skip
+input) instead of the original layer's output, so it also absorbs the error that pruning
+upstream left in the stream (the skip path carries it past every branch-local refit). It
+needs the current model's inputs (`inputs=current`); layers are leveled after the skip.
+
 Generalisation (`passes/analysis/heldout.py`): every `period`-th calibration sample
 (`holdout`, default a quarter) is held out; each ridge of `ridges` is fit on the
 rest, the one with the lowest held-out error wins, and the layer keeps its pruned
@@ -80,7 +86,9 @@ from compress_ir.passes.weight_layers import (
     WEIGHT_OPS,
     RowSampler,
     WeightLayer,
+    bias_add,
     linear,
+    residual_add,
     weight_of,
     write_linear,
 )
@@ -90,6 +98,7 @@ INPUTS = ("current", "original")
 PRIORS = ("zero", "pruned")
 BIASES = ("refit", "keep")
 FITS = ("weights", "scale")
+TARGETS = ("layer", "stream")
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,11 @@ class ReconstructOptions:
     fit: str = option("weights", "'weights' (every weight of the layer) or 'scale' (one"
                       " factor per kept input unit, Kwon et al.'s mask tuning: far fewer"
                       " unknowns, so less to overfit)")
+    target: str = option("layer", "Y of the fit: 'layer' (the original layer's output) or"
+                         " 'stream' (for a layer whose output is added to a residual stream:"
+                         " the original stream after the Add minus the current skip input, so"
+                         " the layer also absorbs the error upstream pruning left in the"
+                         " stream; needs inputs=current)")
 
     def __post_init__(self) -> None:
         if not self.ridge >= 0.0 or not all(r >= 0.0 for r in self.ridges):
@@ -132,6 +146,11 @@ class ReconstructOptions:
             raise ValueError(f"bias must be one of {list(BIASES)}, got {self.bias!r}")
         if self.fit not in FITS:
             raise ValueError(f"fit must be one of {list(FITS)}, got {self.fit!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {list(TARGETS)}, got {self.target!r}")
+        if self.target == "stream" and self.inputs != "current":
+            raise ValueError("target=stream needs inputs=current: the skip input it subtracts"
+                             " comes from the current model, so X must too")
 
 
 # -- which original channels survived ----------------------------------------------------
@@ -233,6 +252,8 @@ class Target:
     sums: dict[str, Any] = field(default_factory=dict)
     # inputs=original: (axis, kept-channel mask or None for all) of the original's input
     in_keep: tuple[int, np.ndarray | None] | None = None
+    # target=stream: (skip input in the current model, residual Add output in the original)
+    stream: tuple[str, str] | None = None
 
 
 def _const(node: gs.Node, index: int) -> np.ndarray | None:
@@ -253,29 +274,6 @@ def _in_features(node: gs.Node) -> int | None:
     if node.op == "Gemm" and int(node.attrs.get("transA", 0)):
         return None
     return WeightLayer(node, node.inputs[1]).shape()[1]
-
-
-def bias_add(node: gs.Node) -> tuple[gs.Node, int] | None:
-    """The `Add` of a constant bias vector right after a MatMul, as exporters write Linear.
-
-    (the Add, the index of its constant input) when the MatMul's output feeds only that
-    Add, whose other input is a constant of one value per output feature; else None.
-    """
-    if node.op != "MatMul" or len(node.outputs) != 1 or weight_of(node) is None:
-        return None
-    out = node.outputs[0]
-    consumers = list(out.outputs)
-    if len(consumers) != 1 or consumers[0].op != "Add" or len(consumers[0].inputs) != 2:
-        return None
-    add = consumers[0]
-    index = 1 if add.inputs[0] is out else 0
-    if add.inputs[1 - index] is not out or not isinstance(add.inputs[index], gs.Constant):
-        return None
-    bias = np.asarray(add.inputs[index].values)
-    features = WeightLayer(node, node.inputs[1]).shape()[0]
-    if bias.ndim != 1 or bias.size != features or not np.issubdtype(bias.dtype, np.floating):
-        return None
-    return add, index
 
 
 def _linear(node: gs.Node) -> tuple[np.ndarray, np.ndarray]:
@@ -313,7 +311,7 @@ def _bias_ok(node: gs.Node) -> bool:
 
 def _plan(
     model: Model, original: dict[str, gs.Node], keep: dict[str, np.ndarray], use_bn: bool,
-    downstream: bool = False,
+    downstream: bool = False, stream: bool = False,
 ) -> tuple[list[Target], list[dict]]:
     """Targets with their levels (topological), and the layers skipped (with why)."""
     model.graph.toposort()
@@ -366,6 +364,8 @@ def _plan(
                     f"reconstruct: node {node.name!r} has {count} output channels, but the "
                     f"channels recovered from the original keep {int(mask.sum())}")
             target.out_keep = mask
+            if stream and target.kind == "rows" and bool(mask.all()):
+                _stream_target(target, original, level)
             targets.append(target)
             lvl = target.level
         for out in node.outputs:
@@ -373,6 +373,16 @@ def _plan(
             if changed or target is not None:
                 dirty.add(out.name)
     return targets, skipped
+
+
+def _stream_target(t: Target, original: dict[str, gs.Node], level: dict[str, int]) -> None:
+    """Aim `t` at the residual stream (target=stream) when its output feeds one."""
+    found = residual_add(t.node)
+    orig_add = original.get(found[0].name) if found else None
+    if found is None or orig_add is None or orig_add.op != "Add":
+        return
+    t.stream = (found[1].name, orig_add.outputs[0].name)
+    t.level = max(t.level, level.get(found[1].name, 0) + 1)
 
 
 # -- one level: capture, accumulate, solve ------------------------------------------
@@ -391,6 +401,9 @@ def _capture_level(
         o = original[t.node.name]
         if t.in_keep is None:
             cur_names.add(t.node.inputs[0].name)
+        if t.stream is not None:
+            cur_names.add(t.stream[0])
+            orig_names.add(t.stream[1])
         orig_names.add(o.outputs[0].name if t.kind == "bn" else o.inputs[0].name)
     batch = batch_size_for(cur, 128)
     batches = math.ceil(calib.size / batch)
@@ -422,11 +435,24 @@ def _capture_level(
             pos = s_now.positions(x, per_batch, rng, valid_rows(x, batch_mask(tokens, b, batch)))
             rows, rows_o = s_now.rows_at(x, pos), s_then.rows_at(xo, pos)
             w_o, b_o = _linear(o)
-            y = (rows_o @ w_o.T.astype(np.float64) + b_o)[:, t.out_keep]
+            if t.stream is None:
+                y = (rows_o @ w_o.T.astype(np.float64) + b_o)[:, t.out_keep]
+            else:
+                skip, total = now[t.stream[0]], then[t.stream[1]]
+                if skip.shape != total.shape or skip.shape[-1] != _y_width(t):
+                    raise UsageError(
+                        f"reconstruct: target=stream: the residual Add after {t.node.name!r}"
+                        f" broadcasts (skip {list(skip.shape)}, sum {list(total.shape)})")
+                y = (total.reshape(-1, total.shape[-1])[pos].astype(np.float64)
+                     - skip.reshape(-1, skip.shape[-1])[pos])
             held = held_out(sample_of(pos, x, t.kind == "conv", b * batch), period)
             t.sums.setdefault("fit", Normal()).add(rows[~held], y[~held])
             t.sums.setdefault("held", Normal()).add(rows[held], y[held])
             t.rows += rows.shape[0]
+
+
+def _y_width(t: Target) -> int:
+    return int(t.out_keep.sum()) if t.out_keep is not None else -1
 
 
 def _bn_sums(t: Target, x: np.ndarray, y: np.ndarray) -> None:
@@ -452,7 +478,8 @@ def _refit(model: Model, t: Target, opts: ReconstructOptions) -> dict:
     if choice.applied:
         _write(model, t.node, choice.coef[:k].T, choice.coef[k])
     return {"node": t.node.name, "op": t.node.op, "level": t.level, "rows": t.rows,
-            "heldout_rows": held.rows, "features": k, **choice.report()}
+            "heldout_rows": held.rows, "features": k,
+            "target": "layer" if t.stream is None else "stream", **choice.report()}
 
 
 def _recalibrate(t: Target) -> dict:
@@ -522,7 +549,8 @@ class Reconstruct(Pass):
         original = {n.name: n for n in orig_model.graph.nodes}
         current = {n.name: n for n in model.graph.nodes}
         keep, removed = recover_keep(analysis, current)
-        targets, skipped = _plan(model, original, keep, opts.bn, opts.downstream)
+        targets, skipped = _plan(model, original, keep, opts.bn, opts.downstream,
+                                 opts.target == "stream")
         if opts.inputs == "original":
             _use_original_inputs(targets, analysis, keep, original)
         layers: list[dict] = []

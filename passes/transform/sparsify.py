@@ -36,7 +36,11 @@ the details say which ran and why):
   is the one of `ridges` that best predicts the held-out samples' dense outputs, and
   a layer is refit only if OBS of the refit beats plain OBS on those samples; the
   details give both held-out errors per layer (`heldout_rel_error_correct`,
-  `heldout_rel_error_no_correct`) next to the calibration error.
+  `heldout_rel_error_no_correct`) next to the calibration error. With
+  `correct-to=stream`, a layer whose output is added to a residual stream is refit to
+  the dense stream after that Add minus the current skip input (the target's rows get
+  the skip error E appended, D' = [D, E], W' = [W, I]), so it also absorbs the error the
+  sparsified layers above left in the stream.
 
 Solver (`solver`, obs criterion): SparseGPT's sweep fixes each column's mask once, left
 to right. With `admm` (default) that result is the start of ALPS-style ADMM on mask and
@@ -96,10 +100,16 @@ from compress_ir.passes.analysis.sparsity_masks import (
     units,
     unsupported_shape,
 )
-from compress_ir.passes.weight_layers import RowSampler, WeightLayer, weight_layers
+from compress_ir.passes.weight_layers import (
+    RowSampler,
+    WeightLayer,
+    residual_add,
+    weight_layers,
+)
 
 CRITERIA = ("auto", "magnitude", "obs")
 SOLVERS = ("obs", "admm")
+CORRECT_TO = ("layer", "stream")
 SCOPES = ("layer", "global")
 
 
@@ -138,6 +148,11 @@ class SparsifyOptions:
     solver: str = option("admm", "obs: SparseGPT's one left-to-right sweep | admm: then ADMM"
                          " on mask and weights from that result and CG on the kept weights"
                          " (ALPS; kept only where its layer error is lower; about 2x slower)")
+    correct_to: str = option("layer", "obs, correct: what the refit reproduces: 'layer' (the"
+                             " dense layer's output) or 'stream' (for a layer whose output is"
+                             " added to a residual stream: the dense stream after that Add"
+                             " minus the current skip input, so the layer also absorbs the"
+                             " error the sparsified layers above left in the stream)")
 
     def __post_init__(self) -> None:
         pattern = self.parsed_pattern  # validates pattern and block
@@ -145,6 +160,9 @@ class SparsifyOptions:
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, "
                              f"got {self.criterion!r}")
+        if self.correct_to not in CORRECT_TO:
+            raise ValueError(f"correct-to must be one of {', '.join(CORRECT_TO)}, "
+                             f"got {self.correct_to!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.scope not in SCOPES:
@@ -219,6 +237,7 @@ class Layer(WeightLayer):
     keep: np.ndarray | None = None  # [out, reduction]
     new: np.ndarray | None = None  # [out, reduction], float64
     info: dict[str, Any] = field(default_factory=dict)
+    stream: str | None = None  # correct-to=stream: the residual Add's skip input
 
 
 # -- planning ----------------------------------------------------------------------------
@@ -266,6 +285,9 @@ def _plan(model: Model, opts: SparsifyOptions) -> tuple[list[Layer], list[dict]]
             continue
         layer.sparsity = opts.target if override is None else override
         layer.in_pool = opts.scope == "global" and override is None
+        found = residual_add(node) if opts.correct_to == "stream" else None
+        if found is not None and node.op != "Conv" and layer.groups == 1:
+            layer.stream = found[1].name
         layers.append(layer)
     return layers, skipped
 
@@ -309,15 +331,18 @@ def _magnitude(layer: Layer, pattern: Pattern) -> None:
 # -- obs -------------------------------------------------------------------------------------
 def _layer_rows(
     layer: Layer, xs: list[np.ndarray], count: int, rng: np.random.Generator, start: int = 0,
-    mask: np.ndarray | None = None,
+    mask: np.ndarray | None = None, extra: tuple[np.ndarray, ...] = (),
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Input rows of the layer at the same random positions of each of `xs` (im2col for
     Conv), and the calibration-sample index of each row (`start`: the batch's first).
-    `mask`: the batch's real-token mask; padded positions are never drawn."""
+    `mask`: the batch's real-token mask; padded positions are never drawn. `extra`
+    (Gemm/MatMul): more tensors of the same rows ([..., features]), gathered there too."""
     sampler = RowSampler(layer.node, tuple(layer.weight.values.shape))
     pos = sampler.positions(xs[0], min(count, sampler.available(xs[0])), rng,
                             valid_rows(xs[0], mask))
-    return [sampler.rows_at(x, pos) for x in xs], sample_of(pos, xs[0], sampler.conv, start)
+    rows = [sampler.rows_at(x, pos) for x in xs]
+    rows += [e.reshape(-1, e.shape[-1])[pos] for e in extra]
+    return rows, sample_of(pos, xs[0], sampler.conv, start)
 
 
 def _capture_hessians(
@@ -328,18 +353,26 @@ def _capture_hessians(
 
     With `dense` (the input model), its inputs D at the same positions are streamed
     alongside, for X^T D and D^T D. With `holdout` (and `dense`), the rows of every
-    held-out sample go to a second accumulator, `acc.held` (see `_obs`).
+    held-out sample go to a second accumulator, `acc.held` (see `_obs`). A layer with a
+    `stream` gets D' = [D, E] instead, E = the dense minus the current skip input of its
+    residual Add: with W' = [W, I], D' W'^T = D W^T + E is its stream target.
     """
-    names = sorted({layer.node.inputs[0].name for layer in layers})
+    streamed = [layer.stream is not None and dense is not None for layer in layers]
+    names = sorted({layer.node.inputs[0].name for layer in layers}
+                   | {layer.stream for layer, s in zip(layers, streamed, strict=True) if s})
     batch = batch_size_for(proto, 64)
     batches = max(1, math.ceil(calib.size / batch))
     per_batch = max(1, math.ceil(samples / batches))
-    accs = [[HessianAccumulator(layer.shape()[1], paired=dense is not None)
-             for _ in range(layer.groups)] for layer in layers]
+    accs = []
+    for layer, s in zip(layers, streamed, strict=True):
+        k = layer.shape()[1]
+        width = k + layer.shape()[0] if s else None
+        accs.append([HessianAccumulator(k, dense is not None, width)
+                     for _ in range(layer.groups)])
     period = period_for(holdout, calib.size) if dense is not None else 0
     for per_layer in accs:
         for acc in per_layer:
-            acc.held = (HessianAccumulator(acc.xtx.shape[0], paired=True) if period else None)
+            acc.held = acc.empty() if period else None
     streams = [ActivationCapture(proto, names).stream(calib, batch)]
     if dense is not None:
         streams.append(ActivationCapture(dense, names).stream(calib, batch))
@@ -348,12 +381,17 @@ def _capture_hessians(
         for i, layer in enumerate(layers):
             xs = [np.asarray(a[layer.node.inputs[0].name], dtype=np.float32) for a in acts]
             rng = np.random.default_rng([seed, i, b])
+            extra = tuple(np.asarray(a[layer.stream], dtype=np.float32)
+                          for a in acts) if streamed[i] else ()
             rows, sample = _layer_rows(layer, xs, per_batch, rng, b * batch,
-                                       batch_mask(tokens, b, batch))
+                                       batch_mask(tokens, b, batch), extra)
+            if extra:  # D' = [D, E]: E = dense - current skip input
+                rows = [rows[0], np.hstack([rows[1], rows[3] - rows[2]])]
             held = held_out(sample, period)
             width = rows[0].shape[1] // layer.groups
             for g, acc in enumerate(accs[i]):
-                parts = [r[:, g * width:(g + 1) * width] for r in rows]
+                parts = (rows if layer.groups == 1
+                         else [r[:, g * width:(g + 1) * width] for r in rows])
                 if acc.held is None:
                     acc.add(*parts)
                 else:
@@ -393,27 +431,33 @@ def _obs(layer: Layer, pattern: Pattern, accs: list[HessianAccumulator], opts: S
     for g, (acc, count) in enumerate(zip(accs, split_count(layer.count, sizes), strict=True)):
         rows = slice(g * out, (g + 1) * out)
         w_g = weight[rows]
+        # the target's weight: W' = [W, I] when the dense rows carry the stream error E
+        w_ref = (np.hstack([w_g, np.eye(out)]) if acc.xtd is not None
+                 and acc.xtd.shape[1] > w_g.shape[1] else w_g)
         ridge = opts.damp
         if acc.xtd is not None and acc.held is not None and acc.held.rows:
-            ridge, decision = _choose_correction(w_g, acc, pattern, count, opts)
+            ridge, decision = _choose_correction(w_g, w_ref, acc, pattern, count, opts)
             decisions.append(decision)
             acc = acc.merged(acc.held)
         h, cross, dense = acc.hessian(), acc.cross(), acc.dense_hessian()
-        start = w_g if acc.xtd is None or ridge is None else dense_target(w_g, h, cross, ridge)
+        start = (w_g if acc.xtd is None or ridge is None
+                 else dense_target(w_ref, h, cross, ridge))
         new[rows], keep[rows] = obs_prune(start, h, pattern, count, opts.chunk, opts.damp)
         if opts.solver == "admm":
             new[rows], keep[rows], record = admm_prune(start, h, pattern, count, new[rows],
                                                        opts.damp)
             admm.append(record)
-        scale = quad(w_g, dense)
+        scale = quad(w_ref, dense)
         mag_keep = count_mask(w_g**2, pattern, count)
-        err_obs += output_error(w_g, new[rows], h, cross, dense) ** 2 * scale
-        err_mag += output_error(w_g, w_g * mag_keep, h, cross, dense) ** 2 * scale
+        err_obs += output_error(w_ref, new[rows], h, cross, dense) ** 2 * scale
+        err_mag += output_error(w_ref, w_g * mag_keep, h, cross, dense) ** 2 * scale
         den += scale
     layer.new, layer.keep = new, keep
     layer.info = {"layer_rel_error": round(math.sqrt(err_obs / den), 6) if den else 0.0,
                   "layer_rel_error_magnitude": round(math.sqrt(err_mag / den), 6) if den else 0.0,
                   "calib_rows": accs[0].rows + (accs[0].held.rows if accs[0].held else 0)}
+    if layer.stream is not None and accs[0].xtd is not None:
+        layer.info["correct_to"] = "stream"
     if admm:  # the objective's value relative to OBS's: ADMM's gain on this layer
         layer.info["admm"] = [r["admm"] for r in admm]
         layer.info["admm_error_vs_obs"] = [round(r["admm_error"] / r["obs_error"], 4)
@@ -428,7 +472,7 @@ def _obs(layer: Layer, pattern: Pattern, accs: list[HessianAccumulator], opts: S
 
 
 def _choose_correction(
-    w_g: np.ndarray, acc: HessianAccumulator, pattern: Pattern, count: int,
+    w_g: np.ndarray, w_ref: np.ndarray, acc: HessianAccumulator, pattern: Pattern, count: int,
     opts: SparsifyOptions,
 ) -> tuple[float | None, dict]:
     """Refit-then-prune (`correct`) or plain OBS for one layer group, by held-out error.
@@ -437,22 +481,23 @@ def _choose_correction(
     held-out samples against the dense layer output: no refit, the refit whose
     *unpruned* version predicts the held-out dense outputs best (ridge from `ridges`),
     and the refit with ridge `damp` (the unchecked default). Returns the ridge to refit
-    with on all rows (None: no refit) and the record.
+    with on all rows (None: no refit) and the record. `w_ref`: the target's weight
+    (`w_g`, or [w_g, I] for a stream target, see `_capture_hessians`).
     """
     held = acc.held
     h, cross = acc.hessian(), acc.cross()
     hh, hc, hd = held.hessian(), held.cross(), held.dense_hessian()
-    refits = dense_targets(w_g, h, cross, tuple(dict.fromkeys((*opts.ridges, opts.damp))))
-    best = min(opts.ridges, key=lambda r: output_error(w_g, refits[r], hh, hc, hd))
+    refits = dense_targets(w_ref, h, cross, tuple(dict.fromkeys((*opts.ridges, opts.damp))))
+    best = min(opts.ridges, key=lambda r: output_error(w_ref, refits[r], hh, hc, hd))
     u = inverse_cholesky(h, opts.damp)  # one inverse for the three candidates
     plain = obs_prune(w_g, h, pattern, count, opts.chunk, opts.damp, u)[0]
-    e_plain = output_error(w_g, plain, hh, hc, hd)
+    e_plain = output_error(w_ref, plain, hh, hc, hd)
     # the unpruned refit's best ridge need not be the pruned one's: also try `damp`
     # (the ridge of the unchecked refit), judged after OBS like the rest
     pruned_errors = {}
     for ridge in dict.fromkeys((best, opts.damp)):
         refit = obs_prune(refits[ridge], h, pattern, count, opts.chunk, opts.damp, u)[0]
-        pruned_errors[ridge] = output_error(w_g, refit, hh, hc, hd)
+        pruned_errors[ridge] = output_error(w_ref, refit, hh, hc, hd)
     best = min(pruned_errors, key=pruned_errors.get)
     e_refit = pruned_errors[best]
     use = e_refit < e_plain
