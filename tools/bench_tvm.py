@@ -9,6 +9,13 @@ tune times, per thread count. Timed runs are interleaved (one run of each of the
 engines per round) so that noise from a shared machine hits all four alike. Every TVM
 build is first checked against onnxruntime on the same input (rel error reported).
 
+`--block N` runs each engine N times in a row per round and keeps runs 2..N: the
+steady state of a model served on its own (its weights and code warm in the caches).
+With one run per round (the default) each run follows three other engines, whose
+weights evict its own: for the larger models (dense + pruned of both engines exceed
+the L3) every run then streams its weights from memory, a cold start no served model
+sees, and the two engines pay it unequally. The table header says which was measured.
+
 Run::
 
     python tools/bench_tvm.py                                   # 3 models, 1 and 2 threads
@@ -42,6 +49,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import tvm  # noqa: E402
 import tvm_models  # noqa: E402
+import tvm_threads  # noqa: E402
 from tvm import relax  # noqa: E402
 
 import compress_ir.passes  # noqa: F401,E402 - registers the passes
@@ -155,23 +163,21 @@ def rel_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
 
 
-def set_tvm_threads(n: int) -> None:
-    """Resize TVM's runtime thread pool (same effect as TVM_NUM_THREADS at start-up)."""
-    tvm.get_global_func("runtime.config_threadpool")(0, n)
-
-
-def time_side_by_side(runners: dict[str, Any], repeat: int, warmup: int = 2
-                      ) -> dict[str, list[float]]:
-    """Round-robin timing: each round runs every engine once; returns ms per engine."""
+def time_side_by_side(runners: dict[str, Any], repeat: int, warmup: int = 2,
+                      block: int = 1) -> dict[str, list[float]]:
+    """Round-robin timing: each round runs every engine `block` times in a row (runs
+    2..block recorded; all of them when block is 1); returns ms per engine."""
     for _ in range(warmup):
         for fn in runners.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(repeat):
         for key, fn in runners.items():
-            t0 = time.perf_counter()
-            fn()
-            times[key].append((time.perf_counter() - t0) * 1e3)
+            for run in range(block):
+                t0 = time.perf_counter()
+                fn()
+                if block == 1 or run:
+                    times[key].append((time.perf_counter() - t0) * 1e3)
     return times
 
 
@@ -205,7 +211,7 @@ def bench_model(name: str, args: argparse.Namespace, target: tvm.target.Target
               f"{builds[key]['schedule']['counts']}", file=sys.stderr)
     rows = []
     for threads in args.threads:
-        set_tvm_threads(threads)
+        tvm_threads.require(threads)
         sessions = {k: ort_session(p, threads, args.spin)
                     for k, p in (("dense", dense), ("pruned", pruned))}
         errs = {k: rel_error(_first(vms[k]["main"](*args_tvm)), sessions[k].run(None, feeds)[0])
@@ -216,12 +222,13 @@ def bench_model(name: str, args: argparse.Namespace, target: tvm.target.Target
             "tvm_dense": lambda: vms["dense"]["main"](*args_tvm),
             "tvm_pruned": lambda: vms["pruned"]["main"](*args_tvm),
         }
-        times = time_side_by_side(runners, args.repeat)
+        times = time_side_by_side(runners, args.repeat, block=args.block)
         med = {k: statistics.median(v) for k, v in times.items()}
         macs_ratio = macs_p / macs_d
         rows.append({
             "model": name, "threads": threads, "pipeline": pipeline,
-            "tune_trials": args.tune_trials, "median_ms": {k: round(v, 3) for k, v in med.items()},
+            "tune_trials": args.tune_trials, "block": args.block,
+            "median_ms": {k: round(v, 3) for k, v in med.items()},
             "min_ms": {k: round(min(v), 3) for k, v in times.items()},
             "macs": {"dense": macs_d, "pruned": macs_p}, "macs_ratio": round(macs_ratio, 4),
             "tvm_time_ratio": round(med["tvm_pruned"] / med["tvm_dense"], 4),
@@ -262,6 +269,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="comma list of tests/fixtures/torchvision names and/or "
                     f"transformers from tools/tvm_models.py ({', '.join(tvm_models.ROWS)})")
     ap.add_argument("--repeat", type=int, default=10, help="timed rounds per engine")
+    ap.add_argument("--block", type=int, default=1,
+                    help="runs of one engine in a row per round (>1: runs 2..N timed, the"
+                    " steady state of a served model; 1: every run follows the others)")
     ap.add_argument("--threads", default="1,2", help="comma list of thread counts")
     ap.add_argument("--tune-trials", type=int, default=0,
                     help="MetaSchedule trials per task for both TVM builds (0: default build)")
@@ -276,6 +286,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="keep both engines' default spin-waiting worker threads")
     ap.add_argument("--json", default=None, help="write all figures to this JSON file")
     args = ap.parse_args(argv)
+    if args.block < 1:
+        ap.error("--block must be >= 1")
     args.models = [m for m in args.models.split(",") if m]
     args.threads = [int(t) for t in args.threads.split(",") if t]
     return args
@@ -291,16 +303,22 @@ def host_target() -> tvm.target.Target:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     target = tvm.target.Target(json.loads(args.target)) if args.target else host_target()
-    rows = []
-    for name in args.models:
-        rows.extend(bench_model(name, args, target))
+    payloads = tvm_threads.per_process(args.threads, sys.argv[1:] if argv is None else argv,
+                                       __file__)
+    if payloads is None:
+        rows = [row for name in args.models for row in bench_model(name, args, target)]
+    else:  # one process per thread count (tools/tvm_threads.py); rows model by model
+        order = {name: i for i, name in enumerate(args.models)}
+        rows = sorted((r for p in payloads for r in p["rows"]),
+                      key=lambda r: (order.get(r["model"], 0), r["threads"]))
     print(f"target: `{json.dumps(target.export().get('kind'))} "
           f"{target.attrs.get('mcpu', '')}`, tune trials/task: {args.tune_trials}, "
-          f"repeat: {args.repeat}, spinning threads: {args.spin}, "
+          f"repeat: {args.repeat}, block: {args.block}, spinning threads: {args.spin}, "
           f"host: {platform.node()} ({os.cpu_count()} CPUs)\n")
     print(markdown(rows))
     if args.json:
-        payload = {"target": str(target), "argv": sys.argv[1:], "rows": rows}
+        payload = {"target": str(target), "argv": sys.argv[1:], "thread_setting": "TVM_NUM_THREADS"
+                   " at start-up, one process per count", "rows": rows}
         write_atomic(args.json, (json.dumps(payload, indent=1) + "\n").encode())
     return 0
 

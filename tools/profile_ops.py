@@ -44,12 +44,12 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import tvm  # noqa: E402
+import tvm_threads  # noqa: E402
 from bench_tvm import (  # noqa: E402
     fill_placeholders,
     host_target,
     import_as_cli,
     model_feeds,
-    set_tvm_threads,
 )
 from bench_tvm import (
     load_model as load_bench_model,
@@ -162,7 +162,7 @@ def profile(proto: onnx.ModelProto, threads: int, runs: int, seed: int,
     feeds = model_feeds(proto, seed, shapes)
     xt = [tvm.runtime.tensor(v) for v in feeds.values()]
     vm, build = build_tvm(proto, target, feeds)
-    set_tvm_threads(threads)
+    tvm_threads.require(threads)
     plain = ort.InferenceSession(proto.SerializeToString(), ort_options(threads),
                                  providers=["CPUExecutionProvider"])
     want = plain.run(None, feeds)[0]
@@ -268,15 +268,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     target = tvm.target.Target(json.loads(args.target)) if args.target else host_target()
-    proto, shapes = load_model(args.model, args.seed, args.prune)
     env = environment()
     title = args.model + (f" + {args.prune}" if args.prune else "")
     print(f"CPU: {env['cpu']} ({env['cpu_count']} CPUs), target `{target}`, "
           f"onnxruntime {ort.__version__}, TVM {tvm.__version__}\n")
-    results = []
-    for threads in args.threads:
-        res = profile(proto, threads, args.runs, args.seed, target, shapes)
-        results.append(res)
+    payloads = tvm_threads.per_process(args.threads, sys.argv[1:] if argv is None else argv,
+                                       __file__)
+    if payloads is None:
+        proto, shapes = load_model(args.model, args.seed, args.prune)
+        results = [profile(proto, t, args.runs, args.seed, target, shapes)
+                   for t in args.threads]
+    else:  # one process per thread count (tools/tvm_threads.py)
+        results = [r for p in payloads for r in p["results"]]
+    for res in results:
         print(markdown(title, res))
     if args.json:
         payload = {"model": args.model, "prune": args.prune, "target": str(target),
