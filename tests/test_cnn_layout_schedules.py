@@ -59,10 +59,10 @@ def test_short_axis_padding_has_no_fused_index(monkeypatch: pytest.MonkeyPatch) 
     from tvm import tirx
     from tvm.relax.frontend.onnx import from_onnx
 
-    from compress_ir.backend.schedule import cpu
+    from compress_ir.backend.schedule import parallel
     from compress_ir.backend.schedule.pipeline import prepare
 
-    monkeypatch.setattr(cpu, "MIN_PARALLEL_WORK", 0)
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_WORK", 0)
     rng = np.random.default_rng(2)
     node = helper.make_node("Conv", ["x", "W"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     model = _model([node], [_w(rng, "W", (16, 3, 3, 3))], [1, 3, 12, 12])

@@ -28,7 +28,7 @@ from tvm.target import Target
 
 from compress_ir.backend.schedule import rowwise, transpose
 from compress_ir.backend.schedule.analysis import BlockInfo, root_blocks, subexprs
-from compress_ir.backend.schedule.parallel import MIN_PARALLEL_WORK, parallel, serial_if, work
+from compress_ir.backend.schedule.parallel import parallel, scheduling, work
 from compress_ir.backend.schedule.validate import first_line, lowering_error
 from compress_ir.targets.spec import TargetSpec
 
@@ -707,7 +707,7 @@ def default_schedule(func: tirx.PrimFunc | tvm.IRModule, cpu: CpuParams,
     default rules compete with tuned schedules.
     """
     prim = func if isinstance(func, tirx.PrimFunc) else func["main"]
-    with serial_if(work(prim) < MIN_PARALLEL_WORK):
+    with scheduling(work(prim)):
         return _first_rule(func, cpu, target)
 
 

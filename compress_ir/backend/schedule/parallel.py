@@ -5,6 +5,14 @@ a process shares cores with other work, and how the benchmarks run both engines)
 wake-up costs microseconds, more than a small kernel's whole run. MobileNetV3-Small (about
 50 kernels, most on 7x7 to 28x28 maps, squeeze-excitation FCs) ran 1.2 ms on one thread and
 1.8 ms on two. A kernel whose work is below `MIN_PARALLEL_WORK` runs on the calling thread.
+
+The floor was 4M (set with spinning off). With TVM's default spinning, measured at 2
+threads with one engine per process (`tools/bench_tvm.py --isolate`, 2026-12-04), it kept
+the pruned SqueezeNet and MobileNetV2 entirely on one core. At 1M, same-build A/B at 2
+threads: pruned MobileNetV2 0.62 of the time, pruned EfficientNet-B0 0.71, ShuffleNet v1
+0.88, RegNetX 0.90, MobileNetV2 0.95, pruned SqueezeNet 0.95, MobileNetV3-Small 0.99
+(its SE and 7x7 kernels are the smallest: at 512K it ran 1.13x slower). At 1 thread
+nothing changes: TVM runs a parallel loop inline when started with one thread.
 """
 
 from __future__ import annotations
@@ -15,9 +23,9 @@ from collections.abc import Iterator
 
 from tvm import s_tir, tirx
 
-MIN_PARALLEL_WORK = 1 << 22  # scalar multiply-adds / element operations (see `work`)
+MIN_PARALLEL_WORK = 1 << 20  # scalar multiply-adds / element operations (see `work`)
 
-_serial: contextvars.ContextVar[bool] = contextvars.ContextVar("serial", default=False)
+_work: contextvars.ContextVar[int | None] = contextvars.ContextVar("work", default=None)
 
 
 def work(func: tirx.PrimFunc) -> int:
@@ -36,16 +44,20 @@ def work(func: tirx.PrimFunc) -> int:
 
 
 @contextlib.contextmanager
-def serial_if(small: bool) -> Iterator[None]:
-    """Within the block, `parallel` leaves loops serial when `small`."""
-    token = _serial.set(small)
+def scheduling(amount: int) -> Iterator[None]:
+    """Within the block, `parallel` compares `amount` (the function's `work`) to its floor."""
+    token = _work.set(amount)
     try:
         yield
     finally:
-        _serial.reset(token)
+        _work.reset(token)
 
 
-def parallel(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV) -> None:
-    """`sch.parallel(loop)`, unless the function being scheduled is too small to pay."""
-    if not _serial.get():
+def parallel(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV,
+             min_work: int | None = None) -> None:
+    """`sch.parallel(loop)`, unless the function being scheduled is too small to pay
+    (its `work` under `min_work`, default `MIN_PARALLEL_WORK`; outside `scheduling`,
+    always parallel)."""
+    amount = _work.get()
+    if amount is None or amount >= (MIN_PARALLEL_WORK if min_work is None else min_work):
         sch.parallel(loop)
