@@ -167,7 +167,12 @@ def numpy_runner(op: str, weight: np.ndarray, x: np.ndarray, attrs: dict) -> Cal
 
 
 def set_tvm_threads(n: int) -> None:
-    tvm.get_global_func("runtime.config_threadpool")(0, n)
+    """Time `n` threads only in a process started with TVM_NUM_THREADS=n (a run-time resize
+    left '2 threads' on one core for both engines: tools/tvm_threads.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import tvm_threads  # noqa: PLC0415 - tools/ is not a package
+
+    tvm_threads.require(n)
 
 
 def bench_layers(args: argparse.Namespace, rng: np.random.Generator) -> list[dict]:
@@ -361,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="3 shapes, 70/90 %%, 3 block shapes")
     ap.add_argument("--layers", help=f"comma list of {', '.join(LAYERS)}")
-    ap.add_argument("--threads", default="1,2", help="comma list of thread counts")
+    ap.add_argument("--threads", default=os.environ.get("TVM_NUM_THREADS", "1"),
+                    help="thread count; must equal TVM_NUM_THREADS (default: it, else 1)")
     ap.add_argument("--rounds", type=int, default=15, help="timed rounds (median over them)")
     ap.add_argument("--tune-trials", type=int, default=0,
                     help="MetaSchedule trials per task for the TVM dense builds (0: default rules)")

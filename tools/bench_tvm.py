@@ -34,6 +34,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from typing import Any
 if "--spin" not in sys.argv:
     os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
+import bench_engine  # noqa: E402
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
@@ -150,6 +152,7 @@ def tvm_build(proto: onnx.ModelProto, target: tvm.target.Target, args: argparse.
     build_s = time.perf_counter() - t0
     stats = build_stats.as_dict()
     vm = relax.VirtualMachine(executable, tvm.cpu())
+    vm.executable = executable  # exported for the engine processes of --isolate
     info = {"import_s": round(import_s, 2), "build_s": round(build_s, 2),
             "tune_s": round(stats["seconds"].get("tune", 0.0), 2), "schedule": stats}
     return vm, info
@@ -161,6 +164,70 @@ def _first(out: Any) -> np.ndarray:
 
 def rel_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
+
+
+def time_in_process(protos: dict[str, onnx.ModelProto], vms: dict[str, Any],
+                    feeds: dict[str, np.ndarray], args_tvm: list[Any], threads: int,
+                    args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """All four engines in this process (spinning off unless --spin)."""
+    sessions = {k: ort_session(p, threads, args.spin) for k, p in protos.items()}
+    errs = {k: rel_error(_first(vms[k]["main"](*args_tvm)), sessions[k].run(None, feeds)[0])
+            for k in vms}
+    runners = {
+        "ort_dense": lambda s=sessions["dense"]: s.run(None, feeds),
+        "ort_pruned": lambda s=sessions["pruned"]: s.run(None, feeds),
+        "tvm_dense": lambda: vms["dense"]["main"](*args_tvm),
+        "tvm_pruned": lambda: vms["pruned"]["main"](*args_tvm),
+    }
+    return time_side_by_side(runners, args.repeat, block=args.block), errs
+
+
+ISOLATE_GAP_S = 0.2
+
+
+def time_isolated(protos: dict[str, onnx.ModelProto], vms: dict[str, Any],
+                  feeds: dict[str, np.ndarray], threads: int, args: argparse.Namespace
+                  ) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Each engine in its own process with its default spinning (`bench_engine.py`),
+    blocks of `args.block` runs alternating between them, the first of each dropped.
+
+    Between blocks the parent waits `ISOLATE_GAP_S`: onnxruntime's idle workers spin on
+    after a run, and a dense session's took the cores from the pruned one's next block
+    (ResNet-18 pruned at 2 threads: 8.0 ms right after the dense session's block)."""
+    env = {k: v for k, v in os.environ.items() if k != "TVM_THREAD_POOL_SPIN_COUNT"}
+    env[tvm_threads.ENV] = str(threads)
+    # TVM pins its worker to CPU 1 and leaves the calling thread free on CPUs 0-1: when the
+    # OS kept it on CPU 1 (it did, per process, at random) the "2-thread" run shared one
+    # core. Unpinned, as onnxruntime runs: pruned MobileNetV2 0.61 / 0.63 ms in two runs,
+    # pinned 0.65 / 1.13 ms.
+    env.setdefault("TVM_BIND_THREADS", "0")
+    engines: dict[str, bench_engine.Engine] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_tvm_") as tmp:
+        feeds_path = Path(tmp) / "feeds.npz"
+        np.savez(feeds_path, **feeds)
+        try:
+            for key, proto in protos.items():
+                onnx_path, lib = Path(tmp) / f"{key}.onnx", Path(tmp) / f"{key}.so"
+                onnx.save(proto, str(onnx_path))
+                vms[key].executable.export_library(str(lib))
+                engines[f"ort_{key}"] = bench_engine.Engine("ort", onnx_path, feeds_path,
+                                                            threads, env)
+                engines[f"tvm_{key}"] = bench_engine.Engine("tvm", lib, feeds_path, threads,
+                                                            env)
+            errs = {k: rel_error(engines[f"tvm_{k}"].output(), engines[f"ort_{k}"].output())
+                    for k in protos}
+            order = ("ort_dense", "ort_pruned", "tvm_dense", "tvm_pruned")
+            for key in order:  # warm-up
+                engines[key].run(2)
+            times: dict[str, list[float]] = {k: [] for k in order}
+            for _ in range(args.repeat):
+                for key in order:
+                    time.sleep(ISOLATE_GAP_S)  # the last engine's spinning workers go idle
+                    times[key].extend(engines[key].run(args.block)[1:])
+        finally:
+            for engine in engines.values():
+                engine.close()
+    return times, errs
 
 
 def time_side_by_side(runners: dict[str, Any], repeat: int, warmup: int = 2,
@@ -211,23 +278,20 @@ def bench_model(name: str, args: argparse.Namespace, target: tvm.target.Target
               f"{builds[key]['schedule']['counts']}", file=sys.stderr)
     rows = []
     for threads in args.threads:
-        tvm_threads.require(threads)
-        sessions = {k: ort_session(p, threads, args.spin)
-                    for k, p in (("dense", dense), ("pruned", pruned))}
-        errs = {k: rel_error(_first(vms[k]["main"](*args_tvm)), sessions[k].run(None, feeds)[0])
-                for k in vms}
-        runners = {
-            "ort_dense": lambda s=sessions["dense"]: s.run(None, feeds),
-            "ort_pruned": lambda s=sessions["pruned"]: s.run(None, feeds),
-            "tvm_dense": lambda: vms["dense"]["main"](*args_tvm),
-            "tvm_pruned": lambda: vms["pruned"]["main"](*args_tvm),
-        }
-        times = time_side_by_side(runners, args.repeat, block=args.block)
+        if args.isolate:
+            times, errs = time_isolated({"dense": dense, "pruned": pruned}, vms, feeds,
+                                        threads, args)
+        else:
+            tvm_threads.require(threads)
+            times, errs = time_in_process({"dense": dense, "pruned": pruned}, vms, feeds,
+                                          args_tvm, threads, args)
         med = {k: statistics.median(v) for k, v in times.items()}
         macs_ratio = macs_p / macs_d
         rows.append({
             "model": name, "threads": threads, "pipeline": pipeline,
             "tune_trials": args.tune_trials, "block": args.block,
+            "engines": "one process each, default spinning" if args.isolate else
+            "one process, spinning " + ("on" if args.spin else "off"),
             "median_ms": {k: round(v, 3) for k, v in med.items()},
             "min_ms": {k: round(min(v), 3) for k, v in times.items()},
             "macs": {"dense": macs_d, "pruned": macs_p}, "macs_ratio": round(macs_ratio, 4),
@@ -272,6 +336,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--block", type=int, default=1,
                     help="runs of one engine in a row per round (>1: runs 2..N timed, the"
                     " steady state of a served model; 1: every run follows the others)")
+    ap.add_argument("--isolate", action="store_true",
+                    help="each engine in its own process with its default spinning, blocks of"
+                    " --block runs (at least 2; the first of each dropped) alternating")
     ap.add_argument("--threads", default="1,2", help="comma list of thread counts")
     ap.add_argument("--tune-trials", type=int, default=0,
                     help="MetaSchedule trials per task for both TVM builds (0: default build)")
@@ -286,8 +353,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="keep both engines' default spin-waiting worker threads")
     ap.add_argument("--json", default=None, help="write all figures to this JSON file")
     args = ap.parse_args(argv)
-    if args.block < 1:
-        ap.error("--block must be >= 1")
+    if args.block < 1 or (args.isolate and args.block < 2):
+        ap.error("--block must be >= 1 (>= 2 with --isolate)")
+    if args.isolate and args.spin:
+        ap.error("--isolate runs every engine with its default spinning; drop --spin")
     args.models = [m for m in args.models.split(",") if m]
     args.threads = [int(t) for t in args.threads.split(",") if t]
     return args
@@ -303,8 +372,8 @@ def host_target() -> tvm.target.Target:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     target = tvm.target.Target(json.loads(args.target)) if args.target else host_target()
-    payloads = tvm_threads.per_process(args.threads, sys.argv[1:] if argv is None else argv,
-                                       __file__)
+    payloads = None if args.isolate else tvm_threads.per_process(
+        args.threads, sys.argv[1:] if argv is None else argv, __file__)
     if payloads is None:
         rows = [row for name in args.models for row in bench_model(name, args, target)]
     else:  # one process per thread count (tools/tvm_threads.py); rows model by model
@@ -313,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
                       key=lambda r: (order.get(r["model"], 0), r["threads"]))
     print(f"target: `{json.dumps(target.export().get('kind'))} "
           f"{target.attrs.get('mcpu', '')}`, tune trials/task: {args.tune_trials}, "
-          f"repeat: {args.repeat}, block: {args.block}, spinning threads: {args.spin}, "
+          f"repeat: {args.repeat}, block: {args.block}, engines: "
+          f"{'one process each, default spinning' if args.isolate else 'one process'}, "
+          f"spinning threads: {'default' if args.isolate else args.spin}, "
           f"host: {platform.node()} ({os.cpu_count()} CPUs)\n")
     print(markdown(rows))
     if args.json:

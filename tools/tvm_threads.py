@@ -4,13 +4,15 @@ Why (measured on the 2-vCPU Zen 5 host, 2026-12-04; `tools/results/tvm_speed/zen
 resizing TVM's pool at run time with `runtime.config_threadpool(0, n)`, as the benchmarks
 did until stop 25, is not what a deployment with `TVM_NUM_THREADS=n` gets.
 - Without the variable TVM's concurrency is half the logical CPUs (1 on this host), and
-  the pool it creates pins the calling thread to one core. `config_threadpool(0, 2)` then
-  still runs every kernel on that core, and so do the onnxruntime threads created from
-  that thread: the "2-thread" rows ran both engines on one core (ResNet-18: 15.1 ms TVM,
-  14.9 ms onnxruntime, the same as at 1 thread).
-- At 1 thread only the start-up setting takes TVM's inline path for parallel loops
-  (`TVMBackendParallelLaunch` with a concurrency of 1); through a resized pool every
-  kernel call goes through the launcher and waits for it.
+  its pool pins the process's calling thread to CPU 0 (`os.sched_getaffinity` gives {0}).
+  `config_threadpool(0, 2)` cannot raise the pool above that (`runtime.NumThreads` stays
+  1), and the onnxruntime threads started from the pinned thread inherit CPU 0: the
+  "2-thread" rows ran both engines on one core (ResNet-18 at stop 25: onnxruntime 14.7 /
+  14.9 ms at 1 / 2 threads, TVM 15.1 / 15.1 ms).
+- At 1 thread the resized pool measured slower than the start-up setting (pruned
+  Inception v2, TVM 5.16 vs 4.46 ms; onnxruntime in the same process 4.73 vs 4.46 ms; the
+  same with the process pinned by `taskset`). Why was not found; the start-up setting is
+  what a deployment uses.
 
 So a benchmark runs itself once per thread count with `TVM_NUM_THREADS` set before TVM
 loads (`per_process`), and refuses to time a count its process was not started with
