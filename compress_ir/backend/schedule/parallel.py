@@ -9,9 +9,11 @@ wake-up costs microseconds, more than a small kernel's whole run. MobileNetV3-Sm
 The floor was 4M (set with spinning off). With TVM's default spinning, measured at 2
 threads with one engine per process (`tools/bench_tvm.py --isolate`, 2026-12-04), it kept
 the pruned SqueezeNet and MobileNetV2 entirely on one core. At 1M, same-build A/B at 2
-threads: pruned MobileNetV2 0.62 of the time, pruned EfficientNet-B0 0.71, ShuffleNet v1
-0.88, RegNetX 0.90, MobileNetV2 0.95, pruned SqueezeNet 0.95, MobileNetV3-Small 0.99
-(its SE and 7x7 kernels are the smallest: at 512K it ran 1.13x slower). At 1 thread
+threads: pruned MobileNetV2 0.71 of the time and pruned SqueezeNet 0.95 (TVM unpinned, two
+runs each); pruned EfficientNet-B0 0.71, ShuffleNet v1 0.88, RegNetX 0.90, MobileNetV2 0.95,
+MobileNetV3-Small 0.99 (with TVM's default pinning, one run each: noisy, see
+tools/results/tvm_speed/zen5/README.md). At 512K MobileNetV3-Small, whose SE and 7x7 kernels
+are the smallest, ran 1.13x slower. At 1 thread
 nothing changes: TVM runs a parallel loop inline when started with one thread.
 """
 
