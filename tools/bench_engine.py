@@ -46,10 +46,8 @@ def _ort(path: str, feeds: dict[str, np.ndarray], threads: int) -> Callable[[], 
 
 def _tvm(path: str, feeds: dict[str, np.ndarray], threads: int) -> Callable[[], Any]:
     import tvm
+    import tvm_threads  # tools/ is sys.path[0]: this file runs as a script
     from tvm import relax
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import tvm_threads
 
     tvm_threads.require(threads)
     vm = relax.VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())

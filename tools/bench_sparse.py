@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import tvm
+import tvm_threads  # tools/: a run-time resize left "2 threads" on one core
 from onnx import TensorProto, numpy_helper
 from onnx import helper as oh
 from tvm import relax
@@ -166,15 +167,6 @@ def numpy_runner(op: str, weight: np.ndarray, x: np.ndarray, attrs: dict) -> Cal
     return conv
 
 
-def set_tvm_threads(n: int) -> None:
-    """Time `n` threads only in a process started with TVM_NUM_THREADS=n (a run-time resize
-    left '2 threads' on one core for both engines: tools/tvm_threads.py)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import tvm_threads  # noqa: PLC0415 - tools/ is not a package
-
-    tvm_threads.require(n)
-
-
 def bench_layers(args: argparse.Namespace, rng: np.random.Generator) -> list[dict]:
     rows = []
     for name in args.layers:
@@ -202,7 +194,7 @@ def bench_layers(args: argparse.Namespace, rng: np.random.Generator) -> list[dic
                 print(f"# built {name} {key} err={err:.1e} ({info['compile_s']} s)",
                       file=sys.stderr, flush=True)
         for threads in args.threads:
-            set_tvm_threads(threads)
+            tvm_threads.require(threads)
             sess = ort_session(dense_model, threads)
             runners = {"tvm_dense": dense_run, "ort_dense": lambda s=sess, f=feeds: s.run(None, f),
                        "numpy": numpy_runner(op, dense_w, x, attrs), **sparse_runs}
@@ -299,7 +291,7 @@ def bench_e2e(args: argparse.Namespace, rng: np.random.Generator) -> list[dict]:
             ref = ort_session(model, 1).run(None, feeds)[0]
             err = float(np.abs(tvm_out(sparse_run()) - ref).max() / np.abs(ref).max())
             for threads in args.threads:
-                set_tvm_threads(threads)
+                tvm_threads.require(threads)
                 sess = ort_session(model, threads)
                 runners = {"tvm_sparse": sparse_run, "tvm_dense": dense_run,
                            "ort_dense": lambda s=sess, f=feeds: s.run(None, f)}

@@ -439,7 +439,7 @@ def _capture_level(
                 y = (rows_o @ w_o.T.astype(np.float64) + b_o)[:, t.out_keep]
             else:
                 skip, total = now[t.stream[0]], then[t.stream[1]]
-                if skip.shape != total.shape or skip.shape[-1] != _y_width(t):
+                if skip.shape != total.shape or skip.shape[-1] != int(t.out_keep.sum()):
                     raise UsageError(
                         f"reconstruct: target=stream: the residual Add after {t.node.name!r}"
                         f" broadcasts (skip {list(skip.shape)}, sum {list(total.shape)})")
@@ -449,10 +449,6 @@ def _capture_level(
             t.sums.setdefault("fit", Normal()).add(rows[~held], y[~held])
             t.sums.setdefault("held", Normal()).add(rows[held], y[held])
             t.rows += rows.shape[0]
-
-
-def _y_width(t: Target) -> int:
-    return int(t.out_keep.sum()) if t.out_keep is not None else -1
 
 
 def _bn_sums(t: Target, x: np.ndarray, y: np.ndarray) -> None:
