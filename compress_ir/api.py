@@ -569,12 +569,16 @@ def _build_target(
     from compress_ir.backend import build, default_artifact_dir
     from compress_ir.backend.benchmark import benchmark as run_benchmark
     from compress_ir.backend.report import target_section
+    from compress_ir.backend.runner import local_run_blocker
 
     out = Path(artifact) if artifact is not None else default_artifact_dir(base, spec)
     art = build(proto, spec, out, options, source=source)
     bench = None
-    if benchmark and options.rpc:
-        # the device's own baseline: the original built alike, timed in the same session
+    # where TVM does not run on the CPU onnxruntime times (an RPC device, this host's GPU),
+    # a TVM/onnxruntime ratio says nothing about compression: the original is built alike
+    # and timed on that device, in the same session
+    on_device = options.rpc or (art.device == "cuda" and local_run_blocker(art.meta) is None)
+    if benchmark and on_device:
         import tempfile
         import time
 

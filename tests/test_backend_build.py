@@ -272,3 +272,78 @@ def test_cuda_library_carries_compiled_gpu_code(tmp_path: Path) -> None:
 def _no_stray_dirs(tmp_path: Path) -> Iterator[None]:
     yield
     assert leftovers(tmp_path) == []
+
+
+def _payload(fmt: str, code: bytes) -> bytes:
+    """A "cuda" module payload as TVM writes it: fmt, a function table, then the code."""
+    table = struct.pack("<Q", 1) + struct.pack("<Q", 4) + b"kern" + b"\x00" * 24
+    return (struct.pack("<Q", len(fmt)) + fmt.encode() + table
+            + struct.pack("<Q", len(code)) + code)
+
+
+def test_payload_split_finds_source_and_prebuilt_fatbin() -> None:
+    """A GPU host's TVM compiles CUDA C during the build (through `compile_hook`, our
+    fatbin labelled "cubin"); the packer must take that as well as source."""
+    from compress_ir.backend import cuda_pack
+
+    src = b"extern \"C\" __global__ void kern(float* x) { x[0] = 1.0f; }"
+    fmt, table, code = cuda_pack._split_payload(_payload("cuda", src))
+    assert (fmt, code) == ("cuda", src) and table.startswith(struct.pack("<Q", 1))
+    fat = cuda_pack.FATBIN_MAGIC + b"\x01\x00\x10\x00" + bytes(range(64))
+    fmt, _, code = cuda_pack._split_payload(_payload("cubin", fat))
+    assert (fmt, code) == ("cubin", fat)
+    with pytest.raises(ValueError, match="no fatbin found"):  # NVRTC's bare cubin (ELF)
+        cuda_pack._split_payload(_payload("cubin", b"\x7fELF" + bytes(60)))
+
+
+def test_compile_hook_compiles_with_nvcc_and_restores_the_callback() -> None:
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc (CUDA toolkit) not installed")
+    import tvm_ffi
+
+    from compress_ir.backend import cuda_pack
+
+    name = cuda_pack.CALLBACK
+    original = tvm_ffi.get_global_func(name, allow_missing=True)
+    tvm_ffi.register_global_func(name, lambda code, *_: b"sentinel", override=True)
+    try:
+        info = cuda_pack.GpuCode()
+        target = tvm.target.Target({"kind": "cuda", "arch": "sm_86"})
+        with cuda_pack.compile_hook("sm_86", target, info):
+            out = bytes(tvm_ffi.get_global_func(name)(
+                'extern "C" __global__ void k(float* x) { x[0] = 2.0f; }'))
+        assert out.startswith(cuda_pack.FATBIN_MAGIC) and info.nvcc_seconds > 0
+        assert bytes(tvm_ffi.get_global_func(name)("x")) == b"sentinel"  # restored
+    finally:
+        if original is not None:
+            tvm_ffi.register_global_func(name, original, override=True)
+
+
+def test_gpu_benchmark_times_the_original_on_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On this host's GPU (as over RPC) the ratio that means something is the compressed vs
+    the original artifact on that GPU; a TVM-GPU / onnxruntime-CPU ratio is not given."""
+    from types import SimpleNamespace
+
+    from compress_ir.backend import benchmark as bench
+    from compress_ir.backend.artifact import TensorSpec
+
+    class FakeSession:  # a GPU's timings: the compressed artifact twice as fast
+        def __init__(self, art: object, *_: object, **__: object) -> None:
+            self.where, self.ms = "local", art.ms
+
+        def timer(self, feeds: object) -> object:
+            return lambda: self.ms
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(bench, "Session", FakeSession)
+    monkeypatch.setattr(bench, "local_run_blocker", lambda meta: None)
+    spec = [TensorSpec("x", (1, 3, 8, 8), "float32")]
+    art = SimpleNamespace(inputs=spec, meta={"device": "cuda"}, device="cuda", ms=1.0)
+    original = SimpleNamespace(inputs=spec, meta={"device": "cuda"}, device="cuda", ms=2.0)
+    out = bench.benchmark(tiny_model(), tiny_model(), art, repeat=3, original_art=original)
+    assert out["ratios"]["tvm_vs_tvm_original"] == 0.5
+    assert out["ratios"]["tvm_vs_ort_compressed"] is None
+    assert out["ratios"]["tvm_vs_ort_original"] is None
+    assert any("this host's GPU" in w for w in out["warnings"])

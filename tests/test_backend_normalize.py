@@ -155,3 +155,21 @@ def test_identity_read_by_a_subgraph_is_kept() -> None:
     out, stats = _normalize(model)
     assert "Identity" in _ops(out) and "removed" not in stats
     _same(model, out)
+
+
+def test_constant_of_shape_over_an_empty_shape_becomes_a_scalar() -> None:
+    """transformers 5.17's BERT export: `ConstantOfShape(Shape(x)[0:0])`, a scalar, which
+    TVM 0.27 imports as a `broadcast_to` to rank 0 and rejects."""
+    model = _model([
+        helper.make_node("Shape", ["x"], ["s"], start=0, end=0),
+        helper.make_node("ConstantOfShape", ["s"], ["c"],
+                         value=numpy_helper.from_array(np.array([2.5], np.float32))),
+        helper.make_node("Add", ["x", "c"], ["y"]),
+    ], [], [("y", ["N", 3, 6, 6])])
+    out, stats = _normalize(model)
+    assert "ConstantOfShape" not in _ops(out)
+    assert stats["scalar_constant_of_shape"] == {"ConstantOfShape": 1}
+    _same(model, out)
+    from compress_ir.backend.build import import_relax
+
+    import_relax(out, [TensorSpec("x", (2, 3, 6, 6), "float32")], "m.onnx")  # raised before

@@ -161,7 +161,8 @@ def benchmark(original: onnx.ModelProto, compressed: onnx.ModelProto, art: Artif
         result["tvm_original"] = {"ran": False, "reason": original_note}
     ort_o, ort_c, tvm = (result[k] for k in ("onnxruntime_original", "onnxruntime_compressed",
                                              "tvm"))
-    same_device = not rpc
+    # a TVM/onnxruntime ratio needs both on one processor: not over RPC, not GPU vs CPU
+    same_device = not rpc and art.device != "cuda"
     result["ratios"] = {
         "ort_compressed_vs_original": _ratio(ort_c, ort_o),
         "tvm_vs_ort_compressed": _ratio(tvm, ort_c) if same_device else None,
@@ -178,7 +179,8 @@ def benchmark(original: onnx.ModelProto, compressed: onnx.ModelProto, art: Artif
                             f"{entry['cv']:.0%}: the spread is too wide to trust a ratio (use "
                             "an idle machine or more --repeat)")
     if not same_device:
-        warnings.append("TVM ran on the RPC device, onnxruntime here: no TVM/onnxruntime ratio"
+        where = "the RPC device" if rpc else "this host's GPU"
+        warnings.append(f"TVM ran on {where}, onnxruntime on this CPU: no TVM/onnxruntime ratio"
                         + ("" if "median_ms" in (result.get("tvm_original") or {}) else
                            " and no original TVM timing on that device"))
     for line in warnings:

@@ -275,17 +275,27 @@ def _check_tools(spec: TargetSpec) -> None:
         raise UsageError(f"target {spec.name} needs nvcc (the CUDA toolkit) on PATH")
 
 
-def _export(ex: Any, spec: TargetSpec, target: Any, lib_path: Path, meta: dict[str, Any]
-            ) -> None:
+def _gpu_code(spec: TargetSpec, target: Any) -> tuple[Any, Any]:
+    """(what GPU code the build embeds, the context the compile runs in) for `spec`."""
+    if spec.family != "cuda":
+        return None, contextlib.nullcontext()
+    from compress_ir.backend.cuda_pack import GpuCode, compile_hook
+
+    info = GpuCode()
+    return info, compile_hook(spec.cuda_arch, target, info)
+
+
+def _export(ex: Any, spec: TargetSpec, target: Any, lib_path: Path, meta: dict[str, Any],
+            gpu: Any = None) -> None:
     if spec.family == "arm":
         from tvm.support import cc
 
         ex.export_library(str(lib_path), fcompile=cc.cross_compiler(spec.cross_compiler))
         meta["elf_machine"] = elf_machine(lib_path)
     elif spec.family == "cuda":
-        from compress_ir.backend.cuda_pack import GpuCode, library_gpu_code, make_fpack_imports
+        from compress_ir.backend.cuda_pack import library_gpu_code, make_fpack_imports
 
-        info = GpuCode()
+        info = gpu
         ex.export_library(str(lib_path),
                           fpack_imports=make_fpack_imports(spec.cuda_arch, target, info))
         found = library_gpu_code(lib_path)
@@ -380,12 +390,14 @@ def build(model: onnx.ModelProto | str | os.PathLike, target: str | dict | Targe
     out = Path(out_dir)
     with _staging(out) as tmp, tempfile.TemporaryDirectory(prefix="compress-ir-tvm-") as work:
         t1 = time.perf_counter()
+        gpu, hook = _gpu_code(spec, tvm_target)
         try:
-            ex, build_stats = compile_relax(mod, tvm_target, spec,
-                                            tune_trials=options.tune_trials,
-                                            tune_budget_s=options.tune_budget,
-                                            tuning_db=options.tuning_db, work_dir=work,
-                                            remote=remote)
+            with hook:
+                ex, build_stats = compile_relax(mod, tvm_target, spec,
+                                                tune_trials=options.tune_trials,
+                                                tune_budget_s=options.tune_budget,
+                                                tuning_db=options.tuning_db, work_dir=work,
+                                                remote=remote)
         except (UsageError, UnsupportedModelError):
             raise
         except Exception as exc:  # noqa: BLE001 - TVM lowering errors
@@ -396,7 +408,7 @@ def build(model: onnx.ModelProto | str | os.PathLike, target: str | dict | Targe
         if remote is not None:
             meta["tuning_rpc"] = remote.to_dict()
         t2 = time.perf_counter()
-        _export(ex, spec, tvm_target, tmp / LIBRARY_FILE, meta)
+        _export(ex, spec, tvm_target, tmp / LIBRARY_FILE, meta, gpu)
         seconds["export"] = time.perf_counter() - t2
         seconds["total"] = time.perf_counter() - t0
         import tvm

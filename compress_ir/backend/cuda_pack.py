@@ -15,10 +15,12 @@ is the `_lib` placeholder, its payload (length + bytes). A "cuda" payload is
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import struct
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,24 +97,28 @@ def join_blob(header: bytes, modules: list[tuple[str, bytes | None]]) -> bytes:
     return _u64(len(body)) + bytes(body)
 
 
-def _cuda_payload_with_binary(payload: bytes, binary: bytes, fmt: str) -> tuple[bytes, str]:
-    """Swap the source code of a "cuda" payload for `binary`; return it and the source."""
+def _split_payload(payload: bytes) -> tuple[str, bytes, bytes]:
+    """A "cuda" payload as (fmt, function table bytes, code bytes).
+
+    The table's layout is TVM-internal, so the code (the last field) is found from the
+    end: the length prefix that ends exactly at the payload's end, and whose bytes are
+    what `fmt` says (CUDA C with a kernel, or a fatbin)."""
     r = _Reader(payload)
-    old_fmt = r.chunk().decode()
-    if old_fmt != "cuda":
-        raise ValueError(f"cuda module already holds {old_fmt!r}, not source")
+    fmt = r.chunk().decode()
     table_start = r.pos
-    # The code is the last field: find where it starts from the end.
     for code_start in range(len(payload) - 8, table_start - 1, -1):
         (size,) = struct.unpack_from("<Q", payload, code_start)
-        if code_start + 8 + size == len(payload):
-            table = payload[table_start:code_start]
-            source = payload[code_start + 8 :].decode()
-            if "__global__" in source:
-                fmt_bytes = fmt.encode()
-                new = _u64(len(fmt_bytes)) + fmt_bytes + table + _u64(len(binary)) + binary
-                return new, source
-    raise ValueError("no CUDA source found in the cuda module payload")
+        if code_start + 8 + size != len(payload):
+            continue
+        code = payload[code_start + 8 :]
+        if (b"__global__" in code) if fmt == "cuda" else code.startswith(FATBIN_MAGIC):
+            return fmt, payload[table_start:code_start], code
+    raise ValueError(f"no {'CUDA source' if fmt == 'cuda' else 'fatbin'} found in a cuda "
+                     f"module payload of format {fmt!r}")
+
+
+def _join_payload(fmt: str, table: bytes, code: bytes) -> bytes:
+    return _u64(len(fmt)) + fmt.encode() + table + _u64(len(code)) + code
 
 
 def nvcc_fatbin(source: str, arch: str, target: Any) -> bytes:
@@ -133,6 +139,40 @@ def nvcc_fatbin(source: str, arch: str, target: Any) -> bytes:
             raise UsageError(f"nvcc failed for {arch}: {' | '.join(tail)}") from None
 
 
+CALLBACK = "tvm_callback_cuda_compile"
+
+
+@contextlib.contextmanager
+def compile_hook(arch: str, target: Any, info: GpuCode) -> Iterator[None]:
+    """During a CUDA build, TVM's codegen compiles each module with our nvcc fatbin.
+
+    Why: where a CUDA driver is present, TVM 0.27 compiles CUDA C at build time through
+    the global `tvm_callback_cuda_compile` (NVRTC by default: a cubin for one
+    architecture, no PTX) and the library then holds that binary instead of source, which
+    `make_fpack_imports` needs (seen on an H200 host: every cuda build failed with "cuda
+    module already holds 'cubin'"). With this hook both hosts ship the same thing: SASS for
+    the target's `sm_XX` plus PTX. The previous callback is restored afterwards."""
+    import tvm_ffi
+
+    previous = tvm_ffi.get_global_func(CALLBACK, allow_missing=True)
+
+    def compile_cuda(code: str, *_: Any) -> bytes:
+        t0 = time.perf_counter()
+        binary = nvcc_fatbin(code, arch, target)
+        info.nvcc_seconds += time.perf_counter() - t0
+        info.source_bytes_replaced += len(code)
+        return binary
+
+    tvm_ffi.register_global_func(CALLBACK, compile_cuda, override=True)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            tvm_ffi.register_global_func(CALLBACK, previous, override=True)
+        else:
+            tvm_ffi.remove_global_func(CALLBACK)
+
+
 def make_fpack_imports(arch: str, target: Any, info: GpuCode):  # noqa: ANN201 - TVM hook
     """An `export_library(fpack_imports=...)` hook embedding fatbins instead of source."""
     from tvm.runtime import _ffi_api
@@ -147,14 +187,17 @@ def make_fpack_imports(arch: str, target: Any, info: GpuCode):  # noqa: ANN201 -
         out = []
         for kind, payload in modules:
             if kind == "cuda" and payload is not None:
-                source = _cuda_payload_with_binary(payload, b"", "fatbin")[1]
-                t0 = time.perf_counter()
-                binary = nvcc_fatbin(source, arch, target)
-                info.nvcc_seconds += time.perf_counter() - t0
-                payload, _ = _cuda_payload_with_binary(payload, binary, "fatbin")
+                fmt, table, code = _split_payload(payload)
+                if fmt == "cuda":  # no GPU here: TVM kept the source
+                    t0 = time.perf_counter()
+                    binary = nvcc_fatbin(code.decode(), arch, target)
+                    info.nvcc_seconds += time.perf_counter() - t0
+                    info.source_bytes_replaced += len(code)
+                else:  # compiled during the build by `compile_hook` (a GPU is here)
+                    binary = code
+                payload = _join_payload("fatbin", table, binary)
                 info.modules += 1
                 info.bytes += len(binary)
-                info.source_bytes_replaced += len(source)
             out.append((kind, payload))
         info.arch = arch
         new_blob = join_blob(header, out)

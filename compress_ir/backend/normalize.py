@@ -15,7 +15,8 @@ inference (the verification against onnxruntime on the original model still runs
 3. inference no-ops go: `Dropout` (no mask used, not in training mode), `Identity`;
 4. variadic element-wise ops become chains of binary ones;
 5. constants are folded to a fixed point by the frontend's normaliser (`Constant` nodes,
-   constant subgraphs, `Shape` of tensors whose shape is now static).
+   constant subgraphs, `Shape` of tensors whose shape is now static);
+6. a `ConstantOfShape` over a constant empty shape becomes a scalar `Constant`.
 
 Compared with onnxsim 0.8.1 and onnxslim 0.1.98 (`tools/compare_normalizers.py`, light
 zoo + yolo): both fold the Shape chains, neither rewrites the variadic `Sum` (resnet50 and
@@ -220,12 +221,46 @@ def fold_to_fixed_point(proto: onnx.ModelProto, source: str) -> onnx.ModelProto:
     return proto
 
 
+def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return consts
+
+
+def scalar_constant_of_shape(proto: onnx.ModelProto, stats: Counter) -> None:
+    """`ConstantOfShape` over a constant empty shape (a scalar) becomes a `Constant`.
+
+    Why: TVM 0.27's importer turns it into `broadcast_to(value[1], ())`, which it then
+    rejects ("broadcast_to expects the input shape to have the number of ndim at least as
+    the input tensor's"); seen in a BERT export from transformers 5.17 (torch 2.11)."""
+    consts = _constant_values(proto.graph)
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type != "ConstantOfShape" or not node.input:
+            continue
+        shape = consts.get(node.input[0])
+        if shape is None or shape.size != 0:
+            continue
+        value = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"),
+                     np.zeros(1, np.float32))
+        scalar = numpy_helper.from_array(value.reshape(()), node.output[0])
+        const = helper.make_node("Constant", [], [node.output[0]], name=node.name or None,
+                                 value=scalar)
+        proto.graph.node.remove(node)
+        proto.graph.node.insert(i, const)
+        stats["ConstantOfShape"] += 1
+
+
 Rewrite = Callable[[onnx.ModelProto, Counter], None]
 
 # In order; each takes the proto (changed in place) and counts what it rewrote.
 REWRITES: tuple[tuple[str, Rewrite], ...] = (
     ("removed", remove_noops),
     ("split_variadic", split_variadic),
+)
+AFTER_FOLDING: tuple[tuple[str, Rewrite], ...] = (
+    ("scalar_constant_of_shape", scalar_constant_of_shape),
 )
 
 
@@ -246,5 +281,10 @@ def normalize_for_tvm(proto: onnx.ModelProto, source: str, inputs: list[TensorSp
         if counts:
             stats[key] = dict(counts)
     work = fold_to_fixed_point(work, source)
+    for key, rewrite in AFTER_FOLDING:  # on the shapes the folding made constant
+        counts = Counter()
+        rewrite(work, counts)
+        if counts:
+            stats[key] = dict(counts)
     stats["nodes_after"] = len(work.graph.node)
     return work, stats
