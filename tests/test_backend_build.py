@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 import struct
 from collections.abc import Iterator
@@ -347,3 +348,23 @@ def test_gpu_benchmark_times_the_original_on_the_gpu(monkeypatch: pytest.MonkeyP
     assert out["ratios"]["tvm_vs_ort_compressed"] is None
     assert out["ratios"]["tvm_vs_ort_original"] is None
     assert any("this host's GPU" in w for w in out["warnings"])
+
+
+def test_cuda_code_is_compiled_without_fast_math() -> None:
+    """`--use_fast_math` makes powf(x, 2) exp2(2 log2 x): NaN for x < 0 (LayerNorm as Pow)."""
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc (CUDA toolkit) not installed")
+    from tvm.support import nvcc
+
+    from compress_ir.backend import cuda_pack
+
+    src = 'extern "C" __global__ void k(float* x) { x[threadIdx.x] = powf(x[threadIdx.x], 2.0f); }'
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_86"})
+    with target:
+        fast = bytes(nvcc.compile_cuda(src, target_format="ptx", arch="sm_86", compiler="nvcc"))
+        with cuda_pack.exact_math():
+            exact = bytes(nvcc.compile_cuda(src, target_format="ptx", arch="sm_86",
+                                            compiler="nvcc"))
+    assert b"lg2.approx" in fast  # TVM's default: the NaN-prone approximation
+    assert b"lg2.approx" not in exact
+    assert cuda_pack.NO_FAST_MATH not in os.environ  # restored

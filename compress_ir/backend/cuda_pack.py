@@ -121,6 +121,31 @@ def _join_payload(fmt: str, table: bytes, code: bytes) -> bytes:
     return _u64(len(fmt)) + fmt.encode() + table + _u64(len(code)) + code
 
 
+NO_FAST_MATH = "TVM_CUDA_NVCC_NO_FAST_MATH"
+
+
+@contextlib.contextmanager
+def exact_math() -> Iterator[None]:
+    """TVM's nvcc call without `--use_fast_math` (its default adds it).
+
+    Why: fast math turns `powf` into `__powf`, exp2(y * log2(x)), which is NaN for a
+    negative base. The LayerNorm/RMSNorm that torch's exporters write as
+    `Pow(x - mean, 2)` then gives NaN rows. On an H200 the corpus BERT and LLaMA exports
+    built with fast math failed the check against onnxruntime with non-finite outputs.
+    ViT, whose export has a LayerNormalization op and no Pow, passed. Fast math also
+    flushes denormals and approximates division and sqrt. A compression tool verifies
+    against onnxruntime, so it compiles exact math."""
+    previous = os.environ.get(NO_FAST_MATH)
+    os.environ[NO_FAST_MATH] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(NO_FAST_MATH, None)
+        else:
+            os.environ[NO_FAST_MATH] = previous
+
+
 def nvcc_fatbin(source: str, arch: str, target: Any) -> bytes:
     """SASS for `arch` plus its PTX (JIT-able on newer GPUs), as one fatbin."""
     if shutil.which("nvcc") is None:
@@ -130,7 +155,7 @@ def nvcc_fatbin(source: str, arch: str, target: Any) -> bytes:
     sm = arch.removeprefix("sm_")
     gencode = ["-gencode", f"arch=compute_{sm},code=sm_{sm}",
                "-gencode", f"arch=compute_{sm},code=compute_{sm}"]
-    with target:  # nvcc.compile_cuda reads the current target for its flags
+    with target, exact_math():  # nvcc.compile_cuda reads the current target for its flags
         try:
             return bytes(nvcc.compile_cuda(source, target_format="fatbin", arch=gencode,
                                            compiler="nvcc"))
