@@ -61,7 +61,10 @@ def fill_placeholders(proto: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
             consumers.setdefault(name, (node.op_type, idx, node))
     kept = []
     for node in graph.node:
-        if node.op_type != "ConstantOfShape" or (
+        # only `W__SHAPE` inputs mark a placeholder: an export's own ConstantOfShape over
+        # a constant shape (GPT-2's masked-attention fill value, transformers 5's mask) is
+        # part of the model and stays as it is
+        if node.op_type != "ConstantOfShape" or not node.input[0].endswith(SHAPE_SUFFIX) or (
             node.input[0] not in inits and node.input[0] not in shape_nodes
         ):
             kept.append(node)

@@ -68,6 +68,7 @@ CASES: dict[str, Case] = {
     "paddle2onnx_ocr_det": Case(),
     "bert_ts": Case(),
     "bert_dynamo": Case(),
+    "bert_hf5_ts": Case(),
     "vit": Case(),
     "vit_ts": Case(),
     "gpt2": Case(),
@@ -221,6 +222,7 @@ COMPILE_SUBSET = [
     ("segnet_dyn_hw", {"x": (1, 3, 64, 64)}, None),  # ConvTranspose between NHWC convs
     ("bert_ts", _tokens(1, 16, "token_type_ids"), None),  # token ids within their tables
     ("bert_dynamo", _tokens(1, 16, "token_type_ids"), None),
+    ("bert_hf5_ts", _tokens(1, 16, "token_type_ids"), None),  # transformers 5: scalar fill
     ("keras_cnn", None, None),  # tf2onnx: Reshape whose shape is a computed tensor
     ("vit", None, None),  # dynamo: patch Conv, cls Concat, heads pruned (issue 14)
     ("vit_ts", None, None),  # the same ViT through TorchScript

@@ -31,6 +31,7 @@ PRUNE = "channel-prune{ratio=0.5}"
 # fixture -> extra token inputs besides input_ids/attention_mask (None: an image model)
 MODELS: dict[str, tuple[str, ...] | None] = {
     "bert_ts": ("token_type_ids",), "bert_dynamo": ("token_type_ids",),
+    "bert_hf5_ts": ("token_type_ids",),
     "vit": None, "vit_ts": None, "gpt2": (), "gpt2_ts": (), "llama": (), "llama_ts": (),
     "mpt": (), "mpt_ts": (),
 }

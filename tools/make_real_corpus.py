@@ -542,6 +542,19 @@ def _tokens(g: Any, batch: int, seq: int, vocab: int) -> dict[str, Any]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def _major(major: int, build: Callable[[], Export]) -> Callable[[], Export]:
+    """`build`, refused unless the installed transformers has this major version."""
+
+    def checked() -> Export:
+        import transformers
+
+        if int(transformers.__version__.split(".")[0]) != major:
+            raise RuntimeError(f"needs transformers {major}.x, found {transformers.__version__}")
+        return build()
+
+    return checked
+
+
 def bert(dynamo: bool) -> Callable[[], Export]:
     """A tiny BERT encoder: input_ids, attention_mask, token_type_ids; dynamic batch×sequence."""
 
@@ -762,6 +775,14 @@ CORPUS: dict[str, Spec] = {
                     "embeddings Gather, token types, attention mask, LayerNorm, GELU"),
     "bert_dynamo": Spec(bert(dynamo=True), "transformers 4.57.6 BertModel, dynamo=True, opset 18",
                         "same BERT through the new exporter"),
+    # transformers 5.x writes the extended attention mask with a ConstantOfShape over an
+    # empty shape (a scalar), which TVM's importer rejected. Made in an environment with
+    # transformers 5.17.0 first on the path (the `corpus` extra pins 4.57.6):
+    #   pip install --target /tmp/tf5 transformers==5.17.0
+    #   PYTHONPATH=/tmp/tf5 python tools/make_real_corpus.py --models bert_hf5_ts
+    "bert_hf5_ts": Spec(_major(5, bert(dynamo=False)),
+                        "transformers 5.17.0 BertModel, dynamo=False, opset 14",
+                        "transformers 5's mask: ConstantOfShape over an empty shape"),
     "vit": Spec(vit, "transformers 4.57.6 ViTModel, dynamo=True, opset 18",
                 "patch-embedding Conv→Reshape→Transpose, cls token Concat"),
     "vit_ts": Spec(lambda: vit(dynamo=False),

@@ -23,12 +23,12 @@ os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
 import numpy as np  # noqa: E402
 import tvm  # noqa: E402
+import tvm_threads  # noqa: E402
 from bench_tvm import (  # noqa: E402
     host_target,
     input_spec,
     load_fixture,
     ort_session,
-    set_tvm_threads,
 )
 from tvm import relax  # noqa: E402
 from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
@@ -101,7 +101,7 @@ def compare(build_fn, default_models: str) -> int:  # noqa: ANN001 - build(proto
             vms = {"before": build_fn(proto, target, True),
                    "after": build_fn(proto, target, False)}
             for threads in [int(t) for t in args.threads.split(",")]:
-                set_tvm_threads(threads)
+                tvm_threads.require(threads)  # run once per count: TVM_NUM_THREADS=N
                 sess = ort_session(proto, threads, spin=False)
                 want = sess.run(None, {in_name: x})[0]
                 got = vms["after"]["main"](xt)
