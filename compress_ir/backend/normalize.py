@@ -221,11 +221,12 @@ def fold_to_fixed_point(proto: onnx.ModelProto, source: str) -> onnx.ModelProto:
     return proto
 
 
-def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+def _constant_protos(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Initializers and `Constant` node values by name (as protos: nothing is copied)."""
+    consts = {i.name: i for i in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            consts[node.output[0]] = node.attribute[0].t
     return consts
 
 
@@ -235,12 +236,12 @@ def scalar_constant_of_shape(proto: onnx.ModelProto, stats: Counter) -> None:
     Why: TVM 0.27's importer turns it into `broadcast_to(value[1], ())`, which it then
     rejects ("broadcast_to expects the input shape to have the number of ndim at least as
     the input tensor's"); seen in a BERT export from transformers 5.17 (torch 2.11)."""
-    consts = _constant_values(proto.graph)
+    consts = _constant_protos(proto.graph)
     for i, node in enumerate(proto.graph.node):
         if node.op_type != "ConstantOfShape" or not node.input:
             continue
         shape = consts.get(node.input[0])
-        if shape is None or shape.size != 0:
+        if shape is None or list(shape.dims) != [0]:
             continue
         value = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"),
                      np.zeros(1, np.float32))
@@ -264,6 +265,15 @@ AFTER_FOLDING: tuple[tuple[str, Rewrite], ...] = (
 )
 
 
+def _apply(rewrites: tuple[tuple[str, Rewrite], ...], proto: onnx.ModelProto,
+           stats: dict[str, Any]) -> None:
+    for key, rewrite in rewrites:
+        counts: Counter = Counter()
+        rewrite(proto, counts)
+        if counts:
+            stats[key] = dict(counts)
+
+
 def normalize_for_tvm(proto: onnx.ModelProto, source: str, inputs: list[TensorSpec]
                       ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """A rewritten copy of `proto` for the importer, and what was done (for meta.json).
@@ -275,16 +285,8 @@ def normalize_for_tvm(proto: onnx.ModelProto, source: str, inputs: list[TensorSp
     stats: dict[str, Any] = {"nodes_before": len(work.graph.node)}
     set_input_shapes(work, inputs)
     work = upgrade_opset(work, stats)
-    for key, rewrite in REWRITES:  # structural: exporters write graphs in topological order
-        counts: Counter = Counter()
-        rewrite(work, counts)
-        if counts:
-            stats[key] = dict(counts)
+    _apply(REWRITES, work, stats)  # structural: exporters write graphs in topological order
     work = fold_to_fixed_point(work, source)
-    for key, rewrite in AFTER_FOLDING:  # on the shapes the folding made constant
-        counts = Counter()
-        rewrite(work, counts)
-        if counts:
-            stats[key] = dict(counts)
+    _apply(AFTER_FOLDING, work, stats)  # on the shapes the folding made constant
     stats["nodes_after"] = len(work.graph.node)
     return work, stats
