@@ -29,6 +29,7 @@ from tvm.target import Target
 from compress_ir.backend.schedule import rowwise, transpose
 from compress_ir.backend.schedule.analysis import BlockInfo, root_blocks, subexprs
 from compress_ir.backend.schedule.parallel import parallel, scheduling, work
+from compress_ir.backend.schedule.prefetch import PREFETCH_ATTR
 from compress_ir.backend.schedule.validate import first_line, lowering_error
 from compress_ir.targets.spec import TargetSpec
 
@@ -340,8 +341,11 @@ def rule_reduction_tile(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
         row_i = None
         outer = [ch_o]
         sch.reorder(ch_o, *reduce_, ch_i)
+    blocks = _extent(sch, ch_o)
     par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     parallel(sch, par)
+    if row_i is not None and weight_outer and packed is not None and blocks:
+        sch.annotate(par, PREFETCH_ATTR, blocks)  # see prefetch.py
     sch.reverse_compute_at(wb, par, preserve_unit_loops=True)
     if row_i is not None and row_t > 1:
         sch.unroll(row_i)

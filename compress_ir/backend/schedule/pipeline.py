@@ -27,6 +27,7 @@ from compress_ir.backend.schedule.lift import LiftScalarElementwise
 from compress_ir.backend.schedule.pad_channels import PadOutputChannels
 from compress_ir.backend.schedule.pad_keys import PadAttentionKeys
 from compress_ir.backend.schedule.pad_rows import PadRows
+from compress_ir.backend.schedule.prefetch import insert_weight_prefetch
 from compress_ir.targets.registry import spec_of_tvm_target
 
 # Desired layouts per op for CPU targets (ConvertLayout keeps what it cannot convert).
@@ -182,7 +183,7 @@ def schedule_cpu(mod: tvm.IRModule, target: Target, stats: BuildStats,
             updates[gv] = new_func
     for gv, func in updates.items():
         mod[gv] = func
-    return pack_weights(mod, target)
+    return insert_weight_prefetch(pack_weights(mod, target))
 
 
 def pack_weights(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
