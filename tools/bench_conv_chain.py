@@ -4,7 +4,8 @@ Why: whole models mix many kernels and a shared host's noise hides a 5 % kernel 
 chain of N convs with their own weights (so that, as in a model, no weight slice is still
 cached when its conv runs again) isolates one layer shape. Each feature in `FEATURES` can be
 switched off for one build; the chain is then timed with the feature on, off, and in
-onnxruntime, interleaved round by round in one process (medians; ratios side by side).
+onnxruntime, interleaved round by round in one process (medians; ratios side by side), with both
+engines' idle workers not spinning.
 
 Run::
 
@@ -28,6 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TVM_NUM_THREADS", "1")
+# engines share the process: idle workers must not spin while the other engine runs
+# (as bench_tvm.py's in-process mode; spinning on, 2-thread times were 1.5-3x noisier)
+os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
@@ -95,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         (1, layers[0][0], args.size, args.size)).astype(np.float32)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(os.environ["TVM_NUM_THREADS"])
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
     want = sess.run(None, {"x": x})[0]
