@@ -23,7 +23,6 @@ import contextlib
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,8 +34,8 @@ os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 import tvm  # noqa: E402
+from bench_tvm import ort_session, time_side_by_side  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from tvm import relax  # noqa: E402
 
@@ -97,11 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = resolve_target(args.target)
     x = np.random.default_rng(1).standard_normal(
         (1, layers[0][0], args.size, args.size)).astype(np.float32)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(os.environ["TVM_NUM_THREADS"])
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    threads = int(os.environ["TVM_NUM_THREADS"])
+    sess = ort_session(model, threads, spin=False)
     want = sess.run(None, {"x": x})[0]
     runs: dict[str, Callable[[], object]] = {}
     for label, ctx in (("on", contextlib.nullcontext), ("off", FEATURES[args.feature])):
@@ -115,17 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# TVM {args.feature} {label}: rel. error vs onnxruntime {err:.1e}")
         runs[f"tvm_{label}"] = lambda f=vm["main"], a=arg: f(a)
     runs["ort"] = lambda: sess.run(None, {"x": x})
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(args.rounds):
-        for key, fn in runs.items():
-            fn()
-            t0 = time.perf_counter()
-            for _ in range(5):
-                fn()
-            times[key].append((time.perf_counter() - t0) / 5 * 1e3)
+    # blocks of 6 runs per engine and round, the first of each block dropped
+    times = time_side_by_side(runs, args.rounds, block=6)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"| chain ({args.repeat} x {args.layers} @ {args.size}x{args.size}, "
-          f"{os.environ['TVM_NUM_THREADS']} thread(s)) | ms | onnxruntime / this |")
+          f"{threads} thread(s)) | ms | onnxruntime / this |")
     print("|---|---:|---:|")
     for key, ms in med.items():
         print(f"| {key} | {ms:.3f} | {med['ort'] / ms:.2f} |")

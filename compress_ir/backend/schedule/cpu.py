@@ -338,13 +338,13 @@ def rule_reduction_tile(sch: s_tir.Schedule, cpu: CpuParams) -> str | None:
         outer = [ch_o, *spatial[:-2], row_o] if weight_outer else [*spatial[:-2], row_o, ch_o]
         sch.reorder(*outer, *reduce_, row_i, ch_i)
     else:
-        row_i = None
+        row_i, weight_outer = None, False
         outer = [ch_o]
         sch.reorder(ch_o, *reduce_, ch_i)
     blocks = _extent(sch, ch_o)
     par = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     parallel(sch, par)
-    if row_i is not None and weight_outer and packed is not None and blocks:
+    if weight_outer and packed is not None and blocks:
         sch.annotate(par, PREFETCH_ATTR, blocks)  # see prefetch.py
     sch.reverse_compute_at(wb, par, preserve_unit_loops=True)
     if row_i is not None and row_t > 1:

@@ -34,8 +34,6 @@ LOCALITY = 2  # llvm.prefetch locality 2 = prefetcht1: into L2, the slice is reu
 CACHE_LINE = 64
 SPAN = 4  # rows to spread a slice over: 1, 2, 8, 16 measured slower (512@7 and 256@14)
 
-_COMM_REDUCE = 2  # IterVar.CommReduce
-
 
 def insert_weight_prefetch(mod: tvm.IRModule) -> tvm.IRModule:
     """Every marked kernel of `mod` with its next-slice prefetches (others unchanged)."""
@@ -187,12 +185,12 @@ def _weight_load(block: s_tir.SBlock) -> tuple[TensorLoad, list[tirx.Var]] | Non
 
     def reduce_like(e: object) -> bool:
         kind = kinds.get(e)
-        return kind is not None and (kind[0] == _COMM_REDUCE or int(kind[1]) == 1)
+        return kind is not None and (kind[0] == tirx.IterVar.CommReduce or int(kind[1]) == 1)
 
     for e in subexprs(value):
         if not isinstance(e, TensorLoad) or len(e.indices) < 3:
             continue
         middle = list(e.indices)[1:-1]
-        if all(reduce_like(i) for i in middle) and kinds[middle[-1]][0] == _COMM_REDUCE:
+        if all(reduce_like(i) for i in middle) and kinds[middle[-1]][0] == tirx.IterVar.CommReduce:
             return e, middle
     return None
