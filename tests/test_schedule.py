@@ -270,21 +270,21 @@ def test_two_partial_vectors_share_the_broadcasts() -> None:
 
 @pytest.mark.parametrize("op", ["conv", "MaxPool"])
 def test_odd_window_positions_take_a_full_row_tile_with_a_cut_tail(op: str) -> None:
-    """13x13 = 169 positions have no exact divisor from 2 to 7, so exact tiles left one row
-    per input broadcast (SqueezeNet 0.43x onnxruntime); the tile takes the most rows its
-    accumulators allow on the stack (7 x 32 channels: 8 would be 1 KB) and a predicate cuts
-    the last one short. Exact vs onnxruntime, odd channels and pool too."""
+    """17x17 = 289 positions have no exact divisor from 2 to 14, so exact tiles left one row
+    per input broadcast (13x13 in SqueezeNet: 0.43x onnxruntime); the tile takes the most
+    rows the register file allows (14 x 32 channels on AVX-512) and a predicate cuts the
+    last one short. Exact vs onnxruntime, odd channels and pool too."""
     rng = np.random.default_rng(18)
     if op == "conv":
-        model = _conv(rng, 24, 32, 1, size=13)
-        odd = _conv(rng, 8, 20, 3, pad=1, size=13)
-        x_odd = rng.standard_normal((1, 8, 13, 13)).astype(np.float32)
+        model = _conv(rng, 24, 32, 1, size=17)
+        odd = _conv(rng, 8, 20, 3, pad=1, size=17)
+        x_odd = rng.standard_normal((1, 8, 17, 17)).astype(np.float32)
     else:
         nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1] * 4),
                  helper.make_node("MaxPool", ["c"], ["y"], kernel_shape=[3, 3], pads=[1] * 4)]
-        model = _model(nodes, [_w(rng, "w", (32, 24, 3, 3))], [1, 24, 13, 13])
+        model = _model(nodes, [_w(rng, "w", (32, 24, 3, 3))], [1, 24, 17, 17])
         odd, x_odd = None, None
-    x = rng.standard_normal((1, 24, 13, 13)).astype(np.float32)
+    x = rng.standard_normal((1, 24, 17, 17)).astype(np.float32)
     _check(model, x)
     if odd is not None:
         _check(odd, x_odd)
@@ -292,7 +292,7 @@ def test_odd_window_positions_take_a_full_row_tile_with_a_cut_tail(op: str) -> N
                              CpuParams(lanes=16, registers=32))
     assert rule in ("contraction-tile", "reduction-tile"), rule
     nest = _update_nest(sched, before=4, after=6)
-    assert "T.unroll(T.int64(7))" in nest and "T.where(" in nest, nest
+    assert "T.unroll(T.int64(14))" in nest and "T.where(" in nest, nest
 
 
 def test_register_tile_accumulators_are_a_stack_array(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -300,18 +300,20 @@ def test_register_tile_accumulators_are_a_stack_array(monkeypatch: pytest.Monkey
     LLVM stored the accumulators and read them back around the epilogue (64-channel 1x1
     convs: 0.894 of the time without). The compiled conv must allocate no workspace at all
     (weight packing, a workspace of its own in a lone function, switched off) and match
-    onnxruntime with tiles whose last one is cut short (30x30 = 900 positions, 7 rows)."""
+    onnxruntime with tiles whose last one is cut short (29x29 = 841 positions, 14 rows: a
+    1792-byte tile, kept on the stack by the CPU pipeline's `stack_tiles` pass)."""
     import compress_ir.backend.schedule.cpu as cpu_mod
+    from compress_ir.backend.schedule.stack_tiles import PIPELINE
 
     rng = np.random.default_rng(3)
-    model = _conv(rng, 64, 64, 1, size=30)
-    _check(model, rng.standard_normal((1, 64, 30, 30)).astype(np.float32))
+    model = _conv(rng, 64, 64, 1, size=29)
+    _check(model, rng.standard_normal((1, 64, 29, 29)).astype(np.float32))
     monkeypatch.setattr(cpu_mod, "PACK_WEIGHTS", False)
     sched, rule = _scheduled(model, "conv2d", CpuParams(lanes=16, registers=32))
     assert rule == "contraction-tile", rule
-    assert "T.unroll(T.int64(7))" in _update_nest(sched), _update_nest(sched)
+    assert "T.unroll(T.int64(14))" in _update_nest(sched), _update_nest(sched)
     lib = tvm.compile(tvm.IRModule({"main": sched.with_attr("global_symbol", "main")}),
-                      target=tvm.target.Target(X86))
+                      target=tvm.target.Target(X86), tir_pipeline=PIPELINE)
     calls = [line for line in lib.mod.inspect_source("ll").splitlines()
              if "TVMBackendAllocWorkspace" in line]
     assert not calls, calls

@@ -26,7 +26,7 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 from tvm.target import Target
 
-from compress_ir.backend.schedule import rowwise, transpose
+from compress_ir.backend.schedule import rowwise, stack_tiles, transpose
 from compress_ir.backend.schedule.analysis import BlockInfo, root_blocks, subexprs
 from compress_ir.backend.schedule.parallel import parallel, scheduling, work
 from compress_ir.backend.schedule.prefetch import PREFETCH_ATTR
@@ -58,7 +58,10 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-PAD_ROWS = 8  # the register tile's largest row count
+PAD_ROWS = 8  # the register tile's largest row count (one vector of channels)
+WIDE_ROWS = 14  # ... two or more vectors of 16 lanes (the tile is a stack array up to 2 KB)
+WIDE_LANES = 16  # taller tiles measured on AVX-512 only; narrower vectors keep PAD_ROWS
+PAD_MARGIN = 0.05  # a padded window tile must beat the exact one by this fraction
 
 
 def choose_tile(channels: int, rows: int, cpu: CpuParams) -> tuple[int, int]:
@@ -73,11 +76,13 @@ def choose_tile(channels: int, rows: int, cpu: CpuParams) -> tuple[int, int]:
     conv's last row tile short where none fits). Per reduce step the kernel loads `vecs`
     weight vectors, broadcasts `rows` inputs and issues `rows*vecs` FMAs into as many
     accumulators, which must fit in the register file next to the operands (spills cost
-    more than they save): maximise FMAs per load under that budget, at most 8 rows (up to
-    14 on 32 registers was slower: ResNet-50 1.009x, GoogLeNet 1.031x), and the tile under
-    1 KB so that its accumulators are a stack array LLVM keeps in registers
-    (`accumulator_scope`; 7 x 32 channels on 16 lanes: side by side, pruned ResNet-50 0.949,
-    MobileNetV2 0.942, RegNetX 0.933, ShuffleNet v1 0.920 of the time; transformers 1.00).
+    more than they save): maximise FMAs per load under that budget, at most `row_cap` rows
+    (8 for one vector: up to 14 on 32 registers was slower, ResNet-50 1.009x, GoogLeNet
+    1.031x; 14 for wider AVX-512 tiles), and the tile at most `stack_tiles.STACK_BYTES` so
+    that its accumulators are a stack array LLVM keeps in registers (`accumulator_scope`;
+    under TVM's own 1 KB limit, 7 x 32 channels on 16 lanes against a workspace tile: side
+    by side, pruned ResNet-50 0.949, MobileNetV2 0.942, RegNetX 0.933, ShuffleNet v1 0.920
+    of the time; transformers 1.00).
     """
     lanes = cpu.lanes
     ch_opts = [k * lanes for k in (2, 1) if channels % (k * lanes) == 0]
@@ -92,7 +97,7 @@ def choose_tile(channels: int, rows: int, cpu: CpuParams) -> tuple[int, int]:
     for ch in ch_opts:
         vecs = max(1, -(-ch // lanes))
         for row in _divisors(rows):
-            if row > PAD_ROWS or row * vecs > budget or not _fits_stack(row, ch):
+            if row > row_cap(vecs, lanes) or row * vecs > budget or not _fits_stack(row, ch):
                 continue
             score = _tile_score(row, vecs)
             if score > best_score + 1e-9:
@@ -100,12 +105,23 @@ def choose_tile(channels: int, rows: int, cpu: CpuParams) -> tuple[int, int]:
     return best
 
 
-STACK_BYTES = 1024  # TVM's kMaxStackAlloca: smaller buffers of scope "global" stay on the stack
+def row_cap(vecs: int, lanes: int) -> int:
+    """The most rows of a register tile `vecs` vectors wide.
+
+    Why: per reduce step a tile of r rows x v vectors issues r*v FMAs for r broadcasts and
+    v weight loads. On AVX-512, 7 x 2 vectors was the tallest tile under TVM's 1 KB stack
+    limit; with tiles up to 2 KB kept on the stack (`stack_tiles`), 14 x 2 (28 of the 32
+    registers) is taller still, as in onnxruntime's MLAS (12 x 2). Side by side on an Intel
+    Xeon, 1 thread, against 7-8 rows: ViT-S 76.7 -> 74.1 ms, ResNet-50 69.1 -> 64.8,
+    ResNet-18 28.5 -> 27.5, BERT-base equal. Narrower vectors (AVX2, NEON) were not
+    measured with taller tiles and keep `PAD_ROWS`.
+    """
+    return WIDE_ROWS if vecs >= 2 and lanes >= WIDE_LANES else PAD_ROWS
 
 
 def _fits_stack(rows: int, channels: int) -> bool:
     """The fp32 accumulator tile is a stack array (see `accumulator_scope`)."""
-    return rows * channels * 4 < STACK_BYTES
+    return rows * channels * 4 <= stack_tiles.STACK_BYTES
 
 
 def accumulator_scope(rows: int, channels: int) -> str:
@@ -114,7 +130,8 @@ def accumulator_scope(rows: int, channels: int) -> str:
     Why: TVM serves every "local" buffer, and every "global" one of 1 KB or more, from
     `TVMBackendAllocWorkspace`: a call pair per tile, and LLVM cannot keep a tile in
     registers across the write-back, so each tile stored its accumulators and read them
-    back. A "global" buffer under 1 KB is a stack array that LLVM promotes to registers:
+    back. A "global" buffer under 1 KB, or up to `stack_tiles.STACK_BYTES` in our CPU
+    pipeline, is a stack array that LLVM promotes to registers:
     the tile's epilogue (bias, ReLU, store) then runs on the accumulators themselves
     (a chain of 64-channel 1x1 convs at 56x56: 0.894 of the time).
     """
@@ -135,12 +152,14 @@ def window_tile(channels: int, positions: int, cpu: CpuParams) -> tuple[int, int
     for its channels and the last tile is cut short by a predicate that is the same for
     every lane of a vector (175 positions for 169 with 7-row tiles: SqueezeNet 8.6 -> 3.4 ms
     with 8-row tiles, the output bit-identical), when the fuller tile's work, padded
-    positions included, is smaller.
+    positions included, is smaller by `PAD_MARGIN` (BERT-base's 1536 attention rows: 14
+    rows padded to 1540 ran 203 ms, the exact 12 rows 194 ms).
     """
     row_t, ch_t = choose_tile(channels, positions, cpu)
     if positions <= PAD_ROWS:
         return row_t, ch_t
-    # the most rows any count of positions allows (840 = lcm(1..8)), then pad to them when
+    # the most rows any count of positions allows (840 = lcm(1..8), also a multiple of
+    # 10, 12 and 14), then pad to them when
     # that beats the exact tile net of the padded positions' work
     most, _ = choose_tile(channels, 840, cpu)
     padded = -(-positions // most) * most
@@ -150,7 +169,7 @@ def window_tile(channels: int, positions: int, cpu: CpuParams) -> tuple[int, int
         return pos / _tile_score(rows, max(1, -(-ch // lanes)))
 
     pad_t = choose_tile(channels, padded, cpu)
-    if cost(*pad_t, padded) < cost(row_t, ch_t, positions):
+    if cost(*pad_t, padded) < (1 - PAD_MARGIN) * cost(row_t, ch_t, positions):
         return pad_t
     return row_t, ch_t
 

@@ -28,6 +28,7 @@ from compress_ir.backend.schedule.pad_channels import PadOutputChannels
 from compress_ir.backend.schedule.pad_keys import PadAttentionKeys
 from compress_ir.backend.schedule.pad_rows import PadRows
 from compress_ir.backend.schedule.prefetch import insert_weight_prefetch
+from compress_ir.backend.schedule.stack_tiles import PIPELINE as CPU_TIR_PIPELINE
 from compress_ir.targets.registry import spec_of_tvm_target
 
 # Desired layouts per op for CPU targets (ConvertLayout keeps what it cannot convert).
@@ -224,7 +225,9 @@ def lower_and_build(mod: tvm.IRModule, target: Target) -> relax.Executable:
     family = "cuda" if kind == "cuda" else ("gpu_generic" if is_gpu(target) else "cpu_generic")
     backend = importlib.import_module(f"tvm.relax.backend.{family}.pipeline")
     passes = backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
-    return tvm.compile(mod, target=target, relax_pipeline=tvm.transform.Sequential(passes))
+    tir_pipeline = "default" if is_gpu(target) else CPU_TIR_PIPELINE
+    return tvm.compile(mod, target=target, relax_pipeline=tvm.transform.Sequential(passes),
+                       tir_pipeline=tir_pipeline)
 
 
 class Timer:
