@@ -42,3 +42,15 @@ def test_prefetch_switch_changes_the_build() -> None:
     assert "prefetcht1" in asm()
     with bench_conv_chain.FEATURES["prefetch"]():
         assert "prefetcht1" not in asm()
+
+
+def test_tall_tiles_switch_changes_the_tile() -> None:
+    """On: 14-row tiles of 32 channels on AVX-512 (196 positions); off: 7, as under TVM's
+    own 1 KB stack limit."""
+    from compress_ir.backend.schedule import cpu as cpu_rules
+
+    params = cpu_rules.CpuParams(lanes=16, registers=32)
+    assert cpu_rules.window_tile(256, 196, params) == (14, 32)
+    with bench_conv_chain.FEATURES["tall-tiles"]():
+        assert cpu_rules.window_tile(256, 196, params) == (7, 32)
+    assert cpu_rules.window_tile(256, 196, params) == (14, 32)

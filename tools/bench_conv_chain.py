@@ -11,6 +11,7 @@ Run::
 
     python tools/bench_conv_chain.py --layers 512x512x3 --size 7 --repeat 4
     python tools/bench_conv_chain.py --layers 1024x256x1,256x1024x1 --size 14 --repeat 2
+    python tools/bench_conv_chain.py --layers 128x128x3 --size 28 --feature tall-tiles
 
 `--layers` is a comma list of CINxCOUTxK convs (each with bias and ReLU), repeated
 `--repeat` times; `--feature` names what is switched off in the "off" build.
@@ -40,7 +41,8 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from tvm import relax  # noqa: E402
 
 from compress_ir.backend.build import fixed_input_specs, import_relax  # noqa: E402
-from compress_ir.backend.schedule import compile_relax  # noqa: E402
+from compress_ir.backend.schedule import compile_relax, stack_tiles  # noqa: E402
+from compress_ir.backend.schedule import cpu as cpu_rules  # noqa: E402
 from compress_ir.backend.schedule import pipeline as schedule_pipeline  # noqa: E402
 from compress_ir.targets.registry import resolve_target  # noqa: E402
 
@@ -55,9 +57,22 @@ def _no_prefetch() -> Iterator[None]:
         schedule_pipeline.insert_weight_prefetch = saved
 
 
+@contextlib.contextmanager
+def _short_tiles() -> Iterator[None]:
+    """Register tiles as under TVM's own 1 KB stack limit: at most 8 rows, under 1 KB."""
+    saved = (stack_tiles.STACK_BYTES, cpu_rules.WIDE_ROWS, cpu_rules.PAD_MARGIN)
+    stack_tiles.STACK_BYTES = 1023
+    cpu_rules.WIDE_ROWS, cpu_rules.PAD_MARGIN = cpu_rules.PAD_ROWS, 0.0
+    try:
+        yield
+    finally:
+        stack_tiles.STACK_BYTES, cpu_rules.WIDE_ROWS, cpu_rules.PAD_MARGIN = saved
+
+
 # feature name -> context manager that switches it off for a build
 FEATURES: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "prefetch": _no_prefetch,  # schedule/prefetch.py: next weight slice into L2
+    "tall-tiles": _short_tiles,  # schedule/stack_tiles.py + cpu.row_cap: 14 x 32 tiles
 }
 
 
