@@ -312,11 +312,18 @@ def test_register_tile_accumulators_are_a_stack_array(monkeypatch: pytest.Monkey
     sched, rule = _scheduled(model, "conv2d", CpuParams(lanes=16, registers=32))
     assert rule == "contraction-tile", rule
     assert "T.unroll(T.int64(14))" in _update_nest(sched), _update_nest(sched)
-    lib = tvm.compile(tvm.IRModule({"main": sched.with_attr("global_symbol", "main")}),
-                      target=tvm.target.Target(X86), tir_pipeline=PIPELINE)
+    mod = tvm.IRModule({"main": sched.with_attr("global_symbol", "main")})
+    lib = tvm.compile(mod, target=tvm.target.Target(X86), tir_pipeline=PIPELINE)
     calls = [line for line in lib.mod.inspect_source("ll").splitlines()
              if "TVMBackendAllocWorkspace" in line]
     assert not calls, calls
+    # tuning measures candidates built the same way (else this tile would time 2x slower)
+    from compress_ir.backend.schedule.tuning import build_without_intrin
+
+    tuned = build_without_intrin(mod, tvm.target.Target(X86), None)
+    assert "TVMBackendAllocWorkspace" not in tuned.inspect_source("ll")
+    plain = tvm.compile(mod, target=tvm.target.Target(X86))
+    assert "TVMBackendAllocWorkspace" in plain.mod.inspect_source("ll")
 
 
 def test_cross_aarch64_default_build_compiles_scheduled() -> None:

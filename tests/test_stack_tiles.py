@@ -122,3 +122,13 @@ def test_tall_avx512_tile_compiles_without_workspace_and_matches_onnxruntime(mon
     want = ort.InferenceSession(model.SerializeToString(),
                                 providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert float(np.abs(got - want).max() / np.abs(want).max()) < 1e-5
+
+
+@pytest.mark.parametrize("lanes,registers", [(8, 16), (4, 32)])
+def test_narrower_vectors_keep_eight_row_tiles(lanes: int, registers: int) -> None:
+    """Taller tiles were measured on AVX-512 only: AVX2 and NEON tiles stay at 8 rows."""
+    params = cpu_rules.CpuParams(lanes=lanes, registers=registers)
+    for channels in (2 * lanes, 4 * lanes, 64):
+        for rows in (196, 784, 840, 3136):
+            assert cpu_rules.choose_tile(channels, rows, params)[0] <= cpu_rules.PAD_ROWS
+    assert cpu_rules.row_cap(2, 16) == cpu_rules.WIDE_ROWS > cpu_rules.PAD_ROWS

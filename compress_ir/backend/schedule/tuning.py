@@ -87,12 +87,11 @@ def build_without_intrin(mod: tvm.IRModule, target: Target, _params: Any) -> Any
     CPU candidates build with the TIR pipeline of the final build (`stack_tiles`), so a
     default schedule with a tile over 1 KB is not measured slower than it will run.
     """
-    from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm_build(mod, target=target,
-                     pipeline="default" if is_gpu(target) else CPU_TIR_PIPELINE)
+    return tvm.tirx.build(mod, target=target,
+                          pipeline="default" if is_gpu(target) else CPU_TIR_PIPELINE)
 
 
 def _has_record(db: ms.database.JSONDatabase, mod: tvm.IRModule) -> bool:
