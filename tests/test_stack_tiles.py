@@ -132,3 +132,14 @@ def test_narrower_vectors_keep_eight_row_tiles(lanes: int, registers: int) -> No
         for rows in (196, 784, 840, 3136):
             assert cpu_rules.choose_tile(channels, rows, params)[0] <= cpu_rules.PAD_ROWS
     assert cpu_rules.row_cap(2, 16) == cpu_rules.WIDE_ROWS > cpu_rules.PAD_ROWS
+
+
+def test_post_order_keeps_untouched_trees_identical() -> None:
+    """A rewrite that changes nothing returns the very same objects (passes compare with
+    `same_as` to skip functions they did not touch)."""
+    from compress_ir.backend.schedule.stmt_rewrite import post_order
+
+    body = _func().body
+    seen: list[str] = []
+    assert post_order(body, lambda node: seen.append(type(node).__name__)).same_as(body)
+    assert {"For", "SeqStmt", "IfThenElse", "AllocBuffer", "BufferStore"} <= set(seen)

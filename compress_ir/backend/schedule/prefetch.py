@@ -20,13 +20,12 @@ A prefetch never faults and never changes a value; only kernels whose weight rea
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import tvm
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
 from compress_ir.backend.schedule.analysis import subexprs
+from compress_ir.backend.schedule.stmt_rewrite import post_order
 
 PREFETCH_ATTR = "compress_ir.prefetch_weight_blocks"
 EVERY = 4  # reduce steps per issue point (a power of two: the test is one AND)
@@ -40,7 +39,7 @@ def insert_weight_prefetch(mod: tvm.IRModule) -> tvm.IRModule:
     updates = {}
     for gv, func in mod.functions_items():
         if isinstance(func, tirx.PrimFunc):
-            new = func.with_body(_rebuild(func.body, _prefetch_marked))
+            new = func.with_body(post_order(func.body, _prefetch_marked))
             if not new.body.same_as(func.body):
                 updates[gv] = new
     for gv, func in updates.items():
@@ -48,39 +47,11 @@ def insert_weight_prefetch(mod: tvm.IRModule) -> tvm.IRModule:
     return mod
 
 
-def _rebuild(stmt: tirx.Stmt, on_for: Callable[[tirx.For, tirx.Stmt], tirx.Stmt | None]
-             ) -> tirx.Stmt:
-    """`stmt` with every For's body rebuilt and offered to `on_for` (TVM 0.27's Python API
-    has no statement mutator)."""
-    if isinstance(stmt, tirx.For):
-        body = _rebuild(stmt.body, on_for)
-        new_body = on_for(stmt, body)
-        if new_body is not None:
-            body = new_body
-        if body.same_as(stmt.body):
-            return stmt
-        return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body,
-                        stmt.thread_binding, stmt.annotations, stmt.step)
-    if isinstance(stmt, tirx.SeqStmt):
-        parts = [_rebuild(s, on_for) for s in stmt]
-        if all(a.same_as(b) for a, b in zip(parts, stmt, strict=True)):
-            return stmt
-        return tirx.SeqStmt(parts)
-    if isinstance(stmt, s_tir.SBlockRealize):
-        b = stmt.block
-        body = _rebuild(b.body, on_for)
-        if body.same_as(b.body):
-            return stmt
-        block = s_tir.SBlock(b.iter_vars, b.reads, b.writes, b.name_hint, body, b.init,
-                             b.alloc_buffers, b.match_buffers, b.annotations)
-        return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, block)
-    return stmt
-
-
-def _prefetch_marked(loop: tirx.For, body: tirx.Stmt) -> tirx.Stmt | None:
-    """The marked parallel loop's body with prefetches, or None to leave it."""
-    if PREFETCH_ATTR not in loop.annotations:
+def _prefetch_marked(loop: tirx.Stmt) -> tirx.Stmt | None:
+    """The marked parallel loop with prefetches in its body, or None to leave it."""
+    if not isinstance(loop, tirx.For) or PREFETCH_ATTR not in loop.annotations:
         return None
+    body = loop.body
     blocks = int(loop.annotations[PREFETCH_ATTR])
     found = _update_nest(body, [])
     if found is None:
@@ -90,7 +61,16 @@ def _prefetch_marked(loop: tirx.For, body: tirx.Stmt) -> tirx.Stmt | None:
     if plan is None:
         return None
     inner, stmt = plan
-    return _rebuild(body, lambda f, b: tirx.SeqStmt([stmt, b]) if f.same_as(inner) else None)
+
+    def prefix(node: tirx.Stmt) -> tirx.Stmt | None:
+        if not node.same_as(inner):
+            return None
+        return tirx.For(node.loop_var, node.min, node.extent, node.kind,
+                        tirx.SeqStmt([stmt, node.body]), node.thread_binding,
+                        node.annotations, node.step)
+
+    return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, post_order(body, prefix),
+                    loop.thread_binding, loop.annotations, loop.step)
 
 
 def _update_nest(stmt: tirx.Stmt, loops: list[tirx.For]

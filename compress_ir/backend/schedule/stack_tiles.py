@@ -21,6 +21,8 @@ from __future__ import annotations
 import tvm
 from tvm import tirx
 
+from compress_ir.backend.schedule.stmt_rewrite import post_order
+
 STACK_BYTES = 2048  # accumulator tiles up to 14 rows x 32 fp32 channels (1792 bytes)
 DISABLE_LOWER_BUILTIN = "disable_lower_builtin"  # TVM's transform::kDisableLowerTVMBuiltin
 PIPELINE = "compress_ir.cpu"
@@ -43,42 +45,13 @@ def _keep_on_stack(alloc: tirx.AllocBuffer) -> bool:
             and DISABLE_LOWER_BUILTIN not in alloc.annotations)
 
 
-def _rebuild(stmt: tirx.Stmt) -> tirx.Stmt:
-    """`stmt` with its small allocations marked; unchanged nodes are returned as they are.
-
-    TVM 0.27's Python API has no statement mutator: the few node kinds that can hold an
-    allocation after lowering (sequences, loops, attributes, branches) are rebuilt here.
-    """
-    if isinstance(stmt, tirx.AllocBuffer):
-        if not _keep_on_stack(stmt):
-            return stmt
-        annotations = dict(stmt.annotations)
-        annotations[DISABLE_LOWER_BUILTIN] = tirx.IntImm("bool", 1)
-        return tirx.AllocBuffer(stmt.buffer, annotations, stmt.span)
-    if isinstance(stmt, tirx.SeqStmt):
-        parts = [_rebuild(s) for s in stmt]
-        if all(a.same_as(b) for a, b in zip(parts, stmt, strict=True)):
-            return stmt
-        return tirx.SeqStmt(parts)
-    if isinstance(stmt, tirx.For):
-        body = _rebuild(stmt.body)
-        if body.same_as(stmt.body):
-            return stmt
-        return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body,
-                        stmt.thread_binding, stmt.annotations, stmt.step)
-    if isinstance(stmt, tirx.AttrStmt):
-        body = _rebuild(stmt.body)
-        if body.same_as(stmt.body):
-            return stmt
-        return tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, body, stmt.span)
-    if isinstance(stmt, tirx.IfThenElse):
-        then_case = _rebuild(stmt.then_case)
-        else_case = None if stmt.else_case is None else _rebuild(stmt.else_case)
-        if then_case.same_as(stmt.then_case) and (
-                else_case is None or else_case.same_as(stmt.else_case)):
-            return stmt
-        return tirx.IfThenElse(stmt.condition, then_case, else_case, stmt.span)
-    return stmt
+def _mark(stmt: tirx.Stmt) -> tirx.Stmt | None:
+    """A small allocation with the annotation, or None to leave the node."""
+    if not isinstance(stmt, tirx.AllocBuffer) or not _keep_on_stack(stmt):
+        return None
+    annotations = dict(stmt.annotations)
+    annotations[DISABLE_LOWER_BUILTIN] = tirx.IntImm("bool", 1)
+    return tirx.AllocBuffer(stmt.buffer, annotations, stmt.span)
 
 
 def _is_cpu(func: tirx.PrimFunc) -> bool:
@@ -92,7 +65,7 @@ def stack_tiles(func: tirx.PrimFunc, mod: tvm.IRModule, ctx: tvm.transform.PassC
     """Mark the small allocations of a CPU function to stay on the stack."""
     if not _is_cpu(func):
         return func
-    body = _rebuild(func.body)
+    body = post_order(func.body, _mark)
     return func if body.same_as(func.body) else func.with_body(body)
 
 
