@@ -24,6 +24,8 @@ from compress_ir.backend.schedule.profile import (  # noqa: E402
     group,
     kernel_name,
     ort_node_class,
+    ort_workload,
+    workload_module,
 )
 
 X86 = {"kind": "llvm"}
@@ -117,3 +119,38 @@ def test_onnxruntime_layout_and_pool_nodes() -> None:
     assert ort_node_class(helper.make_node("GlobalAveragePool", ["x"], ["y"]), []) \
         == "pooling/reduce"
     assert ort_node_class(helper.make_node("Gemm", ["a", "b"], ["y"]), []) == "gemm/matmul"
+
+
+def test_layer_shapes_meet_across_runtimes(tmp_path) -> None:  # noqa: ANN001
+    """Every conv and the gemm of the net get one (outputs, MACs per output) key in TVM's
+    prepared module and in onnxruntime's own profile of its optimised (NCHWc) graph, so the
+    per-shape table compares the same layers."""
+    import sys
+    from collections import Counter
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from profile_ops import OrtProfile
+
+    model = _net()
+    mod = from_onnx(model, shape_dict={"x": [1, 3, 8, 8]}, keep_params_in_input=False)
+    tvm_keys = Counter(workload_module(prepare(mod, tvm.target.Target(X86))).values())
+    # stem, depthwise, 1x1, grouped (8 inputs x 3x3 per output), gemm (32 inputs)
+    want = Counter([(1024, 27), (1024, 9), (2048, 16), (2048, 72), (10, 32)])
+    assert tvm_keys == want, tvm_keys
+    feeds = {"x": np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    prof = OrtProfile(model, feeds, 1, str(tmp_path))
+    prof.run()
+    assert Counter(prof.result(0)["workloads"].values()) == want
+
+
+def test_onnxruntime_workload_of_blocked_and_matmul_nodes() -> None:
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], domain="com.microsoft.nchwc")
+    # NCHWc output [1, 64/16, 28, 28, 16]; 64 x 128 x 3 x 3 weight: 1152 MACs per output
+    assert ort_workload(conv, [[1, 8, 28, 28, 16], [64, 128, 3, 3]],
+                        [[1, 4, 28, 28, 16]]) == (64 * 28 * 28, 1152)
+    gemm = helper.make_node("Gemm", ["a", "b"], ["y"], transB=1)
+    assert ort_workload(gemm, [[1, 2048]], [[1, 1000]]) == (1000, 2048)  # B prepacked
+    matmul = helper.make_node("MatMul", ["a", "b"], ["y"])
+    assert ort_workload(matmul, [[12, 197, 64], [12, 64, 197]], [[12, 197, 197]]) \
+        == (12 * 197 * 197, 64)

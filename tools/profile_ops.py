@@ -68,6 +68,8 @@ from compress_ir.backend.schedule.profile import (  # noqa: E402
     group,
     kernel_name,
     ort_node_class,
+    ort_workload,
+    workload_module,
 )
 from compress_ir.core.files import write_atomic  # noqa: E402
 
@@ -125,20 +127,31 @@ class OrtProfile:
         nodes = {n.name: n for n in onnx.load(self.optimized_path).graph.node}
         durations: dict[str, list[float]] = defaultdict(list)
         shapes: dict[str, list[list[int]]] = {}
+        out_shapes: dict[str, list[list[int]]] = {}
+        op_names: dict[str, str] = {}
         for ev in events:
             if ev.get("cat") != "Node" or not ev["name"].endswith("_kernel_time"):
                 continue
             name = ev["name"][: -len("_kernel_time")]
             durations[name].append(ev["dur"] / 1e3)
             shapes.setdefault(name, _shapes(ev["args"].get("input_type_shape", [])))
-        per_node, classes = {}, {}
+            op_names.setdefault(name, ev["args"].get("op_name", ""))
+            out_shapes.setdefault(name, _shapes(ev["args"].get("output_type_shape", [])))
+        per_node, classes, workloads = {}, {}, {}
         for name, durs in durations.items():
             per_node[name] = statistics.median(durs[warmup:] if len(durs) > warmup else durs)
             node = nodes.get(name)
             classes[name] = ort_node_class(node, shapes[name]) if node is not None else "other"
+            # a node the optimiser left unnamed is profiled under a made-up name: its
+            # op type (from the event) still gives the layer's key
+            stand_in = node if node is not None else onnx.helper.make_node(
+                op_names[name] or "Unknown", [], [])
+            key = ort_workload(stand_in, shapes[name], out_shapes[name])
+            if key is not None:
+                workloads[name] = key
         runs_ms = [ev["dur"] / 1e3 for ev in events
                    if ev.get("cat") == "Session" and ev["name"] == "model_run"][warmup:]
-        return {"per_node": per_node, "classes": classes,
+        return {"per_node": per_node, "classes": classes, "workloads": workloads,
                 "ops": {n: nodes[n].op_type for n in per_node if n in nodes},
                 "run_ms": statistics.median(runs_ms) if runs_ms else None}
 
@@ -147,12 +160,14 @@ def build_tvm(proto: onnx.ModelProto, target: tvm.target.Target,
               feeds: dict[str, np.ndarray]) -> tuple[Any, dict[str, Any]]:
     """Default build; the op class of every PrimFunc comes from the prepared module."""
     mod = import_as_cli(proto, {k: list(v.shape) for k, v in feeds.items()})
-    classes = classify_module(prepare(mod, target))
+    prepared = prepare(mod, target)
+    classes, workloads = classify_module(prepared), workload_module(prepared)
     t0 = time.perf_counter()
     executable, stats = compile_relax(mod, target)
     build_s = time.perf_counter() - t0
     vm = relax.VirtualMachine(executable, tvm.cpu())
-    return vm, {"classes": classes, "rules": dict(stats.rules), "build_s": round(build_s, 2)}
+    return vm, {"classes": classes, "workloads": workloads, "rules": dict(stats.rules),
+                "build_s": round(build_s, 2)}
 
 
 def profile(proto: onnx.ModelProto, threads: int, runs: int, seed: int,
@@ -214,7 +229,38 @@ def profile(proto: onnx.ModelProto, threads: int, runs: int, seed: int,
                      "calls": counts.get(n, 1), "rule": build["rules"].get(n, "?")}
                     for n, ms in top],
         "ort_ops": ort_prof["ops"], "build_s": build["build_s"],
+        "workloads": by_workload(tvm_kernels, counts, build, ort_prof),
     }
+
+
+def by_workload(tvm_kernels: dict[str, float], counts: dict[str, int], build: dict[str, Any],
+                ort_prof: dict[str, Any]) -> list[dict[str, Any]]:
+    """Conv / matmul time per layer shape in both runtimes (`tir_workload` keys), the
+    largest TVM − ORT first; shapes only one runtime has (padded widths) are left out."""
+    rows: dict[tuple[int, int], dict[str, Any]] = {}
+
+    def row(key: tuple[int, int], cls: str) -> dict[str, Any]:
+        return rows.setdefault(key, {"class": cls, "outputs": key[0], "reduce": key[1],
+                                     "tvm_ms": 0.0, "tvm_calls": 0, "ort_ms": 0.0,
+                                     "ort_nodes": 0})
+
+    for name, ms in tvm_kernels.items():
+        key = build["workloads"].get(name)
+        if key is not None:
+            r = row(key, build["classes"].get(name, "other"))
+            r["tvm_ms"] += ms
+            r["tvm_calls"] += counts.get(name, 1)
+    for name, ms in ort_prof["per_node"].items():
+        key = ort_prof["workloads"].get(name)
+        if key is not None:
+            r = row(key, ort_prof["classes"].get(name, "other"))
+            r["ort_ms"] += ms
+            r["ort_nodes"] += 1
+    both = [r for r in rows.values() if r["tvm_calls"] and r["ort_nodes"]]
+    return sorted(both, key=lambda r: r["ort_ms"] - r["tvm_ms"])
+
+
+WORKLOAD_ROWS = 10
 
 
 def markdown(title: str, res: dict[str, Any]) -> str:
@@ -247,6 +293,17 @@ def markdown(title: str, res: dict[str, Any]) -> str:
                   f"`{t['func']}` {t['ms']:.2f} ms in {t.get('calls', 1)} call"
                   f"{'s' if t.get('calls', 1) > 1 else ''} ({t['class']}, {t['rule']})"
                   for t in res["top_tvm"][:6]), ""]
+    rows = res.get("workloads", [])[:WORKLOAD_ROWS]
+    if rows:
+        lines += ["Per layer shape (conv/matmul; outputs x multiply-adds per output), largest "
+                  "TVM − ORT first:", "",
+                  "| class | outputs | MACs/output | TVM ms (calls) | ORT ms (nodes) "
+                  "| ORT/TVM | TVM − ORT ms |", "|---|--:|--:|--:|--:|--:|--:|"]
+        lines += [f"| {r['class']} | {r['outputs']} | {r['reduce']} | {r['tvm_ms']:.2f} "
+                  f"({r['tvm_calls']}) | {r['ort_ms']:.2f} ({r['ort_nodes']}) "
+                  f"| {r['ort_ms'] / r['tvm_ms']:.2f} | {r['tvm_ms'] - r['ort_ms']:+.2f} |"
+                  for r in rows]
+        lines.append("")
     return "\n".join(lines)
 
 
