@@ -112,7 +112,7 @@ def row_cap(vecs: int, lanes: int) -> int:
     v weight loads. On AVX-512, 7 x 2 vectors was the tallest tile under TVM's 1 KB stack
     limit; with tiles up to 2 KB kept on the stack (`stack_tiles`), 14 x 2 (28 of the 32
     registers) is taller still, as in onnxruntime's MLAS (12 x 2). Side by side on an Intel
-    Xeon, 1 thread, against 7-8 rows: ViT-S 76.7 -> 74.1 ms, ResNet-50 69.1 -> 64.8,
+    Xeon, 1 thread, 8-row tiles -> 14: ViT-S 76.7 -> 74.1 ms, ResNet-50 69.1 -> 64.8,
     ResNet-18 28.5 -> 27.5, BERT-base equal. Narrower vectors (AVX2, NEON) were not
     measured with taller tiles and keep `PAD_ROWS`.
     """
@@ -159,8 +159,8 @@ def window_tile(channels: int, positions: int, cpu: CpuParams) -> tuple[int, int
     if positions <= PAD_ROWS:
         return row_t, ch_t
     # the most rows any count of positions allows (840 = lcm(1..8), also a multiple of
-    # 10, 12 and 14), then pad to them when
-    # that beats the exact tile net of the padded positions' work
+    # 10, 12 and 14), then pad to them when that beats the exact tile net of the padded
+    # positions' work
     most, _ = choose_tile(channels, 840, cpu)
     padded = -(-positions // most) * most
     lanes = cpu.lanes
