@@ -131,7 +131,7 @@ def test_narrower_vectors_keep_eight_row_tiles(lanes: int, registers: int) -> No
     for channels in (2 * lanes, 4 * lanes, 64):
         for rows in (196, 784, 840, 3136):
             assert cpu_rules.choose_tile(channels, rows, params)[0] <= cpu_rules.PAD_ROWS
-    assert cpu_rules.row_cap(2, 16) == cpu_rules.WIDE_ROWS > cpu_rules.PAD_ROWS
+    assert cpu_rules.row_cap(16) == cpu_rules.WIDE_ROWS > cpu_rules.PAD_ROWS == cpu_rules.row_cap(8)
 
 
 def test_post_order_keeps_untouched_trees_identical() -> None:

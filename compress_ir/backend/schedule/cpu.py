@@ -58,8 +58,8 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-PAD_ROWS = 8  # the register tile's largest row count (one vector of channels)
-WIDE_ROWS = 14  # ... two or more vectors of 16 lanes (the tile is a stack array up to 2 KB)
+PAD_ROWS = 8  # the register tile's largest row count (AVX2, NEON; rows padded to it)
+WIDE_ROWS = 14  # ... on 16-lane vectors (the tile is a stack array up to 2 KB)
 WIDE_LANES = 16  # taller tiles measured on AVX-512 only; narrower vectors keep PAD_ROWS
 PAD_MARGIN = 0.05  # a padded window tile must beat the exact one by this fraction
 
@@ -76,9 +76,8 @@ def choose_tile(channels: int, rows: int, cpu: CpuParams) -> tuple[int, int]:
     conv's last row tile short where none fits). Per reduce step the kernel loads `vecs`
     weight vectors, broadcasts `rows` inputs and issues `rows*vecs` FMAs into as many
     accumulators, which must fit in the register file next to the operands (spills cost
-    more than they save): maximise FMAs per load under that budget, at most `row_cap` rows
-    (8 for one vector: up to 14 on 32 registers was slower, ResNet-50 1.009x, GoogLeNet
-    1.031x; 14 for wider AVX-512 tiles), and the tile at most `stack_tiles.STACK_BYTES` so
+    more than they save): maximise FMAs per load under that budget, at most `row_cap` rows,
+    and the tile at most `stack_tiles.STACK_BYTES` so
     that its accumulators are a stack array LLVM keeps in registers (`accumulator_scope`;
     under TVM's own 1 KB limit, 7 x 32 channels on 16 lanes against a workspace tile: side
     by side, pruned ResNet-50 0.949, MobileNetV2 0.942, RegNetX 0.933, ShuffleNet v1 0.920
@@ -97,7 +96,7 @@ def choose_tile(channels: int, rows: int, cpu: CpuParams) -> tuple[int, int]:
     for ch in ch_opts:
         vecs = max(1, -(-ch // lanes))
         for row in _divisors(rows):
-            if row > row_cap(vecs, lanes) or row * vecs > budget or not _fits_stack(row, ch):
+            if row > row_cap(lanes) or row * vecs > budget or not _fits_stack(row, ch):
                 continue
             score = _tile_score(row, vecs)
             if score > best_score + 1e-9:
@@ -105,18 +104,21 @@ def choose_tile(channels: int, rows: int, cpu: CpuParams) -> tuple[int, int]:
     return best
 
 
-def row_cap(vecs: int, lanes: int) -> int:
-    """The most rows of a register tile `vecs` vectors wide.
+def row_cap(lanes: int) -> int:
+    """The most rows of a register tile on vectors of `lanes` fp32 lanes.
 
     Why: per reduce step a tile of r rows x v vectors issues r*v FMAs for r broadcasts and
     v weight loads. On AVX-512, 7 x 2 vectors was the tallest tile under TVM's 1 KB stack
     limit; with tiles up to 2 KB kept on the stack (`stack_tiles`), 14 x 2 (28 of the 32
     registers) is taller still, as in onnxruntime's MLAS (12 x 2). Side by side on an Intel
     Xeon, 1 thread, 8-row tiles -> 14: ViT-S 76.7 -> 74.1 ms, ResNet-50 69.1 -> 64.8,
-    ResNet-18 28.5 -> 27.5, BERT-base equal. Narrower vectors (AVX2, NEON) were not
-    measured with taller tiles and keep `PAD_ROWS`.
+    ResNet-18 28.5 -> 27.5, BERT-base equal. One-vector tiles (16-channel groups, pruned
+    widths) up to 14 rows too: MobileNetV2 6.05 -> 5.88 and 6.06 -> 5.63 ms (two runs),
+    pruned GoogLeNet 6.71 -> 6.63, pruned Inception v2 9.29 -> 9.18 (on Zen 5, before the
+    stack pass, 14 one-vector rows were 1-3 % slower). Narrower vectors (AVX2, NEON) were
+    not measured with taller tiles and keep `PAD_ROWS`.
     """
-    return WIDE_ROWS if vecs >= 2 and lanes >= WIDE_LANES else PAD_ROWS
+    return WIDE_ROWS if lanes >= WIDE_LANES else PAD_ROWS
 
 
 def _fits_stack(rows: int, channels: int) -> bool:
