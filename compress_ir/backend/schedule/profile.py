@@ -104,20 +104,21 @@ def tir_workload(func: tirx.PrimFunc) -> tuple[int, int] | None:
 
 def workload_module(mod: tvm.IRModule) -> dict[str, tuple[int, int]]:
     """{PrimFunc name: `tir_workload`} for the contractions of a prepared module."""
+    keys = _per_function(mod, tir_workload, None)
+    return {name: key for name, key in keys.items() if key is not None}
+
+
+def _per_function(mod: tvm.IRModule, fn: Any, fallback: Any) -> dict[str, Any]:
+    """{PrimFunc name: fn(func)}; `fallback` where `fn` fails on an unusual function (it is
+    still profiled, just not classified)."""
     out = {}
     for gv, func in mod.functions_items():
         if isinstance(func, tirx.PrimFunc):
             try:
-                key = tir_workload(func)
-            except Exception:  # noqa: BLE001 - an unusual function keeps its class only
-                key = None
-            if key is not None:
-                out[gv.name_hint] = key
+                out[gv.name_hint] = fn(func)
+            except Exception:  # noqa: BLE001 - see the docstring
+                out[gv.name_hint] = fallback
     return out
-
-
-def _out_channels(shape: list[int]) -> int:
-    return shape[1] * shape[4] if len(shape) == 5 else shape[1]
 
 
 def ort_workload(node: onnx.NodeProto, input_shapes: list[list[int]],
@@ -136,7 +137,7 @@ def ort_workload(node: onnx.NodeProto, input_shapes: list[list[int]],
         per_weight = 1
         for d in input_shapes[1]:
             per_weight *= d
-        channels = _out_channels(out)
+        channels = _channels(out)
         return (elems, per_weight // channels) if channels and per_weight % channels == 0 \
             else None
     if node.op_type in ("MatMul", "FusedMatMul", "Gemm", "FusedGemm") \
@@ -149,14 +150,7 @@ def ort_workload(node: onnx.NodeProto, input_shapes: list[list[int]],
 
 def classify_module(mod: tvm.IRModule) -> dict[str, str]:
     """{PrimFunc name: op class} for every PrimFunc of a prepared (fused) module."""
-    out = {}
-    for gv, func in mod.functions_items():
-        if isinstance(func, tirx.PrimFunc):
-            try:
-                out[gv.name_hint] = tir_class(func)
-            except Exception:  # noqa: BLE001 - an unusual function is profiled, not classified
-                out[gv.name_hint] = OTHER
-    return out
+    return _per_function(mod, tir_class, OTHER)
 
 
 class VMCallTimer:
