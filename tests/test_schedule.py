@@ -863,3 +863,24 @@ def test_tile_writeback_uses_power_of_two_vectors(cout: int, piece: int, pieces:
     assert script.count(f"T.unroll(T.int64({pieces}))") >= 2  # init and write-back
     assert f"T.vectorized(T.int64({piece}))" in script
     _check(model, rng.standard_normal((1, 3, 16, 16)).astype(np.float32))
+
+
+def test_ragged_channel_rows_are_not_vectorised_across_rows() -> None:
+    """HardSwish on 14x14x120 NHWC (MobileNetV3): vectorised by 16 over the fused loops, a
+    lane could straddle a 120-channel row, so every lane took its own div/mod and a gather
+    (39 us; 4 us as rows of plain loops that LLVM vectorises). Exact vs onnxruntime."""
+    rng = np.random.default_rng(21)
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["a"], kernel_shape=[1, 1]),
+             helper.make_node("HardSwish", ["a"], ["h"]),
+             helper.make_node("Conv", ["h", "W2"], ["y"], kernel_shape=[1, 1])]
+    model = _model(nodes, [_w(rng, "W1", (120, 8, 1, 1)), _w(rng, "W2", (8, 120, 1, 1))],
+                   [1, 8, 14, 14])
+    func, rule = _scheduled(model, "clip", CpuParams(lanes=16, registers=32))
+    assert rule == "injective", rule
+    script = func.script()
+    assert "% T.int64(120)" not in script, script  # no lane computes its channel by mod
+    lines = script.splitlines()
+    block = next(i for i, line in enumerate(lines) if line.strip().startswith("with T.sblock"))
+    innermost = lines[block - 1]
+    assert innermost.rstrip().endswith("T.int64(120)):"), innermost  # the row, one plain loop
+    _check(model, rng.standard_normal((1, 8, 14, 14)).astype(np.float32))

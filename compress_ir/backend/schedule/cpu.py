@@ -187,13 +187,13 @@ def schedule_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
     """Parallel + vector loops for a root spatial block.
 
     When the innermost axis is a whole number of vectors, it is vectorised on its own and
-    the rest fused and parallelised: vector lanes then never straddle an outer index (a
-    padding copy or transpose vectorised over fused loops computes a div/mod per lane and
-    gathers). A longer ragged row copied between buffers of different shapes (a padded
-    matmul's copy-in/out) runs rows in parallel, each a plain loop LLVM vectorises. A short
-    innermost axis (< lanes) keeps its two inner loops plain under a parallel outer loop.
-    Otherwise all loops are fused, vectorised by `lanes`, the rest
-    parallel (element-wise ops on flat data, where the fused index is the address).
+    the rest fused and parallelised: vector lanes then never straddle an outer index. A
+    longer ragged row (120 channels on 16 lanes) runs rows in parallel, each a plain loop
+    LLVM vectorises: vectorised over fused loops, a lane that can straddle a row computes
+    its own div/mod and loads by gather, even between buffers of equal shape (TVM does not
+    fold the index back to the flat address). A short innermost axis (< lanes) keeps its two
+    inner loops plain under a parallel outer loop. Otherwise (one loop, or an axis of
+    unknown length) all loops are fused, vectorised by `lanes`, the rest parallel.
     """
     loops = sch.get_loops(block)
     if not loops:
@@ -204,19 +204,20 @@ def schedule_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
         parallel(sch, sch.fuse(*loops[:-1], outer))
         sch.vectorize(inner)
         return
-    if len(loops) > 1 and last is not None and last > cpu.lanes and _reshapes(sch, block):
-        # A ragged row (197 tokens) copied between buffers of different shapes (a padded
-        # matmul's copy-in or copy-out): fused, every lane paid a div/mod and a gather, or
-        # the whole loop ran scalar (ViT-S attention matmuls 2-3x slower than onnxruntime).
-        # Rows in parallel, the contiguous row a plain loop that LLVM vectorises with a
-        # remainder.
+    if len(loops) > 1 and last is not None and last > cpu.lanes:
+        # A ragged row: fused, every lane paid a div/mod and a gather, or the whole loop ran
+        # scalar. A padded matmul's copy-in/out of 197 tokens made ViT-S's attention
+        # matmuls 2-3x slower than onnxruntime; MobileNetV3's hardswish on 14x14x120 took
+        # 39 us instead of 4. Rows in parallel, the contiguous row a plain loop that LLVM
+        # vectorises with a remainder.
         parallel(sch, sch.fuse(*loops[:-1]))
         return
-    if len(loops) > 2 and last is not None and last < cpu.lanes:
+    if len(loops) > 1 and last is not None and 1 < last < cpu.lanes:
         # A short innermost axis (an NHWC stem's padding, 226x226x3) that does not fill a
         # vector: fused, the scalar loop paid a div/mod per element; here the two inner
         # axes stay plain loops (contiguous, unrolled by LLVM) under one parallel loop.
-        parallel(sch, sch.fuse(*loops[:-2]))
+        outer = loops[:-2] if len(loops) > 2 else loops[:-1]
+        parallel(sch, sch.fuse(*outer) if len(outer) > 1 else outer[0])
         return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     ext = _extent(sch, fused)
@@ -228,23 +229,6 @@ def schedule_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
         sch.vectorize(inner)
     else:
         parallel(sch, fused)
-
-
-def _reshapes(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
-    """The block reads a buffer whose shape differs from the one it writes (pad / crop).
-
-    Element-wise code on equal shapes vectorises well over all loops fused (the fused
-    index is the address); between different shapes it does not.
-    """
-    stmt = sch.get(block)
-    if not stmt.writes or not stmt.reads:
-        return False
-
-    def dims(region: object) -> list[str]:  # str: symbolic extents compare too
-        return [str(d) for d in region.source.shape]  # type: ignore[attr-defined]
-
-    out = dims(stmt.writes[0])
-    return any(dims(r) != out for r in stmt.reads)
 
 
 def _last_extent(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> int | None:

@@ -148,13 +148,18 @@ def prepare(mod: tvm.IRModule, target: Target, lanes: int | None = None) -> tvm.
 OPAQUE_PATTERN = 8  # relax OpPatternKind.kOpaque: FuseOps never fuses such a call
 
 
+def _copy(mod: tvm.IRModule) -> tvm.IRModule:
+    """A new module with the same functions, attributes and global infos."""
+    return tvm.IRModule(mod.functions, attrs=mod.attrs, global_infos=mod.global_infos)
+
+
 def _pin_prescheduled(mod: tvm.IRModule) -> tvm.IRModule:
     """Hand-scheduled PrimFuncs must reach codegen as written: mark them opaque to fusion."""
     pinned = {gv: f.with_attr("op_pattern", OPAQUE_PATTERN) for gv, f in mod.functions_items()
               if isinstance(f, tirx.PrimFunc) and is_scheduled(f)}
     if not pinned:
         return mod
-    mod = mod.shallow_copy() if hasattr(mod, "shallow_copy") else tvm.IRModule(mod.functions)
+    mod = _copy(mod)
     for gv, func in pinned.items():
         mod[gv] = func
     return mod
@@ -182,6 +187,8 @@ def schedule_cpu(mod: tvm.IRModule, target: Target, stats: BuildStats,
             stats.fallback_reasons[name] = reason
         if new_func is not func:
             updates[gv] = new_func
+    if updates:  # a copy: the caller's module stays unscheduled (one prepared module can
+        mod = _copy(mod)  # be scheduled twice, e.g. with different parameters)
     for gv, func in updates.items():
         mod[gv] = func
     return insert_weight_prefetch(pack_weights(mod, target))
