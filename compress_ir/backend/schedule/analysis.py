@@ -94,3 +94,8 @@ def subexprs(expr: object) -> Iterator[object]:
         stack.extend(getattr(node, name) for name in _OPERANDS if hasattr(node, name))
         stack.extend(getattr(node, "args", None) or [])
         stack.extend(getattr(node, "indices", None) or [])
+
+
+def reads_var(expr: object, var: tirx.Var) -> bool:
+    """`var` occurs in `expr` (rules ask which index expressions depend on which axis)."""
+    return any(isinstance(v, tirx.Var) and v.same_as(var) for v in subexprs(expr))

@@ -27,7 +27,7 @@ from tvm.ir.expr import TensorLoad
 from tvm.target import Target
 
 from compress_ir.backend.schedule import rowwise, stack_tiles, transpose
-from compress_ir.backend.schedule.analysis import BlockInfo, root_blocks, subexprs
+from compress_ir.backend.schedule.analysis import BlockInfo, reads_var, root_blocks, subexprs
 from compress_ir.backend.schedule.parallel import parallel, scheduling, work
 from compress_ir.backend.schedule.prefetch import PREFETCH_ATTR
 from compress_ir.backend.schedule.validate import first_line, lowering_error
@@ -199,25 +199,23 @@ def schedule_injective(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV,
     if not loops:
         return
     last = _extent(sch, loops[-1])
-    if len(loops) > 1 and last is not None and last > 1 and _lane_divmod(sch, block):
-        # A read whose address along the row is a div/mod of the lane's index (an NHWC
-        # channel shuffle, a crop of group-padded channels): as vectors, every lane
-        # computed 64-bit div/mod and gathered (ShuffleNet's shuffle + BN + ReLU on
-        # 14x14x272: 89 us, as plain rows 23 us).
+    ragged = last is not None and last > cpu.lanes and last % cpu.lanes != 0
+    if len(loops) > 1 and last is not None and last > 1 and (
+            ragged or _lane_divmod(sch, block)):
+        # Vectorised, every lane paid a div/mod and a gather (or the loop ran scalar):
+        # - a ragged row over fused loops: a padded matmul's copy-in/out of 197 tokens made
+        #   ViT-S's attention matmuls 2-3x slower than onnxruntime; MobileNetV3's hardswish
+        #   on 14x14x120 took 39 us instead of 4;
+        # - a read whose address is a div/mod of the lane (an NHWC channel shuffle, a crop
+        #   of group-padded channels; ShuffleNet's shuffle + BN + ReLU on 14x14x272: 89 us
+        #   instead of 23).
+        # Rows in parallel, the row a plain loop that LLVM vectorises with a remainder.
         parallel(sch, sch.fuse(*loops[:-1]))
         return
     if len(loops) > 1 and last is not None and last % cpu.lanes == 0:
         outer, inner = sch.split(loops[-1], [None, cpu.lanes])
         parallel(sch, sch.fuse(*loops[:-1], outer))
         sch.vectorize(inner)
-        return
-    if len(loops) > 1 and last is not None and last > cpu.lanes:
-        # A ragged row: fused, every lane paid a div/mod and a gather, or the whole loop ran
-        # scalar. A padded matmul's copy-in/out of 197 tokens made ViT-S's attention
-        # matmuls 2-3x slower than onnxruntime; MobileNetV3's hardswish on 14x14x120 took
-        # 39 us instead of 4. Rows in parallel, the contiguous row a plain loop that LLVM
-        # vectorises with a remainder.
-        parallel(sch, sch.fuse(*loops[:-1]))
         return
     if len(loops) > 1 and last is not None and 1 < last < cpu.lanes:
         # A short innermost axis (an NHWC stem's padding, 226x226x3) that does not fill a
@@ -255,13 +253,10 @@ def _lane_divmod(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
     for iv in stmt.iter_vars:
         analyzer.bind(iv.var, iv.dom)
 
-    def uses_lane(expr: object) -> bool:
-        return any(v.same_as(lane) for v in tirx.analysis.undefined_vars(expr))
-
     for region in stmt.reads:
         for rng in region.region:
             index = analyzer.simplify(rng.min)
-            if any(isinstance(e, _DIVMOD) and uses_lane(e) for e in subexprs(index)):
+            if any(isinstance(e, _DIVMOD) and reads_var(e, lane) for e in subexprs(index)):
                 return True
     return False
 
@@ -410,7 +405,7 @@ def _floordiv_divisors(expr: object, var: tirx.Var) -> set[int]:
     """Constant divisors `d` of every `floordiv(e, d)` in `expr` whose `e` reads `var`."""
     return {int(node.b.value) for node in subexprs(expr)
             if isinstance(node, tirx.FloorDiv) and isinstance(node.b, tirx.IntImm)
-            and any(isinstance(v, tirx.Var) and v.same_as(var) for v in subexprs(node.a))}
+            and reads_var(node.a, var)}
 
 
 def _tile_channels(sch: s_tir.Schedule, main: BlockInfo, channels: int) -> int:
