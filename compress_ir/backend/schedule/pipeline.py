@@ -23,6 +23,7 @@ from compress_ir.backend.schedule.broadcast_rank import ExpandBroadcastRank
 from compress_ir.backend.schedule.canonical import CanonicalizeAxes
 from compress_ir.backend.schedule.cpu import CpuParams, cpu_params, schedule_cpu_func
 from compress_ir.backend.schedule.fast_sigmoid import SigmoidAsExp
+from compress_ir.backend.schedule.inplace import residual_in_place
 from compress_ir.backend.schedule.lift import LiftScalarElementwise
 from compress_ir.backend.schedule.pad_channels import PadOutputChannels
 from compress_ir.backend.schedule.pad_keys import PadAttentionKeys
@@ -47,7 +48,9 @@ class BuildStats:
 
     `choices` (functions that had a database record): the winner ('database' for a tuned
     schedule, else the default rule's name) and the measured latencies of the chosen,
-    best default and best tuned schedule in microseconds. `budget`: what a
+    best default and best tuned schedule in microseconds. `in_place`: kernels whose output
+    overwrites their dead residual input (`inplace.py`), each with the kernel it copies.
+    `budget`: what a
     `tune_budget_s` run did (task order, trials, time used); `whole_model`: the tuned and
     the default build timed side by side after tuning, and which one was kept.
     """
@@ -64,6 +67,7 @@ class BuildStats:
     seconds: dict[str, float] = field(default_factory=dict)
     budget: dict = field(default_factory=dict)
     whole_model: dict = field(default_factory=dict)
+    in_place: dict[str, str] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -81,7 +85,8 @@ class BuildStats:
                 "default_errors": dict(self.default_errors),
                 "choices": {k: dict(v) for k, v in self.choices.items()},
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
-                "budget": dict(self.budget), "whole_model": dict(self.whole_model)}
+                "budget": dict(self.budget), "whole_model": dict(self.whole_model),
+                "in_place": dict(self.in_place)}
 
 
 def is_gpu(target: Target) -> bool:
@@ -191,7 +196,8 @@ def schedule_cpu(mod: tvm.IRModule, target: Target, stats: BuildStats,
         mod = _copy(mod)  # be scheduled twice, e.g. with different parameters)
     for gv, func in updates.items():
         mod[gv] = func
-    return insert_weight_prefetch(pack_weights(mod, target))
+    mod, stats.in_place = residual_in_place(insert_weight_prefetch(pack_weights(mod, target)))
+    return mod
 
 
 def pack_weights(mod: tvm.IRModule, target: Target) -> tvm.IRModule:

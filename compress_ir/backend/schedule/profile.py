@@ -13,6 +13,7 @@ a reduction without multiply, all-spatial blocks), never by their generated name
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from collections import defaultdict
@@ -22,6 +23,7 @@ import onnx
 import tvm
 from tvm import s_tir, tirx
 
+from compress_ir.backend.schedule import inplace
 from compress_ir.backend.schedule.analysis import root_blocks
 
 LAYOUT_BLOCKS = ("T_transpose", "T_reshape", "T_layout_trans", "T_squeeze", "T_expand_dims",
@@ -203,8 +205,9 @@ class VMCallTimer:
 
 
 def kernel_name(symbol: str) -> str:
-    """The prepared module's name of a called kernel (weight pre-packing renames it)."""
-    return symbol.removesuffix(PREPACKED)
+    """The prepared module's name of a called kernel (weight pre-packing and the in-place
+    copy of a residual kernel rename it)."""
+    return re.sub(rf"{inplace.SUFFIX}\d+$", "", symbol).removesuffix(PREPACKED)
 
 
 # onnxruntime op types (also its NCHWc / fused contrib forms) -> op class
