@@ -181,7 +181,7 @@ def _elementwise_residual(func: tirx.PrimFunc, res: tirx.Var, out: tirx.Var) -> 
     that touch neither buffer (weight prefetches).
     """
     buffers = {p: p for p in func.params}
-    blocks, loose = _blocks(func.body)
+    blocks, loose = blocks_of(func.body)
     if any(_touches(stmt, (res, out)) for stmt in loose):
         return False
     readers = 0
@@ -207,7 +207,7 @@ def _same(a: tirx.PrimExpr, b: tirx.PrimExpr) -> bool:
     return tvm_ffi.structural_equal(a, b)
 
 
-def _blocks(stmt: tirx.Stmt) -> tuple[list[s_tir.SBlock], list[tirx.Stmt]]:
+def blocks_of(stmt: tirx.Stmt) -> tuple[list[s_tir.SBlock], list[tirx.Stmt]]:
     """Every block under the root, and the leaf statements and loop/branch headers that
     are in no such block."""
     blocks: list[s_tir.SBlock] = []

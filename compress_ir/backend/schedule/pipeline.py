@@ -21,6 +21,7 @@ from compress_ir.backend.schedule.analysis import is_scheduled
 from compress_ir.backend.schedule.batch_norm import FoldBatchNorm
 from compress_ir.backend.schedule.broadcast_rank import ExpandBroadcastRank
 from compress_ir.backend.schedule.canonical import CanonicalizeAxes
+from compress_ir.backend.schedule.concat_slices import concat_into_slices
 from compress_ir.backend.schedule.cpu import CpuParams, cpu_params, schedule_cpu_func
 from compress_ir.backend.schedule.fast_sigmoid import SigmoidAsExp
 from compress_ir.backend.schedule.inplace import residual_in_place
@@ -68,6 +69,7 @@ class BuildStats:
     budget: dict = field(default_factory=dict)
     whole_model: dict = field(default_factory=dict)
     in_place: dict[str, str] = field(default_factory=dict)
+    concat_slices: dict[str, str] = field(default_factory=dict)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -86,7 +88,7 @@ class BuildStats:
                 "choices": {k: dict(v) for k, v in self.choices.items()},
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
                 "budget": dict(self.budget), "whole_model": dict(self.whole_model),
-                "in_place": dict(self.in_place)}
+                "in_place": dict(self.in_place), "concat_slices": dict(self.concat_slices)}
 
 
 def is_gpu(target: Target) -> bool:
@@ -196,7 +198,8 @@ def schedule_cpu(mod: tvm.IRModule, target: Target, stats: BuildStats,
         mod = _copy(mod)  # be scheduled twice, e.g. with different parameters)
     for gv, func in updates.items():
         mod[gv] = func
-    mod, stats.in_place = residual_in_place(insert_weight_prefetch(pack_weights(mod, target)))
+    mod, stats.concat_slices = concat_into_slices(insert_weight_prefetch(pack_weights(mod, target)))
+    mod, stats.in_place = residual_in_place(mod)
     return mod
 
 
