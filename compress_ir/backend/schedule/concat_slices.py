@@ -25,7 +25,12 @@ from tvm.ir.expr import TensorLoad
 from tvm.sym import Analyzer
 
 from compress_ir.backend.schedule.analysis import subexprs
-from compress_ir.backend.schedule.inplace import CALL_TIR, CALL_TIR_INPLACE, blocks_of
+from compress_ir.backend.schedule.inplace import (
+    CALL_TIR,
+    CALL_TIR_INPLACE,
+    blocks_of,
+    rewrite_calls,
+)
 from compress_ir.backend.schedule.stmt_rewrite import post_order
 
 SUFFIX = "_slice"  # + the offset: a kernel that writes into a slice of a wider output
@@ -37,21 +42,7 @@ def concat_into_slices(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, str]]
     kernel: the kernel it was copied from}."""
     if not ENABLED:
         return mod, {}
-    builder = relax.BlockBuilder(mod)
-    cache: dict[tuple, tvm.ir.GlobalVar | None] = {}
-    funcs = {}
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            new = _rewrite_function(mod, func, cache, builder)
-            if new is not None:
-                funcs[gv] = new
-    if not funcs:
-        return mod, {}
-    out = builder.get()
-    for gv, func in funcs.items():
-        out[gv] = func
-    out = relax.transform.DeadCodeElimination()(out)
-    return out, {gv.name_hint: key[0] for key, gv in cache.items() if gv is not None}
+    return rewrite_calls(mod, _rewrite_function)
 
 
 def _rewrite_function(mod: tvm.IRModule, func: relax.Function, cache: dict,

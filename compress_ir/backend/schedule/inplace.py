@@ -39,12 +39,23 @@ def residual_in_place(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, str]]:
     the kernel it was copied from}. Kernels no call uses any more are dropped."""
     if not ENABLED:
         return mod, {}
-    builder = relax.BlockBuilder(mod)  # GlobalVars of added PrimFuncs need their types
-    cache: dict[tuple[str, int], tvm.ir.GlobalVar | None] = {}
+    return rewrite_calls(mod, _rewrite_function)
+
+
+def rewrite_calls(mod: tvm.IRModule, rewrite) -> tuple[tvm.IRModule, dict[str, str]]:
+    """Apply `rewrite(mod, func, cache, builder)` to every Relax function of `mod`.
+
+    `rewrite` returns the new function or None, and adds each new kernel through `builder`
+    (GlobalVars of added PrimFuncs need their types) under `cache[key]`, key[0] being the
+    name of the kernel it copies. Kernels no call uses any more are dropped. Returns the
+    module and {new kernel: the kernel it was copied from}.
+    """
+    builder = relax.BlockBuilder(mod)
+    cache: dict[tuple, tvm.ir.GlobalVar | None] = {}
     funcs = {}
     for gv, func in mod.functions_items():
         if isinstance(func, relax.Function):
-            new = _rewrite_function(mod, func, cache, builder)
+            new = rewrite(mod, func, cache, builder)
             if new is not None:
                 funcs[gv] = new
     if not funcs:
@@ -53,8 +64,7 @@ def residual_in_place(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, str]]:
     for gv, func in funcs.items():
         out[gv] = func
     out = relax.transform.DeadCodeElimination()(out)
-    renamed = {gv.name_hint: name for (name, _), gv in cache.items() if gv is not None}
-    return out, renamed
+    return out, {gv.name_hint: key[0] for key, gv in cache.items() if gv is not None}
 
 
 def _kernel_call(value: relax.Expr) -> bool:
