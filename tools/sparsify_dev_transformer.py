@@ -7,6 +7,7 @@ benchmark's own calibration is the first 70 of them), the last `--dev` are summa
 dev pairs, disjoint from both. Per spec it prints dev recall@1, the mean cosine between the
 sparse and dense embeddings of the dev texts (a smoother signal than recall on few pairs),
 the output rel. error the pass reports, the measured weight sparsity and the seconds.
+`vs_dense` is the relative change of dev recall with its paired 95 % interval.
 
     python tools/sparsify_dev_transformer.py 'sparsify{pattern=2:4,criterion=obs}' ...
 """
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import transformer_data as td  # noqa: E402
 from bench_transformer_accuracy import weight_sparsity  # noqa: E402
+from paired_stats import paired_change  # noqa: E402
 
 from compress_ir.api import compress  # noqa: E402
 from compress_ir.core.calibration import CalibrationSet  # noqa: E402
@@ -72,10 +74,11 @@ def main() -> None:
     metric = td.Retrieval(dev)
     dq, dd = embeddings(metric, model)
 
-    def score(q: np.ndarray, d: np.ndarray) -> float:
-        return float((np.argmax(q @ d.T, axis=1) == np.arange(len(q))).mean())
+    def hits(q: np.ndarray, d: np.ndarray) -> np.ndarray:
+        return np.argmax(q @ d.T, axis=1) == np.arange(len(q))
 
-    print(f"dense dev recall {score(dq, dd):.4f} ({len(dev)} pairs)", flush=True)
+    dense_hits = hits(dq, dd)
+    print(f"dense dev recall {dense_hits.mean():.4f} ({len(dev)} pairs)", flush=True)
     for index, spec in enumerate(args.specs):
         t0 = time.perf_counter()
         result = compress(model, spec.split(";"), calibration=calib)
@@ -86,8 +89,10 @@ def main() -> None:
         q, d = embeddings(metric, result.model)
         cos = float(np.mean(np.concatenate([(q * dq).sum(1), (d * dd).sum(1)])))
         stats = result.report["passes"][-1].get("stats", {})
-        row = {"spec": spec, "calib": calib.source, "dev_recall": round(score(q, d), 4),
-               "cos": round(cos, 5), "output_rel_error": stats.get("output_rel_error"),
+        got = hits(q, d)
+        row = {"spec": spec, "calib": calib.source, "dev_recall": round(float(got.mean()), 4),
+               "vs_dense": paired_change(dense_hits, got).text(), "cos": round(cos, 5),
+               "output_rel_error": stats.get("output_rel_error"),
                "sparsity": weight_sparsity(model, result.model), "seconds": round(seconds),
                "last_pass": {"name": result.report["passes"][-1].get("name"), "stats": stats}}
         print(json.dumps(row), flush=True)

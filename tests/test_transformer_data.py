@@ -1,0 +1,22 @@
+"""`tools/transformer_data.py`: the large evaluation never shares text with calibration."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import transformer_data as td  # noqa: E402
+
+
+def test_large_pairs_hold_the_test_split_and_no_calibration_or_dev_text() -> None:
+    test, pool = td.split(500)
+    large = td.large_pairs()
+    assert len(large) > 5 * len(test)
+    names = {d.name for d in large}
+    assert {d.name for d in test} <= names
+    pool_text = {t for d in pool for t in (d.name, d.summary, d.body)}
+    assert not any({d.name, d.summary, d.body} & pool_text for d in large)
+    assert len({d.summary for d in large}) == len(large)  # queries are distinct
+    assert {d.name.split(".")[0] for d in large} >= {"numpy", "networkx", "json"}
+    assert not any(d.name.split(".")[0] in td.LARGE_DENY for d in large)
