@@ -20,3 +20,23 @@ def test_large_pairs_hold_the_test_split_and_no_calibration_or_dev_text() -> Non
     assert len({d.summary for d in large}) == len(large)  # queries are distinct
     assert {d.name.split(".")[0] for d in large} >= {"numpy", "networkx", "json"}
     assert not any(d.name.split(".")[0] in td.LARGE_DENY for d in large)
+
+
+def test_large_pairs_do_not_depend_on_what_this_process_imported(monkeypatch) -> None:  # noqa: ANN001
+    """A library that patches another's class (transformers adds Logger.info_once) must not
+    change the evaluation set: it is collected in a fresh interpreter."""
+    import networkx
+
+    def patched_helper(self) -> None:  # noqa: ANN001
+        """A documented method that only a patched process would see.
+
+        It is long enough to pass the docstring filter of transformer_data, with a body of
+        more than twelve words so that it would become an evaluation pair if collected.
+        """
+
+    before = [d.name for d in td.large_pairs()]
+    monkeypatch.setattr(networkx.Graph, "patched_helper", patched_helper, raising=False)
+    after = [d.name for d in td.large_pairs()]
+    assert after == before
+    # in this process the patch is visible: the fresh interpreter is what keeps it out
+    assert any(d.name.endswith("Graph.patched_helper") for d in td._large_pairs_here())

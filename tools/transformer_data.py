@@ -25,9 +25,11 @@ import hashlib
 import importlib
 import inspect
 import io
+import json
 import os
 import pkgutil
 import re
+import subprocess
 import sys
 import sysconfig
 import warnings
@@ -186,8 +188,19 @@ def large_pairs() -> list[Docstring]:
 
     Why: 500 pairs cannot resolve the issue's 1-2 % bars (the paired 95 % interval of a
     2:4 model's change is about +-6 %). This gives about 6x the pairs; it contains the 500
-    test pairs, and no text that calibrates or selects options.
+    test pairs, and no text that calibrates or selects options. Collected in a fresh
+    interpreter: what a process imported before changes the docstrings found
+    (`transformers` adds `logging.Logger.info_once`), and the set must not depend on it.
     """
+    code = ("import json, transformer_data as td; "
+            "print(json.dumps([vars(d) for d in td._large_pairs_here()]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent,
+                         capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    return [Docstring(**d) for d in json.loads(out.stdout.splitlines()[-1])]
+
+
+def _large_pairs_here() -> list[Docstring]:
     roots = [("", [sysconfig.get_paths()["stdlib"]])]
     roots += [(f"{pkg}.", list(importlib.import_module(pkg).__path__))
               for pkg in LARGE_PACKAGES]
