@@ -19,8 +19,12 @@ check on; the recall is measured in onnxruntime on the compressed model.
     pip install -e '.[transformer,plots]'
     python tools/bench_transformer_accuracy.py --out tools/results/transformer/
     python tools/bench_transformer_accuracy.py --only sparsify --out ...   # one part
+    python tools/bench_transformer_accuracy.py --eval large --out tools/results/transformer/large/
 
-Writes results.json (appended as runs finish), table.md and recall_vs_macs.png.
+Writes results.json (appended as runs finish), table.md and recall_vs_macs.png. Every
+row keeps its per-pair outcomes, and `vs dense` gives the paired 95 % interval of the
+change: on the 500 test pairs it is about +-6 %, too wide for the issue's 1-2 % bars;
+`--eval large` (3,161 pairs) narrows it to about +-3 %.
 """
 
 from __future__ import annotations
@@ -138,7 +142,7 @@ def run_one(model: onnx.ModelProto, pipeline: list[str], calib: CalibrationSet,
                                        "heldout_rel_error_after")} for r in layers]
     hits = metric.hits(result.model)
     stats["weight_sparsity"] = weight_sparsity(model, result.model)
-    return Point(kind, method, setting, float(hits.mean()),
+    return Point(kind, method, setting, round(float(hits.mean()), 4),
                  float(result.report["ratios"]["macs"]), seconds, ",".join(pipeline), stats,
                  hits=encode_hits(hits))
 
