@@ -338,7 +338,8 @@ def write(out: Path, meta: dict, points: list[Point]) -> None:
         lines.append(f"| {p.method} | {p.setting} | **{p.recall:.3f}** | {rel} | "
                      f"{measured[0]} | {measured[1]} | {st.get('output_rel_error', '-')} | "
                      f"{p.seconds:.0f} |")
-    rec = [p for p in points if p.kind == "prune" and "reconstruct" in p.method and not p.error]
+    rec = [p for p in points if p.kind == "prune" and "reconstruct" in p.method and not p.error
+           and not p.method.startswith("anchor")]  # anchors carry no per-layer stats
     if rec:
         lines += ["", "### reconstruct: per-layer calibration vs held-out error (last run "
                   "with reconstruct)", "",

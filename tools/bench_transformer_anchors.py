@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_transformer_accuracy as bench  # noqa: E402
 import transformer_data as td  # noqa: E402
+from paired_stats import encode_hits  # noqa: E402
 
 from compress_ir.core.metrics import mac_count  # noqa: E402
 
@@ -86,10 +87,12 @@ def widths(proto: onnx.ModelProto) -> dict[str, list[int]]:
             "hidden_out": [w[3][1] for w in layers]}
 
 
-def point(method: str, recall: float, macs: float, seconds: float, pipeline: str,
+def point(method: str, hits: np.ndarray, macs: float, seconds: float, pipeline: str,
           stats: dict) -> bench.Point:
-    return bench.Point("prune", method, f"{RATIO}", round(recall, 4), round(macs, 4),
-                       round(seconds, 1), pipeline, stats)
+    """A table row; `hits` per evaluation pair, so the table gives paired intervals."""
+    return bench.Point("prune", method, f"{RATIO}", round(float(hits.mean()), 4),
+                       round(macs, 4), round(seconds, 1), pipeline, stats,
+                       hits=encode_hits(hits))
 
 
 # -- onnxsim ---------------------------------------------------------------------------
@@ -115,9 +118,10 @@ def onnxsim_points(metric: td.Retrieval, calib: dict[str, np.ndarray], dense_mac
     stats = {"widths": widths(pruned), "dense_recall_fixed_export": dense,
              "onnxsim": onnxsim.__version__, "calibration_batches": len(batches),
              "dense_macs_fixed_over_dynamic": round(matmul_macs(model) / dense_macs, 4)}
-    rec = metric.recall(pruned, fixed_batch=FIXED_BATCH)
+    hits = metric.hits(pruned, fixed_batch=FIXED_BATCH)
+    rec = float(hits.mean())
     macs = matmul_macs(pruned) / dense_macs
-    out = [point("anchor onnxsim structured wanda", rec, macs, t_prune,
+    out = [point("anchor onnxsim structured wanda", hits, macs, t_prune,
                  "apply_attention_head_wanda_pruning_cpp + apply_structured_wanda_pruning_cpp"
                  f"(sparsity={RATIO})", stats)]
     print(f"onnxsim wanda: recall {rec:.3f} macs {macs:.3f} {t_prune:.0f} s", flush=True)
@@ -125,10 +129,11 @@ def onnxsim_points(metric: td.Retrieval, calib: dict[str, np.ndarray], dense_mac
     refit = onnxsim.apply_pruning_finetune(model, pruned, batches)
     t_refit = time.perf_counter() - t1
     onnx.checker.check_model(refit)
-    rec = metric.recall(refit, fixed_batch=FIXED_BATCH)
+    hits = metric.hits(refit, fixed_batch=FIXED_BATCH)
+    rec = float(hits.mean())
     macs = matmul_macs(refit) / dense_macs
     out.append(point("anchor onnxsim structured wanda + reconstruct {apply_pruning_finetune}",
-                     rec, macs, t_prune + t_refit, "... + apply_pruning_finetune(reg 1e-2)",
+                     hits, macs, t_prune + t_refit, "... + apply_pruning_finetune(reg 1e-2)",
                      {**stats, "refit_seconds": round(t_refit, 1)}))
     print(f"onnxsim wanda + refit: recall {rec:.3f} macs {macs:.3f} {t_refit:.0f} s",
           flush=True)
@@ -214,11 +219,12 @@ def tp_points(metric: td.Retrieval, calib: dict[str, np.ndarray], tok,  # noqa: 
         seconds = time.perf_counter() - t0
         proto = onnx.load(td.export_onnx(tmp / f"tp_{crit}.onnx", bert=bert))
         onnx.checker.check_model(proto)
-        rec = metric.recall(proto)
+        hits = metric.hits(proto)
+        rec = float(hits.mean())
         macs = matmul_macs(proto) / dense_macs
         stats = {"widths": widths(proto), "torch_pruning": tp.__version__,
                  "taylor_pairs": len(pairs) if crit == "taylor" else 0}
-        out.append(point(f"anchor torch-pruning {crit}", rec, macs, seconds,
+        out.append(point(f"anchor torch-pruning {crit}", hits, macs, seconds,
                          f"MetaPruner({crit}, heads {RATIO}, FFN {RATIO})", stats))
         print(f"torch-pruning {crit}: recall {rec:.3f} macs {macs:.3f} {seconds:.0f} s "
               f"widths {stats['widths']}", flush=True)
@@ -232,12 +238,16 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=64)
     parser.add_argument("--only", choices=("onnxsim", "torch-pruning"), default=None)
     parser.add_argument("--tp-criteria", default="l2,activation,taylor")
+    parser.add_argument("--eval", choices=("test", "large"), default="test",
+                        help="as bench_transformer_accuracy.py --eval")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "anchors.json"
     points = ([bench.Point(**p) for p in json.loads(path.read_text())["points"]]
               if path.exists() else [])
     pairs, rest = td.split(args.pairs)
+    if args.eval == "large":
+        pairs = td.large_pairs()
     tok = td.tokenizer()
     calib = td.calibration_windows(tok, rest, args.calib)
     metric = td.Retrieval(pairs)
