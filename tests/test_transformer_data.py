@@ -40,3 +40,16 @@ def test_large_pairs_do_not_depend_on_what_this_process_imported(monkeypatch) ->
     assert after == before
     # in this process the patch is visible: the fresh interpreter is what keeps it out
     assert any(d.name.endswith("Graph.patched_helper") for d in td._large_pairs_here())
+
+
+def test_domain_halves_keep_calibration_text_out_of_the_scored_pairs() -> None:
+    import calib_domain_transformer as cd
+
+    docs = [td.Docstring(f"{pkg}.f{i}", f"s {pkg} {i}", f"b {pkg} {i}")
+            for pkg in ("json", "numpy", "networkx") for i in range(200)]
+    part_a, part_b = cd.halves(docs)
+    assert {d.name for d in part_a}.isdisjoint({d.name for d in part_b})
+    assert len(part_a) + len(part_b) == len(docs)
+    assert all(cd.package(d) != "stdlib" for d in part_a)  # stdlib pairs are always scored
+    assert sum(cd.package(d) == "stdlib" for d in part_b) == 200
+    assert 120 < len(part_a) < 280  # about half of the 400 package pairs
