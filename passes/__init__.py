@@ -12,6 +12,7 @@ from compress_ir.passes.analysis import (  # noqa: F401
 )
 from compress_ir.passes.transform import (  # noqa: F401
     channel_prune,
+    distill,
     fold_bn,
     reconstruct,
     refit_norms,

@@ -50,6 +50,15 @@ def _refit_norms() -> tuple[Model, PassContext, Pass]:
     return Model.from_proto(current), ctx, build_passes("refit-norms")[0]
 
 
+def _distill() -> tuple[Model, PassContext, Pass]:
+    """Magnitude-sparse tiny CNN: gradient steps toward the original's output."""
+    original = load_onnx(TINY).to_proto()
+    sparse = compress(original, "sparsify{sparsity=0.5,criterion=magnitude}").model
+    ctx = PassContext(original=original,
+                      calibration=load_calibration("random:16", original, seed=0))
+    return load_onnx(sparse), ctx, build_passes("distill{epochs=2,lr=1e-3,batch=4}")[0]
+
+
 # One setup per registered pass, each making a transform change something (an analysis
 # pass, `transforms = False`, must change nothing). A new pass
 # fails `test_every_pass_has_a_contract_case` until it gets a line here.
@@ -61,6 +70,7 @@ CASES: dict[str, Callable[[], tuple[Model, PassContext, Pass]]] = {
     "share-weights": _plain("share-weights{bits=2}"),
     "reconstruct": _reconstruct,
     "refit-norms": _refit_norms,
+    "distill": _distill,
 }
 
 
