@@ -85,9 +85,9 @@ def test_gradient_matches_onnxruntime_finite_differences() -> None:
     k = (rng.random((4, S, 1)) > 0.3).astype(np.float32)
     names = trainable(model, "all")
     assert names == ["w1", "w2", "b1", "g", "beta"]  # never the scalar constants
-    runner = OutputGradients(model, names, {"x": x.shape}, k.shape)
+    runner = OutputGradients(model, names, {"x": x.shape}, {"y": y.shape}, {"y": k.shape})
     values = [_weights(model)[n] for n in names]
-    loss, grads = runner({"x": x}, values, y, k)
+    loss, grads = runner({"x": x}, values, [y], [k])
 
     def ort_loss(m: onnx.ModelProto) -> float:
         return float((k * (_run(m, x).astype(np.float64) - y) ** 2).sum())

@@ -56,7 +56,7 @@ def _distill() -> tuple[Model, PassContext, Pass]:
     sparse = compress(original, "sparsify{sparsity=0.5,criterion=magnitude}").model
     ctx = PassContext(original=original,
                       calibration=load_calibration("random:16", original, seed=0))
-    return load_onnx(sparse), ctx, build_passes("distill{epochs=2,lr=1e-3,batch=4}")[0]
+    return load_onnx(sparse), ctx, build_passes("distill{epochs=1,lr=1e-3,batch=4}")[0]
 
 
 # One setup per registered pass, each making a transform change something (an analysis

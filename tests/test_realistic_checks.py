@@ -65,13 +65,14 @@ def test_random_calibration_is_realistic_too() -> None:
 
 # -- every pass on a BERT-shaped encoder, with the default check ----------------------
 # passes that refit a pruned model to the original: they follow a prune, on calibration data
-AFTER_PRUNE = ("reconstruct", "refit-norms")
+AFTER_PRUNE = ("reconstruct", "refit-norms", "distill")
+SPEC = {"distill": "distill{epochs=2}"}  # a short run: the check, not the recovery
 
 
 def _run_spec(name: str) -> tuple[str, str | None]:
     """(pipeline, calibration) that runs pass `name` on a BERT export."""
     if name in AFTER_PRUNE:
-        return f"channel-prune{{ratio=0.5}},{name}", "random:8"
+        return f"channel-prune{{ratio=0.5}},{SPEC.get(name, name)}", "random:8"
     return name, None
 
 

@@ -156,6 +156,10 @@ def main() -> None:
                         "library, networkx and numpy outside the calibration/dev pool "
                         "(transformer_data.large_pairs; about 3,200; use its own --out)")
     parser.add_argument("--calib", type=int, default=64, help="calibration windows of 128 tokens")
+    parser.add_argument("--calib-extra", type=int, default=0,
+                        help="add this many windows of scipy/scikit-learn/sympy docstrings"
+                        " (`transformer_data.extra_docstrings`, no evaluation text) to the"
+                        " calibration: unlabelled text for `distill`")
     parser.add_argument("--criteria", default=",".join(CRITERIA))
     parser.add_argument("--macs", default=",".join(map(str, MACS)))
     parser.add_argument("--reconstruct", default="reconstruct{samples=8192}")
@@ -194,6 +198,14 @@ def main() -> None:
                                f"python-docstrings:{args.calib}x{td.SEQ}")
     tag = (f" [texts {args.calib}x64]" if args.calib_kind == "texts" else
            f" [windows {args.calib}x{td.SEQ}]" if args.calib != 64 else "")
+    if args.calib_extra:
+        if args.calib_kind == "texts":
+            raise SystemExit("--calib-extra adds windows: use --calib-kind windows")
+        extra = td.calibration_windows(tok, td.extra_docstrings(), args.calib_extra)
+        calib = CalibrationSet({k: np.concatenate([v, extra[k]]) for k, v in calib.arrays.items()},
+                               f"{calib.source} + scipy/sklearn/sympy-docstrings:"
+                               f"{args.calib_extra}x{td.SEQ}")
+        tag += f" [+{args.calib_extra} extra windows]"
     if args.allocation == "target-macs":  # a different row than the uniform fraction
         tag += " [target-macs]" if args.harm == "score" else " [target-macs, harm=output]"
     metric = td.Retrieval(pairs)

@@ -57,6 +57,19 @@ def _fold_small_constant_of_shape(proto: onnx.ModelProto) -> None:
     proto.graph.node.extend(kept)
 
 
+def fold_static(work: onnx.ModelProto, source: str) -> None:
+    """Fold, in place, what static input shapes make constant (Shape, Range, ConstantOfShape
+    chains), round by round until nothing more folds."""
+    from compress_ir.frontends.onnx import _fold_constants  # the loader's folding
+
+    for _ in range(MAX_FOLD_ROUNDS):
+        count = len(work.graph.node)
+        _fold_small_constant_of_shape(work)
+        _fold_constants(work, source)
+        if len(work.graph.node) == count:
+            break
+
+
 def value_shapes(
     proto: onnx.ModelProto, input_shapes: InputShapes | None = None
 ) -> dict[str, tuple[int | None, ...]]:
@@ -65,8 +78,6 @@ def value_shapes(
     `input_shapes` fixes some or all inputs; the other symbolic dims take the
     resolved assumption. A model used at its declared static shapes is inferred as is.
     """
-    from compress_ir.frontends.onnx import _fold_constants  # the loader's folding
-
     concrete = resolve_shapes(proto, input_shapes).inputs
     declared = declared_dims(proto)
     if all(list(concrete[k]) == declared[k] for k in declared):  # static as declared
@@ -77,12 +88,7 @@ def value_shapes(
         work = with_input_shapes(proto, concrete)
         # outputs become plain tensors: their inferred shapes then land in value_info
         del work.graph.output[:]
-        for _ in range(MAX_FOLD_ROUNDS):
-            count = len(work.graph.node)
-            _fold_small_constant_of_shape(work)
-            _fold_constants(work, "<metrics>")
-            if len(work.graph.node) == count:
-                break
+        fold_static(work, "<metrics>")
         work = infer_proto_shapes(work)
     shapes: dict[str, tuple[int | None, ...]] = {}
     for vi in (*work.graph.input, *work.graph.value_info, *work.graph.output):

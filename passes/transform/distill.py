@@ -5,9 +5,10 @@ original output (or to the residual stream after it). What a pruned or sparse la
 changes downstream -- through attention, LayerNorm, the next block -- is only fixed one
 layer at a time, and a local fit cannot know which part of its error the rest of the
 network ignores (stop 32: 2:4 sparsity and heads + FFN pruning of MiniLM stay 8-20 %
-below dense recall after every local refit). Here the target is the model output: the
-loss is the squared error of the current model's first output against the original
-model's on the calibration set (padded tokens weighted 0), and Adam moves the chosen
+below dense recall after every local refit). Here the target is the model outputs: the
+loss is the squared error of the current model's float outputs against the original
+model's on the calibration set (padded tokens weighted 0; each output scaled by its
+energy so a pooled vector counts as much as the token states), and Adam moves the chosen
 initializers along its gradient (`passes/analysis/output_gradients.py`, TVM Relax).
 It is post-training distillation of the compressed model from the original on the
 calibration data only: no labels, no training set.
@@ -98,10 +99,10 @@ def trainable(proto: onnx.ModelProto, params: str) -> list[str]:
     return [i.name for i in proto.graph.initializer if i.name in chosen]
 
 
-def _weights(arrays: dict[str, np.ndarray], idx: np.ndarray, shape: tuple[int, ...],
-             tokens: np.ndarray | None) -> np.ndarray:
-    """k for samples `idx`: the token mask over [B, S] outputs, else 1 per sample."""
-    if tokens is not None and shape[1:2] == tokens.shape[1:2] and len(shape) >= 2:
+def _weights(idx: np.ndarray, shape: tuple[int, ...], tokens: np.ndarray | None
+             ) -> np.ndarray:
+    """k for samples `idx`: the token mask over [B, S, ...] outputs, else 1 per sample."""
+    if tokens is not None and len(shape) >= 2 and shape[1] == tokens.shape[1]:
         k = tokens[idx].astype(np.float32)
         return k.reshape(*k.shape, *[1] * (len(shape) - 2))
     return np.ones((len(idx),) + (1,) * (len(shape) - 1), np.float32)
@@ -111,16 +112,19 @@ def _subset(calib: CalibrationSet, idx: np.ndarray) -> CalibrationSet:
     return CalibrationSet({k: v[idx] for k, v in calib.arrays.items()}, calib.source)
 
 
-def _outputs(proto: onnx.ModelProto, name: str, calib: CalibrationSet, batch: int
-             ) -> np.ndarray:
-    capture = ActivationCapture(proto, [name])
-    return np.concatenate([np.asarray(v[name], np.float32)
-                           for v in capture.stream(calib, batch, desc="distill")])
+def _outputs(proto: onnx.ModelProto, names: list[str], calib: CalibrationSet, batch: int
+             ) -> list[np.ndarray]:
+    capture = ActivationCapture(proto, names)
+    parts = list(capture.stream(calib, batch, desc="distill"))
+    return [np.concatenate([np.asarray(v[n]) for v in parts]) for n in names]
 
 
-def _rel_error(out: np.ndarray, ref: np.ndarray, k: np.ndarray) -> float:
-    num = float((k * (out.astype(np.float64) - ref) ** 2).sum())
-    den = float((k * ref.astype(np.float64) ** 2).sum())
+def _rel_error(outs: list[np.ndarray], refs: list[np.ndarray], ks: list[np.ndarray]) -> float:
+    """sqrt(sum_i sum k_i (o_i - y_i)^2 / sum_i sum k_i y_i^2): with one output, its
+    relative error; with several, their errors weighted as the loss weighs them."""
+    num = sum(float((k * (o.astype(np.float64) - y) ** 2).sum())
+              for o, y, k in zip(outs, refs, ks, strict=True))
+    den = sum(float((k * y.astype(np.float64) ** 2).sum()) for y, k in zip(refs, ks, strict=True))
     return float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))
 
 
@@ -171,10 +175,10 @@ class Distill(Pass):
         opts = self.options
         orig = ctx.refit_original("distill")
         proto = model.to_proto()
-        out_name = proto.graph.output[0].name
-        if out_name != orig.graph.output[0].name:
-            raise UsageError(f"distill: the first output is {out_name!r}, the original's "
-                             f"{orig.graph.output[0].name!r}")
+        if [o.name for o in proto.graph.output] != [o.name for o in orig.graph.output]:
+            raise UsageError("distill: the model's outputs "
+                             f"{[o.name for o in proto.graph.output]} are not the original's "
+                             f"{[o.name for o in orig.graph.output]}")
         calib = ctx.calibration
         assert calib is not None  # refit_original checked it
         n = calib.size
@@ -187,14 +191,25 @@ class Distill(Pass):
         if not names:
             return PassResult(model, modified=False, details={"reason": "nothing to train"})
         start = time.perf_counter()
-        target = _outputs(orig, out_name, calib, opts.batch)
+        out_names = [o.name for o in proto.graph.output]
+        all_targets = _outputs(orig, out_names, calib, opts.batch)
+        used = [i for i, t in enumerate(all_targets) if t.dtype.kind == "f"]
+        if not used:
+            raise UsageError("distill: the model has no float output to match")
+        targets = [all_targets[i].astype(np.float32) for i in used]
+        names_used = [out_names[i] for i in used]
         tokens = token_mask(orig, calib.arrays)
-        k_all = _weights(calib.arrays, np.arange(n), target.shape, tokens)
+        # each output's weight: its token mask over its energy, so outputs count alike
+        ks = []
+        for y in targets:
+            k = _weights(np.arange(n), y.shape, tokens)
+            energy = float((k * y.astype(np.float64) ** 2).sum())
+            ks.append(k / energy if energy > 0 else k)
         held_calib = _subset(calib, held_idx)
 
         def held_error(p: onnx.ModelProto) -> float:
-            return _rel_error(_outputs(p, out_name, held_calib, opts.batch),
-                              target[held_idx], k_all[held_idx])
+            return _rel_error(_outputs(p, names_used, held_calib, opts.batch),
+                              [y[held_idx] for y in targets], [k[held_idx] for k in ks])
 
         inits = {i.name: i for i in proto.graph.initializer}
         values = [numpy_helper.to_array(inits[nm]).astype(np.float32) for nm in names]
@@ -202,8 +217,10 @@ class Distill(Pass):
         masks = [(v != 0).astype(np.float32) if nm in weight_names and (v == 0).any()
                  else None for nm, v in zip(names, values, strict=True)]
         shapes = {nm: (batch, *arr.shape[1:]) for nm, arr in calib.arrays.items()}
-        runner = OutputGradients(proto, names, shapes,
-                                 (batch, *k_all.shape[1:]))
+        runner = OutputGradients(
+            proto, names, shapes, {o: (batch, *y.shape[1:]) for o, y in zip(
+                names_used, targets, strict=True)},
+            {o: (batch, *k.shape[1:]) for o, k in zip(names_used, ks, strict=True)})
         adam = Adam(values, masks, opts.lr)
         rng = np.random.default_rng(ctx.seed)
         before = held_error(proto)
@@ -215,9 +232,11 @@ class Distill(Pass):
             for s in range(0, len(order) - batch + 1, batch):
                 idx = order[s:s + batch]
                 feeds = {nm: arr[idx] for nm, arr in calib.arrays.items()}
-                loss, grads = runner(feeds, adam.values, target[idx], k_all[idx])
+                loss, grads = runner(feeds, adam.values, [y[idx] for y in targets],
+                                     [k[idx] for k in ks])
                 losses += loss
-                energy += float((k_all[idx] * target[idx].astype(np.float64) ** 2).sum())
+                energy += sum(float((k[idx] * y[idx].astype(np.float64) ** 2).sum())
+                              for y, k in zip(targets, ks, strict=True))
                 adam.step(grads)
             error = held_error(_with_values(proto, names, adam.values))
             history.append({"epoch": epoch, "fit_rel_error": round(float(np.sqrt(
@@ -236,7 +255,7 @@ class Distill(Pass):
                  "compile_seconds": round(runner.compile_seconds, 1)}
         details = {"epochs": history, "kept": not modified,
                    "compiled_with": runner.compiled_with,
-                   "params": names, "fit_samples": int(len(fit_idx)),
+                   "params": names, "outputs": names_used, "fit_samples": int(len(fit_idx)),
                    "heldout_samples": int(len(held_idx)),
                    "calibration": {"source": calib.source, "samples": n}}
         return PassResult(model, modified=modified, stats=stats, details=details)

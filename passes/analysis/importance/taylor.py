@@ -110,20 +110,28 @@ def probe_model(proto: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
 
 
 def _register_missing_gradients() -> None:
-    """Relax has no gradient for `erf` (GELU in BERT-family models); d erf(x)/dx =
-    2/sqrt(pi) exp(-x^2). Registered once, only where TVM lacks it."""
+    """Relax has no gradient for `erf` (GELU in BERT-family models; d erf(x)/dx =
+    2/sqrt(pi) exp(-x^2)) nor `squeeze` (the gradient is the output's gradient reshaped
+    to the input). Registered once, only where TVM lacks them."""
     import tvm
     from tvm import relax
     from tvm.relax.op.base import register_gradient
 
-    if tvm.ir.Op.get("relax.erf").get_attr("FPrimalGradient") is not None:
-        return
+    def missing(op: str) -> bool:
+        return tvm.ir.Op.get(op).get_attr("FPrimalGradient") is None
 
-    @register_gradient("relax.erf")
-    def _erf_grad(orig_var: Any, orig_call: Any, output_grad: Any, ctx: Any) -> list:
-        x = orig_call.args[0]
-        scale = relax.const(2.0 / np.sqrt(np.pi), str(x.ty.dtype))
-        return [output_grad * scale * relax.op.exp(relax.op.negative(x * x))]
+    if missing("relax.erf"):
+        @register_gradient("relax.erf")
+        def _erf_grad(orig_var: Any, orig_call: Any, output_grad: Any, ctx: Any) -> list:
+            x = orig_call.args[0]
+            scale = relax.const(2.0 / np.sqrt(np.pi), str(x.ty.dtype))
+            return [output_grad * scale * relax.op.exp(relax.op.negative(x * x))]
+
+    if missing("relax.squeeze"):  # a pooler's first-token Gather (distill's rewrite)
+        @register_gradient("relax.squeeze")
+        def _squeeze_grad(orig_var: Any, orig_call: Any, output_grad: Any, ctx: Any) -> list:
+            x = orig_call.args[0]
+            return [relax.op.reshape(output_grad, x.ty.shape)]  # static: a ShapeExpr
 
 
 LOSSES = ("ce", "projection")
