@@ -53,3 +53,20 @@ def test_domain_halves_keep_calibration_text_out_of_the_scored_pairs() -> None:
     assert all(cd.package(d) != "stdlib" for d in part_a)  # stdlib pairs are always scored
     assert sum(cd.package(d) == "stdlib" for d in part_b) == 200
     assert 120 < len(part_a) < 280  # about half of the 400 package pairs
+
+
+def test_extra_docstrings_share_no_text_with_the_evaluation_or_the_pool() -> None:
+    """`distill`'s extra calibration text (scipy, scikit-learn, sympy) leaks nothing that
+    is scored or that calibrates the benchmark's other rows."""
+    import importlib.util
+
+    import pytest
+
+    if any(importlib.util.find_spec(p) is None for p in td.EXTRA_PACKAGES):
+        pytest.skip(f"needs {', '.join(td.EXTRA_PACKAGES)} (the bench extras)")
+    extra = td.extra_docstrings()
+    assert len(extra) > 1000
+    assert {d.name.split(".")[0] for d in extra} == set(td.EXTRA_PACKAGES)
+    _, pool = td.split(500)
+    taken = {t for d in (*pool, *td.large_pairs()) for t in (d.summary, d.body)}
+    assert not any({d.summary, d.body} & taken for d in extra)

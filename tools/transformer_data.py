@@ -192,8 +192,13 @@ def large_pairs() -> list[Docstring]:
     interpreter: what a process imported before changes the docstrings found
     (`transformers` adds `logging.Logger.info_once`), and the set must not depend on it.
     """
+    return _fresh("_large_pairs_here")
+
+
+def _fresh(function: str) -> list[Docstring]:
+    """`function()` of this module, run in a fresh interpreter (see `large_pairs`)."""
     code = ("import json, transformer_data as td; "
-            "print(json.dumps([vars(d) for d in td._large_pairs_here()]))")
+            f"print(json.dumps([vars(d) for d in td.{function}()]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent,
                          capture_output=True, text=True, check=True,
                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
@@ -224,12 +229,7 @@ def extra_docstrings() -> list[Docstring]:
     writes prose with code, so more text of the evaluation's kinds costs nothing and
     leaks no evaluation text. Collected in a fresh interpreter, as `large_pairs`.
     """
-    code = ("import json, transformer_data as td; "
-            "print(json.dumps([vars(d) for d in td._extra_here()]))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent,
-                         capture_output=True, text=True, check=True,
-                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
-    return [Docstring(**d) for d in json.loads(out.stdout.splitlines()[-1])]
+    return _fresh("_extra_here")
 
 
 def _extra_here() -> list[Docstring]:
